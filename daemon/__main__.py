@@ -1,0 +1,3 @@
+from pipewarden.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,350 @@
+"""The `pipewarden` command.
+
+Start-up stays cheap: each command imports what it needs when it runs, so `--help`
+and `status` never pay for modules they do not use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipewarden.errors import ConfigError, PipewardenError, UsageError
+
+if TYPE_CHECKING:
+    from pipewarden.config import Config
+    from pipewarden.store import Store
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the command ran and something is wrong (a run not found, a daemon error)
+EXIT_USAGE = 2  # bad arguments, config or rules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except (ConfigError, UsageError) as exc:
+        print(f"pipewarden: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PipewardenError as exc:
+        print(f"pipewarden: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except BrokenPipeError:  # `pipewarden runs tail | head`
+        return EXIT_OK
+
+
+# -- argument parsing ------------------------------------------------------------------
+def _build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", help="config file (default: $PIPEWARDEN_CONFIG or ./config.yaml)"
+    )
+    common.add_argument(
+        "--state-dir", help="state directory (default: .pipewarden beside the config)"
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    parser = argparse.ArgumentParser(
+        prog="pipewarden",
+        description="Runs automation pipelines under a watchdog and says what is wrong.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str, *parents):
+        sub = commands.add_parser(name, help=help, description=help, parents=list(parents))
+        sub.set_defaults(handler=handler)
+        return sub
+
+    run = command("run", _cmd_run, "run the daemon in the foreground", common)
+    run.add_argument(
+        "--until-idle", action="store_true",
+        help="exit once no item is queued, running or retrying (deferred items wait)",
+    )  # fmt: skip
+
+    enqueue = command(
+        "enqueue", _cmd_enqueue, "add items to a pipeline (idempotent on key)", common, as_json
+    )
+    enqueue.add_argument("pipeline")
+    enqueue.add_argument("key", nargs="?", help="the item's key, unique in its pipeline")
+    enqueue.add_argument("--data", help="the item's data as a JSON object")
+    enqueue.add_argument("--file", help='a JSON-lines file of {"key": ..., "data": {...}}')
+
+    status = command("status", _cmd_status, "items per pipeline, stage and state", common, as_json)
+    status.add_argument("--pipeline", help="only this pipeline")
+
+    runs = commands.add_parser("runs", help="recorded runs (attempts)")
+    runs_commands = runs.add_subparsers(title="commands", metavar="COMMAND")
+    tail = runs_commands.add_parser("tail", help="the latest runs", parents=[common, as_json])
+    tail.set_defaults(handler=_cmd_runs_tail)
+    tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    tail.add_argument("--pipeline")
+    tail.add_argument("--stage")
+    tail.add_argument(
+        "--status", help="ok, failed, timed_out, interrupted, ignored, deferred, running"
+    )
+    show = runs_commands.add_parser(
+        "show", help="everything about one run", parents=[common, as_json]
+    )
+    show.set_defaults(handler=_cmd_runs_show)
+    show.add_argument("run_id", metavar="ID_PREFIX")
+
+    rules = commands.add_parser("rules", help="check and try classification rules")
+    rules_commands = rules.add_subparsers(title="commands", metavar="COMMAND")
+    check = rules_commands.add_parser(
+        "check", help="validate rule files", parents=[common, as_json]
+    )
+    check.set_defaults(handler=_cmd_rules_check)
+    check.add_argument("paths", nargs="*", help="rule files (default: the config's)")
+    test = rules_commands.add_parser(
+        "test", help="classify an error message as the daemon would", parents=[common, as_json]
+    )
+    test.set_defaults(handler=_cmd_rules_test)
+    test.add_argument("message")
+    test.add_argument("--pipeline")
+    test.add_argument("--stage")
+    test.add_argument("--type", dest="exception_type", help="the exception type, e.g. TimeoutError")
+    return parser
+
+
+# -- helpers -----------------------------------------------------------------------------
+def _config(args: argparse.Namespace) -> Config:
+    from pipewarden.config import find_config_path, load_config
+
+    return load_config(find_config_path(args.config), args.state_dir)
+
+
+def _open_store(config: Config, must_exist: bool = False) -> Store | None:
+    from pipewarden.store import STORE_FILE, Store
+
+    if must_exist and not (config.state_dir / STORE_FILE).exists():
+        return None
+    return Store(config.state_dir)
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+# -- commands -----------------------------------------------------------------------------
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from pipewarden.daemon import Daemon
+    from pipewarden.rules import load_rules
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s", stream=sys.stderr
+    )
+    config = _config(args)
+    rules = load_rules(config.rule_paths, config.path.parent)
+    return asyncio.run(Daemon(config, rules).run(until_idle=args.until_idle))
+
+
+def _cmd_enqueue(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden.daemon import poke_daemon
+
+    config = _config(args)
+    pipeline = config.pipeline(args.pipeline)
+    items = _items_to_enqueue(args)
+    store = _open_store(config)
+    assert store is not None
+    new = store.enqueue(pipeline.name, pipeline.stages[0].name, items, time.time())
+    store.close()
+    if new:
+        poke_daemon(config.state_dir)
+    known = len(items) - len(new)
+    if args.json:
+        _print_json({"pipeline": pipeline.name, "new": new, "already_known": known})
+    else:
+        print(
+            f"enqueued {len(new)} new item(s) into {pipeline.name}/{pipeline.stages[0].name}"
+            + (f"; {known} already known (left as they are)" if known else "")
+        )
+    return EXIT_OK
+
+
+def _items_to_enqueue(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    if bool(args.key) == bool(args.file):
+        raise UsageError("enqueue takes a KEY or --file items.jsonl (one of them)")
+    if args.file:
+        if args.data:
+            raise UsageError("--data goes with KEY; in --file each line carries its own data")
+        return _read_items_file(Path(args.file))
+    data: Any = {}
+    if args.data:
+        try:
+            data = json.loads(args.data)
+        except ValueError as exc:
+            raise UsageError(f"--data is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise UsageError('--data must be a JSON object, e.g. \'{"url": "https://..."}\'')
+    return [(args.key, data)]
+
+
+def _read_items_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    items = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(path, number, exc.colno, f"not valid JSON: {exc.msg}") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise ConfigError(path, number, 1, 'each line must be {"key": "...", "data": {...}}')
+        data = entry.get("data", {})
+        if not isinstance(data, dict):
+            raise ConfigError(path, number, 1, "'data' must be a JSON object")
+        items.append((entry["key"], data))
+    return items
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pipewarden.daemon import running_daemon_pid
+    from pipewarden.render import status_tree
+
+    config = _config(args)
+    names = [args.pipeline] if args.pipeline else list(config.pipelines)
+    for name in names:
+        config.pipeline(name)
+    store = _open_store(config, must_exist=True)
+    counts = store.state_counts(args.pipeline) if store else []
+    labels = store.label_counts(args.pipeline) if store else []
+    if store:
+        store.close()
+    pipelines = []
+    for name in names:
+        stages = []
+        for stage in config.pipelines[name].stages:
+            states = {st: n for p, s, st, n in counts if p == name and s == stage.name}
+            stage_labels: dict[str, list[tuple[str, str, int]]] = {}
+            for p, s, st, group, label, n in sorted(labels, key=lambda row: -row[5]):
+                if p == name and s == stage.name:
+                    stage_labels.setdefault(st, []).append(
+                        (group or "unknown", label or "Unknown", n)
+                    )
+            stages.append({"name": stage.name, "states": states, "labels": stage_labels})
+        pipelines.append({"name": name, "stages": stages})
+    pid = running_daemon_pid(config.state_dir)
+    if args.json:
+        _print_json({"daemon": {"running": pid is not None, "pid": pid}, "pipelines": pipelines})
+        return EXIT_OK
+    print(f"daemon: {f'running (pid {pid})' if pid else 'not running'} · state {config.state_dir}")
+    print()
+    print("\n".join(status_tree(pipelines)).rstrip())
+    return EXIT_OK
+
+
+def _run_as_dict(run: Any) -> dict[str, Any]:
+    from pipewarden.render import RUN_FIELDS
+
+    return {name: getattr(run, name) for name in (*RUN_FIELDS, "error", "traceback", "output")}
+
+
+def _cmd_runs_tail(args: argparse.Namespace) -> int:
+    from pipewarden.render import runs_table
+
+    store = _open_store(_config(args), must_exist=True)
+    runs = store.recent_runs(args.n, args.stage, args.status, args.pipeline) if store else []
+    if args.json:
+        _print_json([_run_as_dict(run) for run in runs])
+    else:
+        print("\n".join(runs_table(reversed(runs))))
+    return EXIT_OK
+
+
+def _cmd_runs_show(args: argparse.Namespace) -> int:
+    from pipewarden.render import format_time, run_detail
+
+    prefix = args.run_id.strip().lower()
+    if len(prefix) < 4:
+        raise UsageError("give at least 4 characters of the run id")
+    store = _open_store(_config(args), must_exist=True)
+    matches = store.runs_with_prefix(prefix) if store else []
+    if not matches:
+        raise PipewardenError(f"no run with id starting '{prefix}' (see `pipewarden runs tail`)")
+    if len(matches) > 1:
+        lines = [f"'{prefix}' matches {len(matches)} runs; give more characters:"]
+        lines += [
+            f"  {r.id}  {format_time(r.started_at)}  {r.pipeline}/{r.stage} {r.item_key} {r.status}"
+            for r in matches
+        ]
+        raise UsageError("\n".join(lines))
+    if args.json:
+        _print_json(_run_as_dict(matches[0]))
+    else:
+        print("\n".join(run_detail(matches[0])))
+    return EXIT_OK
+
+
+def _load_rules_for(args: argparse.Namespace):
+    from pipewarden.rules import load_rules
+
+    if getattr(args, "paths", None):
+        return load_rules([Path(p).resolve() for p in args.paths], Path.cwd())
+    config = _config(args)
+    return load_rules(config.rule_paths, config.path.parent)
+
+
+def _cmd_rules_check(args: argparse.Namespace) -> int:
+    ruleset = _load_rules_for(args)
+    if args.json:
+        _print_json(
+            {"ok": True, "rules": len(ruleset.rules), "version": ruleset.version,
+             "warnings": list(ruleset.warnings)}
+        )  # fmt: skip
+    else:
+        for warning in ruleset.warnings:
+            print(f"warning: {warning}")
+        print(f"ok: {len(ruleset.rules)} rules (version {ruleset.version})")
+    return EXIT_OK
+
+
+def _cmd_rules_test(args: argparse.Namespace) -> int:
+    from pipewarden.classifier import Classifier
+
+    ruleset = _load_rules_for(args)
+    exception_types = (args.exception_type,) if args.exception_type else ()
+    result = Classifier(ruleset).classify(
+        args.message, pipeline=args.pipeline, stage=args.stage, exception_types=exception_types
+    )
+    rule = next((r for r in ruleset.rules if r.id == result.rule_id), None)
+    answer = {
+        "group": result.group.value,
+        "label": result.label,
+        "category": result.category,
+        "type": result.type,
+        "rule": result.rule_id,
+        "pattern": rule.source or None if rule else None,
+    }
+    if args.json:
+        _print_json(answer)
+        return EXIT_OK
+    for name in ("group", "label", "category", "type"):
+        print(f"{name:<10}{answer[name]}")
+    if rule:
+        shown = rule.source or f"exception {', '.join(rule.exceptions)}"
+        print(f"{'rule':<10}{rule.id}  ({shown})")
+    else:
+        print(f"{'rule':<10}none matched — retried up to the stage's max_attempts, then failed")
+    return EXIT_OK

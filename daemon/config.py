@@ -1,0 +1,244 @@
+"""The config file: pipelines, their stages, and where state and rules live.
+
+Loaded safely with ruamel.yaml and validated into frozen dataclasses; every error
+names file:line:column and what to write instead (see `_yaml.Node`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipewarden._yaml import Node, load_file
+from pipewarden.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "config.yaml"
+DEFAULT_STATE_DIR = ".pipewarden"
+MODES = ("process", "pool")
+ON_INTERRUPT = ("requeue", "hold")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3  # attempts in all, the first included
+    backoff_s: float = 10.0  # delay before the second attempt
+    factor: float = 2.0  # each later delay is this many times the one before
+    max_backoff_s: float = 3600.0
+    jitter: float = 0.2  # up to this fraction of the delay is added at random
+
+
+@dataclass(frozen=True)
+class Stage:
+    pipeline: str
+    name: str
+    command: tuple[str, ...] | None  # argv; never passed through a shell
+    python: str | None  # "module:function"
+    mode: str  # "process" (a fresh process per item) or "pool" (long-lived workers)
+    concurrency: int
+    timeout_s: float
+    grace_s: float  # between SIGTERM and SIGKILL when the watchdog fires
+    cwd: Path
+    env: tuple[tuple[str, str], ...]
+    retry: RetryPolicy
+    channel: str  # a name, or a template such as "{data.contact_method}"
+    on_interrupt: str  # "requeue" or "hold"
+    defer_s: float  # how long a `defer` rule without its own time waits
+
+    def channel_for(self, data: dict[str, Any]) -> str:
+        """The channel a halt of this item would stop: `{data.x}` fills in from the item."""
+        return _TEMPLATE_FIELD.sub(lambda m: _lookup(data, m.group(1)), self.channel)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.pipeline}/{self.name}"
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of everything that decides what this stage does to an item."""
+        fields = asdict(self)
+        fields["cwd"] = str(self.cwd)
+        blob = json.dumps(fields, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    stages: tuple[Stage, ...]
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    def next_stage(self, name: str) -> Stage | None:
+        names = [s.name for s in self.stages]
+        index = names.index(name)
+        return self.stages[index + 1] if index + 1 < len(self.stages) else None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    state_dir: Path
+    rule_paths: tuple[Path, ...]
+    pipelines: dict[str, Pipeline] = field(hash=False)
+    drain_grace_s: float  # on SIGTERM, how long in-flight runs may finish
+
+    def pipeline(self, name: str) -> Pipeline:
+        try:
+            return self.pipelines[name]
+        except KeyError:
+            known = ", ".join(self.pipelines) or "none"
+            raise ConfigError(
+                self.path, 0, 0, f"no pipeline named '{name}'", f"known pipelines: {known}"
+            ) from None
+
+
+_TEMPLATE_FIELD = re.compile(r"\{data\.([\w.]+)\}")
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> str:
+    value: Any = data
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return str(value) if value not in (None, "") else "unknown"
+
+
+_TOP_KEYS = {"state_dir", "rules", "pipelines", "defaults", "drain_grace"}
+_STAGE_KEYS = {
+    "name", "command", "python", "mode", "concurrency", "timeout", "grace", "cwd", "env",
+    "retry", "channel", "on_interrupt", "defer",
+}  # fmt: skip
+_RETRY_KEYS = {"max_attempts", "backoff", "factor", "max_backoff", "jitter"}
+
+
+def find_config_path(given: str | None) -> Path:
+    """--config, else $PIPEWARDEN_CONFIG, else ./config.yaml."""
+    candidate = given or os.environ.get("PIPEWARDEN_CONFIG") or DEFAULT_CONFIG_NAME
+    path = Path(candidate)
+    if not path.is_file():
+        hint = "" if given else " (pass --config PATH or set PIPEWARDEN_CONFIG)"
+        raise ConfigError(path, 0, 0, f"no config file at {path}{hint}")
+    return path.resolve()
+
+
+def load_config(path: Path, state_dir: str | None = None) -> Config:
+    root = load_file(path)
+    top = root.mapping("the config", _TOP_KEYS, frozenset({"pipelines"}))
+    base = path.parent
+    defaults = (
+        top["defaults"].mapping("defaults", _STAGE_KEYS - {"name"}) if "defaults" in top else {}
+    )
+    pipelines: dict[str, Pipeline] = {}
+    for name, node in top["pipelines"].entries("pipelines"):
+        pipelines[name] = _load_pipeline(name, node, defaults, base)
+    if not pipelines:
+        raise top["pipelines"].error("no pipelines defined", "add at least one under 'pipelines:'")
+    chosen_state = state_dir or (top["state_dir"].text("state_dir") if "state_dir" in top else None)
+    rule_globs = top["rules"].text_list("rules") if "rules" in top else ("rules/*.yaml",)
+    return Config(
+        path=path,
+        state_dir=(base / (chosen_state or DEFAULT_STATE_DIR)).resolve(),
+        rule_paths=_expand_rule_globs(base, rule_globs),
+        pipelines=pipelines,
+        drain_grace_s=top["drain_grace"].duration("drain_grace") if "drain_grace" in top else 30.0,
+    )
+
+
+def _expand_rule_globs(base: Path, patterns: tuple[str, ...]) -> tuple[Path, ...]:
+    paths: list[Path] = []
+    for pattern in patterns:
+        matches = (
+            sorted(base.glob(pattern)) if any(c in pattern for c in "*?[") else [base / pattern]
+        )
+        paths.extend(p.resolve() for p in matches if p.resolve() not in paths)
+    return tuple(paths)
+
+
+def _load_pipeline(name: str, node: Node, defaults: dict[str, Node], base: Path) -> Pipeline:
+    entries = node.mapping(f"pipeline '{name}'", {"stages"}, frozenset({"stages"}))
+    stages: list[Stage] = []
+    for stage_node in entries["stages"].items(f"stages of pipeline '{name}'"):
+        stage = _load_stage(name, stage_node, defaults, base)
+        if any(s.name == stage.name for s in stages):
+            raise stage_node.error(f"stage '{stage.name}' appears twice in pipeline '{name}'")
+        stages.append(stage)
+    if not stages:
+        raise entries["stages"].error(f"pipeline '{name}' has no stages")
+    return Pipeline(name, tuple(stages))
+
+
+def _load_stage(pipeline: str, node: Node, defaults: dict[str, Node], base: Path) -> Stage:
+    own = node.mapping(f"a stage of pipeline '{pipeline}'", _STAGE_KEYS, frozenset({"name"}))
+    name = own["name"].text("stage name")
+    what = f"stage '{pipeline}/{name}'"
+    fields = {**defaults, **own}
+
+    def get(key: str) -> Node | None:
+        return fields.get(key)
+
+    command = python = None
+    if (c := get("command")) is not None:
+        command = c.text_list(f"command of {what}")
+    if (p := get("python")) is not None:
+        python = p.text(f"python of {what}")
+        if ":" not in python:
+            raise p.error(f"python of {what} must be 'module:function'", f"not '{python}'")
+    if command and python:
+        raise node.error(f"{what} has both 'command' and 'python'", "keep one of them")
+    if not command and not python:
+        raise node.error(
+            f"{what} has no worker", "add 'command: [argv...]' or 'python: module:function'"
+        )
+    default_mode = "pool" if python else "process"
+    mode = get("mode").choice(f"mode of {what}", MODES) if get("mode") else default_mode
+    return Stage(
+        pipeline=pipeline,
+        name=name,
+        command=command,
+        python=python,
+        mode=mode,
+        concurrency=get("concurrency").integer(f"concurrency of {what}", 1)
+        if get("concurrency")
+        else 1,
+        timeout_s=get("timeout").duration(f"timeout of {what}") if get("timeout") else 120.0,
+        grace_s=get("grace").duration(f"grace of {what}") if get("grace") else 5.0,
+        cwd=(base / get("cwd").text(f"cwd of {what}")).resolve() if get("cwd") else base,
+        env=tuple(
+            (k, v.text(f"env {k} of {what}"))
+            for k, v in (get("env").entries("env") if get("env") else ())
+        ),
+        retry=_load_retry(get("retry"), what),
+        channel=get("channel").text(f"channel of {what}") if get("channel") else name,
+        on_interrupt=get("on_interrupt").choice(f"on_interrupt of {what}", ON_INTERRUPT)
+        if get("on_interrupt")
+        else "requeue",
+        defer_s=get("defer").duration(f"defer of {what}") if get("defer") else 900.0,
+    )
+
+
+def _load_retry(node: Node | None, what: str) -> RetryPolicy:
+    if node is None:
+        return RetryPolicy()
+    entries = node.mapping(f"retry of {what}", _RETRY_KEYS)
+    policy = RetryPolicy()
+    return RetryPolicy(
+        max_attempts=entries["max_attempts"].integer("max_attempts", 1)
+        if "max_attempts" in entries
+        else policy.max_attempts,
+        backoff_s=entries["backoff"].duration("backoff")
+        if "backoff" in entries
+        else policy.backoff_s,
+        factor=entries["factor"].number("factor", 1.0) if "factor" in entries else policy.factor,
+        max_backoff_s=entries["max_backoff"].duration("max_backoff")
+        if "max_backoff" in entries
+        else policy.max_backoff_s,
+        jitter=entries["jitter"].number("jitter", 0.0) if "jitter" in entries else policy.jitter,
+    )

@@ -1,0 +1,126 @@
+"""What happens to an item after a run: DESIGN.md's item life as one pure function.
+
+No I/O and no clock of its own, so the whole retry policy (backoff, jitter,
+retry_after, rule overrides, exhaustion) is tested with plain values and freezegun.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from pipewarden.classifier import Classification
+from pipewarden.config import Pipeline, RetryPolicy, Stage
+from pipewarden.protocol import Verdict, WorkerReport
+from pipewarden.types import Group, ItemState, RunStatus
+
+NO_ERROR_TEXT = "the worker reported a failure without an error text"
+
+
+@dataclass(frozen=True)
+class Decision:
+    run_status: RunStatus
+    item_state: ItemState
+    item_stage: str
+    item_attempt: int  # attempts counted at item_stage after this run
+    ready_at: float | None  # when the item may be claimed again
+    error: str | None
+    classification: Classification | None
+    note: str  # for the log: "retry in 4.2s (attempt 2 of 3)", "-> capture", ...
+
+
+def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
+    """Delay after failed attempt `attempt` (1-based): exponential, capped, plus jitter."""
+    base = min(policy.max_backoff_s, policy.backoff_s * policy.factor ** (attempt - 1))
+    return base * (1.0 + policy.jitter * rng.random())
+
+
+def backoff_schedule(policy: RetryPolicy) -> list[float]:
+    """The delays before attempts 2..max_attempts, without jitter (for `why` and docs)."""
+    return [
+        min(policy.max_backoff_s, policy.backoff_s * policy.factor ** (n - 1))
+        for n in range(1, policy.max_attempts)
+    ]
+
+
+def decide(
+    pipeline: Pipeline,
+    stage: Stage,
+    attempt: int,
+    report: WorkerReport,
+    classification: Classification | None,
+    now: float,
+    rng: random.Random,
+) -> Decision:
+    if report.verdict is Verdict.OK:
+        return _advance(pipeline, stage, attempt, now)
+    if report.verdict is Verdict.IGNORE:
+        return _ignored(stage, attempt, report.ignore_reason or "ignored", classification)
+    if report.verdict is Verdict.DEFER:
+        until = (
+            report.defer_until if report.defer_until is not None else now + (report.defer_s or 0)
+        )
+        return _deferred(stage, attempt, until, "deferred by the worker", classification)
+    return _failed(stage, attempt, report, classification, now, rng)
+
+
+def _advance(pipeline: Pipeline, stage: Stage, attempt: int, now: float) -> Decision:
+    following = pipeline.next_stage(stage.name)
+    if following is None:
+        return Decision(RunStatus.OK, ItemState.DONE, stage.name, attempt, None, None, None, "done")
+    return Decision(
+        RunStatus.OK, ItemState.QUEUED, following.name, 0, now, None, None, f"-> {following.name}"
+    )
+
+
+def _ignored(stage: Stage, attempt: int, reason: str, c: Classification | None) -> Decision:
+    if c is None or c.group is not Group.IGNORE:
+        c = Classification(Group.IGNORE, reason[:80], "filter", "ignored", None)
+    return Decision(
+        RunStatus.IGNORED, ItemState.IGNORED, stage.name, attempt, None, reason, c, "ignored"
+    )
+
+
+def _deferred(
+    stage: Stage, attempt: int, until: float, error: str | None, c: Classification | None
+) -> Decision:
+    # Waiting is not failing: the attempt is not counted against the item.
+    return Decision(
+        RunStatus.DEFERRED, ItemState.DEFERRED, stage.name, attempt - 1, until, error, c, "deferred"
+    )
+
+
+def _failed(
+    stage: Stage,
+    attempt: int,
+    report: WorkerReport,
+    c: Classification | None,
+    now: float,
+    rng: random.Random,
+) -> Decision:
+    error = report.error or NO_ERROR_TEXT
+    run_status = RunStatus.TIMED_OUT if report.timed_out else RunStatus.FAILED
+    assert c is not None, "a failed run is always classified"
+    if c.group is Group.IGNORE:
+        return _ignored(stage, attempt, error, c)
+    if c.group is Group.DEFER:
+        return _deferred(stage, attempt, now + (c.defer_s or stage.defer_s), error, c)
+    if c.group is Group.TERMINAL:
+        return Decision(run_status, ItemState.FAILED, stage.name, attempt, None, error, c, "failed")
+    policy = stage.retry
+    max_attempts = c.max_attempts or policy.max_attempts
+    if attempt >= max_attempts:
+        note = f"failed: {max_attempts} attempts used"
+        return Decision(run_status, ItemState.FAILED, stage.name, attempt, None, error, c, note)
+    if report.retry_after_s is not None:
+        delay = report.retry_after_s
+    else:
+        if c.backoff_s is not None:
+            policy = RetryPolicy(
+                max_attempts, c.backoff_s, policy.factor, policy.max_backoff_s, policy.jitter
+            )
+        delay = backoff_delay(policy, attempt, rng)
+    note = f"retry in {delay:.1f}s (attempt {attempt + 1} of {max_attempts})"
+    return Decision(
+        run_status, ItemState.RETRYING, stage.name, attempt, now + delay, error, c, note
+    )

@@ -1,0 +1,452 @@
+"""The state store: items and runs in one SQLite file (WAL), through Peewee.
+
+The scheduler sees only a narrow interface (`enqueue`, `claim`, `finish`,
+`recover_interrupted`, `next_ready_at`, `pending_count`); the CLI reads through the
+Peewee models. The hot path (claim and finish) is plain SQL run in batches inside
+one transaction, because per-row ORM saves cannot keep up with a busy pool.
+
+Times are UNIX seconds (UTC) as REAL, which keeps delta queries simple and fast.
+The schema has a version; `migrate` upgrades an older file in place.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+from pipewarden.errors import StoreError
+from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES, ItemState, RunStatus
+
+STORE_FILE = "pipewarden.db"
+BUSY_TIMEOUT_MS = 10_000  # CLI writers and the daemon share the file; wait, don't fail
+
+
+# -- schema ------------------------------------------------------------------------
+class Item(pw.Model):
+    id = pw.AutoField()
+    pipeline = pw.TextField()
+    key = pw.TextField()
+    stage = pw.TextField()
+    state = pw.TextField()
+    data = pw.TextField(default="{}")
+    attempt = pw.IntegerField(default=0)  # attempts made at the current stage
+    ready_at = pw.FloatField(null=True)  # claimable from then (queued / retrying / deferred)
+    channel = pw.TextField(null=True)
+    last_run_id = pw.TextField(null=True)
+    last_error = pw.TextField(null=True)
+    last_label = pw.TextField(null=True)
+    last_group = pw.TextField(null=True)
+    created_at = pw.FloatField()
+    updated_at = pw.FloatField()
+
+    class Meta:
+        table_name = "items"
+
+
+class Run(pw.Model):
+    id = pw.TextField(primary_key=True)
+    pipeline = pw.TextField()
+    stage = pw.TextField()
+    item_id = pw.IntegerField()
+    item_key = pw.TextField()
+    attempt = pw.IntegerField()
+    channel = pw.TextField(null=True)
+    status = pw.TextField()
+    started_at = pw.FloatField()
+    finished_at = pw.FloatField(null=True)
+    duration_s = pw.FloatField(null=True)
+    exit_code = pw.IntegerField(null=True)
+    signal = pw.IntegerField(null=True)
+    pid = pw.IntegerField(null=True)
+    error = pw.TextField(null=True)
+    error_type = pw.TextField(null=True)  # the exception type the worker reported
+    traceback = pw.TextField(null=True)  # traceback, or the stderr tail of a command
+    output = pw.TextField(null=True)  # stdout lines that were not protocol messages
+    group_name = pw.TextField(null=True)
+    label = pw.TextField(null=True)
+    category = pw.TextField(null=True)
+    type = pw.TextField(null=True)
+    rule_id = pw.TextField(null=True)
+    rules_version = pw.TextField(null=True)
+    input_fingerprint = pw.TextField(null=True)
+    code_ref = pw.TextField(null=True)
+    config_hash = pw.TextField(null=True)
+    rows_in = pw.IntegerField(null=True)
+    rows_out = pw.IntegerField(null=True)
+    cost = pw.FloatField(null=True)
+    trace_id = pw.TextField(null=True)
+    progress = pw.FloatField(null=True)  # schema 2
+    message = pw.TextField(null=True)  # schema 2
+
+    class Meta:
+        table_name = "runs"
+
+
+def _bound(model: type[pw.Model], db: pw.Database) -> Any:
+    meta = type("Meta", (), {"database": db, "table_name": model._meta.table_name})
+    return type(model.__name__, (model,), {"Meta": meta, "__module__": __name__})
+
+
+# Each step upgrades the schema by one version; a step never changes once shipped.
+_MIGRATIONS: list[list[str]] = [
+    [  # 1: items and runs
+        """CREATE TABLE items (
+            id INTEGER PRIMARY KEY, pipeline TEXT NOT NULL, key TEXT NOT NULL,
+            stage TEXT NOT NULL, state TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}',
+            attempt INTEGER NOT NULL DEFAULT 0, ready_at REAL, channel TEXT,
+            last_run_id TEXT, last_error TEXT, last_label TEXT, last_group TEXT,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL, UNIQUE (pipeline, key))""",
+        "CREATE INDEX items_claim ON items (pipeline, stage, state, ready_at)",
+        "CREATE INDEX items_state ON items (state, updated_at)",
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, stage TEXT NOT NULL,
+            item_id INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+            item_key TEXT NOT NULL, attempt INTEGER NOT NULL, channel TEXT,
+            status TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL,
+            duration_s REAL, exit_code INTEGER, signal INTEGER, pid INTEGER,
+            error TEXT, error_type TEXT, traceback TEXT, output TEXT,
+            group_name TEXT, label TEXT, category TEXT, type TEXT, rule_id TEXT,
+            rules_version TEXT, input_fingerprint TEXT, code_ref TEXT, config_hash TEXT,
+            rows_in INTEGER, rows_out INTEGER, cost REAL, trace_id TEXT)""",
+        "CREATE INDEX runs_recent ON runs (started_at)",
+        "CREATE INDEX runs_by_stage ON runs (pipeline, stage, started_at)",
+        "CREATE INDEX runs_by_status ON runs (status, started_at)",
+        "CREATE INDEX runs_by_fingerprint ON runs (input_fingerprint)",
+        "CREATE INDEX runs_by_item ON runs (item_id, started_at)",
+    ],
+    [  # 2: live progress reported by workers
+        "ALTER TABLE runs ADD COLUMN progress REAL",
+        "ALTER TABLE runs ADD COLUMN message TEXT",
+    ],
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+# -- what the scheduler exchanges with the store -------------------------------------
+@dataclass(frozen=True)
+class NewRun:
+    """What the scheduler knows of a run before its worker starts."""
+
+    run_id: str
+    item_id: int
+    channel: str
+    input_fingerprint: str
+    config_hash: str
+    code_ref: str | None
+    trace_id: str
+
+
+@dataclass(frozen=True)
+class Claimed:
+    item_id: int
+    key: str
+    data: dict[str, Any]
+    attempt: int  # this run's attempt number (1 for the first)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run's end and the item's next state, written together."""
+
+    run_id: str
+    item_id: int
+    status: RunStatus
+    finished_at: float
+    duration_s: float
+    item_stage: str
+    item_state: ItemState
+    item_data: str  # JSON
+    item_attempt: int
+    item_ready_at: float | None
+    exit_code: int | None = None
+    signal: int | None = None
+    pid: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+    traceback: str | None = None
+    output: str | None = None
+    group_name: str | None = None
+    label: str | None = None
+    category: str | None = None
+    type: str | None = None
+    rule_id: str | None = None
+    rules_version: str | None = None
+    rows_out: int | None = None
+    cost: float | None = None
+    progress: float | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Recovered:
+    run_id: str
+    pipeline: str
+    stage: str
+    item_key: str
+    held: bool
+
+
+_RUN_END_COLUMNS = (
+    "status", "finished_at", "duration_s", "exit_code", "signal", "pid", "error", "error_type",
+    "traceback", "output", "group_name", "label", "category", "type", "rule_id",
+    "rules_version", "rows_out", "cost", "progress", "message",
+)  # fmt: skip
+_FINISH_RUN_SQL = (
+    f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _RUN_END_COLUMNS[:-2])}, "
+    "progress = COALESCE(?, progress), message = COALESCE(?, message) WHERE id = ?"
+)
+_FINISH_ITEM_SQL = (
+    "UPDATE items SET stage = ?, state = ?, data = ?, attempt = ?, ready_at = ?, "
+    "last_error = ?, last_label = ?, last_group = ?, updated_at = ? WHERE id = ?"
+)
+_CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE_STATES)
+_PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
+
+
+class Store:
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+        self.path = state_dir / STORE_FILE
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StoreError(f"cannot create state dir {state_dir}: {exc.strerror}") from None
+        self.db = pw.SqliteDatabase(
+            str(self.path),
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "normal",  # WAL + NORMAL: a killed daemon loses no commit
+                "foreign_keys": 1,
+                "busy_timeout": BUSY_TIMEOUT_MS,
+            },
+            autoconnect=True,
+        )
+        # Each Store binds its own model classes, so two stores never share a database.
+        self.Item: type[Item] = _bound(Item, self.db)
+        self.Run: type[Run] = _bound(Run, self.db)
+        try:
+            self.migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        return self.db.connection()
+
+    # -- schema ---------------------------------------------------------------------
+    def schema_version(self) -> int:
+        return self._conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema {current}, newer than this pipewarden "
+                f"({SCHEMA_VERSION}) — upgrade pipewarden"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with self.db.atomic("IMMEDIATE"):
+                for statement in _MIGRATIONS[version - 1]:
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {version}")
+
+    # -- enqueue --------------------------------------------------------------------
+    def enqueue(
+        self, pipeline: str, stage: str, items: Sequence[tuple[str, dict[str, Any]]], now: float
+    ) -> list[str]:
+        """Add items not yet known (by key) at `stage`; returns the keys that were new."""
+        new: list[str] = []
+        with self.db.atomic("IMMEDIATE"):
+            for key, data in items:
+                cursor = self._conn.execute(
+                    "INSERT INTO items (pipeline, key, stage, state, data, ready_at, created_at,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (pipeline, key, stage, ItemState.QUEUED, json.dumps(data), now, now, now),
+                )
+                if cursor.rowcount:
+                    new.append(key)
+        return new
+
+    # -- the scheduler's hot path ------------------------------------------------------
+    def claim(
+        self,
+        pipeline: str,
+        stage: str,
+        limit: int,
+        now: float,
+        describe: Any,  # Callable[[int, str, dict], NewRun]: fills a run's fields per item
+    ) -> list[tuple[Claimed, NewRun]]:
+        """Mark up to `limit` ready items running and write their run rows, atomically.
+
+        The run rows are committed before any worker starts, so a crash at any later
+        point leaves a `running` row for `recover_interrupted` to find.
+        """
+        with self.db.atomic("IMMEDIATE"):
+            rows = self._conn.execute(
+                f"SELECT id, key, data, attempt FROM items WHERE pipeline = ? AND stage = ?"
+                f" AND state IN ({_CLAIMABLE}) AND ready_at <= ? ORDER BY ready_at, id LIMIT ?",
+                (pipeline, stage, now, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            claimed: list[tuple[Claimed, NewRun]] = []
+            for item_id, key, data_json, attempt in rows:
+                data = json.loads(data_json)
+                claimed.append(
+                    (Claimed(item_id, key, data, attempt + 1), describe(item_id, key, data))
+                )
+            self._conn.executemany(
+                "UPDATE items SET state = 'running', attempt = ?, channel = ?, last_run_id = ?,"
+                " updated_at = ? WHERE id = ?",
+                [(c.attempt, r.channel, r.run_id, now, c.item_id) for c, r in claimed],
+            )
+            self._conn.executemany(
+                "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel,"
+                " status, started_at, input_fingerprint, code_ref, config_hash, rows_in,"
+                " trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?)",
+                [
+                    (r.run_id, pipeline, stage, c.item_id, c.key, c.attempt, r.channel, now,
+                     r.input_fingerprint, r.code_ref, r.config_hash, r.trace_id)
+                    for c, r in claimed
+                ],
+            )  # fmt: skip
+        return claimed
+
+    def finish(
+        self, finished: Iterable[FinishedRun], progress: dict[str, tuple[float | None, str | None]]
+    ) -> None:
+        """Write finished runs, their items' next states and live progress in one commit."""
+        finished = list(finished)
+        with self.db.atomic("IMMEDIATE"):
+            if progress:
+                self._conn.executemany(
+                    "UPDATE runs SET progress = COALESCE(?, progress),"
+                    " message = COALESCE(?, message) WHERE id = ? AND status = 'running'",
+                    [(p, m, run_id) for run_id, (p, m) in progress.items()],
+                )
+            if not finished:
+                return
+            self._conn.executemany(
+                _FINISH_RUN_SQL,
+                [(*(getattr(f, c) for c in _RUN_END_COLUMNS), f.run_id) for f in finished],
+            )
+            self._conn.executemany(
+                _FINISH_ITEM_SQL,
+                [
+                    (f.item_stage, f.item_state, f.item_data, f.item_attempt, f.item_ready_at,
+                     f.error, f.label, f.group_name, f.finished_at, f.item_id)
+                    for f in finished
+                ],
+            )  # fmt: skip
+
+    def recover_interrupted(
+        self, now: float, hold_stages: set[tuple[str, str]], reason: str
+    ) -> list[Recovered]:
+        """After an unclean stop: end orphaned runs as interrupted and put their items back.
+
+        The attempt is not counted against the item; a stage marked `on_interrupt: hold`
+        holds its items for a person instead, since its side effects must not repeat.
+        """
+        recovered: list[Recovered] = []
+        with self.db.atomic("IMMEDIATE"):
+            rows = self._conn.execute(
+                "SELECT r.id, r.pipeline, r.stage, r.item_key, r.item_id, r.attempt, r.started_at"
+                " FROM runs r WHERE r.status = 'running'"
+            ).fetchall()
+            for run_id, pipeline, stage, key, item_id, attempt, started_at in rows:
+                held = (pipeline, stage) in hold_stages
+                self._conn.execute(
+                    "UPDATE runs SET status = ?, finished_at = ?, duration_s = ?, error = ?,"
+                    " group_name = 'retriable', label = 'Interrupted', category = 'daemon',"
+                    " type = 'interrupted' WHERE id = ?",
+                    (RunStatus.INTERRUPTED, now, max(0.0, now - started_at), reason, run_id),
+                )
+                self._conn.execute(
+                    "UPDATE items SET state = ?, attempt = ?, ready_at = ?, last_error = ?,"
+                    " last_label = 'Interrupted', updated_at = ?"
+                    " WHERE id = ? AND state = 'running' AND last_run_id = ?",
+                    (ItemState.HELD if held else ItemState.QUEUED, attempt - 1, now, reason, now,
+                     item_id, run_id),
+                )  # fmt: skip
+                recovered.append(Recovered(run_id, pipeline, stage, key, held))
+        return recovered
+
+    def next_ready_at(self, stages: Sequence[tuple[str, str]]) -> float | None:
+        """The earliest time an item of these stages becomes claimable."""
+        soonest: float | None = None
+        for pipeline, stage in stages:
+            (ready_at,) = self._conn.execute(
+                f"SELECT MIN(ready_at) FROM items WHERE pipeline = ? AND stage = ?"
+                f" AND state IN ({_CLAIMABLE})",
+                (pipeline, stage),
+            ).fetchone()
+            if ready_at is not None and (soonest is None or ready_at < soonest):
+                soonest = ready_at
+        return soonest
+
+    def pending_count(self) -> int:
+        """Items with work still ahead: queued, running or retrying (deferred ones wait)."""
+        return self._conn.execute(
+            f"SELECT COUNT(*) FROM items WHERE state IN ({_PENDING})"
+        ).fetchone()[0]
+
+    # -- reads for the CLI ------------------------------------------------------------
+    def state_counts(self, pipeline: str | None = None) -> list[tuple[str, str, str, int]]:
+        """(pipeline, stage, state, count) for every non-empty combination."""
+        query = self.Item.select(
+            self.Item.pipeline, self.Item.stage, self.Item.state, pw.fn.COUNT(self.Item.id)
+        ).group_by(self.Item.pipeline, self.Item.stage, self.Item.state)
+        if pipeline:
+            query = query.where(self.Item.pipeline == pipeline)
+        return list(query.tuples())
+
+    def label_counts(
+        self, pipeline: str | None = None
+    ) -> list[tuple[str, str, str, str, str, int]]:
+        """(pipeline, stage, state, group, label, count) for items that carry a label."""
+        item = self.Item
+        columns = (item.pipeline, item.stage, item.state, item.last_group, item.last_label)
+        query = (
+            item.select(*columns, pw.fn.COUNT(item.id))
+            .where(item.state.in_([ItemState.RETRYING, ItemState.FAILED, ItemState.IGNORED]))
+            .group_by(*columns)
+        )
+        if pipeline:
+            query = query.where(item.pipeline == pipeline)
+        return list(query.tuples())
+
+    def recent_runs(
+        self, limit: int, stage: str | None = None, status: str | None = None,
+        pipeline: str | None = None,
+    ) -> list[Run]:  # fmt: skip
+        query = self.Run.select().order_by(self.Run.started_at.desc()).limit(limit)
+        if stage:
+            query = query.where(self.Run.stage == stage)
+        if status:
+            query = query.where(self.Run.status == status)
+        if pipeline:
+            query = query.where(self.Run.pipeline == pipeline)
+        return list(query)
+
+    def runs_with_prefix(self, prefix: str, limit: int = 20) -> list[Run]:
+        # Bounds instead of LIKE, so the primary key's index answers it.
+        return list(
+            self.Run.select()
+            .where((self.Run.id >= prefix) & (self.Run.id < prefix + "\uffff"))
+            .order_by(self.Run.started_at.desc())
+            .limit(limit)
+        )
+
+    def item(self, pipeline: str, key: str) -> Item | None:
+        return self.Item.get_or_none((self.Item.pipeline == pipeline) & (self.Item.key == key))
+
+    def item_by_id(self, item_id: int) -> Item | None:
+        return self.Item.get_or_none(self.Item.id == item_id)

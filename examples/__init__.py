@@ -1,0 +1,1 @@
+"""Example workers used by the demo pipelines in config.example.yaml."""
