@@ -6,6 +6,7 @@ names file:line:column and what to write instead (see `_yaml.Node`).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -142,23 +143,24 @@ def load_config(path: Path, state_dir: str | None = None) -> Config:
     if not pipelines:
         raise top["pipelines"].error("no pipelines defined", "add at least one under 'pipelines:'")
     chosen_state = state_dir or (top["state_dir"].text("state_dir") if "state_dir" in top else None)
-    rule_globs = top["rules"].text_list("rules") if "rules" in top else ("rules/*.yaml",)
+    rules_node = top.get("rules") or Node("rules/*.yaml", str(path), 1, 1)
     return Config(
         path=path,
         state_dir=(base / (chosen_state or DEFAULT_STATE_DIR)).resolve(),
-        rule_paths=_expand_rule_globs(base, rule_globs),
+        rule_paths=_expand_rule_globs(base, rules_node),
         pipelines=pipelines,
         drain_grace_s=top["drain_grace"].duration("drain_grace") if "drain_grace" in top else 30.0,
     )
 
 
-def _expand_rule_globs(base: Path, patterns: tuple[str, ...]) -> tuple[Path, ...]:
+def _expand_rule_globs(base: Path, node: Node) -> tuple[Path, ...]:
+    """Rule file paths and globs, relative to the config, in order; each must find a file."""
     paths: list[Path] = []
-    for pattern in patterns:
-        matches = (
-            sorted(base.glob(pattern)) if any(c in pattern for c in "*?[") else [base / pattern]
-        )
-        paths.extend(p.resolve() for p in matches if p.resolve() not in paths)
+    for pattern in node.text_list("rules"):
+        matches = sorted(glob.glob(str(base / pattern)))
+        if not matches:
+            raise node.error(f"rules: '{pattern}' matches no file", f"looked in {base}")
+        paths.extend(p for p in (Path(m).resolve() for m in matches) if p not in paths)
     return tuple(paths)
 
 

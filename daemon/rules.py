@@ -22,7 +22,6 @@ and every run can point at the line that decided it.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,11 +85,9 @@ def load_rules(paths: tuple[Path, ...] | list[Path], base: Path | None = None) -
 
 
 def _display_path(path: Path, base: Path | None) -> str:
-    if base is not None:
-        try:
-            return os.path.relpath(path, base)
-        except ValueError:
-            pass
+    """Relative to the config's folder when the file lies inside it, else absolute."""
+    if base is not None and path.is_relative_to(base):
+        return str(path.relative_to(base))
     return str(path)
 
 

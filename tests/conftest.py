@@ -1,0 +1,150 @@
+"""Shared fixtures: a temporary project (config, rules, workers), the CLI, a real daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pipewarden.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+DEADLINE_S = 20.0
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
+    """Poll `predicate` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def process_gone(pid: int) -> bool:
+    """True once `pid` no longer runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+class Project:
+    """A folder with a config, the shipped rules and whatever workers a test writes."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.config_path = root / "config.yaml"
+        self.state_dir = root / ".pipewarden"
+        self._daemons: list[subprocess.Popen[bytes]] = []
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+        return path
+
+    def configure(self, pipelines: str, extra: str = "") -> None:
+        """Write config.yaml: the shipped rules plus the given `pipelines:` body."""
+        body = textwrap.indent(textwrap.dedent(pipelines).strip("\n"), "  ")
+        self.write(
+            "config.yaml",
+            f"rules: [{REPO}/rules/*.yaml]\n{textwrap.dedent(extra) or 'drain_grace: 5s'}\n"
+            f"pipelines:\n{body}\n",
+        )
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PIPEWARDEN_CONFIG"] = str(self.config_path)
+        env.pop("NO_COLOR", None)
+        return env
+
+    def cli(self, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipewarden", *args],
+            cwd=self.root,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if expect is not None:
+            assert done.returncode == expect, (
+                f"pipewarden {' '.join(args)} exited {done.returncode}\n"
+                f"stdout: {done.stdout}\nstderr: {done.stderr}"
+            )
+        return done
+
+    def start_daemon(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"daemon-{len(self._daemons)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipewarden", "run", *args],
+            cwd=self.root,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self._daemons.append(proc)
+        wait_until(lambda: (self.state_dir / "daemon.lock").exists(), "the daemon to start")
+        return proc
+
+    def daemon_log(self, index: int = -1) -> str:
+        number = index if index >= 0 else len(self._daemons) + index
+        return (self.root / f"daemon-{number}.log").read_text()
+
+    def store(self) -> Store:
+        return Store(self.state_dir)
+
+    def item(self, pipeline: str, key: str) -> Any:
+        store = self.store()
+        try:
+            return store.item(pipeline, key)
+        finally:
+            store.close()
+
+    def runs(self, key: str | None = None) -> list[Any]:
+        store = self.store()
+        try:
+            query = store.Run.select().order_by(store.Run.started_at)
+            if key is not None:
+                query = query.where(store.Run.item_key == key)
+            return list(query)
+        finally:
+            store.close()
+
+    def stop_all(self) -> None:
+        for proc in self._daemons:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    proj = Project(tmp_path)
+    yield proj
+    proj.stop_all()
+
+
+@pytest.fixture
+def kill_leftovers() -> Iterator[list[int]]:
+    """Process groups a test left behind on purpose (a kill -9'd daemon's workers)."""
+    groups: list[int] = []
+    yield groups
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)

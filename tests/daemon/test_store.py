@@ -1,0 +1,69 @@
+"""The store: pragmas, forward migrations in place, refusing a newer schema."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from pipewarden.errors import StoreError
+from pipewarden.store import _MIGRATIONS, SCHEMA_VERSION, STORE_FILE, Store
+
+
+def test_a_new_store_is_wal_with_foreign_keys_and_the_latest_schema(tmp_path: Path):
+    store = Store(tmp_path)
+    conn = store.db.connection()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+    assert store.schema_version() == SCHEMA_VERSION
+    indexes = {row[1] for row in conn.execute("SELECT * FROM sqlite_master WHERE type='index'")}
+    assert {"runs_recent", "runs_by_stage", "runs_by_status", "runs_by_fingerprint"} <= indexes
+    store.close()
+
+
+def test_a_version_1_store_is_upgraded_in_place_keeping_its_rows(tmp_path: Path):
+    conn = sqlite3.connect(tmp_path / STORE_FILE)
+    for statement in _MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO items (pipeline, key, stage, state, created_at, updated_at)"
+        " VALUES ('sites', 'old.example', 'find', 'done', 1, 1)"
+    )
+    conn.execute(
+        "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status, started_at)"
+        " VALUES ('abc123', 'sites', 'find', 1, 'old.example', 1, 'ok', 1)"
+    )
+    conn.commit()
+    conn.close()
+
+    store = Store(tmp_path)
+
+    assert store.schema_version() == SCHEMA_VERSION
+    (run,) = store.runs_with_prefix("abc1")
+    assert (run.item_key, run.status, run.progress, run.message) == (
+        "old.example",
+        "ok",
+        None,
+        None,
+    )
+    assert store.item("sites", "old.example").state == "done"
+    store.close()
+
+
+def test_a_store_from_a_newer_pipewarden_is_refused(tmp_path: Path):
+    Store(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / STORE_FILE)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this pipewarden"):
+        Store(tmp_path)
+
+
+def test_enqueue_is_idempotent_on_key(tmp_path: Path):
+    store = Store(tmp_path)
+    assert store.enqueue("sites", "find", [("a", {}), ("b", {})], 1.0) == ["a", "b"]
+    assert store.enqueue("sites", "find", [("b", {"x": 1}), ("c", {})], 2.0) == ["c"]
+    assert store.item("sites", "b").data == "{}"
+    store.close()
