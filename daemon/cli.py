@@ -84,6 +84,10 @@ def _build_parser() -> argparse.ArgumentParser:
     status = command("status", _cmd_status, "items per pipeline, stage and state", common, as_json)
     status.add_argument("--pipeline", help="only this pipeline")
 
+    item = command("item", _cmd_item, "one item: its state, next retry and runs", common, as_json)
+    item.add_argument("pipeline")
+    item.add_argument("key")
+
     runs = commands.add_parser("runs", help="recorded runs (attempts)")
     runs_commands = runs.add_subparsers(title="commands", metavar="COMMAND")
     tail = runs_commands.add_parser("tail", help="the latest runs", parents=[common, as_json])
@@ -157,7 +161,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_enqueue(args: argparse.Namespace) -> int:
     import time
 
-    from pipewarden.daemon import poke_daemon
+    from pipewarden.lock import poke_daemon
 
     config = _config(args)
     pipeline = config.pipeline(args.pipeline)
@@ -220,7 +224,7 @@ def _read_items_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pipewarden.daemon import running_daemon_pid
+    from pipewarden.lock import running_daemon_pid
     from pipewarden.render import status_tree
 
     config = _config(args)
@@ -252,6 +256,33 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"daemon: {f'running (pid {pid})' if pid else 'not running'} · state {config.state_dir}")
     print()
     print("\n".join(status_tree(pipelines)).rstrip())
+    return EXIT_OK
+
+
+def _cmd_item(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden.render import item_detail, runs_table
+
+    config = _config(args)
+    config.pipeline(args.pipeline)
+    store = _open_store(config, must_exist=True)
+    item = store.item(args.pipeline, args.key) if store else None
+    if item is None:
+        raise PipewardenError(f"no item '{args.key}' in pipeline '{args.pipeline}'")
+    runs = store.item_runs(item.id)
+    store.close()
+    if args.json:
+        fields = ("pipeline", "key", "stage", "state", "attempt", "ready_at", "channel",
+                  "last_error", "last_label", "last_group", "created_at", "updated_at")  # fmt: skip
+        _print_json(
+            {**{name: getattr(item, name) for name in fields}, "data": json.loads(item.data),
+             "runs": [_run_as_dict(run) for run in runs]}
+        )  # fmt: skip
+        return EXIT_OK
+    print("\n".join(item_detail(item, time.time())))
+    print()
+    print("\n".join(runs_table(runs)))
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ class Stage:
     def qualified_name(self) -> str:
         return f"{self.pipeline}/{self.name}"
 
-    @property
+    @cached_property  # computed once per stage: it is stamped on every run
     def config_hash(self) -> str:
         """Hash of everything that decides what this stage does to an item."""
         fields = asdict(self)

@@ -8,8 +8,6 @@ interrupt and requeue the rest, exit 0. SIGUSR1: something was enqueued, look no
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -19,72 +17,14 @@ from pathlib import Path
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
 from pipewarden.config import Config
-from pipewarden.errors import PipewardenError
+from pipewarden.lock import DaemonLock
 from pipewarden.rules import RuleSet
 from pipewarden.scheduler import Scheduler
 from pipewarden.store import Store
 
 log = logging.getLogger("pipewarden.daemon")
 
-LOCK_FILE = "daemon.lock"  # holds the running daemon's pid while it is locked
 RECOVERED_REASON = "daemon stopped while running"
-
-
-class DaemonLock:
-    """An exclusive lock on the state dir: one daemon per store, and the CLI can find it."""
-
-    def __init__(self, state_dir: Path):
-        self.path = state_dir / LOCK_FILE
-        self._handle: int | None = None
-
-    def acquire(self) -> None:
-        handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(handle)
-            pid = running_daemon_pid(self.path.parent)
-            raise PipewardenError(
-                f"another pipewarden daemon (pid {pid}) is running on {self.path.parent}"
-                " — stop it first, or use another --state-dir"
-            ) from None
-        os.ftruncate(handle, 0)
-        os.write(handle, f"{os.getpid()}\n".encode())
-        self._handle = handle
-
-    def release(self) -> None:
-        if self._handle is not None:
-            os.close(self._handle)
-            self._handle = None
-
-
-def running_daemon_pid(state_dir: Path) -> int | None:
-    """The pid of the daemon holding the state dir's lock, or None if none does."""
-    path = state_dir / LOCK_FILE
-    try:
-        handle = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        text = os.read(handle, 32).decode().strip()
-        return int(text) if text.isdigit() else None
-    else:
-        return None  # we could lock it: nobody holds it
-    finally:
-        os.close(handle)
-
-
-def poke_daemon(state_dir: Path) -> bool:
-    """Tell a running daemon that new work arrived; False when none runs."""
-    pid = running_daemon_pid(state_dir)
-    if pid is None:
-        return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGUSR1)
-        return True
-    return False
 
 
 def detect_code_ref(directory: Path) -> str | None:
@@ -108,12 +48,15 @@ class Daemon:
         self.clock = clock or Clock()
         self._stop = asyncio.Event()
         self._stop_reason = ""
+        self._scheduler: Scheduler | None = None
 
     def request_stop(self, reason: str) -> None:
         if not self._stop.is_set():
             log.info("%s: stopping — no new claims, draining running attempts", reason)
             self._stop_reason = reason
         self._stop.set()
+        if self._scheduler is not None:
+            self._scheduler.wake()
 
     async def run(self, until_idle: bool = False) -> int:
         lock = DaemonLock(self.config.state_dir)
@@ -129,6 +72,7 @@ class Daemon:
                 self.clock,
                 detect_code_ref(self.config.path.parent),
             )
+            self._scheduler = scheduler
             self._install_signal_handlers(scheduler)
             log.info(
                 "pipewarden running: %d pipeline(s), %d rule(s), store %s",

@@ -71,6 +71,23 @@ def runs_table(runs: Iterable[Any]) -> list[str]:
     return lines
 
 
+def item_detail(item: Any, now: float) -> list[str]:
+    lines = [
+        f"{'item':<12}{item.pipeline}/{item.key}",
+        f"{'state':<12}{item.state} at stage {item.stage} ({item.attempt} attempt(s) made there)",
+    ]
+    if item.state in (ItemState.RETRYING, ItemState.DEFERRED, ItemState.QUEUED) and item.ready_at:
+        wait = item.ready_at - now
+        when = "now" if wait <= 0 else f"in {format_duration(wait)}"
+        verb = "retry" if item.state == ItemState.RETRYING else "runs"
+        lines.append(f"{'next':<12}{verb} at {format_time(item.ready_at)} ({when})")
+    if item.last_label:
+        lines.append(f"{'last label':<12}{item.last_label} ({item.last_group})")
+    if item.last_error:
+        lines.append(f"{'last error':<12}{item.last_error.strip().splitlines()[0]}")
+    return lines
+
+
 def _label_and_error(run: Any) -> str:
     if not run.error:
         return ""

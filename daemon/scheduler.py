@@ -75,22 +75,27 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        """Attempts under way (counted by the attempts themselves, not by task bookkeeping)."""
+        return sum(slot.in_flight for slot in self._slots)
 
     async def run(self, stop: asyncio.Event, until_idle: bool = False) -> None:
-        """Claim and run until `stop` is set (or, with until_idle, nothing is left to do)."""
+        """Claim and run until `stop` is set (or, with until_idle, nothing is left to do).
+
+        Whoever sets `stop` must also call `wake()`, so a sleeping loop notices.
+        """
         while not stop.is_set():
             self._wake.clear()
-            self.flush()
-            if self.claiming:
-                self._dispatch()
-            if until_idle and not self._tasks and self.store.pending_count() == 0:
+            with self.store.transaction():  # what finished and what starts: one commit
+                self.flush()
+                if self.claiming:
+                    self._dispatch()
+            if until_idle and not self.in_flight and self.store.pending_count() == 0:
                 log.info("nothing left to do: stopping (--until-idle)")
                 return
             delay = self._seconds_until_due()
-            if until_idle and not self._tasks:
+            if until_idle and not self.in_flight:
                 delay = IDLE_CHECK_S if delay is None else min(delay, IDLE_CHECK_S)
-            await self._sleep(stop, delay)
+            await self._sleep(delay)
 
     async def drain(self, grace_s: float, reason: str) -> None:
         """Stop claiming, give in-flight runs `grace_s` to finish, then interrupt the rest."""
@@ -115,14 +120,12 @@ class Scheduler:
             progress, self._progress = self._progress, {}
             self.store.finish(finished, progress)
 
-    async def _sleep(self, stop: asyncio.Event, delay: float | None) -> None:
-        stop_wait = asyncio.ensure_future(stop.wait())
-        wake_wait = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({stop_wait, wake_wait}, timeout=delay, return_when="FIRST_COMPLETED")
-        finally:
-            stop_wait.cancel()
-            wake_wait.cancel()
+    async def _sleep(self, delay: float | None) -> None:
+        """Until woken (a run ended, an enqueue, a stop) or until `delay` has passed."""
+        timer = None if delay is None else asyncio.get_running_loop().call_later(delay, self.wake)
+        await self._wake.wait()
+        if timer is not None:
+            timer.cancel()
 
     def _seconds_until_due(self) -> float | None:
         open_stages = [(s.pipeline.name, s.stage.name) for s in self._slots if s.free > 0]

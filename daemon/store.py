@@ -11,6 +11,7 @@ The schema has a version; `migrate` upgrades an older file in place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -241,6 +242,13 @@ class Store:
     def _conn(self) -> sqlite3.Connection:
         return self.db.connection()
 
+    def transaction(self) -> Any:
+        """One write transaction; the scheduler wraps a whole loop pass in it (one commit)."""
+        return self.db.atomic("IMMEDIATE")
+
+    def _write(self) -> Any:
+        return contextlib.nullcontext() if self.db.in_transaction() else self.transaction()
+
     # -- schema ---------------------------------------------------------------------
     def schema_version(self) -> int:
         return self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -289,7 +297,7 @@ class Store:
         The run rows are committed before any worker starts, so a crash at any later
         point leaves a `running` row for `recover_interrupted` to find.
         """
-        with self.db.atomic("IMMEDIATE"):
+        with self._write():
             rows = self._conn.execute(
                 f"SELECT id, key, data, attempt FROM items WHERE pipeline = ? AND stage = ?"
                 f" AND state IN ({_CLAIMABLE}) AND ready_at <= ? ORDER BY ready_at, id LIMIT ?",
@@ -325,7 +333,7 @@ class Store:
     ) -> None:
         """Write finished runs, their items' next states and live progress in one commit."""
         finished = list(finished)
-        with self.db.atomic("IMMEDIATE"):
+        with self._write():
             if progress:
                 self._conn.executemany(
                     "UPDATE runs SET progress = COALESCE(?, progress),"
@@ -448,5 +456,7 @@ class Store:
     def item(self, pipeline: str, key: str) -> Item | None:
         return self.Item.get_or_none((self.Item.pipeline == pipeline) & (self.Item.key == key))
 
-    def item_by_id(self, item_id: int) -> Item | None:
-        return self.Item.get_or_none(self.Item.id == item_id)
+    def item_runs(self, item_id: int) -> list[Run]:
+        return list(
+            self.Run.select().where(self.Run.item_id == item_id).order_by(self.Run.started_at)
+        )

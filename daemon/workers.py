@@ -132,9 +132,8 @@ class ProcessWorker:
         stderr_task = asyncio.create_task(tail.consume(proc.stderr))  # type: ignore[arg-type]
         output: list[str] = []
         try:
-            return await asyncio.wait_for(
-                self._talk(proc, job, on_progress, tail, output), self.stage.timeout_s
-            )
+            async with asyncio.timeout(self.stage.timeout_s):
+                return await self._talk(proc, job, on_progress, tail, output)
         except TimeoutError:
             final = await terminate_tree(proc, self.stage.grace_s)
             return _finish(timeout_report(self.stage, final, proc.pid), output, proc.pid)
@@ -200,9 +199,9 @@ class PoolWorker:
         output: list[str] = []
         try:
             proc.stdin.write(request_line(job.key, job.run_id, job.attempt, job.data, job.trace_id))
-            reply = await asyncio.wait_for(
-                self._send_and_read(proc, on_progress, output), self.stage.timeout_s
-            )
+            async with asyncio.timeout(self.stage.timeout_s):
+                await proc.stdin.drain()
+                reply = await _read_reply(proc.stdout, on_progress, output)
         except TimeoutError:
             final = await self._discard(self.stage.grace_s)
             return _finish(timeout_report(self.stage, final, proc.pid), output, proc.pid)
@@ -225,12 +224,6 @@ class PoolWorker:
         if reply.verdict is Verdict.ERROR and reply.traceback is None:
             reply.traceback = "\n".join(self._tail.since(mark)[-STDERR_TAIL_LINES:]) or None
         return _finish(reply, output, proc.pid)
-
-    async def _send_and_read(
-        self, proc: asyncio.subprocess.Process, on_progress: ProgressCallback, output: list[str]
-    ) -> WorkerReport | None:
-        await proc.stdin.drain()  # type: ignore[union-attr]
-        return await _read_reply(proc.stdout, on_progress, output)  # type: ignore[arg-type]
 
     async def _discard(self, grace_s: float) -> int:
         proc, self._proc = self._proc, None

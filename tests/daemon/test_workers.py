@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 
 from conftest import Project, process_gone, wait_until
@@ -224,3 +226,46 @@ def test_retry_after_from_a_worker_is_honoured(project: Project):
     item = project.item("sites", "api.example")
     assert item.state == "retrying" and item.last_label == "Rate limited"
     assert before + 119 <= item.ready_at <= time.time() + 121
+    shown = project.cli("item", "sites", "api.example").stdout
+    assert "state       retrying at stage call (1 attempt(s) made there)" in shown
+    assert re.search(
+        r"next        retry at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(in 1\d\d\.\ds\)", shown
+    )
+    assert "last label  Rate limited (retriable)" in shown
+
+
+def test_a_command_pool_worker_in_any_language_speaks_json_lines(project: Project):
+    # A long-lived command: reads items one after another, answers each with a result line.
+    project.write(
+        "loop.sh",
+        """
+        while IFS= read -r line; do
+          echo "not json: just output"
+          echo '{"progress": 0.5, "message": "working"}'
+          echo "{\\"ok\\": true, \\"data\\": {\\"by\\": \\"$$\\", \\"region\\": \\"$REGION\\"}}"
+        done
+        """,
+    )
+    project.write("work/.keep", "")
+    project.configure(
+        """
+        sites:
+          stages:
+            - name: shell
+              command: [sh, ../loop.sh]
+              mode: pool
+              cwd: work
+              env: {REGION: eu-west}
+        """
+    )
+    project.write("items.jsonl", '{"key": "a"}\n{"key": "b"}\n{"key": "c"}\n')
+    project.cli("enqueue", "sites", "--file", "items.jsonl")
+    project.start_daemon("--until-idle").wait(30)
+
+    items = [project.item("sites", key) for key in "abc"]
+    assert [i.state for i in items] == ["done"] * 3
+    datas = [json.loads(i.data) for i in items]
+    assert {d["region"] for d in datas} == {"eu-west"}
+    assert len({d["by"] for d in datas}) == 1  # one long-lived process served them all
+    run = project.runs("a")[0]
+    assert (run.output, run.message, run.progress) == ("not json: just output", "working", 1.0)
