@@ -226,29 +226,15 @@ def _read_items_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipewarden.lock import running_daemon_pid
     from pipewarden.render import status_tree
+    from pipewarden.status import status_snapshot
 
     config = _config(args)
-    names = [args.pipeline] if args.pipeline else list(config.pipelines)
-    for name in names:
-        config.pipeline(name)
+    if args.pipeline:
+        config.pipeline(args.pipeline)
     store = _open_store(config, must_exist=True)
-    counts = store.state_counts(args.pipeline) if store else []
-    labels = store.label_counts(args.pipeline) if store else []
+    pipelines = status_snapshot(config, store, args.pipeline)
     if store:
         store.close()
-    pipelines = []
-    for name in names:
-        stages = []
-        for stage in config.pipelines[name].stages:
-            states = {st: n for p, s, st, n in counts if p == name and s == stage.name}
-            stage_labels: dict[str, list[tuple[str, str, int]]] = {}
-            for p, s, st, group, label, n in sorted(labels, key=lambda row: -row[5]):
-                if p == name and s == stage.name:
-                    stage_labels.setdefault(st, []).append(
-                        (group or "unknown", label or "Unknown", n)
-                    )
-            stages.append({"name": stage.name, "states": states, "labels": stage_labels})
-        pipelines.append({"name": name, "stages": stages})
     pid = running_daemon_pid(config.state_dir)
     if args.json:
         _print_json({"daemon": {"running": pid is not None, "pid": pid}, "pipelines": pipelines})

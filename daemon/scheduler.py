@@ -100,8 +100,9 @@ class Scheduler:
     async def drain(self, grace_s: float, reason: str) -> None:
         """Stop claiming, give in-flight runs `grace_s` to finish, then interrupt the rest."""
         self.claiming = False
+        if self.in_flight:
+            log.info("waiting up to %gs for %d running attempt(s)", grace_s, self.in_flight)
         if self._tasks:
-            log.info("waiting up to %gs for %d running attempt(s)", grace_s, len(self._tasks))
             await asyncio.wait(set(self._tasks), timeout=grace_s)
         leftover = set(self._tasks)
         for task in leftover:

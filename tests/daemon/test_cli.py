@@ -131,3 +131,14 @@ def test_the_demo_shows_runs_retries_a_watchdog_kill_and_the_tree(tmp_path: Path
     assert project.item("sites", "facebook.com/joes-diner").state == "ignored"
     assert project.item("outreach", "cafe-oslo.no/sms").state == "deferred"
     assert "Permission denied (retriable)" in project.cli("status").stdout
+
+
+def test_items_at_a_stage_no_longer_in_the_config_stay_visible(project: Project):
+    prepared(project)
+    store = project.store()
+    store.enqueue("sites", "retired", [("a", {})], 1.0)
+    store.enqueue("gone", "x", [("b", {})], 1.0)
+    store.close()
+    lines = project.cli("status").stdout.splitlines()
+    assert "└─ retired (not in the config)" in lines
+    assert any(line.startswith("gone (not in the config)") for line in lines)
