@@ -104,6 +104,46 @@ def _build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_cmd_runs_show)
     show.add_argument("run_id", metavar="ID_PREFIX")
 
+    halts = command("halts", _cmd_halts, "active halts and pauses", common, as_json)
+    halts_commands = halts.add_subparsers(title="commands", metavar="COMMAND")
+    clear = halts_commands.add_parser(
+        "clear", help="clear the halt on a channel, pipeline/stage or pipeline",
+        parents=[common, as_json],
+    )  # fmt: skip
+    clear.set_defaults(handler=_cmd_halts_clear)
+    clear.add_argument("target", help="e.g. sms, sites/capture or outreach")
+
+    for name, handler, verb in (("pause", _cmd_pause, "stop claiming"), ("resume", _cmd_resume,
+                                "claim again")):  # fmt: skip
+        sub = command(
+            name, handler, f"{verb} for a channel, a stage or a pipeline", common, as_json
+        )
+        target = sub.add_mutually_exclusive_group(required=True)
+        target.add_argument("--channel", help="e.g. sms")
+        target.add_argument("--stage", help="pipeline/stage, e.g. sites/capture")
+        target.add_argument("--pipeline", help="e.g. outreach")
+
+    command(
+        "reload", _cmd_reload, "make the running daemon reload config and rules", common, as_json
+    )
+
+    retry = command(
+        "retry", _cmd_retry, "put failed and retrying items with a label back in the queue",
+        common, as_json,
+    )  # fmt: skip
+    retry.add_argument("--label", required=True, help='e.g. "Browser launch conflict"')
+    retry.add_argument("--pipeline")
+    retry.add_argument("--stage")
+    retry.add_argument("--since", help="only items that changed within this long, e.g. 24h")
+    retry.add_argument("--dry-run", action="store_true", help="count, change nothing")
+
+    notify = commands.add_parser("notify", help="notification targets")
+    notify_commands = notify.add_subparsers(title="commands", metavar="COMMAND")
+    notify_test = notify_commands.add_parser(
+        "test", help="send a test to every target and report each result", parents=[common, as_json]
+    )
+    notify_test.set_defaults(handler=_cmd_notify_test)
+
     rules = commands.add_parser("rules", help="check and try classification rules")
     rules_commands = rules.add_subparsers(title="commands", metavar="COMMAND")
     check = rules_commands.add_parser(
@@ -155,7 +195,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     config = _config(args)
     rules = load_rules(config.rule_paths, config.path.parent)
-    return asyncio.run(Daemon(config, rules).run(until_idle=args.until_idle))
+    daemon = Daemon(config, rules, state_dir_override=args.state_dir)
+    return asyncio.run(daemon.run(until_idle=args.until_idle))
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
@@ -168,7 +209,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     items = _items_to_enqueue(args)
     store = _open_store(config)
     assert store is not None
-    new = store.enqueue(pipeline.name, pipeline.stages[0].name, items, time.time())
+    first = pipeline.stages[0]
+    new = store.enqueue(pipeline.name, first.name, items, time.time(), first.channel_for)
     store.close()
     if new:
         poke_daemon(config.state_dir)
@@ -225,24 +267,39 @@ def _read_items_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipewarden.lock import running_daemon_pid
-    from pipewarden.render import status_tree
-    from pipewarden.status import status_snapshot
+    from pipewarden.render import health_lines, status_tree
+    from pipewarden.status import daemon_health, status_snapshot
 
     config = _config(args)
     if args.pipeline:
         config.pipeline(args.pipeline)
     store = _open_store(config, must_exist=True)
     pipelines = status_snapshot(config, store, args.pipeline)
+    health = daemon_health(store)
     if store:
         store.close()
     pid = running_daemon_pid(config.state_dir)
     if args.json:
-        _print_json({"daemon": {"running": pid is not None, "pid": pid}, "pipelines": pipelines})
+        _print_json(
+            {"daemon": {"running": pid is not None, "pid": pid}, "rules": health["reload"],
+             "holds": [_hold_as_dict(h) for h in health["holds"]], "stuck": health["stuck"],
+             "pipelines": pipelines}
+        )  # fmt: skip
         return EXIT_OK
     print(f"daemon: {f'running (pid {pid})' if pid else 'not running'} · state {config.state_dir}")
+    print("\n".join(health_lines(health["reload"], health["holds"], health["stuck"])))
     print()
     print("\n".join(status_tree(pipelines)).rstrip())
     return EXIT_OK
+
+
+def _hold_as_dict(hold: Any) -> dict[str, Any]:
+    fields = ("id", "scope", "target", "kind", "rule", "reason", "label", "count", "created_at",
+              "created_by", "probe_at")  # fmt: skip
+    return {
+        **{name: getattr(hold, name) for name in fields},
+        "samples": json.loads(hold.samples or "[]"),
+    }
 
 
 def _cmd_item(args: argparse.Namespace) -> int:
@@ -270,6 +327,206 @@ def _cmd_item(args: argparse.Namespace) -> int:
     print()
     print("\n".join(runs_table(runs)))
     return EXIT_OK
+
+
+def _who() -> str:
+    import getpass
+
+    return f"{getpass.getuser()} (cli)"
+
+
+def _changed(config: Config, what: str) -> None:
+    """Wake a running daemon so a change in the store takes effect at once."""
+    from pipewarden.lock import poke_daemon
+
+    if poke_daemon(config.state_dir):
+        print(f"{what}; the running daemon has been told")
+    else:
+        print(f"{what}; no daemon is running (it takes effect when one starts)")
+
+
+def _cmd_halts(args: argparse.Namespace) -> int:
+    from pipewarden.guard import describe_hold
+
+    store = _open_store(_config(args), must_exist=True)
+    holds = store.active_holds() if store else []
+    if args.json:
+        _print_json([_hold_as_dict(hold) for hold in holds])
+        return EXIT_OK
+    if not holds:
+        print("no halts or pauses: everything flows")
+    for hold in holds:
+        print(f"{hold.kind:<6} {hold.scope:<9} {describe_hold(hold)}")
+        if hold.kind == "halt":
+            print(f"{'':17}rule {hold.rule}; clear: pipewarden halts clear {hold.target}")
+    return EXIT_OK
+
+
+def _cmd_halts_clear(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden.notifier import Notifier
+
+    config = _config(args)
+    store = _open_store(config)
+    now = time.time()
+    cleared = store.clear_holds(args.target, ("halt",), _who(), now)
+    if not cleared:
+        store.close()
+        raise PipewardenError(f"no active halt on '{args.target}' (see `pipewarden halts`)")
+    notifier = Notifier(store, config.notify)
+    for hold in cleared:
+        notifier.notify(
+            "halt_cleared", f"cleared:{hold.id}", f"pipewarden: {hold.target} flows again",
+            f"Halt cleared by {_who()} (it was: {hold.reason}).", now,
+        )  # fmt: skip
+    store.close()
+    if args.json:
+        _print_json({"cleared": [_hold_as_dict(hold) for hold in cleared]})
+        return EXIT_OK
+    _changed(config, f"cleared the halt on {args.target}")
+    return EXIT_OK
+
+
+def _hold_target(config: Config, args: argparse.Namespace) -> tuple[str, str]:
+    if args.pipeline:
+        return "pipeline", config.pipeline(args.pipeline).name
+    if args.stage:
+        pipeline, _, stage = args.stage.partition("/")
+        try:
+            return "stage", config.pipeline(pipeline).stage(stage).qualified_name
+        except KeyError:
+            raise UsageError(
+                f"no stage '{args.stage}': write pipeline/stage, e.g. sites/capture"
+            ) from None
+    return "channel", args.channel
+
+
+def _cmd_pause(args: argparse.Namespace) -> int:
+    import time
+
+    config = _config(args)
+    scope, target = _hold_target(config, args)
+    store = _open_store(config)
+    added = store.add_hold(
+        {"scope": scope, "target": target, "kind": "pause", "reason": "paused by a person",
+         "created_at": time.time(), "created_by": _who()}
+    )  # fmt: skip
+    store.close()
+    if args.json:
+        _print_json({"paused": target, "scope": scope, "already": added is None})
+        return EXIT_OK
+    if added is None:
+        print(f"{scope} {target} was already paused")
+        return EXIT_OK
+    _changed(config, f"paused {scope} {target}: its items stay queued")
+    return EXIT_OK
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    import time
+
+    config = _config(args)
+    _, target = _hold_target(config, args)
+    store = _open_store(config)
+    cleared = store.clear_holds(target, ("pause",), _who(), time.time())
+    store.close()
+    if args.json:
+        _print_json({"resumed": target, "was_paused": bool(cleared)})
+        return EXIT_OK
+    if not cleared:
+        print(f"{target} was not paused")
+        return EXIT_OK
+    _changed(config, f"resumed {target}")
+    return EXIT_OK
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import time
+
+    from pipewarden.lock import running_daemon_pid
+    from pipewarden.reload import load_all
+
+    config = _config(args)
+    pid = running_daemon_pid(config.state_dir)
+    if pid is None:
+        _, rules = load_all(config.path, args.state_dir)
+        print(f"no daemon is running; config and {len(rules.rules)} rules are valid")
+        return EXIT_OK
+    store = _open_store(config)
+    asked = time.time()
+    os.kill(pid, signal.SIGHUP)
+    deadline = asked + 10
+    while time.time() < deadline:
+        result = store.get_meta("reload")
+        if result and result["at"] >= asked:
+            break
+        time.sleep(0.05)
+    else:
+        store.close()
+        raise PipewardenError(f"the daemon (pid {pid}) did not report a reload within 10s")
+    store.close()
+    if args.json:
+        _print_json(result)
+    elif result["ok"]:
+        print(f"reloaded: rules version {result['version']} ({result['rules']} rules)")
+    else:
+        print(f"reload failed: {result['error']}", file=sys.stderr)
+        print(f"the last good rules (version {result['version']}) stay in force", file=sys.stderr)
+    return EXIT_OK if result["ok"] else EXIT_FAILURE
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden._yaml import parse_duration
+
+    config = _config(args)
+    if args.pipeline:
+        config.pipeline(args.pipeline)
+    since = None
+    if args.since:
+        try:
+            since = time.time() - parse_duration(args.since)
+        except ValueError:
+            raise UsageError(
+                f"--since takes a duration such as 24h or 30m, not '{args.since}'"
+            ) from None
+    store = _open_store(config)
+    count = store.requeue_by_label(
+        args.label, time.time(), args.pipeline, args.stage, since, args.dry_run
+    )
+    store.close()
+    scope = "".join(f" in {v}" for v in (args.pipeline, args.stage) if v)
+    if args.json:
+        _print_json({"label": args.label, "items": count, "dry_run": args.dry_run})
+    elif args.dry_run:
+        print(f"would requeue {count} failed or retrying item(s) labelled '{args.label}'{scope}")
+    elif count:
+        _changed(config, f"requeued {count} item(s) labelled '{args.label}'{scope}")
+    else:
+        print(f"no failed or retrying item is labelled '{args.label}'{scope}")
+    return EXIT_OK
+
+
+def _cmd_notify_test(args: argparse.Namespace) -> int:
+    from pipewarden.notifier import send
+
+    config = _config(args)
+    targets = config.notify.targets
+    if not targets:
+        raise UsageError("no notification targets in the config: add them under notify: targets:")
+    results = [
+        send(target, "pipewarden test", f"A test from pipewarden ({config.path.name}).")
+        for target in targets
+    ]
+    if args.json:
+        _print_json([{"target": r.target, "ok": r.ok, "error": r.error} for r in results])
+    for result in results if not args.json else ():
+        print(f"{result.target:<20} {'ok' if result.ok else 'FAILED: ' + (result.error or '')}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
 
 
 def _run_as_dict(run: Any) -> dict[str, Any]:

@@ -11,12 +11,15 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipewarden._yaml import Node, load_file
+from pipewarden.calendar import BusinessHours, parse_days, parse_hours
 from pipewarden.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "config.yaml"
@@ -85,6 +88,32 @@ class Pipeline:
         return self.stages[index + 1] if index + 1 < len(self.stages) else None
 
 
+EVENTS = ("halt", "halt_cleared", "failure", "timeout", "reload_failed", "recovered", "budget")
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    url: str = field(repr=False)  # an Apprise URL holds credentials: never shown or logged
+    tags: tuple[str, ...]  # the events it is sent (empty: all)
+
+    @property
+    def id(self) -> str:
+        """Names the target in the outbox and in messages without revealing its URL."""
+        scheme = self.url.split("://", 1)[0]
+        return f"{scheme}:{hashlib.sha256(self.url.encode()).hexdigest()[:10]}"
+
+    def wants(self, event: str) -> bool:
+        return not self.tags or event in self.tags
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    targets: tuple[NotifyTarget, ...] = ()
+    digest_wait_s: float = 30.0  # failures arriving within this wait go out as one message
+    repeat_interval_s: float = 3600.0  # the same notification is not repeated sooner
+    timeouts_per_10m: int = 5  # watchdog timeouts on one stage in 10 minutes that notify
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -92,6 +121,8 @@ class Config:
     rule_paths: tuple[Path, ...]
     pipelines: dict[str, Pipeline] = field(hash=False)
     drain_grace_s: float  # on SIGTERM, how long in-flight runs may finish
+    channels: dict[str, BusinessHours] = field(hash=False, default_factory=dict)
+    notify: NotifySettings = NotifySettings()
 
     def pipeline(self, name: str) -> Pipeline:
         try:
@@ -113,7 +144,9 @@ def _lookup(data: dict[str, Any], dotted: str) -> str:
     return str(value) if value not in (None, "") else "unknown"
 
 
-_TOP_KEYS = {"state_dir", "rules", "pipelines", "defaults", "drain_grace"}
+_TOP_KEYS = {"state_dir", "rules", "pipelines", "defaults", "drain_grace", "channels", "notify"}
+_CHANNEL_KEYS = {"days", "hours", "timezone"}
+_NOTIFY_KEYS = {"targets", "digest_wait", "repeat_interval", "timeouts_per_10m"}
 _STAGE_KEYS = {
     "name", "command", "python", "mode", "concurrency", "timeout", "grace", "cwd", "env",
     "retry", "channel", "on_interrupt", "defer",
@@ -151,6 +184,62 @@ def load_config(path: Path, state_dir: str | None = None) -> Config:
         rule_paths=_expand_rule_globs(base, rules_node),
         pipelines=pipelines,
         drain_grace_s=top["drain_grace"].duration("drain_grace") if "drain_grace" in top else 30.0,
+        channels=dict(_load_channels(top["channels"])) if "channels" in top else {},
+        notify=_load_notify(top["notify"]) if "notify" in top else NotifySettings(),
+    )
+
+
+def _load_channels(node: Node) -> Iterator[tuple[str, BusinessHours]]:
+    for name, entry in node.entries("channels"):
+        fields = entry.mapping(f"channel '{name}'", _CHANNEL_KEYS, frozenset({"hours"}))
+        days_node = fields.get("days")
+        try:
+            days = parse_days(days_node.text("days")) if days_node else frozenset(range(5))
+        except ValueError:
+            raise days_node.error(  # type: ignore[union-attr]
+                f"days of channel '{name}' must be like mon-fri or mon,wed,fri"
+            ) from None
+        try:
+            opens, closes = parse_hours(fields["hours"].text("hours"))
+        except ValueError:
+            raise fields["hours"].error(
+                f"hours of channel '{name}' must be like 09:00-17:00 (opening before closing)"
+            ) from None
+        zone = fields["timezone"].text("timezone") if "timezone" in fields else "UTC"
+        try:
+            timezone = ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise fields["timezone"].error(
+                f"unknown time zone '{zone}'", "write an IANA name such as Europe/London"
+            ) from None
+        yield name, BusinessHours(days, opens, closes, timezone)
+
+
+def _load_notify(node: Node) -> NotifySettings:
+    fields = node.mapping("notify", _NOTIFY_KEYS)
+    targets = []
+    for entry in fields["targets"].items("targets") if "targets" in fields else ():
+        target = entry.mapping("a notify target", {"url", "tags"}, frozenset({"url"}))
+        url = target["url"].text("url")
+        if "://" not in url:
+            raise target["url"].error("url must be an Apprise URL such as json://host/path")
+        tags = target["tags"].text_list("tags") if "tags" in target else ()
+        for tag in tags:
+            if tag not in EVENTS:
+                raise target["tags"].error(f"unknown event '{tag}'", f"events: {', '.join(EVENTS)}")
+        targets.append(NotifyTarget(url, tags))
+    defaults = NotifySettings()
+    return NotifySettings(
+        targets=tuple(targets),
+        digest_wait_s=fields["digest_wait"].duration("digest_wait")
+        if "digest_wait" in fields
+        else defaults.digest_wait_s,
+        repeat_interval_s=fields["repeat_interval"].duration("repeat_interval")
+        if "repeat_interval" in fields
+        else defaults.repeat_interval_s,
+        timeouts_per_10m=fields["timeouts_per_10m"].integer("timeouts_per_10m", 1)
+        if "timeouts_per_10m" in fields
+        else defaults.timeouts_per_10m,
     )
 
 

@@ -12,12 +12,18 @@ import logging
 import os
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from pipewarden import reload as reload_module
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
 from pipewarden.config import Config
+from pipewarden.errors import PipewardenError
+from pipewarden.guard import Guard
 from pipewarden.lock import DaemonLock
+from pipewarden.notifier import Notifier
 from pipewarden.rules import RuleSet
 from pipewarden.scheduler import Scheduler
 from pipewarden.store import Store
@@ -42,13 +48,23 @@ def detect_code_ref(directory: Path) -> str | None:
 
 
 class Daemon:
-    def __init__(self, config: Config, rules: RuleSet, clock: Clock | None = None):
+    def __init__(
+        self,
+        config: Config,
+        rules: RuleSet,
+        clock: Clock | None = None,
+        state_dir_override: str | None = None,
+    ):
         self.config = config
         self.rules = rules
         self.clock = clock or Clock()
+        self._state_dir_override = state_dir_override
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._scheduler: Scheduler | None = None
+        self._store: Store | None = None
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
 
     def request_stop(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -58,33 +74,41 @@ class Daemon:
         if self._scheduler is not None:
             self._scheduler.wake()
 
-    async def run(self, until_idle: bool = False) -> int:
+    async def run(self, until_idle: bool = False, watch_files: bool = True) -> int:
         lock = DaemonLock(self.config.state_dir)
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock.acquire()
-        store = Store(self.config.state_dir)
+        store = self._store = Store(self.config.state_dir)
         try:
-            self._recover(store)
-            scheduler = Scheduler(
+            notifier = Notifier(store, self.config.notify)
+            self._recover(store, notifier)
+            scheduler = self._scheduler = Scheduler(
                 self.config,
                 store,
                 Classifier(self.rules),
+                Guard(store, self.rules.halts),
+                notifier,
                 self.clock,
                 detect_code_ref(self.config.path.parent),
             )
-            self._scheduler = scheduler
             self._install_signal_handlers(scheduler)
+            self._record_reload(ok=True, why="start")
             log.info(
-                "pipewarden running: %d pipeline(s), %d rule(s), store %s",
-                len(self.config.pipelines), len(self.rules.rules), store.path,
+                "pipewarden running: %d pipeline(s), %d rule(s), %d halt rule(s), store %s",
+                len(self.config.pipelines), len(self.rules.rules), len(self.rules.halts),
+                store.path,
             )  # fmt: skip
             for warning in self.rules.warnings:
                 log.warning("rules: %s", warning)
+            if watch_files:
+                self._spawn(reload_module.watch(self.config, self.reload, self._stop))
             await scheduler.run(self._stop, until_idle=until_idle)
+            self._stop.set()  # ends the file watcher too
             reason = (
                 f"daemon stopping ({self._stop_reason or 'done'}): interrupted after drain grace"
             )
             await scheduler.drain(self.config.drain_grace_s, reason)
+            await asyncio.gather(*self._background, return_exceptions=True)
             log.info("stopped cleanly")
             return 0
         finally:
@@ -92,18 +116,83 @@ class Daemon:
             store.close()
             lock.release()
 
-    def _recover(self, store: Store) -> None:
+    async def reload(self, why: str) -> None:
+        """Load the config and rules again; a bad edit keeps the last good ones in force."""
+        async with self._reload_lock:
+            try:
+                config, rules = await asyncio.to_thread(
+                    reload_module.load_all, self.config.path, self._state_dir_override
+                )
+            except PipewardenError as exc:
+                log.error("reload failed (%s): %s — the last good rules stay in force", why, exc)
+                self._record_reload(ok=False, why=why, error=str(exc))
+                return
+            needs_restart = []
+            if config.state_dir != self.config.state_dir:
+                needs_restart.append(f"state_dir (still {self.config.state_dir})")
+                config = replace(config, state_dir=self.config.state_dir)
+            assert self._scheduler is not None and self._store is not None
+            changes = self._scheduler.apply(
+                config, Classifier(rules), Guard(self._store, rules.halts)
+            )
+            self.config, self.rules = config, rules
+            for warning in rules.warnings:
+                log.warning("rules: %s", warning)
+            for setting in needs_restart:
+                log.warning("reload: %s needs a restart to change; left as it was", setting)
+            log.info("reloaded (%s): %s", why, "; ".join(changes) or "nothing changed")
+            self._record_reload(ok=True, why=why, needs_restart=needs_restart)
+
+    def _record_reload(
+        self, ok: bool, why: str, error: str | None = None, needs_restart: list[str] | None = None
+    ) -> None:
+        """What `pipewarden status` shows of the rules' health, and notify a failure."""
+        assert self._store is not None
+        now = self.clock.now()
+        self._store.set_meta(
+            "reload",
+            {"ok": ok, "at": now, "why": why, "error": error, "version": self.rules.version,
+             "rules": len(self.rules.rules), "warnings": list(self.rules.warnings),
+             "needs_restart": needs_restart or []},
+        )  # fmt: skip
+        if not ok and self._scheduler is not None:
+            self._scheduler.notifier.notify(
+                "reload_failed", f"reload_failed:{error}", "pipewarden: rules reload failed",
+                f"{error}\nThe last good rules (version {self.rules.version}) stay in force.", now,
+            )  # fmt: skip
+            self._scheduler.wake()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("background task failed: %s: %s", type(error).__name__, error)
+
+    def _recover(self, store: Store, notifier: Notifier) -> None:
         hold = {
             (p.name, s.name)
             for p in self.config.pipelines.values()
             for s in p.stages
             if s.on_interrupt == "hold"
         }
-        for run in store.recover_interrupted(self.clock.now(), hold, RECOVERED_REASON):
+        now = self.clock.now()
+        recovered = store.recover_interrupted(now, hold, RECOVERED_REASON)
+        for run in recovered:
             log.warning(
                 "recovered run %s (%s/%s %s) left running by a stopped daemon: %s",
                 run.run_id[:8], run.pipeline, run.stage, run.item_key,
                 "held for a person (on_interrupt: hold)" if run.held else "requeued",
+            )  # fmt: skip
+        if recovered:
+            held = sum(run.held for run in recovered)
+            notifier.notify(
+                "recovered", f"recovered:{now}",
+                f"pipewarden: recovered {len(recovered)} run(s) after an unclean stop",
+                f"{len(recovered) - held} item(s) requeued, {held} held for a person.", now,
             )  # fmt: skip
 
     def _install_signal_handlers(self, scheduler: Scheduler) -> None:
@@ -111,8 +200,9 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
         loop.add_signal_handler(signal.SIGUSR1, scheduler.wake)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload("SIGHUP")))
 
     def _remove_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
             loop.remove_signal_handler(signum)

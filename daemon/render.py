@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pipewarden.guard import describe_hold
 from pipewarden.types import ItemState
 
 # The order states are listed in: the item's life, then where it ended.
@@ -49,6 +50,35 @@ def status_tree(pipelines: list[dict[str, Any]]) -> list[str]:
                     shown = f"{label} ({group})" if state != ItemState.IGNORED else label
                     lines.append(_row(label_prefix + twig + shown, count))
         lines.append("")
+    return lines
+
+
+def health_lines(reload: dict | None, holds: list[Any], stuck: list[dict]) -> list[str]:
+    """The lines above the tree: rules health, halts and pauses, stuck items."""
+    lines = []
+    if reload is None:
+        lines.append("rules: not loaded by a daemon yet")
+    elif reload["ok"]:
+        restart = f" — needs restart: {', '.join(reload['needs_restart'])}" if reload.get(
+            "needs_restart") else ""  # fmt: skip
+        lines.append(
+            f"rules: version {reload['version']} ({reload['rules']} rules),"
+            f" loaded {format_time(reload['at'])}{restart}"
+        )
+    else:
+        lines.append(
+            f"rules: reload failed at {format_time(reload['at'])} — {reload['error']}"
+            f" (version {reload['version']} still in force)"
+        )
+    for hold in holds:
+        word = "halted" if hold.kind == "halt" else "paused"
+        lines.append(f"{word}: {describe_hold(hold)}")
+    for entry in stuck:
+        lines.append(
+            f"stuck: {entry['items']} item(s) of {entry['pipeline']}/{entry['stage']} requeued"
+            f" {entry['requeues']}+ times still fail with '{entry['label']}' — look before"
+            " requeueing again"
+        )
     return lines
 
 

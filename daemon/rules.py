@@ -15,6 +15,18 @@ A rules file looks like::
         category: infrastructure
         type: timeout
 
+    halts:
+      - when: same_label        # the same label N times on a channel within a window
+        channels: [sms, email]
+        count: 25
+        within: 2h
+        probe_after: 30m        # optional: then let one item through to test the water
+      - when: all_failed        # the last N runs of a stage all failed -> the stage halts
+        last: 20
+      - when: budget            # a pipeline's summed `cost` today passes a cap
+        pipelines: [outreach]
+        budget: 50
+
 Patterns are case-insensitive. A rule's id is `file:line`, so `pipewarden rules test`
 and every run can point at the line that decided it.
 """
@@ -30,7 +42,10 @@ from pipewarden._yaml import Node, load_file
 from pipewarden.errors import ConfigError
 from pipewarden.types import Group
 
-_FILE_KEYS = {"pipelines", "stages", "rules"}
+_FILE_KEYS = {"pipelines", "stages", "rules", "halts"}
+_HALT_KEYS = {"when", "channels", "stages", "pipelines", "count", "within", "last", "budget",
+              "probe_after"}  # fmt: skip
+HALT_KINDS = ("same_label", "all_failed", "budget")
 _RULE_KEYS = {
     "match", "exception", "group", "label", "category", "type", "pipelines", "stages",
     "retry", "defer",
@@ -67,21 +82,48 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class HaltRule:
+    """When to stop a channel, a stage or a pipeline (see the module's docstring)."""
+
+    id: str  # file:line
+    when: str  # one of HALT_KINDS
+    channels: tuple[str, ...] = ()  # same_label: the channels it watches (empty: all)
+    stages: tuple[str, ...] = ()  # all_failed: "pipeline/stage" names (empty: all)
+    pipelines: tuple[str, ...] = ()  # budget (and a scope for the others; empty: all)
+    count: int = 0  # same_label: how many; all_failed: the last how many runs
+    within_s: float = 0.0  # same_label: the window
+    budget: float = 0.0  # budget: the cap on a day's summed cost
+    probe_after_s: float | None = None
+
+    def watches_channel(self, channel: str) -> bool:
+        return not self.channels or channel in self.channels
+
+    def watches_stage(self, pipeline: str, stage: str) -> bool:
+        return (not self.stages or f"{pipeline}/{stage}" in self.stages) and (
+            not self.pipelines or pipeline in self.pipelines
+        )
+
+
+@dataclass(frozen=True)
 class RuleSet:
     rules: tuple[Rule, ...]
     warnings: tuple[str, ...]
     version: str  # a hash of the files' bytes: runs record which rules judged them
+    halts: tuple[HaltRule, ...] = ()
 
 
 def load_rules(paths: tuple[Path, ...] | list[Path], base: Path | None = None) -> RuleSet:
     """Load, validate and compile rule files in order; the first error stops the load."""
     rules: list[Rule] = []
+    halts: list[HaltRule] = []
     digest = hashlib.sha256()
     for path in paths:
         digest.update(str(path).encode() + b"\0")
         digest.update(path.read_bytes() if path.is_file() else b"")
-        rules.extend(_load_rule_file(path, _display_path(path, base)))
-    return RuleSet(tuple(rules), tuple(_lint(rules)), digest.hexdigest()[:12])
+        file_rules, file_halts = _load_rule_file(path, _display_path(path, base))
+        rules.extend(file_rules)
+        halts.extend(file_halts)
+    return RuleSet(tuple(rules), tuple(_lint(rules)), digest.hexdigest()[:12], tuple(halts))
 
 
 def _display_path(path: Path, base: Path | None) -> str:
@@ -91,15 +133,51 @@ def _display_path(path: Path, base: Path | None) -> str:
     return str(path)
 
 
-def _load_rule_file(path: Path, shown: str) -> list[Rule]:
+def _load_rule_file(path: Path, shown: str) -> tuple[list[Rule], list[HaltRule]]:
     root = load_file(path)
     root.path = shown
     top = root.mapping("a rules file", _FILE_KEYS)
     scope_pipelines = top["pipelines"].text_list("pipelines") if "pipelines" in top else ()
     scope_stages = top["stages"].text_list("stages") if "stages" in top else ()
-    if "rules" not in top:
-        return []
-    return [_load_rule(node, scope_pipelines, scope_stages) for node in top["rules"].items("rules")]
+    rule_nodes = top["rules"].items("rules") if "rules" in top else ()
+    halt_nodes = top["halts"].items("halts") if "halts" in top else ()
+    return (
+        [_load_rule(node, scope_pipelines, scope_stages) for node in rule_nodes],
+        [_load_halt(node, scope_pipelines) for node in halt_nodes],
+    )
+
+
+def _load_halt(node: Node, pipelines: tuple[str, ...]) -> HaltRule:
+    entries = node.mapping("a halt", _HALT_KEYS, frozenset({"when"}))
+    when = entries["when"].choice("when", HALT_KINDS)
+    needed = {"same_label": ("count", "within"), "all_failed": ("last",), "budget": ("budget",)}
+    for key in needed[when]:
+        if key not in entries:
+            raise node.error(f"a '{when}' halt needs '{key}'", f"add '{key}: ...'")
+    stages = entries["stages"].text_list("stages") if "stages" in entries else ()
+    for stage in stages:
+        if "/" not in stage:
+            raise entries["stages"].error(f"stages are written 'pipeline/stage', not '{stage}'")
+    count = 0
+    if "count" in entries:
+        count = entries["count"].integer("count", 1)
+    elif "last" in entries:
+        count = entries["last"].integer("last", 1)
+    return HaltRule(
+        id=f"{node.path}:{node.line}",
+        when=when,
+        channels=entries["channels"].text_list("channels") if "channels" in entries else (),
+        stages=stages,
+        pipelines=entries["pipelines"].text_list("pipelines")
+        if "pipelines" in entries
+        else pipelines,
+        count=count,
+        within_s=entries["within"].duration("within") if "within" in entries else 0.0,
+        budget=entries["budget"].number("budget", 0.0) if "budget" in entries else 0.0,
+        probe_after_s=(
+            entries["probe_after"].duration("probe_after") if "probe_after" in entries else None
+        ),
+    )
 
 
 def _load_rule(node: Node, pipelines: tuple[str, ...], stages: tuple[str, ...]) -> Rule:

@@ -1,9 +1,12 @@
 """The scheduler: claims ready items per stage within concurrency and runs them.
 
-One loop, woken by events rather than polling: a finished run, an enqueue (the CLI
-sends SIGUSR1), a stop request, or the moment the next retry or deferral comes due.
-Each pass writes what finished since the last pass in one transaction, then claims
-what fits in the free slots (run rows are committed before any worker starts).
+One loop, woken by events rather than polling: a finished run, an enqueue or a
+hold change (the CLI sends SIGUSR1), a stop request, or the moment the next retry,
+deferral or probe comes due. Each pass, in one transaction: write what finished,
+let the guard raise halts on it, defer items of channels outside business hours,
+and claim what fits in the free slots of stages that are not held (run rows are
+committed before any worker starts). Notifications go to the outbox; the notifier
+delivers them off the loop.
 """
 
 from __future__ import annotations
@@ -20,15 +23,20 @@ from dataclasses import dataclass
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
 from pipewarden.config import Config, Pipeline, Stage
+from pipewarden.guard import Guard, describe_hold
+from pipewarden.notifier import Notifier
 from pipewarden.outcomes import Decision, decide
 from pipewarden.protocol import Progress, Verdict, WorkerReport
-from pipewarden.store import Claimed, FinishedRun, NewRun, Store
+from pipewarden.store import Claimed, FinishedRun, Hold, NewRun, Store
 from pipewarden.types import ItemState, RunStatus
 from pipewarden.workers import Job, executor_for
 
 log = logging.getLogger("pipewarden.scheduler")
 
 IDLE_CHECK_S = 0.5  # with --until-idle, how often a quiet loop re-checks for due items
+OUTBOX_CHECK_S = 5.0  # how often undelivered notifications are retried while idle
+TIMEOUT_WINDOW_S = 600.0  # watchdog timeouts are counted over this window to notify
+CLOSED_LABEL = "Outside business hours"
 
 
 @dataclass
@@ -43,18 +51,48 @@ class _StageSlot:
         return self.stage.concurrency - self.in_flight
 
 
+@dataclass(frozen=True)
+class _Holds:
+    """Which work the active holds keep back this pass."""
+
+    channels: frozenset[str]
+    stages: frozenset[str]  # "pipeline/stage"
+    pipelines: frozenset[str]
+    probes: tuple[Hold, ...]  # halts whose cool-down has passed: one item may go through
+
+    @classmethod
+    def from_rows(cls, holds: list[Hold], now: float) -> _Holds:
+        def targets(scope: str) -> frozenset[str]:
+            return frozenset(h.target for h in holds if h.scope == scope)
+
+        probes = tuple(
+            h for h in holds
+            if h.kind == "halt" and h.probe_at is not None and h.probe_at <= now
+            and h.probe_run_id is None and h.scope in ("channel", "stage")
+        )  # fmt: skip
+        return cls(targets("channel"), targets("stage"), targets("pipeline"), probes)
+
+    def blocks(self, slot: _StageSlot) -> bool:
+        return slot.pipeline.name in self.pipelines or slot.stage.qualified_name in self.stages
+
+
 class Scheduler:
     def __init__(
         self,
         config: Config,
         store: Store,
         classifier: Classifier,
+        guard: Guard,
+        notifier: Notifier,
         clock: Clock,
         code_ref: str | None,
         rng: random.Random | None = None,
     ):
+        self.config = config
         self.store = store
         self.classifier = classifier
+        self.guard = guard
+        self.notifier = notifier
         self.clock = clock
         self.code_ref = code_ref
         self.rng = rng or random.Random()
@@ -64,10 +102,14 @@ class Scheduler:
             for pipeline in config.pipelines.values()
             for stage in pipeline.stages
         ]
+        self._retired: list[_StageSlot] = []  # replaced by a reload; stopped once idle
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: list[FinishedRun] = []
         self._progress: dict[str, tuple[float | None, str | None]] = {}
+        self._probes: dict[str, int] = {}  # run id -> the hold it probes
+        self._holds = _Holds(frozenset(), frozenset(), frozenset(), ())
         self._wake = asyncio.Event()
+        self._interrupt_reason = "daemon stopping: interrupted"
 
     # -- the loop ---------------------------------------------------------------------
     def wake(self) -> None:
@@ -76,7 +118,7 @@ class Scheduler:
     @property
     def in_flight(self) -> int:
         """Attempts under way (counted by the attempts themselves, not by task bookkeeping)."""
-        return sum(slot.in_flight for slot in self._slots)
+        return sum(slot.in_flight for slot in (*self._slots, *self._retired))
 
     async def run(self, stop: asyncio.Event, until_idle: bool = False) -> None:
         """Claim and run until `stop` is set (or, with until_idle, nothing is left to do).
@@ -85,17 +127,19 @@ class Scheduler:
         """
         while not stop.is_set():
             self._wake.clear()
+            now = self.clock.now()
             with self.store.transaction():  # what finished and what starts: one commit
+                self._holds = _Holds.from_rows(self.store.active_holds(), now)
                 self.flush()
                 if self.claiming:
-                    self._dispatch()
-            if until_idle and not self.in_flight and self.store.pending_count() == 0:
+                    self._defer_closed_channels(now)
+                    self._dispatch(now)
+            self.notifier.tick(now)
+            await self._stop_retired()
+            if until_idle and not self.in_flight and self._nothing_left():
                 log.info("nothing left to do: stopping (--until-idle)")
                 return
-            delay = self._seconds_until_due()
-            if until_idle and not self.in_flight:
-                delay = IDLE_CHECK_S if delay is None else min(delay, IDLE_CHECK_S)
-            await self._sleep(delay)
+            await self._sleep(self._seconds_until_due(until_idle))
 
     async def drain(self, grace_s: float, reason: str) -> None:
         """Stop claiming, give in-flight runs `grace_s` to finish, then interrupt the rest."""
@@ -110,16 +154,26 @@ class Scheduler:
         if leftover:
             self._interrupt_reason = reason
             await asyncio.wait(leftover)
-        self.flush()
-        await asyncio.gather(
-            *(slot.executor.stop() for slot in self._slots if hasattr(slot.executor, "stop"))
-        )
+        with self.store.transaction():
+            self.flush()
+        self.notifier.tick(self.clock.now())
+        await self.notifier.flush(timeout_s=2.0)
+        await asyncio.gather(*(slot.executor.stop() for slot in (*self._slots, *self._retired)))
 
     def flush(self) -> None:
-        if self._finished or self._progress:
-            finished, self._finished = self._finished, []
-            progress, self._progress = self._progress, {}
-            self.store.finish(finished, progress)
+        """Write finished runs and progress; let the guard and the notifier see them."""
+        if not (self._finished or self._progress):
+            return
+        finished, self._finished = self._finished, []
+        progress, self._progress = self._progress, {}
+        self.store.finish(finished, progress)
+        if not finished:
+            return
+        now = self.clock.now()
+        for hold in self.guard.check(finished, now, self.store.active_holds()):
+            self._notify_halt(hold, now)
+        for run in finished:
+            self._notify_run(run, now)
 
     async def _sleep(self, delay: float | None) -> None:
         """Until woken (a run ended, an enqueue, a stop) or until `delay` has passed."""
@@ -128,33 +182,86 @@ class Scheduler:
         if timer is not None:
             timer.cancel()
 
-    def _seconds_until_due(self) -> float | None:
+    def _seconds_until_due(self, until_idle: bool) -> float | None:
+        now = self.clock.now()
+        candidates = []
         open_stages = [(s.pipeline.name, s.stage.name) for s in self._slots if s.free > 0]
-        if not open_stages:
-            return None
-        due = self.store.next_ready_at(open_stages)
-        if due is None:
-            return None
-        return max(0.01, due - self.clock.now())
+        if open_stages and (due := self.store.next_ready_at(open_stages)) is not None:
+            candidates.append(max(0.01, due - now))
+        probe_times = [h.probe_at for h in self.store.active_holds() if h.probe_at]
+        candidates += [max(0.01, t - now) for t in probe_times]
+        if self.config.notify.targets:
+            candidates.append(OUTBOX_CHECK_S)
+        if until_idle and not self.in_flight:
+            candidates.append(IDLE_CHECK_S)
+        return min(candidates) if candidates else None
+
+    def _nothing_left(self) -> bool:
+        holds = self._holds
+        return (
+            self.store.pending_count(holds.channels, holds.stages, holds.pipelines) == 0
+            and not holds.probes
+        )
 
     # -- claiming ---------------------------------------------------------------------
-    def _dispatch(self) -> None:
-        now = self.clock.now()
+    def _defer_closed_channels(self, now: float) -> None:
+        for channel, hours in self.config.channels.items():
+            if not hours.is_open(now):
+                deferred = self.store.defer_channel(
+                    channel, hours.next_open(now), now, CLOSED_LABEL
+                )
+                if deferred:
+                    log.info("%d item(s) of channel %s wait for business hours", deferred, channel)
+
+    def _dispatch(self, now: float) -> None:
+        holds = self._holds
+        for hold in holds.probes:
+            self._start_probe(hold, now)
+        blocked = sorted(holds.channels)
+        for slot in self._slots:
+            if slot.free > 0 and not holds.blocks(slot):
+                self._claim(slot, slot.free, now, blocked)
+
+    def _claim(
+        self,
+        slot: _StageSlot,
+        limit: int,
+        now: float,
+        blocked: list[str],
+        only_channel: str | None = None,
+    ) -> list[str]:
+        stage = slot.stage
+
+        def describe(item_id: int, key: str, data: dict) -> NewRun:
+            return self._new_run(stage, item_id, data)
+
+        claimed = self.store.claim(
+            slot.pipeline.name, stage.name, limit, now, describe, blocked, only_channel
+        )
+        for item, new_run in claimed:
+            slot.in_flight += 1
+            task = asyncio.create_task(self._attempt(slot, item, new_run))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return [new_run.run_id for _, new_run in claimed]
+
+    def _start_probe(self, hold: Hold, now: float) -> None:
+        """After a halt's cool-down, let exactly one item through to test the water."""
         for slot in self._slots:
             if slot.free <= 0:
                 continue
-            stage = slot.stage
-
-            def describe(item_id: int, key: str, data: dict, stage: Stage = stage) -> NewRun:
-                return self._new_run(stage, item_id, data)
-
-            for claimed, new_run in self.store.claim(
-                slot.pipeline.name, stage.name, slot.free, now, describe
-            ):
-                slot.in_flight += 1
-                task = asyncio.create_task(self._attempt(slot, claimed, new_run))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if hold.scope == "stage":
+                if slot.stage.qualified_name != hold.target:
+                    continue
+                run_ids = self._claim(slot, 1, now, sorted(self._holds.channels))
+            else:
+                others = sorted(self._holds.channels - {hold.target})
+                run_ids = self._claim(slot, 1, now, others, only_channel=hold.target)
+            if run_ids:
+                self._probes[run_ids[0]] = hold.id
+                self.store.update_hold(hold.id, probe_run_id=run_ids[0])
+                log.info("probing halted %s %s with one item", hold.scope, hold.target)
+                return
 
     def _new_run(self, stage: Stage, item_id: int, data: dict) -> NewRun:
         config_hash = stage.config_hash
@@ -170,15 +277,13 @@ class Scheduler:
         )
 
     # -- one attempt ------------------------------------------------------------------
-    _interrupt_reason = "daemon stopping: interrupted"
-
     async def _attempt(self, slot: _StageSlot, claimed: Claimed, new_run: NewRun) -> None:
         job = Job(new_run.run_id, claimed.key, claimed.attempt, claimed.data, new_run.trace_id)
         started = self.clock.monotonic()
         try:
             report = await slot.executor.run(job, lambda p: self._record_progress(job.run_id, p))
         except asyncio.CancelledError:
-            self._record_interrupted(slot, claimed, job, started)
+            self._record_interrupted(slot, claimed, new_run, started)
             raise
         except Exception as exc:  # the worker could not even start (missing command, ...)
             report = WorkerReport(Verdict.ERROR, error=f"cannot start worker: {exc}")
@@ -186,24 +291,30 @@ class Scheduler:
             slot.in_flight -= 1
             self._wake.set()
         try:
-            self._record(slot, claimed, job, report, started)
+            self._record(slot, claimed, new_run, report, started)
         except Exception:  # a bug here must not lose the item or stop the loop
             log.exception("recording run %s failed; the item is requeued", job.run_id)
-            self._record_interrupted(slot, claimed, job, started, "internal error while recording")
+            self._record_interrupted(
+                slot, claimed, new_run, started, "internal error while recording"
+            )
 
     def _record_progress(self, run_id: str, progress: Progress) -> None:
         self._progress[run_id] = (progress.fraction, progress.message)
 
     def _record(
-        self, slot: _StageSlot, claimed: Claimed, job: Job, report: WorkerReport, started: float
+        self,
+        slot: _StageSlot,
+        claimed: Claimed,
+        new_run: NewRun,
+        report: WorkerReport,
+        started: float,
     ) -> None:
         stage = slot.stage
         now = self.clock.now()
         classification = None
         if report.verdict in (Verdict.ERROR, Verdict.IGNORE):
-            text = report.error or report.ignore_reason or ""
             classification = self.classifier.classify(
-                text,
+                report.error or report.ignore_reason or "",
                 pipeline=stage.pipeline,
                 stage=stage.name,
                 exception_types=report.exception_types,
@@ -211,19 +322,72 @@ class Scheduler:
         decision = decide(
             slot.pipeline, stage, claimed.attempt, report, classification, now, self.rng
         )
-        data = claimed.data
-        if report.data:
-            data = {**data, **report.data}
+        data = {**claimed.data, **report.data} if report.data else claimed.data
+        next_stage = slot.pipeline.stage(decision.item_stage)
+        c = decision.classification
         self._finished.append(
-            _finished_run(job, claimed, report, decision, data, now, started, self)
+            FinishedRun(
+                run_id=new_run.run_id,
+                item_id=claimed.item_id,
+                status=decision.run_status,
+                pipeline=slot.pipeline.name,
+                stage=stage.name,
+                channel=new_run.channel,
+                finished_at=now,
+                duration_s=self.clock.monotonic() - started,
+                item_stage=decision.item_stage,
+                item_state=decision.item_state,
+                item_data=json.dumps(data, default=str),
+                item_attempt=decision.item_attempt,
+                item_ready_at=decision.ready_at,
+                item_channel=next_stage.channel_for(data),
+                exit_code=report.exit_code,
+                signal=report.signal,
+                pid=report.pid,
+                error=decision.error,
+                error_type=report.error_type,
+                traceback=report.traceback,
+                output="\n".join(report.output) or None,
+                group_name=c.group.value if c else None,
+                label=c.label if c else None,
+                category=c.category if c else None,
+                type=c.type if c else None,
+                rule_id=c.rule_id if c else None,
+                rules_version=self.classifier.version if c else None,
+                rows_out=report.rows_out,
+                cost=report.cost,
+                progress=1.0 if decision.run_status is RunStatus.OK else None,
+            )
         )
-        _log_run(stage, job, report, decision)
+        _log_run(stage, claimed, new_run, decision)
+        if new_run.run_id in self._probes:
+            self._finish_probe(self._probes.pop(new_run.run_id), decision, now)
+
+    def _finish_probe(self, hold_id: int, decision: Decision, now: float) -> None:
+        hold = self.store.Hold.get_by_id(hold_id)
+        if hold.cleared_at is not None:
+            return
+        if decision.run_status is RunStatus.OK:
+            self.store.clear_holds(hold.target, ("halt",), "probe (one item went through)", now)
+            log.info("probe passed: halt on %s %s cleared", hold.scope, hold.target)
+            self.notifier.notify(
+                "halt_cleared", f"cleared:{hold.id}", f"pipewarden: {hold.target} flows again",
+                f"A probe item went through after the halt ({hold.reason}).", now,
+            )  # fmt: skip
+            return
+        cooldown = (hold.cooldown_s or 60.0) * 2
+        self.store.update_hold(
+            hold.id, probe_at=now + cooldown, cooldown_s=cooldown, probe_run_id=None
+        )
+        log.warning(
+            "probe failed: %s %s stays halted; next probe in %gs", hold.scope, hold.target, cooldown
+        )
 
     def _record_interrupted(
         self,
         slot: _StageSlot,
         claimed: Claimed,
-        job: Job,
+        new_run: NewRun,
         started: float,
         reason: str | None = None,
     ) -> None:
@@ -232,9 +396,12 @@ class Scheduler:
         error = reason or self._interrupt_reason
         self._finished.append(
             FinishedRun(
-                run_id=job.run_id,
+                run_id=new_run.run_id,
                 item_id=claimed.item_id,
                 status=RunStatus.INTERRUPTED,
+                pipeline=slot.pipeline.name,
+                stage=slot.stage.name,
+                channel=new_run.channel,
                 finished_at=now,
                 duration_s=self.clock.monotonic() - started,
                 item_stage=slot.stage.name,
@@ -242,6 +409,7 @@ class Scheduler:
                 item_data=json.dumps(claimed.data),
                 item_attempt=claimed.attempt - 1,  # an interruption does not spend a retry
                 item_ready_at=now,
+                item_channel=new_run.channel,
                 error=error,
                 group_name="retriable",
                 label="Interrupted",
@@ -251,55 +419,96 @@ class Scheduler:
         )
         log.warning(
             "%s %s#%d interrupted: %s -> %s",
-            slot.stage.qualified_name, job.key, job.attempt, error, "held" if held else "requeued",
+            slot.stage.qualified_name, claimed.key, claimed.attempt, error,
+            "held" if held else "requeued",
         )  # fmt: skip
 
+    # -- notifications ----------------------------------------------------------------
+    def _notify_halt(self, hold: Hold, now: float) -> None:
+        event = "budget" if hold.scope == "pipeline" else "halt"
+        samples = json.loads(hold.samples or "[]")
+        body = [
+            f"{describe_hold(hold)} (rule {hold.rule}).",
+            "Its items stay queued; nothing is failed or lost.",
+            f"Clear it with: pipewarden halts clear {hold.target}",
+        ]
+        if samples:
+            body += ["", "Recent errors:", *(f"  {_one_line(s)}" for s in samples)]
+        self.notifier.notify(
+            event, f"halt:{hold.id}", f"pipewarden: {hold.target} halted", "\n".join(body), now
+        )
 
-def _finished_run(
-    job: Job,
-    claimed: Claimed,
-    report: WorkerReport,
-    decision: Decision,
-    data: dict,
-    now: float,
-    started: float,
-    scheduler: Scheduler,
-) -> FinishedRun:
-    c = decision.classification
-    return FinishedRun(
-        run_id=job.run_id,
-        item_id=claimed.item_id,
-        status=decision.run_status,
-        finished_at=now,
-        duration_s=scheduler.clock.monotonic() - started,
-        item_stage=decision.item_stage,
-        item_state=decision.item_state,
-        item_data=json.dumps(data, default=str),
-        item_attempt=decision.item_attempt,
-        item_ready_at=decision.ready_at,
-        exit_code=report.exit_code,
-        signal=report.signal,
-        pid=report.pid,
-        error=decision.error,
-        error_type=report.error_type,
-        traceback=report.traceback,
-        output="\n".join(report.output) or None,
-        group_name=c.group.value if c else None,
-        label=c.label if c else None,
-        category=c.category if c else None,
-        type=c.type if c else None,
-        rule_id=c.rule_id if c else None,
-        rules_version=scheduler.classifier.version if c else None,
-        rows_out=report.rows_out,
-        cost=report.cost,
-        progress=1.0 if decision.run_status is RunStatus.OK else None,
-        message=None,
+    def _notify_run(self, run: FinishedRun, now: float) -> None:
+        if run.item_state is ItemState.FAILED:
+            self.notifier.notify(
+                "failure", f"failure:{run.run_id}",
+                f"{run.pipeline}/{run.stage} failed: {run.label or 'Unknown'}",
+                _one_line(run.error), now,
+            )  # fmt: skip
+        if run.status is RunStatus.TIMED_OUT:
+            recent = self.store.count_runs(
+                run.pipeline, run.stage, RunStatus.TIMED_OUT, now - TIMEOUT_WINDOW_S
+            )
+            if recent >= self.config.notify.timeouts_per_10m:
+                self.notifier.notify(
+                    "timeout", f"timeouts:{run.pipeline}/{run.stage}",
+                    f"pipewarden: {run.pipeline}/{run.stage} keeps timing out",
+                    f"{recent} watchdog timeouts in 10 minutes. Last: {_one_line(run.error)}",
+                    now,
+                )  # fmt: skip
+
+    # -- live configuration -----------------------------------------------------------
+    def apply(self, config: Config, classifier: Classifier, guard: Guard) -> list[str]:
+        """Swap in reloaded settings; returns what changed, for the log."""
+        changes: list[str] = []
+        if classifier.version != self.classifier.version:
+            changes.append(f"rules {self.classifier.version} -> {classifier.version}")
+        current = {slot.stage.qualified_name: slot for slot in self._slots}
+        slots = []
+        for pipeline in config.pipelines.values():
+            for stage in pipeline.stages:
+                slot = current.pop(stage.qualified_name, None)
+                if slot is not None and slot.stage == stage:
+                    slot.pipeline = pipeline
+                    slots.append(slot)
+                    continue
+                if slot is not None and _only_limits_changed(slot.stage, stage):
+                    slot.pipeline, slot.stage = pipeline, stage
+                    slot.executor.reconfigure(stage)  # takes effect from the next item
+                    slots.append(slot)
+                    changes.append(f"stage {stage.qualified_name} updated")
+                    continue
+                if slot is not None:
+                    self._retired.append(slot)
+                changes.append(f"stage {stage.qualified_name} {'replaced' if slot else 'added'}")
+                slots.append(_StageSlot(pipeline, stage, executor_for(stage)))
+        for name, slot in current.items():
+            self._retired.append(slot)
+            changes.append(f"stage {name} removed (its items wait)")
+        self._slots = slots
+        self.config, self.classifier, self.guard = config, classifier, guard
+        self.notifier.settings = config.notify
+        self.wake()
+        return changes
+
+    async def _stop_retired(self) -> None:
+        idle = [slot for slot in self._retired if slot.in_flight == 0]
+        if idle:
+            self._retired = [slot for slot in self._retired if slot.in_flight > 0]
+            await asyncio.gather(*(slot.executor.stop() for slot in idle))
+
+
+def _only_limits_changed(old: Stage, new: Stage) -> bool:
+    """True when a pool can keep its processes: only limits and policies differ."""
+    same_worker = ("command", "python", "mode", "cwd", "env")
+    return all(getattr(old, f) == getattr(new, f) for f in same_worker) and (
+        old.concurrency == new.concurrency or old.mode == "process"
     )
 
 
-def _log_run(stage: Stage, job: Job, report: WorkerReport, decision: Decision) -> None:
+def _log_run(stage: Stage, claimed: Claimed, new_run: NewRun, decision: Decision) -> None:
     c = decision.classification
-    head = f"{stage.qualified_name} {job.key}#{job.attempt} run={job.run_id[:8]}"
+    head = f"{stage.qualified_name} {claimed.key}#{claimed.attempt} run={new_run.run_id[:8]}"
     if c is None:
         log.info("%s %s %s", head, decision.run_status, decision.note)
         return
@@ -313,5 +522,5 @@ def _log_run(stage: Stage, job: Job, report: WorkerReport, decision: Decision) -
 
 
 def _one_line(text: str | None, limit: int = 160) -> str:
-    line = (text or "").strip().splitlines()[0] if text and text.strip() else ""
+    line = text.strip().splitlines()[0] if text and text.strip() else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"

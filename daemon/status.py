@@ -37,3 +37,21 @@ def _pipeline(config: Config, name: str, counts: list, labels: list) -> dict[str
         shown = stage if stage in configured else stage + NOT_IN_CONFIG
         stages.append({"name": shown, "states": states, "labels": by_state})
     return {"name": name if pipeline else name + NOT_IN_CONFIG, "stages": stages}
+
+
+STUCK_AFTER_REQUEUES = 3  # requeued by hand this often and failing still: a person must look
+
+
+def daemon_health(store: Store | None) -> dict[str, Any]:
+    """The rules' last reload, the active halts and pauses, and items stuck on one error."""
+    if store is None:
+        return {"reload": None, "holds": [], "stuck": []}
+    return {
+        "reload": store.get_meta("reload"),
+        "holds": store.active_holds(),
+        "stuck": [
+            {"pipeline": p, "stage": s, "label": label, "items": n,
+             "requeues": STUCK_AFTER_REQUEUES}
+            for p, s, label, n in store.stuck_items(STUCK_AFTER_REQUEUES)
+        ],
+    }  # fmt: skip

@@ -44,6 +44,7 @@ class Item(pw.Model):
     last_group = pw.TextField(null=True)
     created_at = pw.FloatField()
     updated_at = pw.FloatField()
+    requeues = pw.IntegerField(default=0)  # schema 3: times a person requeued it in bulk
 
     class Meta:
         table_name = "items"
@@ -88,6 +89,50 @@ class Run(pw.Model):
         table_name = "runs"
 
 
+class Hold(pw.Model):
+    """A halt (raised by a rule) or a pause (by a person) on a channel, stage or pipeline."""
+
+    id = pw.AutoField()
+    scope = pw.TextField()  # "channel" | "stage" | "pipeline"
+    target = pw.TextField()  # "sms" | "sites/capture" | "sites"
+    kind = pw.TextField()  # "halt" | "pause"
+    rule = pw.TextField(null=True)
+    reason = pw.TextField()
+    label = pw.TextField(null=True)
+    count = pw.IntegerField(null=True)
+    samples = pw.TextField(null=True)  # JSON list of a few error texts
+    created_at = pw.FloatField()
+    created_by = pw.TextField(null=True)
+    cleared_at = pw.FloatField(null=True)
+    cleared_by = pw.TextField(null=True)
+    probe_at = pw.FloatField(null=True)
+    cooldown_s = pw.FloatField(null=True)
+    probe_run_id = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "holds"
+
+
+class Outbox(pw.Model):
+    """One notification for one target; sent once, retried until it is."""
+
+    id = pw.AutoField()
+    key = pw.TextField()
+    event = pw.TextField()
+    target = pw.TextField()  # the target's id (a hash): Apprise URLs are secrets
+    title = pw.TextField()
+    body = pw.TextField()
+    created_at = pw.FloatField()
+    due_at = pw.FloatField()
+    attempts = pw.IntegerField(default=0)
+    next_try_at = pw.FloatField()
+    sent_at = pw.FloatField(null=True)
+    last_error = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "outbox"
+
+
 def _bound(model: type[pw.Model], db: pw.Database) -> Any:
     meta = type("Meta", (), {"database": db, "table_name": model._meta.table_name})
     return type(model.__name__, (model,), {"Meta": meta, "__module__": __name__})
@@ -124,6 +169,28 @@ _MIGRATIONS: list[list[str]] = [
         "ALTER TABLE runs ADD COLUMN progress REAL",
         "ALTER TABLE runs ADD COLUMN message TEXT",
     ],
+    [  # 3: halts and pauses, the notification outbox, daemon facts, bulk requeues
+        """CREATE TABLE holds (
+            id INTEGER PRIMARY KEY, scope TEXT NOT NULL, target TEXT NOT NULL,
+            kind TEXT NOT NULL, rule TEXT, reason TEXT NOT NULL, label TEXT, count INTEGER,
+            samples TEXT, created_at REAL NOT NULL, created_by TEXT,
+            cleared_at REAL, cleared_by TEXT,
+            probe_at REAL, cooldown_s REAL, probe_run_id TEXT)""",
+        "CREATE UNIQUE INDEX holds_active ON holds (scope, target, kind) WHERE cleared_at IS NULL",
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY, key TEXT NOT NULL, event TEXT NOT NULL,
+            target TEXT NOT NULL, title TEXT NOT NULL, body TEXT NOT NULL,
+            created_at REAL NOT NULL, due_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            next_try_at REAL NOT NULL, sent_at REAL, last_error TEXT)""",
+        "CREATE INDEX outbox_pending ON outbox (sent_at, next_try_at)",
+        "CREATE INDEX outbox_by_key ON outbox (key, target, created_at)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "ALTER TABLE items ADD COLUMN requeues INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX items_by_channel ON items (channel, state, ready_at)",
+        "CREATE INDEX items_by_label ON items (last_label, state)",
+        "CREATE INDEX runs_by_channel_label ON runs (channel, label, finished_at)",
+        "CREATE INDEX runs_by_stage_end ON runs (pipeline, stage, finished_at)",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -157,6 +224,9 @@ class FinishedRun:
     run_id: str
     item_id: int
     status: RunStatus
+    pipeline: str
+    stage: str
+    channel: str | None
     finished_at: float
     duration_s: float
     item_stage: str
@@ -164,6 +234,7 @@ class FinishedRun:
     item_data: str  # JSON
     item_attempt: int
     item_ready_at: float | None
+    item_channel: str | None  # the channel at item_stage
     exit_code: int | None = None
     signal: int | None = None
     pid: int | None = None
@@ -202,7 +273,7 @@ _FINISH_RUN_SQL = (
     "progress = COALESCE(?, progress), message = COALESCE(?, message) WHERE id = ?"
 )
 _FINISH_ITEM_SQL = (
-    "UPDATE items SET stage = ?, state = ?, data = ?, attempt = ?, ready_at = ?, "
+    "UPDATE items SET stage = ?, state = ?, data = ?, attempt = ?, ready_at = ?, channel = ?, "
     "last_error = ?, last_label = ?, last_group = ?, updated_at = ? WHERE id = ?"
 )
 _CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE_STATES)
@@ -230,6 +301,8 @@ class Store:
         # Each Store binds its own model classes, so two stores never share a database.
         self.Item: type[Item] = _bound(Item, self.db)
         self.Run: type[Run] = _bound(Run, self.db)
+        self.Hold: type[Hold] = _bound(Hold, self.db)
+        self.Outbox: type[Outbox] = _bound(Outbox, self.db)
         try:
             self.migrate()
         except sqlite3.DatabaseError as exc:
@@ -268,17 +341,25 @@ class Store:
 
     # -- enqueue --------------------------------------------------------------------
     def enqueue(
-        self, pipeline: str, stage: str, items: Sequence[tuple[str, dict[str, Any]]], now: float
+        self,
+        pipeline: str,
+        stage: str,
+        items: Sequence[tuple[str, dict[str, Any]]],
+        now: float,
+        channel_for: Any = None,  # Callable[[dict], str]: the stage's channel for an item
     ) -> list[str]:
         """Add items not yet known (by key) at `stage`; returns the keys that were new."""
         new: list[str] = []
         with self.db.atomic("IMMEDIATE"):
             for key, data in items:
+                channel = channel_for(data) if channel_for else stage
                 cursor = self._conn.execute(
-                    "INSERT INTO items (pipeline, key, stage, state, data, ready_at, created_at,"
-                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (pipeline, key, stage, ItemState.QUEUED, json.dumps(data), now, now, now),
-                )
+                    "INSERT INTO items (pipeline, key, stage, state, data, ready_at, channel,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    (pipeline, key, stage, ItemState.QUEUED, json.dumps(data), now, channel, now,
+                     now),
+                )  # fmt: skip
                 if cursor.rowcount:
                     new.append(key)
         return new
@@ -291,17 +372,28 @@ class Store:
         limit: int,
         now: float,
         describe: Any,  # Callable[[int, str, dict], NewRun]: fills a run's fields per item
+        blocked_channels: Sequence[str] = (),
+        only_channel: str | None = None,
     ) -> list[tuple[Claimed, NewRun]]:
         """Mark up to `limit` ready items running and write their run rows, atomically.
 
         The run rows are committed before any worker starts, so a crash at any later
-        point leaves a `running` row for `recover_interrupted` to find.
+        point leaves a `running` row for `recover_interrupted` to find. Items of a
+        blocked (halted, paused) channel are left queued; `only_channel` picks a probe.
         """
+        where, params = "", [pipeline, stage, now]
+        if blocked_channels:
+            where += f" AND channel NOT IN ({', '.join('?' * len(blocked_channels))})"
+            params += list(blocked_channels)
+        if only_channel is not None:
+            where += " AND channel = ?"
+            params.append(only_channel)
         with self._write():
             rows = self._conn.execute(
                 f"SELECT id, key, data, attempt FROM items WHERE pipeline = ? AND stage = ?"
-                f" AND state IN ({_CLAIMABLE}) AND ready_at <= ? ORDER BY ready_at, id LIMIT ?",
-                (pipeline, stage, now, limit),
+                f" AND state IN ({_CLAIMABLE}) AND ready_at <= ?{where}"
+                " ORDER BY ready_at, id LIMIT ?",
+                (*params, limit),
             ).fetchall()
             if not rows:
                 return []
@@ -350,12 +442,23 @@ class Store:
                 _FINISH_ITEM_SQL,
                 [
                     (f.item_stage, f.item_state, f.item_data, f.item_attempt, f.item_ready_at,
-                     f.error, f.label, f.group_name, f.finished_at, f.item_id)
+                     f.item_channel, f.error, f.label, f.group_name, f.finished_at, f.item_id)
                     for f in finished
                 ],
             )  # fmt: skip
 
     def recover_interrupted(
+        self, now: float, hold_stages: set[tuple[str, str]], reason: str
+    ) -> list[Recovered]:
+        with self._write():
+            # A probe cut short by the stop is simply due again.
+            self._conn.execute(
+                "UPDATE holds SET probe_run_id = NULL WHERE cleared_at IS NULL"
+                " AND probe_run_id IS NOT NULL"
+            )
+            return self._recover_runs(now, hold_stages, reason)
+
+    def _recover_runs(
         self, now: float, hold_stages: set[tuple[str, str]], reason: str
     ) -> list[Recovered]:
         """After an unclean stop: end orphaned runs as interrupted and put their items back.
@@ -364,7 +467,7 @@ class Store:
         holds its items for a person instead, since its side effects must not repeat.
         """
         recovered: list[Recovered] = []
-        with self.db.atomic("IMMEDIATE"):
+        with self._write():
             rows = self._conn.execute(
                 "SELECT r.id, r.pipeline, r.stage, r.item_key, r.item_id, r.attempt, r.started_at"
                 " FROM runs r WHERE r.status = 'running'"
@@ -400,11 +503,154 @@ class Store:
                 soonest = ready_at
         return soonest
 
-    def pending_count(self) -> int:
-        """Items with work still ahead: queued, running or retrying (deferred ones wait)."""
+    def pending_count(
+        self,
+        blocked_channels: Iterable[str] = (),
+        blocked_stages: Iterable[str] = (),
+        blocked_pipelines: Iterable[str] = (),
+    ) -> int:
+        """Items with work still ahead: queued, running or retrying, and not held back.
+
+        Deferred items and those of halted or paused channels, stages and pipelines wait
+        for a time or a person, so they do not count.
+        """
+        where, params = "", []
+        for expression, values in (
+            ("channel", list(blocked_channels)),
+            ("pipeline || '/' || stage", list(blocked_stages)),
+            ("pipeline", list(blocked_pipelines)),
+        ):
+            if values:
+                where += f" AND {expression} NOT IN ({', '.join('?' * len(values))})"
+                params += values
         return self._conn.execute(
-            f"SELECT COUNT(*) FROM items WHERE state IN ({_PENDING})"
+            f"SELECT COUNT(*) FROM items WHERE state IN ({_PENDING}){where}", params
         ).fetchone()[0]
+
+    def count_runs(self, pipeline: str, stage: str, status: str, since: float) -> int:
+        return self._conn.execute(
+            "SELECT COUNT(*) FROM runs WHERE pipeline = ? AND stage = ? AND status = ?"
+            " AND finished_at >= ?",
+            (pipeline, stage, status, since),
+        ).fetchone()[0]
+
+    # -- holds: halts and pauses --------------------------------------------------------
+    def active_holds(self) -> list[Hold]:
+        return list(self.Hold.select().where(self.Hold.cleared_at.is_null()).order_by(self.Hold.id))
+
+    def add_hold(self, hold: dict[str, Any]) -> Hold | None:
+        """Insert an active hold; None when the same one is already active."""
+        with self._write():
+            cursor = self._conn.execute(
+                f"INSERT INTO holds ({', '.join(hold)}) VALUES ({', '.join('?' * len(hold))})"
+                " ON CONFLICT DO NOTHING",
+                [json.dumps(v) if isinstance(v, list) else v for v in hold.values()],
+            )
+            return self.Hold.get_by_id(cursor.lastrowid) if cursor.rowcount else None
+
+    def clear_holds(self, target: str, kinds: Sequence[str], who: str, now: float) -> list[Hold]:
+        """Clear the active holds of `kinds` on `target`; returns the ones cleared."""
+        with self._write():
+            cleared = list(
+                self.Hold.select().where(
+                    self.Hold.cleared_at.is_null()
+                    & (self.Hold.target == target)
+                    & self.Hold.kind.in_(list(kinds))
+                )
+            )
+            if cleared:
+                self.Hold.update(cleared_at=now, cleared_by=who).where(
+                    self.Hold.id.in_([h.id for h in cleared])
+                ).execute()
+        return cleared
+
+    def update_hold(self, hold_id: int, **fields: Any) -> None:
+        with self._write():
+            self.Hold.update(**fields).where(self.Hold.id == hold_id).execute()
+
+    # -- what the guard asks --------------------------------------------------------------
+    def label_failures(self, channel: str, label: str, since: float) -> list[str]:
+        """Error texts of failed runs with this label on this channel since `since`."""
+        return [
+            row[0]
+            for row in self._conn.execute(
+                "SELECT error FROM runs WHERE channel = ? AND label = ? AND finished_at >= ?"
+                " AND status IN ('failed', 'timed_out') ORDER BY finished_at DESC",
+                (channel, label, since),
+            )
+        ]
+
+    def last_run_statuses(self, pipeline: str, stage: str, count: int) -> list[tuple[str, str]]:
+        """(status, error) of the stage's last `count` finished runs, newest first."""
+        return self._conn.execute(
+            "SELECT status, error FROM runs WHERE pipeline = ? AND stage = ?"
+            " AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+            (pipeline, stage, count),
+        ).fetchall()
+
+    def cost_since(self, pipeline: str, since: float) -> float:
+        (total,) = self._conn.execute(
+            "SELECT COALESCE(SUM(cost), 0) FROM runs WHERE pipeline = ? AND finished_at >= ?",
+            (pipeline, since),
+        ).fetchone()
+        return float(total)
+
+    # -- calendars and bulk requeue --------------------------------------------------------
+    def defer_channel(self, channel: str, until: float, now: float, label: str) -> int:
+        """Ready items of a closed channel wait, deferred (not failed), until it opens."""
+        with self._write():
+            return self._conn.execute(
+                f"UPDATE items SET state = 'deferred', ready_at = ?, last_label = ?,"
+                f" last_group = 'defer', updated_at = ? WHERE channel = ?"
+                f" AND state IN ({_CLAIMABLE}) AND ready_at <= ?",
+                (until, label, now, channel, now),
+            ).rowcount
+
+    def requeue_by_label(
+        self, label: str, now: float, pipeline: str | None = None, stage: str | None = None,
+        since: float | None = None, dry_run: bool = False,
+    ) -> int:  # fmt: skip
+        """Failed and retrying items with `label` back in the queue, attempts reset."""
+        where = "last_label = ? AND state IN ('failed', 'retrying')"
+        params: list[Any] = [label]
+        for column, value in (("pipeline", pipeline), ("stage", stage)):
+            if value is not None:
+                where += f" AND {column} = ?"
+                params.append(value)
+        if since is not None:
+            where += " AND updated_at >= ?"
+            params.append(since)
+        with self._write():
+            if dry_run:
+                return self._conn.execute(
+                    f"SELECT COUNT(*) FROM items WHERE {where}", params
+                ).fetchone()[0]
+            return self._conn.execute(
+                f"UPDATE items SET state = 'queued', attempt = 0, ready_at = ?, updated_at = ?,"
+                f" requeues = requeues + 1 WHERE {where}",
+                (now, now, *params),
+            ).rowcount
+
+    def stuck_items(self, min_requeues: int) -> list[tuple[str, str, str, int]]:
+        """(pipeline, stage, label, count): requeued by hand that often, and failing still."""
+        return self._conn.execute(
+            "SELECT pipeline, stage, last_label, COUNT(*) FROM items WHERE requeues >= ?"
+            " AND state IN ('failed', 'retrying') GROUP BY pipeline, stage, last_label",
+            (min_requeues,),
+        ).fetchall()
+
+    # -- daemon facts (last reload, ...) ---------------------------------------------------
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._write():
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    def get_meta(self, key: str) -> Any:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     # -- reads for the CLI ------------------------------------------------------------
     def state_counts(self, pipeline: str | None = None) -> list[tuple[str, str, str, int]]:

@@ -126,6 +126,12 @@ class ProcessWorker:
     def __init__(self, stage: Stage):
         self.stage = stage
 
+    def reconfigure(self, stage: Stage) -> None:
+        self.stage = stage
+
+    async def stop(self) -> None:
+        """Nothing lives between attempts."""
+
     async def run(self, job: Job, on_progress: ProgressCallback) -> WorkerReport:
         proc = await spawn(worker_argv(self.stage), self.stage.cwd, worker_env(self.stage, job))
         tail = StderrTail()
@@ -248,7 +254,14 @@ class WorkerPool:
 
     def __init__(self, stage: Stage):
         self.stage = stage
-        self._idle = [PoolWorker(stage) for _ in range(stage.concurrency)]
+        self._workers = [PoolWorker(stage) for _ in range(stage.concurrency)]
+        self._idle = list(self._workers)
+
+    def reconfigure(self, stage: Stage) -> None:
+        """New timeouts and policies for the same processes (busy ones included)."""
+        self.stage = stage
+        for worker in self._workers:
+            worker.stage = stage
 
     async def run(self, job: Job, on_progress: ProgressCallback) -> WorkerReport:
         worker = self._idle.pop()
@@ -258,7 +271,7 @@ class WorkerPool:
             self._idle.append(worker)
 
     async def stop(self) -> None:
-        await asyncio.gather(*(worker.stop() for worker in self._idle))
+        await asyncio.gather(*(worker.stop() for worker in self._workers))
 
 
 def executor_for(stage: Stage) -> ProcessWorker | WorkerPool:

@@ -62,8 +62,9 @@ def test_status_and_runs_after_a_run(project: Project):
         project.cli("enqueue", "sites", key, "--data", data)
     assert project.start_daemon("--until-idle").wait(30) == 0
 
-    status = project.cli("status").stdout
-    assert status.splitlines()[2:] == [
+    status = project.cli("status").stdout.splitlines()
+    assert status[1].startswith("rules: version ") and "(41 rules), loaded 20" in status[1]
+    assert status[3:] == [
         "sites                                                3",
         "├─ find",
         "│  └─ ignored                                        1",

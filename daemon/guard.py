@@ -1,0 +1,144 @@
+"""The guard: halts a channel, a stage or a pipeline when its halt rules say so.
+
+Its windows are queries over the recorded runs (indexed by channel and label, and by
+stage and end time), not counters in memory: a restart forgets nothing, and a halt
+is a row in the store that survives it. A halt never fails or loses an item; the
+halted items simply stay queued until a person, or a successful probe, clears it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from datetime import datetime
+
+from pipewarden.rules import HaltRule
+from pipewarden.store import FinishedRun, Hold, Store
+from pipewarden.types import RunStatus
+
+log = logging.getLogger("pipewarden.guard")
+
+FAILED = (RunStatus.FAILED, RunStatus.TIMED_OUT)
+SAMPLES_KEPT = 3
+
+
+class Guard:
+    def __init__(self, store: Store, rules: tuple[HaltRule, ...]):
+        self.store = store
+        self.rules = rules
+
+    def check(self, finished: Iterable[FinishedRun], now: float, active: list[Hold]) -> list[Hold]:
+        """Halts the newly recorded runs call for; returns the ones raised now."""
+        held = {(hold.scope, hold.target) for hold in active if hold.kind == "halt"}
+        raised: list[Hold] = []
+        failures = [run for run in finished if run.status in FAILED]
+        seen: set[tuple[str, str, str]] = set()
+        for rule in self.rules:
+            candidates = self._candidates(rule, failures, finished)
+            for scope, target, detail in candidates:
+                if (scope, target) in held or (rule.id, target, detail) in seen:
+                    continue
+                seen.add((rule.id, target, detail))
+                if hold := self._evaluate(rule, scope, target, detail, now):
+                    held.add((scope, target))
+                    raised.append(hold)
+                    log.warning("HALT %s %s: %s (rule %s)", scope, target, hold.reason, rule.id)
+        return raised
+
+    def _candidates(
+        self, rule: HaltRule, failures: list[FinishedRun], finished: Iterable[FinishedRun]
+    ) -> list[tuple[str, str, str]]:
+        if rule.when == "same_label":
+            return [
+                ("channel", run.channel, run.label)
+                for run in failures
+                if run.channel and run.label and rule.watches_channel(run.channel)
+                and (not rule.pipelines or run.pipeline in rule.pipelines)
+            ]  # fmt: skip
+        if rule.when == "all_failed":
+            return [
+                ("stage", f"{run.pipeline}/{run.stage}", "")
+                for run in failures
+                if rule.watches_stage(run.pipeline, run.stage)
+            ]
+        return [
+            ("pipeline", run.pipeline, "")
+            for run in finished
+            if run.cost and (not rule.pipelines or run.pipeline in rule.pipelines)
+        ]
+
+    def _evaluate(
+        self, rule: HaltRule, scope: str, target: str, detail: str, now: float
+    ) -> Hold | None:
+        if rule.when == "same_label":
+            errors = self.store.label_failures(target, detail, now - rule.within_s)
+            if len(errors) < rule.count:
+                return None
+            window = _duration(rule.within_s)
+            reason = f"{len(errors)}× {detail} within {window}"
+            return self._raise(rule, scope, target, reason, now, detail, len(errors), errors)
+        if rule.when == "all_failed":
+            pipeline, stage = target.split("/", 1)
+            last = self.store.last_run_statuses(pipeline, stage, rule.count)
+            if len(last) < rule.count or any(status not in FAILED for status, _ in last):
+                return None
+            reason = f"the last {rule.count} runs all failed"
+            errors = [error or "" for _, error in last]
+            return self._raise(rule, scope, target, reason, now, None, rule.count, errors)
+        spent = self.store.cost_since(target, _start_of_day(now))
+        if spent <= rule.budget:
+            return None
+        reason = f"budget spent: {spent:.2f} of {rule.budget:.2f} today"
+        return self._raise(rule, scope, target, reason, now, None, None, [])
+
+    def _raise(
+        self,
+        rule: HaltRule,
+        scope: str,
+        target: str,
+        reason: str,
+        now: float,
+        label: str | None,
+        count: int | None,
+        errors: list[str],
+    ) -> Hold | None:
+        probe = rule.probe_after_s
+        return self.store.add_hold(
+            {
+                "scope": scope,
+                "target": target,
+                "kind": "halt",
+                "rule": rule.id,
+                "reason": reason,
+                "label": label,
+                "count": count,
+                "samples": errors[:SAMPLES_KEPT],
+                "created_at": now,
+                "created_by": f"rule {rule.id}",
+                "probe_at": now + probe if probe else None,
+                "cooldown_s": probe,
+            }
+        )
+
+
+def _start_of_day(now: float) -> float:
+    """Local midnight: budgets are per calendar day on this host."""
+    return (
+        datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    )
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def describe_hold(hold: Hold) -> str:
+    """One line a person reads: 'sms — 25× Rate limited within 2h since 14:02'."""
+    since = time.strftime("%H:%M", time.localtime(hold.created_at))
+    what = "paused" if hold.kind == "pause" else hold.reason
+    by = f" by {hold.created_by}" if hold.kind == "pause" and hold.created_by else ""
+    return f"{hold.target} — {what}{by} since {since}"
