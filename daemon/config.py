@@ -112,6 +112,7 @@ class NotifySettings:
     digest_wait_s: float = 30.0  # failures arriving within this wait go out as one message
     repeat_interval_s: float = 3600.0  # the same notification is not repeated sooner
     timeouts_per_10m: int = 5  # watchdog timeouts on one stage in 10 minutes that notify
+    retry_backoff_s: float = 5.0  # after a failed delivery; doubles each time, up to 5 minutes
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def _lookup(data: dict[str, Any], dotted: str) -> str:
 
 _TOP_KEYS = {"state_dir", "rules", "pipelines", "defaults", "drain_grace", "channels", "notify"}
 _CHANNEL_KEYS = {"days", "hours", "timezone"}
-_NOTIFY_KEYS = {"targets", "digest_wait", "repeat_interval", "timeouts_per_10m"}
+_NOTIFY_KEYS = {"targets", "digest_wait", "repeat_interval", "timeouts_per_10m", "retry_backoff"}
 _STAGE_KEYS = {
     "name", "command", "python", "mode", "concurrency", "timeout", "grace", "cwd", "env",
     "retry", "channel", "on_interrupt", "defer",
@@ -240,6 +241,9 @@ def _load_notify(node: Node) -> NotifySettings:
         timeouts_per_10m=fields["timeouts_per_10m"].integer("timeouts_per_10m", 1)
         if "timeouts_per_10m" in fields
         else defaults.timeouts_per_10m,
+        retry_backoff_s=fields["retry_backoff"].duration("retry_backoff")
+        if "retry_backoff" in fields
+        else defaults.retry_backoff_s,
     )
 
 

@@ -80,7 +80,7 @@ class Daemon:
         lock.acquire()
         store = self._store = Store(self.config.state_dir)
         try:
-            notifier = Notifier(store, self.config.notify)
+            notifier = Notifier(store, self.config.notify, self.clock)
             self._recover(store, notifier)
             scheduler = self._scheduler = Scheduler(
                 self.config,

@@ -15,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import peewee as pw
+from pipewarden.clock import Clock
 from pipewarden.config import NotifySettings, NotifyTarget
 from pipewarden.store import Outbox, Store
 
 log = logging.getLogger("pipewarden.notifier")
 
 DIGEST_EVENTS = {"failure"}  # many small events a person wants as one message
-RETRY_BACKOFF_S = (5, 15, 60, 300)  # after the 1st, 2nd, ... failed delivery; then the last
+MAX_RETRY_BACKOFF_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,12 @@ class Delivery:
 
 
 class Notifier:
-    def __init__(self, store: Store, settings: NotifySettings):
+    def __init__(self, store: Store, settings: NotifySettings, clock: Clock | None = None):
         self.store = store
         self.settings = settings
+        self.clock = clock or Clock()
         self._sending: asyncio.Task[None] | None = None
+        self.on_delivered: Callable[[], None] = lambda: None  # the scheduler wakes to look again
 
     def notify(self, event: str, key: str, title: str, body: str, now: float) -> int:
         """Queue a notification for every target that wants `event`; returns how many."""
@@ -62,21 +67,34 @@ class Notifier:
             .exists()
         )
 
-    def tick(self, now: float) -> None:
-        """Start delivering what is due, unless a delivery is still under way."""
+    def next_due(self) -> float | None:
+        """When the next undelivered notification is due (None: nothing waits)."""
+        outbox = self.store.Outbox
+        known = [target.id for target in self.settings.targets]
+        if not known:
+            return None
+        return (
+            outbox.select(pw.fn.MIN(outbox.next_try_at))
+            .where(outbox.sent_at.is_null() & outbox.target.in_(known))
+            .scalar()
+        )
+
+    def tick(self, now: float, stopping: bool = False) -> None:
+        """Start delivering what is due, unless a delivery is still under way.
+
+        When the daemon stops, digests waiting to gather more events go out at once.
+        """
         if self._sending is not None and not self._sending.done():
             return
-        due = self._due(now)
+        due = self._due(now, stopping)
         if due:
-            self._sending = asyncio.create_task(self._deliver(due, now))
+            self._sending = asyncio.create_task(self._deliver(due))
 
-    def _due(self, now: float) -> dict[str, list[Outbox]]:
+    def _due(self, now: float, stopping: bool) -> dict[str, list[Outbox]]:
         outbox = self.store.Outbox
+        ready = (outbox.next_try_at <= now) | (stopping & (outbox.attempts == 0))
         rows = (
-            outbox.select()
-            .where(outbox.sent_at.is_null() & (outbox.next_try_at <= now))
-            .order_by(outbox.id)
-            .limit(500)
+            outbox.select().where(outbox.sent_at.is_null() & ready).order_by(outbox.id).limit(500)
         )
         by_target: dict[str, list[Outbox]] = defaultdict(list)
         known = {target.id for target in self.settings.targets}
@@ -85,12 +103,15 @@ class Notifier:
                 by_target[row.target].append(row)
         return by_target
 
-    async def _deliver(self, due: dict[str, list[Outbox]], now: float) -> None:
+    async def _deliver(self, due: dict[str, list[Outbox]]) -> None:
         targets = {target.id: target for target in self.settings.targets}
-        for target_id, rows in due.items():
-            for title, body, batch in _messages(rows):
-                result = await asyncio.to_thread(send, targets[target_id], title, body)
-                self._record(batch, result, now)
+        try:
+            for target_id, rows in due.items():
+                for title, body, batch in _messages(rows):
+                    result = await asyncio.to_thread(send, targets[target_id], title, body)
+                    self._record(batch, result, self.clock.now())
+        finally:
+            self.on_delivered()
 
     def _record(self, rows: list[Outbox], result: Delivery, now: float) -> None:
         outbox = self.store.Outbox
@@ -101,19 +122,21 @@ class Notifier:
             ).execute()
             return
         attempts = rows[0].attempts + 1
-        delay = RETRY_BACKOFF_S[min(attempts, len(RETRY_BACKOFF_S)) - 1]
+        delay = min(MAX_RETRY_BACKOFF_S, self.settings.retry_backoff_s * 2 ** (attempts - 1))
         log.warning(
-            "notification to %s failed (attempt %d, next try in %ds): %s",
+            "notification to %s failed (attempt %d, next try in %gs): %s",
             result.target, attempts, delay, result.error,
         )  # fmt: skip
         outbox.update(attempts=attempts, next_try_at=now + delay, last_error=result.error).where(
             outbox.id.in_(ids)
         ).execute()
 
-    async def flush(self, timeout_s: float) -> None:
-        """Give a delivery under way a moment to finish (at shutdown)."""
-        if self._sending is not None and not self._sending.done():
-            await asyncio.wait({self._sending}, timeout=timeout_s)
+    async def flush(self, now: float, timeout_s: float) -> None:
+        """At shutdown: send what waits (digests included) within `timeout_s`."""
+        for _ in range(2):  # the delivery under way, then what queued up behind it
+            if self._sending is not None and not self._sending.done():
+                await asyncio.wait({self._sending}, timeout=timeout_s)
+            self.tick(now, stopping=True)
 
 
 def _messages(rows: list[Outbox]) -> list[tuple[str, str, list[Outbox]]]:

@@ -34,9 +34,9 @@ from pipewarden.workers import Job, executor_for
 log = logging.getLogger("pipewarden.scheduler")
 
 IDLE_CHECK_S = 0.5  # with --until-idle, how often a quiet loop re-checks for due items
-OUTBOX_CHECK_S = 5.0  # how often undelivered notifications are retried while idle
 TIMEOUT_WINDOW_S = 600.0  # watchdog timeouts are counted over this window to notify
 CLOSED_LABEL = "Outside business hours"
+NOTIFY_AT_STOP_S = 5.0  # at shutdown, how long queued notifications may take to go out
 
 
 @dataclass
@@ -93,6 +93,7 @@ class Scheduler:
         self.classifier = classifier
         self.guard = guard
         self.notifier = notifier
+        notifier.on_delivered = self.wake
         self.clock = clock
         self.code_ref = code_ref
         self.rng = rng or random.Random()
@@ -129,8 +130,8 @@ class Scheduler:
             self._wake.clear()
             now = self.clock.now()
             with self.store.transaction():  # what finished and what starts: one commit
+                self.flush()  # first: a halt it raises must stop this very pass's claims
                 self._holds = _Holds.from_rows(self.store.active_holds(), now)
-                self.flush()
                 if self.claiming:
                     self._defer_closed_channels(now)
                     self._dispatch(now)
@@ -156,8 +157,7 @@ class Scheduler:
             await asyncio.wait(leftover)
         with self.store.transaction():
             self.flush()
-        self.notifier.tick(self.clock.now())
-        await self.notifier.flush(timeout_s=2.0)
+        await self.notifier.flush(self.clock.now(), timeout_s=NOTIFY_AT_STOP_S)
         await asyncio.gather(*(slot.executor.stop() for slot in (*self._slots, *self._retired)))
 
     def flush(self) -> None:
@@ -190,8 +190,8 @@ class Scheduler:
             candidates.append(max(0.01, due - now))
         probe_times = [h.probe_at for h in self.store.active_holds() if h.probe_at]
         candidates += [max(0.01, t - now) for t in probe_times]
-        if self.config.notify.targets:
-            candidates.append(OUTBOX_CHECK_S)
+        if (due := self.notifier.next_due()) is not None:
+            candidates.append(max(0.05, due - now))
         if until_idle and not self.in_flight:
             candidates.append(IDLE_CHECK_S)
         return min(candidates) if candidates else None

@@ -327,17 +327,22 @@ class Store:
         return self._conn.execute("PRAGMA user_version").fetchone()[0]
 
     def migrate(self) -> None:
-        current = self.schema_version()
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema {current}, newer than this pipewarden "
-                f"({SCHEMA_VERSION}) — upgrade pipewarden"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
+        """Upgrade the schema step by step; safe when several processes open it at once."""
+        while True:
+            # The version is read inside the write lock: another process may have just
+            # applied the step this one was about to apply.
             with self.db.atomic("IMMEDIATE"):
-                for statement in _MIGRATIONS[version - 1]:
+                current = self.schema_version()
+                if current > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} has schema {current}, newer than this pipewarden "
+                        f"({SCHEMA_VERSION}) — upgrade pipewarden"
+                    )
+                if current == SCHEMA_VERSION:
+                    return
+                for statement in _MIGRATIONS[current]:
                     self._conn.execute(statement)
-                self._conn.execute(f"PRAGMA user_version = {version}")
+                self._conn.execute(f"PRAGMA user_version = {current + 1}")
 
     # -- enqueue --------------------------------------------------------------------
     def enqueue(
