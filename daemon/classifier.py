@@ -1,14 +1,24 @@
-"""Turns an error into a classification with the compiled rules.
+r"""Turns an error into a classification with the compiled rules.
 
 Message rules are tried first, in file order, then rules that name only an
 exception type: the message is the more specific evidence ("TimeoutError: account
 suspended" is an account problem, not a network one). The first match wins; no
 match gives `unknown`, which is retried up to the stage's attempts and then fails.
+
+For speed, each (pipeline, stage) gets a prefilter: Google's RE2 matches all its
+message rules in one linear pass (an RE2 `Set`) and says which may match. Each rule
+goes into the set in a relaxed form (shorthand classes widened to any character,
+word boundaries dropped), so RE2 can report too much but never too little; the
+winner is then confirmed with the rule's own Python regex, in rule order. A rule in
+syntax RE2 lacks (lookarounds, backreferences, ...) is always confirmed directly.
+A message no rule matches costs one RE2 call; a match usually one more regex.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from pipewarden.rules import Rule, RuleSet
 from pipewarden.types import Group
@@ -29,10 +39,59 @@ class Classification:
 UNKNOWN = Classification(Group.UNKNOWN, "Unknown", "unknown", "unknown", None)
 
 
+# Python regex syntax RE2 does not have (or reads differently): such rules skip RE2.
+_PYTHON_ONLY = re.compile(r"\(\?(?:[=!]|<[=!]|P=|\(|>)|\\[1-9uUN]|\\Z|[*+?}]\+|\{,")
+# Shorthand classes whose RE2 meaning is narrower (ASCII) than Python's (Unicode).
+_SHORTHAND = re.compile(r"\\[dwsDWS]|\\[bB]")
+
+
+def _relaxed(source: str) -> str:
+    """The rule widened for RE2: it may match more than Python would, never less."""
+    return _SHORTHAND.sub(lambda m: "" if m.group()[1] in "bB" else r"\p{Any}", source)
+
+
+def _re2_set(patterns: list[str]) -> Any:
+    import re2  # google-re2: imported when a classifier is first used, not by the CLI's start
+
+    if not patterns:
+        return None
+    options = re2.Options()
+    options.case_sensitive = False
+    compiled = re2.Set.SearchSet(options)
+    for pattern in patterns:
+        compiled.Add(pattern)
+    compiled.Compile()
+    return compiled
+
+
+class _Prefilter:
+    """Which rules may match a message, from one RE2 pass, then confirmed in order."""
+
+    def __init__(self, rules: list[Rule]):
+        self.rules = rules
+        self._always = [n for n, rule in enumerate(rules) if _PYTHON_ONLY.search(rule.source)]
+        self._index = [n for n in range(len(rules)) if n not in self._always]
+        self._set = _re2_set([_relaxed(rules[n].source) for n in self._index])
+
+    def first_match(self, message: str, exception_types: tuple[str, ...]) -> Rule | None:
+        hits = self._set.Match(message) if self._set is not None else None  # None: no match
+        if not hits and not self._always:
+            return None
+        candidates = [self._index[i] for i in hits or ()]
+        for n in sorted(candidates + self._always):
+            rule = self.rules[n]
+            if rule.pattern.search(message) and (  # type: ignore[union-attr]
+                not rule.exceptions or _any_in(exception_types, rule.exceptions)
+            ):
+                return rule
+        return None
+
+
 class Classifier:
     def __init__(self, ruleset: RuleSet):
         self.ruleset = ruleset
-        self._scoped: dict[tuple[str | None, str | None], tuple[list[Rule], list[Rule]]] = {}
+        self._scoped: dict[tuple[str | None, str | None], tuple[_Prefilter, list[Rule]]] = {}
+        self._results = {rule.id: _from_rule(rule) for rule in ruleset.rules}
 
     @property
     def version(self) -> str:
@@ -46,28 +105,23 @@ class Classifier:
         stage: str | None = None,
         exception_types: tuple[str, ...] = (),
     ) -> Classification:
-        message_rules, exception_rules = self._rules_for(pipeline, stage)
-        for rule in message_rules:
-            if rule.pattern.search(message) and (  # type: ignore[union-attr]
-                not rule.exceptions or _any_in(exception_types, rule.exceptions)
-            ):
-                return _from_rule(rule)
+        scoped = self._scoped.get((pipeline, stage)) or self._scope(pipeline, stage)
+        prefilter, exception_rules = scoped
+        if rule := prefilter.first_match(message, exception_types):
+            return self._results[rule.id]
         if exception_types:
             for rule in exception_rules:
                 if _any_in(exception_types, rule.exceptions):
-                    return _from_rule(rule)
+                    return self._results[rule.id]
         return UNKNOWN
 
-    def _rules_for(self, pipeline: str | None, stage: str | None) -> tuple[list[Rule], list[Rule]]:
-        key = (pipeline, stage)
-        scoped = self._scoped.get(key)
-        if scoped is None:
-            applicable = [r for r in self.ruleset.rules if r.applies_to(pipeline, stage)]
-            scoped = (
-                [r for r in applicable if r.pattern is not None],
-                [r for r in applicable if r.pattern is None],
-            )
-            self._scoped[key] = scoped
+    def _scope(self, pipeline: str | None, stage: str | None) -> tuple[_Prefilter, list[Rule]]:
+        applicable = [r for r in self.ruleset.rules if r.applies_to(pipeline, stage)]
+        scoped = (
+            _Prefilter([r for r in applicable if r.pattern is not None]),
+            [r for r in applicable if r.pattern is None],
+        )
+        self._scoped[(pipeline, stage)] = scoped
         return scoped
 
 

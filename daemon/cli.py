@@ -346,7 +346,7 @@ def _changed(config: Config, what: str) -> None:
 
 
 def _cmd_halts(args: argparse.Namespace) -> int:
-    from pipewarden.guard import describe_hold
+    from pipewarden.render import describe_hold
 
     store = _open_store(_config(args), must_exist=True)
     holds = store.active_holds() if store else []

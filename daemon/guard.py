@@ -9,7 +9,6 @@ halted items simply stay queued until a person, or a successful probe, clears it
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -134,11 +133,3 @@ def _duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
-
-
-def describe_hold(hold: Hold) -> str:
-    """One line a person reads: 'sms — 25× Rate limited within 2h since 14:02'."""
-    since = time.strftime("%H:%M", time.localtime(hold.created_at))
-    what = "paused" if hold.kind == "pause" else hold.reason
-    by = f" by {hold.created_by}" if hold.kind == "pause" and hold.created_by else ""
-    return f"{hold.target} — {what}{by} since {since}"

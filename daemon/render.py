@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pipewarden.guard import describe_hold
 from pipewarden.types import ItemState
 
 # The order states are listed in: the item's life, then where it ended.
@@ -173,3 +172,11 @@ def format_duration(seconds: float | None) -> str:
 
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def describe_hold(hold: Any) -> str:
+    """One line a person reads: 'sms — 25× Rate limited within 2h since 14:02'."""
+    since = time.strftime("%H:%M", time.localtime(hold.created_at))
+    what = "paused" if hold.kind == "pause" else hold.reason
+    by = f" by {hold.created_by}" if hold.kind == "pause" and hold.created_by else ""
+    return f"{hold.target} — {what}{by} since {since}"

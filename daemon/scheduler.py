@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
 from pipewarden.config import Config, Pipeline, Stage
-from pipewarden.guard import Guard, describe_hold
+from pipewarden.guard import Guard
 from pipewarden.notifier import Notifier
 from pipewarden.outcomes import Decision, decide
 from pipewarden.protocol import Progress, Verdict, WorkerReport
+from pipewarden.render import describe_hold
 from pipewarden.store import Claimed, FinishedRun, Hold, NewRun, Store
 from pipewarden.types import ItemState, RunStatus
 from pipewarden.workers import Job, executor_for

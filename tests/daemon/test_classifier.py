@@ -147,3 +147,35 @@ def test_rules_are_scoped_by_pipeline(classifier: Classifier):
 def test_an_unmatched_message_is_unknown(classifier: Classifier):
     result = classifier.classify("the flux capacitor overheated", pipeline="sites")
     assert (result.group, result.label, result.rule_id) == (Group.UNKNOWN, "Unknown", None)
+
+
+def ruleset_of(tmp_path: Path, text: str):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return Classifier(load_rules([path], tmp_path))
+
+
+def test_the_first_rule_wins_even_when_a_later_one_matches_further_left(tmp_path: Path):
+    c = ruleset_of(
+        tmp_path,
+        "rules:\n"
+        "  - {match: 'quota', group: terminal, label: Quota}\n"
+        "  - {match: 'HTTP 4\\d\\d', group: retriable, label: Client error}\n",
+    )
+    assert c.classify("HTTP 403 from the API: quota exhausted").label == "Quota"
+    assert c.classify("HTTP 403 from the API").label == "Client error"
+
+
+def test_python_only_syntax_and_unicode_classes_keep_their_python_meaning(tmp_path: Path):
+    c = ruleset_of(
+        tmp_path,
+        "rules:\n"
+        "  - {match: 'timeout(?! retry)', group: retriable, label: Bare timeout}\n"
+        "  - {match: '(\\w+) again and \\1', group: terminal, label: Repeat}\n"
+        "  - {match: '\\bcode \\d{3}\\b', group: retriable, label: Coded}\n",
+    )
+    assert c.classify("read timeout").label == "Bare timeout"
+    assert c.classify("timeout retry scheduled").group == "unknown"
+    assert c.classify("boom again and boom").label == "Repeat"
+    assert c.classify("failed with code ٤٠٤").label == "Coded"  # Arabic-Indic digits are \d
+    assert c.classify("failed with code 4040").group == "unknown"  # \b still holds

@@ -131,7 +131,10 @@ def test_the_demo_shows_runs_retries_a_watchdog_kill_and_the_tree(tmp_path: Path
     assert project.item("sites", "garage-porto.pt").state == "failed"
     assert project.item("sites", "facebook.com/joes-diner").state == "ignored"
     assert project.item("outreach", "cafe-oslo.no/sms").state == "deferred"
-    assert "Permission denied (retriable)" in project.cli("status").stdout
+    assert project.item("outreach", "toy-store.dk/form").state == "queued"  # behind the halt
+    status = project.cli("status").stdout
+    assert "Permission denied (retriable)" in status
+    assert "halted: form — 3× Cloudflare blocked within 10m since " in status
 
 
 def test_items_at_a_stage_no_longer_in_the_config_stay_visible(project: Project):
