@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from conftest import Project, wait_until
+from conftest import HttpReceiver, Project, wait_until
 
 SLOW_WORKER = """
 import json, os, pathlib, sys, time
@@ -23,7 +23,9 @@ def started_pids(project: Project, key: str) -> list[int]:
     return [int(p.name.rsplit("-", 1)[1]) for p in project.root.glob(f"started-{key}-*")]
 
 
-def configure_slow(project: Project, on_interrupt: str = "requeue") -> None:
+def configure_slow(
+    project: Project, on_interrupt: str = "requeue", notify_url: str | None = None
+) -> None:
     project.write("slow.py", SLOW_WORKER)
     project.configure(
         f"""
@@ -37,14 +39,15 @@ def configure_slow(project: Project, on_interrupt: str = "requeue") -> None:
             - name: score
               command: [python3, slow.py]
         """,
-        extra="drain_grace: 2s\n",
+        extra="drain_grace: 2s\n"
+        + (f"notify:\n  targets: [{{url: '{notify_url}'}}]\n" if notify_url else ""),
     )
 
 
 def test_kill_9_mid_run_then_restart_interrupts_the_run_and_finishes_the_item(
-    project: Project, kill_leftovers: list[int]
+    project: Project, kill_leftovers: list[int], http_receiver: HttpReceiver
 ):
-    configure_slow(project)
+    configure_slow(project, notify_url=http_receiver.url)
     project.write("slow-a.example", "")
     project.cli("enqueue", "sites", "a.example")
     daemon = project.start_daemon()
@@ -64,6 +67,8 @@ def test_kill_9_mid_run_then_restart_interrupts_the_run_and_finishes_the_item(
     assert (score.status, score.stage) == ("ok", "score")
     assert project.item("sites", "a.example").state == "done"
     assert "recovered run" in project.daemon_log() and "requeued" in project.daemon_log()
+    wait_until(lambda: http_receiver.titles(), "the recovery notification")
+    assert http_receiver.titles() == ["pipewarden: recovered 1 run(s) after an unclean stop"]
 
 
 def test_kill_9_under_load_loses_no_item(project: Project):

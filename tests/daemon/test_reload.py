@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import Project, wait_until
+from conftest import HttpReceiver, Project, wait_until
 
 WORKER = """
 def work(data):
@@ -22,7 +22,7 @@ rules:
 """
 
 
-def setup(project: Project) -> None:
+def setup(project: Project, notify_url: str | None = None) -> None:
     project.write("worker.py", WORKER)
     project.write("rules/live.yaml", RULES)
     project.configure(
@@ -30,7 +30,10 @@ def setup(project: Project) -> None:
         demo:
           stages:
             - {name: work, python: "worker:work", retry: {max_attempts: 1}}
-        """
+        """,
+        extra=f"notify:\n  targets: [{{url: '{notify_url}', tags: [reload_failed]}}]\n"
+        if notify_url
+        else "",
     )
     text = project.config_path.read_text().replace("/rules/*.yaml]", "/rules/*.yaml, rules/*.yaml]")
     project.config_path.write_text(text)
@@ -68,8 +71,10 @@ def test_a_saved_rule_classifies_the_next_failure_within_a_second(project: Proje
     assert run.rules_version == reload_version(project)[0]
 
 
-def test_a_broken_save_keeps_the_old_rules_and_status_says_why(project: Project):
-    setup(project)
+def test_a_broken_save_keeps_the_old_rules_and_status_says_why(
+    project: Project, http_receiver: HttpReceiver
+):
+    setup(project, http_receiver.url)
     project.write("rules/live.yaml", RULES_WITH_ZORGON)
     project.start_daemon()
     project.cli("enqueue", "demo", "warm-up")  # once it has run, the daemon is watching
@@ -89,6 +94,9 @@ def test_a_broken_save_keeps_the_old_rules_and_status_says_why(project: Project)
     )
     assert status.endswith(f"(version {good[0]} still in force)")
     assert "reload failed (changed: live.yaml)" in project.daemon_log()
+    wait_until(lambda: http_receiver.titles(), "the notification")
+    assert http_receiver.titles() == ["pipewarden: rules reload failed"]
+    assert "rules/live.yaml:3:21: invalid regex" in http_receiver.bodies[0]["message"]
 
 
 def test_pipewarden_reload_reports_the_result(project: Project):
