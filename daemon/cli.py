@@ -81,8 +81,11 @@ def _build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--data", help="the item's data as a JSON object")
     enqueue.add_argument("--file", help='a JSON-lines file of {"key": ..., "data": {...}}')
 
-    status = command("status", _cmd_status, "items per pipeline, stage and state", common, as_json)
+    status = command("status", _cmd_status, "what is stuck and why, at a glance", common, as_json)
     status.add_argument("--pipeline", help="only this pipeline")
+    status.add_argument(
+        "-v", "--verbose", action="store_true", help="with each stage's success rate and p50/p95"
+    )
 
     item = command("item", _cmd_item, "one item: its state, next retry and runs", common, as_json)
     item.add_argument("pipeline")
@@ -266,40 +269,39 @@ def _read_items_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    import os
+    import time
+
     from pipewarden.lock import running_daemon_pid
-    from pipewarden.render import health_lines, status_tree
-    from pipewarden.status import daemon_health, status_snapshot
+    from pipewarden.render import Paint, status_tree
+    from pipewarden.status import status_snapshot
 
     config = _config(args)
     if args.pipeline:
         config.pipeline(args.pipeline)
     store = _open_store(config, must_exist=True)
-    pipelines = status_snapshot(config, store, args.pipeline)
-    health = daemon_health(store)
+    snapshot = status_snapshot(config, store, time.time(), args.pipeline, args.verbose)
     if store:
         store.close()
     pid = running_daemon_pid(config.state_dir)
+    snapshot["daemon"] = {
+        "running": pid is not None,
+        "pid": pid,
+        "state_dir": str(config.state_dir),
+    }
     if args.json:
-        _print_json(
-            {"daemon": {"running": pid is not None, "pid": pid}, "rules": health["reload"],
-             "holds": [_hold_as_dict(h) for h in health["holds"]], "stuck": health["stuck"],
-             "pipelines": pipelines}
-        )  # fmt: skip
+        _print_json(snapshot)
         return EXIT_OK
-    print(f"daemon: {f'running (pid {pid})' if pid else 'not running'} · state {config.state_dir}")
-    print("\n".join(health_lines(health["reload"], health["holds"], health["stuck"])))
-    print()
-    print("\n".join(status_tree(pipelines)).rstrip())
+    paint = Paint(sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    print(render_daemon_line(snapshot))
+    print("\n".join(status_tree(snapshot, paint, args.verbose)))
     return EXIT_OK
 
 
-def _hold_as_dict(hold: Any) -> dict[str, Any]:
-    fields = ("id", "scope", "target", "kind", "rule", "reason", "label", "count", "created_at",
-              "created_by", "probe_at")  # fmt: skip
-    return {
-        **{name: getattr(hold, name) for name in fields},
-        "samples": json.loads(hold.samples or "[]"),
-    }
+def render_daemon_line(snapshot: dict[str, Any]) -> str:
+    daemon = snapshot["daemon"]
+    state = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
+    return f"daemon: {state} · state {daemon['state_dir']}"
 
 
 def _cmd_item(args: argparse.Namespace) -> int:
@@ -347,11 +349,12 @@ def _changed(config: Config, what: str) -> None:
 
 def _cmd_halts(args: argparse.Namespace) -> int:
     from pipewarden.render import describe_hold
+    from pipewarden.status import hold_as_dict
 
     store = _open_store(_config(args), must_exist=True)
     holds = store.active_holds() if store else []
     if args.json:
-        _print_json([_hold_as_dict(hold) for hold in holds])
+        _print_json([hold_as_dict(hold) for hold in holds])
         return EXIT_OK
     if not holds:
         print("no halts or pauses: everything flows")
@@ -366,6 +369,7 @@ def _cmd_halts_clear(args: argparse.Namespace) -> int:
     import time
 
     from pipewarden.notifier import Notifier
+    from pipewarden.status import hold_as_dict
 
     config = _config(args)
     store = _open_store(config)
@@ -382,7 +386,7 @@ def _cmd_halts_clear(args: argparse.Namespace) -> int:
         )  # fmt: skip
     store.close()
     if args.json:
-        _print_json({"cleared": [_hold_as_dict(hold) for hold in cleared]})
+        _print_json({"cleared": [hold_as_dict(hold) for hold in cleared]})
         return EXIT_OK
     _changed(config, f"cleared the halt on {args.target}")
     return EXIT_OK

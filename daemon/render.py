@@ -5,84 +5,166 @@ Pure functions from plain data to lines, so tests assert exactly what a user see
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pipewarden.types import ItemState
 
-# The order states are listed in: the item's life, then where it ended.
-STATE_ORDER = [
-    ItemState.QUEUED, ItemState.RUNNING, ItemState.RETRYING, ItemState.DEFERRED,
-    ItemState.HELD, ItemState.DONE, ItemState.FAILED, ItemState.IGNORED,
-]  # fmt: skip
-LABELLED_STATES = {ItemState.RETRYING, ItemState.FAILED, ItemState.IGNORED}
-TREE_WIDTH = 44
+NAME_WIDTH = 46
+RULE = "─" * (NAME_WIDTH + 28)
+_CODES = {"green": "32", "red": "31", "grey": "90", "cyan": "36", "bold": "1", "yellow": "33"}
+# Green is good progress, red failures and their growth, grey what is expected and not
+# actionable, cyan the neutral middle of the pipeline.
+STATE_COLOURS = {
+    ItemState.DONE: "green", ItemState.FAILED: "red", ItemState.RETRYING: "red",
+    ItemState.IGNORED: "grey",
+}  # fmt: skip
+GROUP_COLOURS = {"Terminal": "red", "Retriable": "yellow", "Ignored": "grey"}
 
 
-def status_tree(pipelines: list[dict[str, Any]]) -> list[str]:
-    """The tree of items per pipeline, stage and state, with labels under the failures.
+class Paint:
+    """ANSI colours, or none (not a terminal, or NO_COLOR set)."""
 
-    pipelines: [{"name", "stages": [{"name", "states": {state: n},
-                                     "labels": {state: [(group, label, n)]}}]}]
-    """
-    lines: list[str] = []
-    for pipeline in pipelines:
-        total = sum(sum(s["states"].values()) for s in pipeline["stages"])
-        lines.append(_row(pipeline["name"], total))
-        stages = pipeline["stages"]
-        for index, stage in enumerate(stages):
-            last_stage = index == len(stages) - 1
-            lines.append(_row(("└─ " if last_stage else "├─ ") + stage["name"], None))
-            stage_prefix = "   " if last_stage else "│  "
-            states = [s for s in STATE_ORDER if stage["states"].get(s)]
-            if not states:
-                lines.append(stage_prefix + "└─ (empty)")
-            for s_index, state in enumerate(states):
-                last_state = s_index == len(states) - 1
-                branch = "└─ " if last_state else "├─ "
-                lines.append(_row(stage_prefix + branch + state, stage["states"][state]))
-                labels = stage["labels"].get(state, [])
-                label_prefix = stage_prefix + ("   " if last_state else "│  ")
-                for l_index, (group, label, count) in enumerate(labels):
-                    twig = "└─ " if l_index == len(labels) - 1 else "├─ "
-                    shown = f"{label} ({group})" if state != ItemState.IGNORED else label
-                    lines.append(_row(label_prefix + twig + shown, count))
-        lines.append("")
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, text: str, colour: str) -> str:
+        return f"\x1b[{_CODES[colour]}m{text}\x1b[0m" if self.enabled and text else text
+
+
+def status_tree(snapshot: dict[str, Any], paint: Paint, verbose: bool = False) -> list[str]:
+    """The seed's breakdown: pipelines, stages, states, labels; totals, Δ24h and Δ1h."""
+    lines = health_lines(snapshot, paint)
+    for pipeline in snapshot["pipelines"]:
+        header = paint(pipeline["name"], "bold")
+        lines += ["", _row(header, len(pipeline["name"]), "Total", "Δ24h", "Δ1h"), RULE]
+        for stage in pipeline["stages"]:
+            lines += _stage_lines(stage, paint, verbose)
     return lines
 
 
-def health_lines(reload: dict | None, holds: list[Any], stuck: list[dict]) -> list[str]:
+def health_lines(snapshot: dict[str, Any], paint: Paint) -> list[str]:
     """The lines above the tree: rules health, halts and pauses, stuck items."""
     lines = []
+    reload = snapshot["rules"]
     if reload is None:
         lines.append("rules: not loaded by a daemon yet")
     elif reload["ok"]:
-        restart = f" — needs restart: {', '.join(reload['needs_restart'])}" if reload.get(
-            "needs_restart") else ""  # fmt: skip
+        restart = ""
+        if reload.get("needs_restart"):
+            restart = paint(f" — needs restart: {', '.join(reload['needs_restart'])}", "red")
         lines.append(
             f"rules: version {reload['version']} ({reload['rules']} rules),"
             f" loaded {format_time(reload['at'])}{restart}"
         )
     else:
-        lines.append(
-            f"rules: reload failed at {format_time(reload['at'])} — {reload['error']}"
-            f" (version {reload['version']} still in force)"
-        )
-    for hold in holds:
-        word = "halted" if hold.kind == "halt" else "paused"
-        lines.append(f"{word}: {describe_hold(hold)}")
-    for entry in stuck:
-        lines.append(
+        failed = f"rules: reload failed at {format_time(reload['at'])} — {reload['error']}"
+        lines.append(paint(failed, "red") + f" (version {reload['version']} still in force)")
+    for hold in snapshot["holds"]:
+        word = "halted" if hold["kind"] == "halt" else "paused"
+        lines.append(paint(f"{word}: {describe_hold(hold)}", "red" if word == "halted" else "cyan"))
+    for entry in snapshot["stuck"]:
+        stuck = (
             f"stuck: {entry['items']} item(s) of {entry['pipeline']}/{entry['stage']} requeued"
             f" {entry['requeues']}+ times still fail with '{entry['label']}' — look before"
             " requeueing again"
         )
+        lines.append(paint(stuck, "red"))
     return lines
 
 
-def _row(text: str, count: int | None) -> str:
-    return text if count is None else f"{text:<{TREE_WIDTH}}{count:>10,}"
+def _stage_lines(stage: dict[str, Any], paint: Paint, verbose: bool) -> list[str]:
+    notes = [f"{len(stage['running'])} running"] if stage["running"] else []
+    if stage["eta_s"]:
+        notes.append(f"ETA {format_duration(stage['eta_s'])}")
+    note = "  " + " · ".join(notes) if notes else ""
+    lines = [_counted(f"▸ {stage['name']}", stage, "cyan", paint, note)]
+    if verbose and stage.get("telemetry"):
+        lines.append("    " + paint(_telemetry(stage["telemetry"]), "grey"))
+    states = stage["states"]
+    for index, state in enumerate(states):
+        last = index == len(states) - 1
+        colour = STATE_COLOURS.get(state["state"], "cyan")
+        lines.append(_counted(f"  {'└─' if last else '├─'} {state['state']}", state, colour, paint))
+        children = _state_children(state, stage)
+        prefix = "  " + ("   " if last else "│  ")
+        for c_index, (text, counts, child_colour, grandchildren) in enumerate(children):
+            c_last = c_index == len(children) - 1
+            row = f"{prefix}{'└─' if c_last else '├─'} {text}"
+            lines.append(_counted(row, counts, child_colour, paint) if counts else row)
+            g_prefix = prefix + ("   " if c_last else "│  ")
+            for g_index, (g_text, g_counts) in enumerate(grandchildren):
+                twig = "└─" if g_index == len(grandchildren) - 1 else "├─"
+                lines.append(_counted(f"{g_prefix}{twig} {g_text}", g_counts, child_colour, paint))
+    return lines
+
+
+def _state_children(state: dict[str, Any], stage: dict[str, Any]) -> list[tuple]:
+    """(text, counts or None, colour, [(text, counts)]) for the rows under one state."""
+    if state["state"] == ItemState.RUNNING:
+        return [(_running_line(run), None, "cyan", []) for run in stage["running"]]
+    if not state["groups"]:
+        return [(channel["name"], channel, "cyan", []) for channel in state["channels"]]
+    children = []
+    for group in state["groups"]:
+        colour = GROUP_COLOURS.get(group["name"], "cyan")
+        labels = [(row["label"], row) for row in group["labels"]]
+        if group["other"]:
+            labels.append((f"Other ({group['other']['more']} more)", group["other"]))
+        if group["name"] == "Ignored":
+            children += [(text, counts, colour, []) for text, counts in labels]
+        else:
+            children.append((group["name"], group, colour, labels))
+    return children
+
+
+def _running_line(run: dict[str, Any]) -> str:
+    progress = f" {run['progress'] * 100:.0f}%" if run["progress"] is not None else ""
+    message = f" {run['message']}" if run["message"] else ""
+    elapsed = format_duration(run["elapsed_s"])
+    return f"{run['key']}#{run['attempt']}{progress}{message} ({elapsed})"
+
+
+def _counted(text: str, counts: dict, colour: str, paint: Paint, note: str = "") -> str:
+    shown = paint(text, colour) + paint(note, "cyan")
+    return _row(
+        shown, len(text) + len(note), f"{counts['total']:,}",
+        _delta(counts["d24"], colour, paint), _delta(counts["d1"], colour, paint),
+    )  # fmt: skip
+
+
+def _row(shown: str, visible: int, total: str, d24: str, d1: str) -> str:
+    pad = " " * max(1, NAME_WIDTH - visible)
+    return f"{shown}{pad}{total:>10}{_rjust(d24, 9)}{_rjust(d1, 9)}"
+
+
+def _rjust(text: str, width: int) -> str:
+    return " " * max(0, width - len(_strip(text))) + text
+
+
+def _delta(value: int, colour: str, paint: Paint) -> str:
+    text = f"+{value:,}"
+    return paint(text, "grey") if not value else paint(text, colour)
+
+
+def _strip(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def _telemetry(telemetry: dict[str, Any]) -> str:
+    parts = []
+    for window in ("1h", "24h"):
+        t = telemetry[window]
+        if not t["runs"]:
+            parts.append(f"{window}: no runs")
+            continue
+        parts.append(
+            f"{window}: {t['runs']:,} runs, {t['success_rate'] * 100:.0f}% ok,"
+            f" p50 {format_duration(t['p50_s'])}, p95 {format_duration(t['p95_s'])}"
+        )
+    return " · ".join(parts)
 
 
 def runs_table(runs: Iterable[Any]) -> list[str]:
@@ -175,8 +257,12 @@ def _cut(text: str, width: int) -> str:
 
 
 def describe_hold(hold: Any) -> str:
-    """One line a person reads: 'sms — 25× Rate limited within 2h since 14:02'."""
-    since = time.strftime("%H:%M", time.localtime(hold.created_at))
-    what = "paused" if hold.kind == "pause" else hold.reason
-    by = f" by {hold.created_by}" if hold.kind == "pause" and hold.created_by else ""
-    return f"{hold.target} — {what}{by} since {since}"
+    """One line a person reads: 'sms — 25× Rate limited within 2h since 14:02'.
+
+    `hold` is a store row or its dict (status JSON); both have the same fields.
+    """
+    get = hold.get if isinstance(hold, dict) else lambda name: getattr(hold, name)
+    since = time.strftime("%H:%M", time.localtime(get("created_at")))
+    what = "paused" if get("kind") == "pause" else get("reason")
+    by = f" by {get('created_by')}" if get("kind") == "pause" and get("created_by") else ""
+    return f"{get('target')} — {what}{by} since {since}"

@@ -191,6 +191,13 @@ _MIGRATIONS: list[list[str]] = [
         "CREATE INDEX runs_by_channel_label ON runs (channel, label, finished_at)",
         "CREATE INDEX runs_by_stage_end ON runs (pipeline, stage, finished_at)",
     ],
+    [  # 4: covering indexes, so the status tree counts a million items from the index alone
+        "CREATE INDEX items_status ON items (pipeline, stage, state, channel, updated_at)",
+        """CREATE INDEX items_labels ON items
+            (state, pipeline, stage, last_group, last_label, updated_at)""",
+        "DROP INDEX items_by_label",
+        "CREATE INDEX runs_running ON runs (status) WHERE status = 'running'",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -658,29 +665,49 @@ class Store:
         return json.loads(row[0]) if row else None
 
     # -- reads for the CLI ------------------------------------------------------------
-    def state_counts(self, pipeline: str | None = None) -> list[tuple[str, str, str, int]]:
-        """(pipeline, stage, state, count) for every non-empty combination."""
-        query = self.Item.select(
-            self.Item.pipeline, self.Item.stage, self.Item.state, pw.fn.COUNT(self.Item.id)
-        ).group_by(self.Item.pipeline, self.Item.stage, self.Item.state)
-        if pipeline:
-            query = query.where(self.Item.pipeline == pipeline)
-        return list(query.tuples())
+    def state_counts(self, since_24h: float, since_1h: float, pipeline: str | None = None) -> list:
+        """(pipeline, stage, state, channel, total, changed in 24h, changed in 1h)."""
+        where, params = ("WHERE pipeline = ?", [pipeline]) if pipeline else ("", [])
+        return self._conn.execute(
+            "SELECT pipeline, stage, state, channel, COUNT(*), SUM(updated_at >= ?),"
+            f" SUM(updated_at >= ?) FROM items {where} GROUP BY pipeline, stage, state, channel",
+            (since_24h, since_1h, *params),
+        ).fetchall()
 
-    def label_counts(
-        self, pipeline: str | None = None
-    ) -> list[tuple[str, str, str, str, str, int]]:
-        """(pipeline, stage, state, group, label, count) for items that carry a label."""
-        item = self.Item
-        columns = (item.pipeline, item.stage, item.state, item.last_group, item.last_label)
-        query = (
-            item.select(*columns, pw.fn.COUNT(item.id))
-            .where(item.state.in_([ItemState.RETRYING, ItemState.FAILED, ItemState.IGNORED]))
-            .group_by(*columns)
+    def label_counts(self, since_24h: float, since_1h: float, pipeline: str | None = None) -> list:
+        """(pipeline, stage, state, group, label, total, in 24h, in 1h) of labelled states."""
+        where, params = ("AND pipeline = ?", [pipeline]) if pipeline else ("", [])
+        return self._conn.execute(
+            "SELECT pipeline, stage, state, last_group, last_label, COUNT(*),"
+            " SUM(updated_at >= ?), SUM(updated_at >= ?) FROM items"
+            f" WHERE state IN ('retrying', 'failed', 'ignored') {where}"
+            " GROUP BY state, pipeline, stage, last_group, last_label",
+            (since_24h, since_1h, *params),
+        ).fetchall()
+
+    def running_runs(self) -> list[Run]:
+        return list(
+            self.Run.select().where(self.Run.status == "running").order_by(self.Run.started_at)
         )
-        if pipeline:
-            query = query.where(item.pipeline == pipeline)
-        return list(query.tuples())
+
+    def recent_durations(self, pipeline: str, stage: str, count: int) -> list[float]:
+        """Durations of the stage's last `count` successful runs."""
+        return [
+            row[0]
+            for row in self._conn.execute(
+                "SELECT duration_s FROM runs WHERE pipeline = ? AND stage = ? AND status = 'ok'"
+                " AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+                (pipeline, stage, count),
+            )
+        ]
+
+    def stage_durations(self, pipeline: str, stage: str, since: float) -> list[tuple[str, float]]:
+        """(status, duration_s) of the stage's runs that ended since `since`."""
+        return self._conn.execute(
+            "SELECT status, duration_s FROM runs WHERE pipeline = ? AND stage = ?"
+            " AND finished_at >= ? AND status NOT IN ('running', 'interrupted')",
+            (pipeline, stage, since),
+        ).fetchall()
 
     def recent_runs(
         self, limit: int, stage: str | None = None, status: str | None = None,

@@ -65,19 +65,22 @@ def test_status_and_runs_after_a_run(project: Project):
     status = project.cli("status").stdout.splitlines()
     assert status[1].startswith("rules: version ") and "(41 rules), loaded 20" in status[1]
     assert status[3:] == [
-        "sites                                                3",
-        "├─ find",
-        "│  └─ ignored                                        1",
-        "│     └─ Social media                                1",
-        "└─ capture",
-        "   ├─ done                                           1",
-        "   └─ failed                                         1",
-        "      └─ Permission denied (retriable)               1",
+        "sites                                              Total     Δ24h      Δ1h",
+        "─" * 74,
+        "▸ find                                                 1       +1       +1",
+        "  └─ ignored                                           1       +1       +1",
+        "     └─ Social media                                   1       +1       +1",
+        "▸ capture                                              2       +2       +2",
+        "  ├─ done                                              1       +1       +1",
+        "  └─ failed                                            1       +1       +1",
+        "     └─ Retriable                                      1       +1       +1",
+        "        └─ Permission denied                           1       +1       +1",
     ]
     as_json = json.loads(project.cli("status", "--json").stdout)
     capture = as_json["pipelines"][0]["stages"][1]
-    assert capture["states"] == {"done": 1, "failed": 1}
-    assert capture["labels"] == {"failed": [["retriable", "Permission denied", 1]]}
+    assert [(s["state"], s["total"]) for s in capture["states"]] == [("done", 1), ("failed", 1)]
+    (retriable,) = capture["states"][1]["groups"]
+    assert [(r["label"], r["total"]) for r in retriable["labels"]] == [("Permission denied", 1)]
 
     tail = project.cli("runs", "tail", "--status", "failed").stdout.splitlines()
     assert len(tail) == 2 and "[Permission denied] RuntimeError: EACCES" in tail[1]
@@ -133,7 +136,7 @@ def test_the_demo_shows_runs_retries_a_watchdog_kill_and_the_tree(tmp_path: Path
     assert project.item("outreach", "cafe-oslo.no/sms").state == "deferred"
     assert project.item("outreach", "toy-store.dk/form").state == "queued"  # behind the halt
     status = project.cli("status").stdout
-    assert "Permission denied (retriable)" in status
+    assert "        ├─ Permission denied" in status or "        └─ Permission denied" in status
     assert "halted: form — 3× Cloudflare blocked within 10m since " in status
 
 
@@ -144,5 +147,5 @@ def test_items_at_a_stage_no_longer_in_the_config_stay_visible(project: Project)
     store.enqueue("gone", "x", [("b", {})], 1.0)
     store.close()
     lines = project.cli("status").stdout.splitlines()
-    assert "└─ retired (not in the config)" in lines
-    assert any(line.startswith("gone (not in the config)") for line in lines)
+    assert any(line.startswith("▸ retired (not in the config)   ") for line in lines)
+    assert any(line.startswith("gone (not in the config)   ") for line in lines)

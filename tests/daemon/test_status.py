@@ -1,0 +1,112 @@
+"""The status tree against a store with known counts and times: totals, Δ24h, Δ1h."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from conftest import Project
+from freezegun import freeze_time
+from pipewarden.config import load_config
+from pipewarden.render import Paint, status_tree
+from pipewarden.status import status_snapshot
+
+HOUR = 3600
+
+
+def put(store, pipeline, stage, key, state, age_s, label=None, group=None, channel=None):
+    """An item in `state`, last changed `age_s` ago (by the frozen clock)."""
+    now = time.time()
+    store.enqueue(pipeline, stage, [(key, {})], now - age_s)
+    store.db.connection().execute(
+        "UPDATE items SET state = ?, last_label = ?, last_group = ?, updated_at = ?,"
+        " channel = COALESCE(?, channel) WHERE pipeline = ? AND key = ?",
+        (state, label, group, now - age_s, channel, pipeline, key),
+    )
+
+
+def build(project: Project) -> None:
+    project.configure(
+        """
+        sites:
+          stages:
+            - {name: find, command: [x]}
+            - {name: capture, command: [x]}
+        outreach:
+          stages:
+            - {name: send, command: [x], channel: "{data.contact_method}"}
+        """
+    )
+    store = project.store()
+    ages = [0.5 * HOUR] * 4 + [5 * HOUR] * 3 + [48 * HOUR] * 3  # 4 in 1h, 7 in 24h
+    for n, age in enumerate(ages):
+        put(store, "sites", "capture", f"done-{n}", "done", age)
+    for n, age in enumerate([0.1 * HOUR, 0.2 * HOUR, 30 * HOUR]):
+        put(store, "sites", "capture", f"conflict-{n}", "failed", age,
+            "Browser launch conflict", "retriable")  # fmt: skip
+    for n in range(2):
+        put(store, "sites", "capture", f"gone-{n}", "failed", 72 * HOUR,
+            "Permanent HTTP error", "terminal")  # fmt: skip
+    filters = ["Social media", "Business directory", "Franchise", "Government domain",
+               "Non-commercial", "Country mismatch", "Duplicate domain"]  # fmt: skip
+    for n, label in enumerate(filters):
+        for m in range(len(filters) - n):  # 7 Social media, 6 Business directory, ...
+            put(store, "sites", "find", f"{label}-{m}", "ignored", 2 * HOUR, label, "ignore")
+    for n, channel in enumerate(["sms", "sms", "email"]):
+        put(store, "outreach", "send", f"o-{n}", "queued", 0.1 * HOUR, channel=channel)
+    store.db.connection().commit()
+    store.close()
+
+
+@freeze_time("2026-11-21 12:00:00")
+def test_the_tree_counts_totals_and_deltas_and_folds_small_labels(project: Project):
+    build(project)
+    config = load_config(project.config_path)
+    store = project.store()
+    snapshot = status_snapshot(config, store, time.time())
+    store.close()
+
+    lines = status_tree(snapshot, Paint(False))
+    assert lines[1:] == [
+        "",
+        "sites                                              Total     Δ24h      Δ1h",
+        "─" * 74,
+        "▸ find                                                28      +28       +0",
+        "  └─ ignored                                          28      +28       +0",
+        "     ├─ Social media                                   7       +7       +0",
+        "     ├─ Business directory                             6       +6       +0",
+        "     ├─ Franchise                                      5       +5       +0",
+        "     ├─ Government domain                              4       +4       +0",
+        "     ├─ Non-commercial                                 3       +3       +0",
+        "     └─ Other (2 more)                                 3       +3       +0",
+        "▸ capture                                             15       +9       +6",
+        "  ├─ done                                             10       +7       +4",
+        "  └─ failed                                            5       +2       +2",
+        "     ├─ Retriable                                      3       +2       +2",
+        "     │  └─ Browser launch conflict                     3       +2       +2",
+        "     └─ Terminal                                       2       +0       +0",
+        "        └─ Permanent HTTP error                        2       +0       +0",
+        "",
+        "outreach                                           Total     Δ24h      Δ1h",
+        "─" * 74,
+        "▸ send                                                 3       +3       +3",
+        "  └─ queued                                            3       +3       +3",
+        "     ├─ sms                                            2       +2       +2",
+        "     └─ email                                          1       +1       +1",
+    ]
+    assert json.loads(json.dumps(snapshot)) == snapshot  # --json carries the whole tree
+    assert status_tree(json.loads(json.dumps(snapshot)), Paint(False)) == lines
+
+
+def test_colours_only_on_request(project: Project):
+    build(project)
+    config = load_config(project.config_path)
+    store = project.store()
+    snapshot = status_snapshot(config, store, time.time())
+    store.close()
+    coloured = "\n".join(status_tree(snapshot, Paint(True)))
+    assert "\x1b[32m  ├─ done\x1b[0m" in coloured  # good progress: green
+    assert "\x1b[31m  └─ failed\x1b[0m" in coloured  # failures: red
+    assert "\x1b[90m  └─ ignored\x1b[0m" in coloured  # expected filters: grey
+    plain = project.cli("status").stdout  # not a terminal: no colour codes at all
+    assert "\x1b[" not in plain and "▸ capture" in plain
