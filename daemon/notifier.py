@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import peewee as pw
 from pipewarden.clock import Clock
 from pipewarden.config import NotifySettings, NotifyTarget
 from pipewarden.store import Outbox, Store
@@ -69,14 +68,18 @@ class Notifier:
 
     def next_due(self) -> float | None:
         """When the next undelivered notification is due (None: nothing waits)."""
-        outbox = self.store.Outbox
         known = [target.id for target in self.settings.targets]
         if not known:
             return None
+        # Plain SQL: asked on every scheduler pass.
         return (
-            outbox.select(pw.fn.MIN(outbox.next_try_at))
-            .where(outbox.sent_at.is_null() & outbox.target.in_(known))
-            .scalar()
+            self.store.db.connection()
+            .execute(
+                "SELECT MIN(next_try_at) FROM outbox WHERE sent_at IS NULL"
+                f" AND target IN ({', '.join('?' * len(known))})",
+                known,
+            )
+            .fetchone()[0]
         )
 
     def tick(self, now: float, stopping: bool = False) -> None:
@@ -85,6 +88,9 @@ class Notifier:
         When the daemon stops, digests waiting to gather more events go out at once.
         """
         if self._sending is not None and not self._sending.done():
+            return
+        next_due = self.next_due()
+        if next_due is None or (next_due > now and not stopping):
             return
         due = self._due(now, stopping)
         if due:

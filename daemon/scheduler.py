@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
 from pipewarden.config import Config, Pipeline, Stage
-from pipewarden.guard import Guard
+from pipewarden.guard import FAILED, Guard
 from pipewarden.notifier import Notifier
 from pipewarden.outcomes import Decision, decide
 from pipewarden.protocol import Progress, Verdict, WorkerReport
@@ -49,7 +49,7 @@ class _StageSlot:
 
     @property
     def free(self) -> int:
-        return self.stage.concurrency - self.in_flight
+        return self.executor.capacity - self.in_flight
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class _Holds:
     stages: frozenset[str]  # "pipeline/stage"
     pipelines: frozenset[str]
     probes: tuple[Hold, ...]  # halts whose cool-down has passed: one item may go through
+    probe_times: tuple[float, ...]  # when the others' next probes are due
 
     @classmethod
     def from_rows(cls, holds: list[Hold], now: float) -> _Holds:
@@ -71,7 +72,8 @@ class _Holds:
             if h.kind == "halt" and h.probe_at is not None and h.probe_at <= now
             and h.probe_run_id is None and h.scope in ("channel", "stage")
         )  # fmt: skip
-        return cls(targets("channel"), targets("stage"), targets("pipeline"), probes)
+        probe_times = tuple(h.probe_at for h in holds if h.probe_at is not None)
+        return cls(targets("channel"), targets("stage"), targets("pipeline"), probes, probe_times)
 
     def blocks(self, slot: _StageSlot) -> bool:
         return slot.pipeline.name in self.pipelines or slot.stage.qualified_name in self.stages
@@ -109,7 +111,7 @@ class Scheduler:
         self._finished: list[FinishedRun] = []
         self._progress: dict[str, tuple[float | None, str | None]] = {}
         self._probes: dict[str, int] = {}  # run id -> the hold it probes
-        self._holds = _Holds(frozenset(), frozenset(), frozenset(), ())
+        self._holds = _Holds(frozenset(), frozenset(), frozenset(), (), ())
         self._wake = asyncio.Event()
         self._interrupt_reason = "daemon stopping: interrupted"
 
@@ -171,8 +173,9 @@ class Scheduler:
         if not finished:
             return
         now = self.clock.now()
-        for hold in self.guard.check(finished, now, self.store.active_holds()):
-            self._notify_halt(hold, now)
+        if any(run.status in FAILED or run.cost for run in finished):
+            for hold in self.guard.check(finished, now, self.store.active_holds()):
+                self._notify_halt(hold, now)
         for run in finished:
             self._notify_run(run, now)
 
@@ -189,8 +192,7 @@ class Scheduler:
         open_stages = [(s.pipeline.name, s.stage.name) for s in self._slots if s.free > 0]
         if open_stages and (due := self.store.next_ready_at(open_stages)) is not None:
             candidates.append(max(0.01, due - now))
-        probe_times = [h.probe_at for h in self.store.active_holds() if h.probe_at]
-        candidates += [max(0.01, t - now) for t in probe_times]
+        candidates += [max(0.01, t - now) for t in self._holds.probe_times]
         if (due := self.notifier.next_due()) is not None:
             candidates.append(max(0.05, due - now))
         if until_idle and not self.in_flight:

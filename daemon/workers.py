@@ -126,6 +126,10 @@ class ProcessWorker:
     def __init__(self, stage: Stage):
         self.stage = stage
 
+    @property
+    def capacity(self) -> int:
+        return self.stage.concurrency
+
     def reconfigure(self, stage: Stage) -> None:
         self.stage = stage
 
@@ -250,12 +254,22 @@ class PoolWorker:
 
 
 class WorkerPool:
-    """The pool workers of one stage; the scheduler never asks for more than `size` at once."""
+    """The long-lived workers of one stage, one item each at a time.
+
+    No item is handed out ahead of a free worker: one claimed early could still start
+    after its channel halted.
+    """
 
     def __init__(self, stage: Stage):
         self.stage = stage
         self._workers = [PoolWorker(stage) for _ in range(stage.concurrency)]
-        self._idle = list(self._workers)
+        self._idle: asyncio.Queue[PoolWorker] = asyncio.Queue()
+        for worker in self._workers:
+            self._idle.put_nowait(worker)
+
+    @property
+    def capacity(self) -> int:
+        return self.stage.concurrency
 
     def reconfigure(self, stage: Stage) -> None:
         """New timeouts and policies for the same processes (busy ones included)."""
@@ -264,11 +278,11 @@ class WorkerPool:
             worker.stage = stage
 
     async def run(self, job: Job, on_progress: ProgressCallback) -> WorkerReport:
-        worker = self._idle.pop()
+        worker = self._idle.get_nowait()  # the scheduler never claims beyond capacity
         try:
             return await worker.run(job, on_progress)
         finally:
-            self._idle.append(worker)
+            self._idle.put_nowait(worker)
 
     async def stop(self) -> None:
         await asyncio.gather(*(worker.stop() for worker in self._workers))

@@ -1,0 +1,103 @@
+"""Build a large store for measuring `pipewarden status`: 1,000,000 items, 5,000,000 runs.
+
+    python bench/make_store.py DIR [--items 1000000] [--runs-per-item 5]
+    pipewarden status --config DIR/config.yaml        # then time this
+
+Items spread over the example's pipelines and stages, in every state, with labels on
+the failures and timestamps over the last 30 days; each item gets its runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from pipewarden.store import STORE_FILE, Store
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = [("sites", "find"), ("sites", "capture"), ("sites", "score"), ("outreach", "send")]
+STATES = (
+    ["queued"] * 2 + ["done"] * 10 + ["failed"] * 3 + ["ignored"] * 6 + ["retrying", "deferred"]
+)
+LABELS = {
+    "failed": [("retriable", "Browser launch conflict"), ("retriable", "API bad request"),
+               ("terminal", "Permanent HTTP error"), ("unknown", "Unknown")],
+    "retrying": [("retriable", "Rate limited"), ("retriable", "Timeout")],
+    "ignored": [("ignore", "Cross-border duplicate"), ("ignore", "Social media"),
+                ("ignore", "Business directory"), ("ignore", "Franchise"),
+                ("ignore", "Duplicate domain"), ("ignore", "Government domain"),
+                ("ignore", "Non-commercial")],
+}  # fmt: skip
+CHANNELS = ["sms", "email", "form"]
+BATCH = 50_000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--runs-per-item", type=int, default=5)
+    args = parser.parse_args()
+    folder: Path = args.dir
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("config.example.yaml", "rules", "examples"):
+        source, target = REPO / name, folder / name
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy(source, folder / "config.yaml")
+    state_dir = folder / ".pipewarden-example"
+    Store(state_dir).close()  # the schema, at the current version
+    conn = sqlite3.connect(state_dir / STORE_FILE)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = OFF")
+    rng = random.Random(7)
+    now = time.time()
+    started = time.monotonic()
+    run_number = 0
+    for first in range(0, args.items, BATCH):
+        items, runs = [], []
+        for item_id in range(first + 1, min(first + BATCH, args.items) + 1):
+            pipeline, stage = STAGES[item_id % len(STAGES)]
+            state = rng.choice(STATES)
+            group, label = rng.choice(LABELS[state]) if state in LABELS else (None, None)
+            updated = now - rng.random() ** 3 * 30 * 86400  # most activity is recent
+            channel = rng.choice(CHANNELS) if pipeline == "outreach" else stage
+            items.append((item_id, pipeline, f"item-{item_id}", stage, state, "{}", 1, updated,
+                          channel, label, group, updated - 3600, updated))  # fmt: skip
+            for attempt in range(1, args.runs_per_item + 1):
+                run_number += 1
+                begun = updated - (args.runs_per_item - attempt) * 600
+                status = "ok" if attempt == args.runs_per_item and state == "done" else "failed"
+                runs.append((f"{run_number:032x}", pipeline, stage, item_id, f"item-{item_id}",
+                             attempt, channel, status, begun, begun + 1.5, 1.5, label, group,
+                             "error text" if status == "failed" else None))  # fmt: skip
+        conn.executemany(
+            "INSERT INTO items (id, pipeline, key, stage, state, data, attempt, ready_at,"
+            " channel, last_label, last_group, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            items,
+        )
+        conn.executemany(
+            "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel, status,"
+            " started_at, finished_at, duration_s, label, group_name, error)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            runs,
+        )
+        conn.commit()
+    conn.execute("ANALYZE")
+    conn.close()
+    print(
+        f"{args.items:,} items and {run_number:,} runs in {state_dir}"
+        f" ({time.monotonic() - started:.0f}s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
