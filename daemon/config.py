@@ -116,6 +116,12 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    enabled: bool = True
+    port: int = 8765  # always on 127.0.0.1: the API is for this host only
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     state_dir: Path
@@ -124,6 +130,7 @@ class Config:
     drain_grace_s: float  # on SIGTERM, how long in-flight runs may finish
     channels: dict[str, BusinessHours] = field(hash=False, default_factory=dict)
     notify: NotifySettings = NotifySettings()
+    api: ApiSettings = ApiSettings()
 
     def pipeline(self, name: str) -> Pipeline:
         try:
@@ -145,7 +152,9 @@ def _lookup(data: dict[str, Any], dotted: str) -> str:
     return str(value) if value not in (None, "") else "unknown"
 
 
-_TOP_KEYS = {"state_dir", "rules", "pipelines", "defaults", "drain_grace", "channels", "notify"}
+_TOP_KEYS = {
+    "state_dir", "rules", "pipelines", "defaults", "drain_grace", "channels", "notify", "api",
+}  # fmt: skip
 _CHANNEL_KEYS = {"days", "hours", "timezone"}
 _NOTIFY_KEYS = {"targets", "digest_wait", "repeat_interval", "timeouts_per_10m", "retry_backoff"}
 _STAGE_KEYS = {
@@ -187,7 +196,21 @@ def load_config(path: Path, state_dir: str | None = None) -> Config:
         drain_grace_s=top["drain_grace"].duration("drain_grace") if "drain_grace" in top else 30.0,
         channels=dict(_load_channels(top["channels"])) if "channels" in top else {},
         notify=_load_notify(top["notify"]) if "notify" in top else NotifySettings(),
+        api=_load_api(top["api"]) if "api" in top else ApiSettings(),
     )
+
+
+def _load_api(node: Node) -> ApiSettings:
+    fields = node.mapping("api", {"enabled", "port"})
+    enabled = True
+    if "enabled" in fields:
+        if not isinstance(fields["enabled"].value, bool):
+            raise fields["enabled"].error("api enabled must be true or false")
+        enabled = fields["enabled"].value
+    port = fields["port"].integer("api port", 1) if "port" in fields else ApiSettings.port
+    if port > 65535:
+        raise fields["port"].error(f"api port must be at most 65535, not {port}")
+    return ApiSettings(enabled, port)
 
 
 def _load_channels(node: Node) -> Iterator[tuple[str, BusinessHours]]:

@@ -21,6 +21,7 @@ from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
 from pipewarden.config import Config
 from pipewarden.errors import PipewardenError
+from pipewarden.events import EventBus
 from pipewarden.guard import Guard
 from pipewarden.lock import DaemonLock
 from pipewarden.notifier import Notifier
@@ -65,6 +66,23 @@ class Daemon:
         self._store: Store | None = None
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self.events = EventBus()
+        self.observers: list[Any] = []  # told of finished runs and deliveries (metrics)
+
+    # -- what the API needs of the running daemon ---------------------------------------
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "the daemon is not running"
+        return self._store
+
+    @property
+    def notifier(self) -> Notifier:
+        assert self._scheduler is not None, "the daemon is not running"
+        return self._scheduler.notifier
+
+    def wake(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.wake()
 
     def request_stop(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -90,7 +108,10 @@ class Daemon:
                 notifier,
                 self.clock,
                 detect_code_ref(self.config.path.parent),
+                self.events,
             )
+            scheduler.observers = self.observers
+            notifier.on_result = self._delivered
             self._install_signal_handlers(scheduler)
             self._record_reload(ok=True, why="start")
             log.info(
@@ -102,12 +123,15 @@ class Daemon:
                 log.warning("rules: %s", warning)
             if watch_files:
                 self._spawn(reload_module.watch(self.config, self.reload, self._stop))
+            api = await self._start_api()
             await scheduler.run(self._stop, until_idle=until_idle)
             self._stop.set()  # ends the file watcher too
             reason = (
                 f"daemon stopping ({self._stop_reason or 'done'}): interrupted after drain grace"
             )
             await scheduler.drain(self.config.drain_grace_s, reason)
+            if api is not None:
+                await api.stop()
             await asyncio.gather(*self._background, return_exceptions=True)
             log.info("stopped cleanly")
             return 0
@@ -115,6 +139,29 @@ class Daemon:
             self._remove_signal_handlers()
             store.close()
             lock.release()
+
+    async def _start_api(self) -> Any:
+        if not self.config.api.enabled:
+            return None
+        from pipewarden.api import ApiServer  # starlette, uvicorn: only the daemon pays for them
+
+        api = ApiServer(self, self.config.api.port)
+        try:
+            await api.start()
+        except (OSError, SystemExit) as exc:
+            raise PipewardenError(
+                f"cannot serve the API on 127.0.0.1:{self.config.api.port} ({exc}) — another"
+                " program uses the port? choose another with `api: {port: N}` in the config"
+            ) from None
+        log.info(
+            "API and web page on http://127.0.0.1:%d/ (token in %s; `pipewarden open`)",
+            self.config.api.port, self.config.state_dir / "api.token",
+        )  # fmt: skip
+        return api
+
+    def _delivered(self, ok: bool) -> None:
+        for observer in self.observers:
+            observer.notification(ok)
 
     async def reload(self, why: str) -> None:
         """Load the config and rules again; a bad edit keeps the last good ones in force."""
@@ -149,6 +196,7 @@ class Daemon:
         """What `pipewarden status` shows of the rules' health, and notify a failure."""
         assert self._store is not None
         now = self.clock.now()
+        self.events.publish("reload", ok=ok, why=why, error=error, version=self.rules.version)
         self._store.set_meta(
             "reload",
             {"ok": ok, "at": now, "why": why, "error": error, "version": self.rules.version,

@@ -42,6 +42,7 @@ class Notifier:
         self.clock = clock or Clock()
         self._sending: asyncio.Task[None] | None = None
         self.on_delivered: Callable[[], None] = lambda: None  # the scheduler wakes to look again
+        self.on_result: Callable[[bool], None] = lambda ok: None  # counted by the metrics
 
     def notify(self, event: str, key: str, title: str, body: str, now: float) -> int:
         """Queue a notification for every target that wants `event`; returns how many."""
@@ -120,6 +121,7 @@ class Notifier:
             self.on_delivered()
 
     def _record(self, rows: list[Outbox], result: Delivery, now: float) -> None:
+        self.on_result(result.ok)
         outbox = self.store.Outbox
         ids = [row.id for row in rows]
         if result.ok:

@@ -266,3 +266,40 @@ def describe_hold(hold: Any) -> str:
     what = "paused" if get("kind") == "pause" else get("reason")
     by = f" by {get('created_by')}" if get("kind") == "pause" and get("created_by") else ""
     return f"{get('target')} — {what}{by} since {since}"
+
+
+def story_lines(story: dict[str, Any]) -> list[str]:
+    """`pipewarden why`: the item, each run, the backoff, the holds, what happens next."""
+    lines = [
+        f"{story['pipeline']}/{story['key']}: {story['state']} at {story['stage']}"
+        + (f" (channel {story['channel']})" if story["channel"] else ""),
+        f"  enqueued {format_time(story['created_at'])},"
+        f" last change {format_time(story['updated_at'])}",
+        "",
+        "runs:" if story["runs"] else "runs: none yet",
+    ]
+    for run in story["runs"]:
+        verdict = f" [{run['group']} · {run['label']}]" if run["label"] else ""
+        lines.append(
+            f"  {format_time(run['started_at'])}  {run['stage']}#{run['attempt']}"
+            f"  {run['status']}{verdict}  {format_duration(run['duration_s'])}  run {run['id'][:8]}"
+        )
+        if run["error"]:
+            lines.append(f"      {run['error'].strip().splitlines()[0]}")
+        if run["rule"]:
+            lines.append(f"      classified by {run['rule']}")
+    if story["backoff_s"]:
+        delays = ", ".join(format_duration(d) for d in story["backoff_s"])
+        lines += ["", f"retry policy at {story['stage']}: {story['max_attempts']} attempts,"
+                  f" waits {delays} (plus jitter)"]  # fmt: skip
+    if story["holds"]:
+        lines += ["", "held by:"]
+        for hold in story["holds"]:
+            cleared = (
+                f", cleared {format_time(hold['cleared_at'])} by {hold['cleared_by']}"
+                if hold["cleared_at"]
+                else " (active)"
+            )
+            lines.append(f"  {hold['kind']} {describe_hold(hold)}{cleared}")
+    lines += ["", f"next: {story['next']}"]
+    return lines

@@ -19,10 +19,12 @@ import random
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
 from pipewarden.config import Config, Pipeline, Stage
+from pipewarden.events import EventBus
 from pipewarden.guard import FAILED, Guard
 from pipewarden.notifier import Notifier
 from pipewarden.outcomes import Decision, decide
@@ -89,9 +91,12 @@ class Scheduler:
         notifier: Notifier,
         clock: Clock,
         code_ref: str | None,
+        events: EventBus | None = None,
         rng: random.Random | None = None,
     ):
         self.config = config
+        self.events = events or EventBus()
+        self.observers: list[Any] = []  # e.g. metrics: told of every batch of finished runs
         self.store = store
         self.classifier = classifier
         self.guard = guard
@@ -172,6 +177,8 @@ class Scheduler:
         self.store.finish(finished, progress)
         if not finished:
             return
+        for observer in self.observers:
+            observer.runs_finished(finished)
         now = self.clock.now()
         if any(run.status in FAILED or run.cost for run in finished):
             for hold in self.guard.check(finished, now, self.store.active_holds()):
@@ -242,6 +249,11 @@ class Scheduler:
             slot.pipeline.name, stage.name, limit, now, describe, blocked, only_channel
         )
         for item, new_run in claimed:
+            self.events.publish(
+                "run_started", run_id=new_run.run_id, pipeline=slot.pipeline.name,
+                stage=stage.name, key=item.key, attempt=item.attempt, channel=new_run.channel,
+                started_at=now,
+            )  # fmt: skip
             slot.in_flight += 1
             task = asyncio.create_task(self._attempt(slot, item, new_run))
             self._tasks.add(task)
@@ -303,6 +315,17 @@ class Scheduler:
 
     def _record_progress(self, run_id: str, progress: Progress) -> None:
         self._progress[run_id] = (progress.fraction, progress.message)
+        self.events.publish(
+            "run_progress", run_id=run_id, progress=progress.fraction, message=progress.message
+        )
+
+    def _add_finished(self, run: FinishedRun, key: str, attempt: int) -> None:
+        self._finished.append(run)
+        self.events.publish(
+            "run_finished", run_id=run.run_id, pipeline=run.pipeline, stage=run.stage, key=key,
+            attempt=attempt, status=run.status, item_state=run.item_state, label=run.label,
+            group=run.group_name, error=_one_line(run.error), duration_s=run.duration_s,
+        )  # fmt: skip
 
     def _record(
         self,
@@ -328,7 +351,7 @@ class Scheduler:
         data = {**claimed.data, **report.data} if report.data else claimed.data
         next_stage = slot.pipeline.stage(decision.item_stage)
         c = decision.classification
-        self._finished.append(
+        self._add_finished(
             FinishedRun(
                 run_id=new_run.run_id,
                 item_id=claimed.item_id,
@@ -360,7 +383,9 @@ class Scheduler:
                 rows_out=report.rows_out,
                 cost=report.cost,
                 progress=1.0 if decision.run_status is RunStatus.OK else None,
-            )
+            ),
+            claimed.key,
+            claimed.attempt,
         )
         _log_run(stage, claimed, new_run, decision)
         if new_run.run_id in self._probes:
@@ -397,7 +422,7 @@ class Scheduler:
         held = slot.stage.on_interrupt == "hold"
         now = self.clock.now()
         error = reason or self._interrupt_reason
-        self._finished.append(
+        self._add_finished(
             FinishedRun(
                 run_id=new_run.run_id,
                 item_id=claimed.item_id,
@@ -418,7 +443,9 @@ class Scheduler:
                 label="Interrupted",
                 category="daemon",
                 type="interrupted",
-            )
+            ),
+            claimed.key,
+            claimed.attempt,
         )
         log.warning(
             "%s %s#%d interrupted: %s -> %s",
@@ -428,6 +455,7 @@ class Scheduler:
 
     # -- notifications ----------------------------------------------------------------
     def _notify_halt(self, hold: Hold, now: float) -> None:
+        self.events.publish("halt", target=hold.target, scope=hold.scope, reason=hold.reason)
         event = "budget" if hold.scope == "pipeline" else "halt"
         samples = json.loads(hold.samples or "[]")
         body = [

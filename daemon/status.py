@@ -216,7 +216,7 @@ def daemon_health(store: Store | None) -> dict[str, Any]:
 
 def hold_as_dict(hold: Any) -> dict[str, Any]:
     fields = ("id", "scope", "target", "kind", "rule", "reason", "label", "count", "created_at",
-              "created_by", "probe_at")  # fmt: skip
+              "created_by", "probe_at", "cleared_at", "cleared_by")  # fmt: skip
     return {
         **{name: getattr(hold, name) for name in fields},
         "samples": json.loads(hold.samples or "[]"),

@@ -627,6 +627,18 @@ class Store:
                 ).execute()
         return cleared
 
+    def holds_on(self, targets: Iterable[str], since: float) -> list[Hold]:
+        """Holds on these targets that were active at some point since `since`."""
+        hold = self.Hold
+        return list(
+            hold.select()
+            .where(
+                hold.target.in_(list(targets))
+                & (hold.cleared_at.is_null() | (hold.cleared_at >= since))
+            )
+            .order_by(hold.created_at)
+        )
+
     def update_hold(self, hold_id: int, **fields: Any) -> None:
         with self._write():
             self.Hold.update(**fields).where(self.Hold.id == hold_id).execute()
@@ -764,6 +776,15 @@ class Store:
             d24, d1 = self._conn.execute(recent_sql, (since_1h, *key, since_24h)).fetchone()
             rows.append((*row, d24, d1 or 0))
         return rows
+
+    def item_totals(self) -> dict[tuple[str, str, str], int]:
+        """(pipeline, stage, state) -> items, from the trigger-kept counts."""
+        return {
+            (p, s, state): n
+            for p, s, state, n in self._conn.execute(
+                "SELECT pipeline, stage, state, SUM(n) FROM item_counts GROUP BY 1, 2, 3"
+            )
+        }
 
     def running_runs(self) -> list[Run]:
         return list(

@@ -49,6 +49,7 @@ class Project:
         self.root = root
         self.config_path = root / "config.yaml"
         self.state_dir = root / ".pipewarden"
+        self.api_port = free_port()
         self._daemons: list[subprocess.Popen[bytes]] = []
 
     def write(self, name: str, text: str) -> Path:
@@ -63,6 +64,7 @@ class Project:
         self.write(
             "config.yaml",
             f"rules: [{REPO}/rules/*.yaml]\n{textwrap.dedent(extra) or 'drain_grace: 5s'}\n"
+            f"api: {{port: {self.api_port}}}\n"
             f"pipelines:\n{body}\n",
         )
 

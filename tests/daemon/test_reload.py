@@ -111,7 +111,7 @@ def test_pipewarden_reload_reports_the_result(project: Project):
     assert "stay in force" in failed.stderr
     project.write("config.yaml", project.config_path.read_text() + "bogus: 1\n")
     refused = project.cli("reload", expect=2)
-    assert "config.yaml:7:1: unknown key 'bogus' in the config" in refused.stderr
+    assert "config.yaml:8:1: unknown key 'bogus' in the config" in refused.stderr
 
 
 def test_live_settings_change_and_the_state_dir_needs_a_restart(project: Project):

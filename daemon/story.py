@@ -1,0 +1,82 @@
+"""An item's whole story for `pipewarden why`: every run, what judged it, what held it,
+and what happens next."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipewarden.config import Config
+from pipewarden.errors import PipewardenError
+from pipewarden.outcomes import backoff_schedule
+from pipewarden.status import hold_as_dict
+from pipewarden.store import Store
+from pipewarden.types import ItemState
+
+
+def item_story(config: Config, store: Store, pipeline: str, key: str, now: float) -> dict:
+    item = store.item(pipeline, key)
+    if item is None:
+        raise PipewardenError(f"no item '{key}' in pipeline '{pipeline}'")
+    runs = store.item_runs(item.id)
+    stage = config.pipelines.get(pipeline) and _stage_or_none(config, pipeline, item.stage)
+    targets = {item.channel, f"{pipeline}/{item.stage}", pipeline} - {None}
+    holds = [hold_as_dict(h) for h in store.holds_on(targets, since=item.created_at)]
+    return {
+        "pipeline": pipeline,
+        "key": key,
+        "stage": item.stage,
+        "state": item.state,
+        "channel": item.channel,
+        "attempt": item.attempt,
+        "ready_at": item.ready_at,
+        "created_at": item.created_at,
+        "updated_at": item.updated_at,
+        "last_error": item.last_error,
+        "last_label": item.last_label,
+        "runs": [_run(run) for run in runs],
+        "backoff_s": backoff_schedule(stage.retry) if stage else [],
+        "max_attempts": stage.retry.max_attempts if stage else None,
+        "holds": holds,
+        "next": _next_step(item, holds, stage, now),
+    }
+
+
+def _run(run: Any) -> dict[str, Any]:
+    return {
+        "id": run.id, "stage": run.stage, "attempt": run.attempt, "status": run.status,
+        "started_at": run.started_at, "duration_s": run.duration_s, "error": run.error,
+        "group": run.group_name, "label": run.label, "rule": run.rule_id,
+    }  # fmt: skip
+
+
+def _stage_or_none(config: Config, pipeline: str, stage: str) -> Any:
+    try:
+        return config.pipeline(pipeline).stage(stage)
+    except KeyError:
+        return None
+
+
+def _next_step(item: Any, holds: list[dict], stage: Any, now: float) -> str:
+    from pipewarden.render import describe_hold, format_duration, format_time
+
+    active = [h for h in holds if h["cleared_at"] is None]
+    if item.state in (ItemState.QUEUED, ItemState.RETRYING, ItemState.DEFERRED) and active:
+        return f"waits: {describe_hold(active[0])}; nothing runs until it is cleared"
+    if stage is None and item.state not in (ItemState.DONE, ItemState.FAILED, ItemState.IGNORED):
+        return f"waits: stage '{item.stage}' is not in the config"
+    wait = (item.ready_at or now) - now
+    when = "now" if wait <= 0 else f"at {format_time(item.ready_at)} (in {format_duration(wait)})"
+    attempts = stage.retry.max_attempts if stage else "?"
+    steps = {
+        ItemState.QUEUED: f"runs {item.stage} at the next free slot",
+        ItemState.RUNNING: f"running {item.stage} now",
+        ItemState.RETRYING: f"attempt {item.attempt + 1} of {attempts} at {item.stage} {when}",
+        ItemState.DEFERRED: f"runs {item.stage} {when} (deferred, not failed)",
+        ItemState.HELD: "held: interrupted at a stage whose side effects must not repeat;"
+        " a person decides (requeue it or let it go)",
+        ItemState.DONE: "nothing: done",
+        ItemState.IGNORED: f"nothing: ignored ({item.last_label or 'expected filter'})",
+        ItemState.FAILED: f"nothing: failed ({item.last_label or 'Unknown'}); to try again:"
+        f' pipewarden retry --label "{item.last_label or "Unknown"}"',
+    }
+    return steps.get(item.state, item.state)
