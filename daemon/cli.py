@@ -87,6 +87,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="with each stage's success rate and p50/p95"
     )
 
+    why = command("why", _cmd_why, "an item's whole story and what happens next", common, as_json)
+    why.add_argument("key")
+    why.add_argument("--pipeline", help="needed when several pipelines have an item with this key")
+
+    command("open", _cmd_open, "open the live web page, signed in", common)
+
     item = command("item", _cmd_item, "one item: its state, next retry and runs", common, as_json)
     item.add_argument("pipeline")
     item.add_argument("key")
@@ -205,19 +211,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_enqueue(args: argparse.Namespace) -> int:
     import time
 
-    from pipewarden.lock import poke_daemon
+    from pipewarden import control
 
     config = _config(args)
     pipeline = config.pipeline(args.pipeline)
     items = _items_to_enqueue(args)
-    store = _open_store(config)
-    assert store is not None
-    first = pipeline.stages[0]
-    new = store.enqueue(pipeline.name, first.name, items, time.time(), first.channel_for)
-    store.close()
-    if new:
-        poke_daemon(config.state_dir)
+    daemon = _DaemonApi(config)
+    if daemon.running:
+        answer = daemon.post(
+            "/api/enqueue",
+            {"pipeline": pipeline.name, "items": [{"key": k, "data": d} for k, d in items]},
+        )
+        new = answer["new"]
+    else:
+        store = _open_store(config)
+        new = control.enqueue(store, config, pipeline.name, items, time.time())
+        store.close()
     known = len(items) - len(new)
+    if not daemon.running and new:
+        _told(daemon, "enqueued")  # wakes a daemon that runs without its API
     if args.json:
         _print_json({"pipeline": pipeline.name, "new": new, "already_known": known})
     else:
@@ -331,20 +343,43 @@ def _cmd_item(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _DaemonApi:
+    """The running daemon's API, for commands that change state while it runs."""
+
+    def __init__(self, config: Config):
+        from pipewarden.lock import running_daemon_pid
+
+        self.config = config
+        self.running = running_daemon_pid(config.state_dir) is not None and config.api.enabled
+        token_file = config.state_dir / "api.token"
+        self.token = token_file.read_text().strip() if self.running and token_file.exists() else ""
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.config.api.port}"
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        try:
+            response = httpx.post(
+                self.base + path, json=body, timeout=30,
+                headers={"Authorization": f"Bearer {self.token}"},
+            )  # fmt: skip
+        except httpx.HTTPError as exc:
+            raise PipewardenError(
+                f"the daemon's API at {self.base} did not answer: {exc}"
+            ) from None
+        answer = response.json()
+        if response.status_code >= 400:
+            raise PipewardenError(answer.get("error", f"the API answered {response.status_code}"))
+        return answer
+
+
 def _who() -> str:
     import getpass
 
     return f"{getpass.getuser()} (cli)"
-
-
-def _changed(config: Config, what: str) -> None:
-    """Wake a running daemon so a change in the store takes effect at once."""
-    from pipewarden.lock import poke_daemon
-
-    if poke_daemon(config.state_dir):
-        print(f"{what}; the running daemon has been told")
-    else:
-        print(f"{what}; no daemon is running (it takes effect when one starts)")
 
 
 def _cmd_halts(args: argparse.Namespace) -> int:
@@ -368,110 +403,93 @@ def _cmd_halts(args: argparse.Namespace) -> int:
 def _cmd_halts_clear(args: argparse.Namespace) -> int:
     import time
 
+    from pipewarden import control
     from pipewarden.notifier import Notifier
     from pipewarden.status import hold_as_dict
 
     config = _config(args)
-    store = _open_store(config)
-    now = time.time()
-    cleared = store.clear_holds(args.target, ("halt",), _who(), now)
-    if not cleared:
-        store.close()
-        raise PipewardenError(f"no active halt on '{args.target}' (see `pipewarden halts`)")
-    notifier = Notifier(store, config.notify)
-    for hold in cleared:
-        notifier.notify(
-            "halt_cleared", f"cleared:{hold.id}", f"pipewarden: {hold.target} flows again",
-            f"Halt cleared by {_who()} (it was: {hold.reason}).", now,
-        )  # fmt: skip
-    store.close()
+    daemon = _DaemonApi(config)
+    if daemon.running:
+        cleared = daemon.post("/api/halts/clear", {"target": args.target})["cleared"]
+    else:
+        store = _open_store(config)
+        try:
+            holds = control.clear_halt(
+                store, Notifier(store, config.notify), args.target, _who(), time.time()
+            )
+            cleared = [hold_as_dict(hold) for hold in holds]
+        finally:
+            store.close()
     if args.json:
-        _print_json({"cleared": [hold_as_dict(hold) for hold in cleared]})
-        return EXIT_OK
-    _changed(config, f"cleared the halt on {args.target}")
+        _print_json({"cleared": cleared})
+    else:
+        print(_told(daemon, f"cleared the halt on {args.target}"))
     return EXIT_OK
 
 
-def _hold_target(config: Config, args: argparse.Namespace) -> tuple[str, str]:
-    if args.pipeline:
-        return "pipeline", config.pipeline(args.pipeline).name
-    if args.stage:
-        pipeline, _, stage = args.stage.partition("/")
-        try:
-            return "stage", config.pipeline(pipeline).stage(stage).qualified_name
-        except KeyError:
-            raise UsageError(
-                f"no stage '{args.stage}': write pipeline/stage, e.g. sites/capture"
-            ) from None
-    return "channel", args.channel
+def _told(daemon: _DaemonApi, what: str) -> str:
+    """Say what changed, and make sure a running daemon acts on it now."""
+    from pipewarden.lock import poke_daemon
+
+    # Through the API the daemon already knows; a daemon without an API gets a SIGUSR1.
+    if daemon.running or poke_daemon(daemon.config.state_dir):
+        return f"{what}; the running daemon has been told"
+    return f"{what}; no daemon is running (it takes effect when one starts)"
+
+
+def _hold_request(args: argparse.Namespace) -> dict[str, str]:
+    for scope in ("channel", "stage", "pipeline"):
+        if getattr(args, scope):
+            return {"scope": scope, "target": getattr(args, scope)}
+    raise UsageError("give --channel, --stage or --pipeline")
 
 
 def _cmd_pause(args: argparse.Namespace) -> int:
-    import time
-
-    config = _config(args)
-    scope, target = _hold_target(config, args)
-    store = _open_store(config)
-    added = store.add_hold(
-        {"scope": scope, "target": target, "kind": "pause", "reason": "paused by a person",
-         "created_at": time.time(), "created_by": _who()}
-    )  # fmt: skip
-    store.close()
-    if args.json:
-        _print_json({"paused": target, "scope": scope, "already": added is None})
-        return EXIT_OK
-    if added is None:
-        print(f"{scope} {target} was already paused")
-        return EXIT_OK
-    _changed(config, f"paused {scope} {target}: its items stay queued")
-    return EXIT_OK
+    return _pause_or_resume(args, "pause")
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    return _pause_or_resume(args, "resume")
+
+
+def _pause_or_resume(args: argparse.Namespace, action: str) -> int:
     import time
 
+    from pipewarden import control
+
     config = _config(args)
-    _, target = _hold_target(config, args)
-    store = _open_store(config)
-    cleared = store.clear_holds(target, ("pause",), _who(), time.time())
-    store.close()
+    request = _hold_request(args)
+    scope, target = request["scope"], control.hold_target(config, **request)
+    daemon = _DaemonApi(config)
+    if daemon.running:
+        answer = daemon.post(f"/api/{action}", {"scope": scope, "target": target})
+        changed = not answer["already"] if action == "pause" else answer["was_paused"]
+    else:
+        store = _open_store(config)
+        change = control.pause if action == "pause" else control.resume
+        changed = change(store, config, scope, target, _who(), time.time())
+        store.close()
     if args.json:
-        _print_json({"resumed": target, "was_paused": bool(cleared)})
-        return EXIT_OK
-    if not cleared:
-        print(f"{target} was not paused")
-        return EXIT_OK
-    _changed(config, f"resumed {target}")
+        _print_json({"action": action, "scope": scope, "target": target, "changed": changed})
+    elif not changed:
+        print(f"{scope} {target} {'was already paused' if action == 'pause' else 'was not paused'}")
+    elif action == "pause":
+        print(_told(daemon, f"paused {scope} {target}: its items stay queued"))
+    else:
+        print(_told(daemon, f"resumed {scope} {target}"))
     return EXIT_OK
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
-    import os
-    import signal
-    import time
-
-    from pipewarden.lock import running_daemon_pid
     from pipewarden.reload import load_all
 
     config = _config(args)
-    pid = running_daemon_pid(config.state_dir)
-    if pid is None:
+    daemon = _DaemonApi(config)
+    if not daemon.running:
         _, rules = load_all(config.path, args.state_dir)
         print(f"no daemon is running; config and {len(rules.rules)} rules are valid")
         return EXIT_OK
-    store = _open_store(config)
-    asked = time.time()
-    os.kill(pid, signal.SIGHUP)
-    deadline = asked + 10
-    while time.time() < deadline:
-        result = store.get_meta("reload")
-        if result and result["at"] >= asked:
-            break
-        time.sleep(0.05)
-    else:
-        store.close()
-        raise PipewardenError(f"the daemon (pid {pid}) did not report a reload within 10s")
-    store.close()
+    result = daemon.post("/api/reload", {})
     if args.json:
         _print_json(result)
     elif result["ok"]:
@@ -485,33 +503,82 @@ def _cmd_reload(args: argparse.Namespace) -> int:
 def _cmd_retry(args: argparse.Namespace) -> int:
     import time
 
+    from pipewarden import control
     from pipewarden._yaml import parse_duration
 
     config = _config(args)
-    if args.pipeline:
-        config.pipeline(args.pipeline)
-    since = None
+    request: dict[str, Any] = {
+        "label": args.label, "pipeline": args.pipeline, "stage": args.stage,
+        "dry_run": args.dry_run,
+    }  # fmt: skip
     if args.since:
         try:
-            since = time.time() - parse_duration(args.since)
+            request["since_s"] = parse_duration(args.since)
         except ValueError:
             raise UsageError(
                 f"--since takes a duration such as 24h or 30m, not '{args.since}'"
             ) from None
-    store = _open_store(config)
-    count = store.requeue_by_label(
-        args.label, time.time(), args.pipeline, args.stage, since, args.dry_run
-    )
-    store.close()
+    daemon = _DaemonApi(config)
+    if daemon.running:
+        count = daemon.post("/api/retry", request)["items"]
+    else:
+        store = _open_store(config)
+        count = control.retry(store, config, request, time.time())
+        store.close()
     scope = "".join(f" in {v}" for v in (args.pipeline, args.stage) if v)
     if args.json:
         _print_json({"label": args.label, "items": count, "dry_run": args.dry_run})
     elif args.dry_run:
         print(f"would requeue {count} failed or retrying item(s) labelled '{args.label}'{scope}")
     elif count:
-        _changed(config, f"requeued {count} item(s) labelled '{args.label}'{scope}")
+        print(_told(daemon, f"requeued {count} item(s) labelled '{args.label}'{scope}"))
     else:
         print(f"no failed or retrying item is labelled '{args.label}'{scope}")
+    return EXIT_OK
+
+
+def _cmd_why(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden.render import story_lines
+    from pipewarden.story import item_story
+
+    config = _config(args)
+    store = _open_store(config, must_exist=True)
+    if store is None:
+        raise PipewardenError("nothing has been enqueued yet")
+    try:
+        pipeline = args.pipeline or _pipeline_of(store, args.key)
+        story = item_story(config, store, pipeline, args.key, time.time())
+    finally:
+        store.close()
+    if args.json:
+        _print_json(story)
+    else:
+        print("\n".join(story_lines(story)))
+    return EXIT_OK
+
+
+def _pipeline_of(store: Store, key: str) -> str:
+    pipelines = [row[0] for row in store.db.connection().execute(
+        "SELECT pipeline FROM items WHERE key = ?", (key,))]  # fmt: skip
+    if not pipelines:
+        raise PipewardenError(f"no item '{key}' (see `pipewarden status`)")
+    if len(pipelines) > 1:
+        raise UsageError(f"'{key}' is in {', '.join(pipelines)}: add --pipeline")
+    return pipelines[0]
+
+
+def _cmd_open(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    config = _config(args)
+    daemon = _DaemonApi(config)
+    if not daemon.running:
+        raise PipewardenError("no daemon is running: start one with `pipewarden run`")
+    url = f"{daemon.base}/?token={daemon.token}"
+    print(f"the live page, signed in (keep this link to yourself): {url}")
+    webbrowser.open(url)
     return EXIT_OK
 
 

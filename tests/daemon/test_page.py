@@ -1,0 +1,124 @@
+"""The live web page in a real Chromium (Debian's), driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Project, wait_until
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Flags for a headless Chromium in a sandbox without a network beyond loopback.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+
+WORKER = """
+import pathlib, time
+
+def work(data, ctx):
+    ctx.progress(0.5, "halfway there")
+    while pathlib.Path("hold-" + data["name"]).exists():  # the test decides when it ends
+        time.sleep(0.05)
+    if data.get("blocked"):
+        raise RuntimeError("Cloudflare challenge blocked the form submit")
+    return {"sent": True}
+"""
+HALT_RULES = "halts:\n  - {when: same_label, channels: [form], count: 1, within: 1h}\n"
+
+
+@pytest.fixture
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def start(project: Project) -> str:
+    project.write("worker.py", WORKER)
+    project.write("halts.yaml", HALT_RULES)
+    project.configure(
+        """
+        outreach:
+          stages:
+            - name: send
+              python: "worker:work"
+              channel: "{data.contact_method}"
+              concurrency: 2
+              retry: {max_attempts: 1}
+        """
+    )
+    text = project.config_path.read_text().replace("/rules/*.yaml]", "/rules/*.yaml, halts.yaml]")
+    project.config_path.write_text(text)
+    project.start_daemon()
+    token = wait_until(
+        lambda: (
+            (project.state_dir / "api.token").exists()
+            and (project.state_dir / "api.token").read_text().strip()
+        ),
+        "the API token",
+    )
+    return f"http://127.0.0.1:{project.api_port}/?token={token}"
+
+
+def test_the_page_shows_a_run_appear_and_finish_live(project: Project, browser, tmp_path: Path):
+    url = start(project)
+    page = browser.new_page()
+    page.goto(url)  # signs in: sets the HttpOnly cookie and drops the token from the URL
+    assert page.url.endswith("/") and "token" not in page.url
+    page.wait_for_selector("#connection:has-text('live')")
+
+    (project.root / "hold-alpha").touch()
+    project.cli(
+        "enqueue", "outreach", "alpha", "--data", '{"name": "alpha", "contact_method": "sms"}'
+    )
+    row = page.locator("#live tr.run", has_text="alpha")
+    row.locator(".status", has_text="running").wait_for()
+    row.get_by_text("halfway there").wait_for()
+    page.screenshot(path=str(tmp_path / "running.png"))
+
+    (project.root / "hold-alpha").unlink()
+    row.locator(".status", has_text="ok").wait_for()
+    page.locator("#tree tr", has_text="done").first.wait_for()
+    page.screenshot(path=str(tmp_path / "done.png"), full_page=True)
+
+
+def test_clear_on_a_halt_removes_the_halt_in_the_daemon(project: Project, browser):
+    url = start(project)
+    project.cli(
+        "enqueue", "outreach", "blocked",
+        "--data", '{"name": "blocked", "contact_method": "form", "blocked": true}',
+    )  # fmt: skip
+    wait_until(lambda: _active_holds(project), "the form channel to halt")
+
+    page = browser.new_page()
+    page.goto(url)
+    halt = page.locator("#halts li", has_text="halted: form — 1× Cloudflare blocked within 1h")
+    halt.wait_for()
+    halt.get_by_role("button", name="Clear").click()
+
+    wait_until(lambda: not _active_holds(project), "the daemon to clear the halt")
+    page.locator("#halts li", has_text="none: everything flows").wait_for()
+    store = project.store()
+    (hold,) = store.Hold.select()
+    store.close()
+    assert hold.cleared_by.endswith("(api from 127.0.0.1)")
+
+
+def _active_holds(project: Project) -> list:
+    store = project.store()
+    try:
+        return store.active_holds()
+    finally:
+        store.close()
