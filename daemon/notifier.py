@@ -108,6 +108,18 @@ class Notifier:
         for row in rows:
             if row.target in known:  # a target removed from the config keeps its rows
                 by_target[row.target].append(row)
+        # A digest goes whole: a target that gets a delivery now also gets every digest
+        # row still waiting for it, whatever retry time each one has drifted to.
+        for target, due in by_target.items():
+            taken = {row.id for row in due}
+            due += [
+                row
+                for row in outbox.select().where(
+                    outbox.sent_at.is_null() & (outbox.target == target)
+                    & outbox.event.in_(list(DIGEST_EVENTS))
+                )
+                if row.id not in taken
+            ]  # fmt: skip
         return by_target
 
     async def _deliver(self, due: dict[str, list[Outbox]]) -> None:
