@@ -194,14 +194,12 @@ def _print_json(value: Any) -> None:
 # -- commands -----------------------------------------------------------------------------
 def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
+    from pipewarden import logs
     from pipewarden.daemon import Daemon
     from pipewarden.rules import load_rules
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s", stream=sys.stderr
-    )
+    logs.configure()
     config = _config(args)
     rules = load_rules(config.rule_paths, config.path.parent)
     daemon = Daemon(config, rules, state_dir_override=args.state_dir)

@@ -27,6 +27,7 @@ from pipewarden.lock import DaemonLock
 from pipewarden.notifier import Notifier
 from pipewarden.rules import RuleSet
 from pipewarden.scheduler import Scheduler
+from pipewarden.sdnotify import SystemdNotifier
 from pipewarden.store import Store
 
 log = logging.getLogger("pipewarden.daemon")
@@ -68,6 +69,7 @@ class Daemon:
         self._background: set[asyncio.Task[None]] = set()
         self.events = EventBus()
         self.observers: list[Any] = []  # told of finished runs and deliveries (metrics)
+        self.systemd = SystemdNotifier()
 
     # -- what the API needs of the running daemon ---------------------------------------
     @property
@@ -88,6 +90,7 @@ class Daemon:
         if not self._stop.is_set():
             log.info("%s: stopping — no new claims, draining running attempts", reason)
             self._stop_reason = reason
+            self.systemd.stopping()
         self._stop.set()
         if self._scheduler is not None:
             self._scheduler.wake()
@@ -124,6 +127,8 @@ class Daemon:
             if watch_files:
                 self._spawn(reload_module.watch(self.config, self.reload, self._stop))
             api = await self._start_api()
+            self.systemd.ready(self.summary())
+            self._spawn(self.systemd.watchdog(self.summary))
             await scheduler.run(self._stop, until_idle=until_idle)
             self._stop.set()  # ends the file watcher too
             reason = (
@@ -132,6 +137,8 @@ class Daemon:
             await scheduler.drain(self.config.drain_grace_s, reason)
             if api is not None:
                 await api.stop()
+            for task in self._background:
+                task.cancel()  # the watchdog pings; the file watcher ends with the stop event
             await asyncio.gather(*self._background, return_exceptions=True)
             log.info("stopped cleanly")
             return 0
@@ -159,6 +166,19 @@ class Daemon:
         )  # fmt: skip
         return api
 
+    def summary(self) -> str:
+        """One line for systemd's STATUS=: what runs, what waits, what is halted."""
+        assert self._scheduler is not None and self._store is not None
+        totals: dict[str, int] = {}
+        for (_, _, state), count in self._store.item_totals().items():
+            totals[state] = totals.get(state, 0) + count
+        holds = self._scheduler.halted_targets()
+        waiting = ", ".join(
+            f"{totals[s]} {s}" for s in ("queued", "retrying", "failed") if totals.get(s)
+        )
+        halted = f"; halted: {', '.join(holds)}" if holds else ""
+        return f"{self._scheduler.in_flight} running, {waiting or 'nothing waiting'}{halted}"
+
     def _delivered(self, ok: bool) -> None:
         for observer in self.observers:
             observer.notification(ok)
@@ -166,29 +186,34 @@ class Daemon:
     async def reload(self, why: str) -> None:
         """Load the config and rules again; a bad edit keeps the last good ones in force."""
         async with self._reload_lock:
+            self.systemd.reloading()
             try:
-                config, rules = await asyncio.to_thread(
-                    reload_module.load_all, self.config.path, self._state_dir_override
-                )
-            except PipewardenError as exc:
-                log.error("reload failed (%s): %s — the last good rules stay in force", why, exc)
-                self._record_reload(ok=False, why=why, error=str(exc))
-                return
-            needs_restart = []
-            if config.state_dir != self.config.state_dir:
-                needs_restart.append(f"state_dir (still {self.config.state_dir})")
-                config = replace(config, state_dir=self.config.state_dir)
-            assert self._scheduler is not None and self._store is not None
-            changes = self._scheduler.apply(
-                config, Classifier(rules), Guard(self._store, rules.halts)
+                await self._reload(why)
+            finally:
+                self.systemd.ready(self.summary())
+
+    async def _reload(self, why: str) -> None:
+        try:
+            config, rules = await asyncio.to_thread(
+                reload_module.load_all, self.config.path, self._state_dir_override
             )
-            self.config, self.rules = config, rules
-            for warning in rules.warnings:
-                log.warning("rules: %s", warning)
-            for setting in needs_restart:
-                log.warning("reload: %s needs a restart to change; left as it was", setting)
-            log.info("reloaded (%s): %s", why, "; ".join(changes) or "nothing changed")
-            self._record_reload(ok=True, why=why, needs_restart=needs_restart)
+        except PipewardenError as exc:
+            log.error("reload failed (%s): %s — the last good rules stay in force", why, exc)
+            self._record_reload(ok=False, why=why, error=str(exc))
+            return
+        needs_restart = []
+        if config.state_dir != self.config.state_dir:
+            needs_restart.append(f"state_dir (still {self.config.state_dir})")
+            config = replace(config, state_dir=self.config.state_dir)
+        assert self._scheduler is not None and self._store is not None
+        changes = self._scheduler.apply(config, Classifier(rules), Guard(self._store, rules.halts))
+        self.config, self.rules = config, rules
+        for warning in rules.warnings:
+            log.warning("rules: %s", warning)
+        for setting in needs_restart:
+            log.warning("reload: %s needs a restart to change; left as it was", setting)
+        log.info("reloaded (%s): %s", why, "; ".join(changes) or "nothing changed")
+        self._record_reload(ok=True, why=why, needs_restart=needs_restart)
 
     def _record_reload(
         self, ok: bool, why: str, error: str | None = None, needs_restart: list[str] | None = None

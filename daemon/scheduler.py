@@ -124,6 +124,10 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
+    def halted_targets(self) -> list[str]:
+        holds = self._holds
+        return sorted(holds.channels | holds.stages | holds.pipelines)
+
     @property
     def in_flight(self) -> int:
         """Attempts under way (counted by the attempts themselves, not by task bookkeeping)."""

@@ -90,12 +90,15 @@ class Project:
             )
         return done
 
-    def start_daemon(self, *args: str) -> subprocess.Popen[bytes]:
+    def start_daemon(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.root / f"daemon-{len(self._daemons)}.log", "wb")  # noqa: SIM115
+        extra = env(log) if callable(env) else (env or {})
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipewarden", "run", *args],
             cwd=self.root,
-            env=self.env(),
+            env={**self.env(), **extra},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
