@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,11 +199,10 @@ def _build_app(api: ApiServer) -> Starlette:
     async def enqueue(request: Request) -> Response:
         data = await body(request)
         items = [(str(i["key"]), i.get("data") or {}) for i in data.get("items", [])]
-        new = control.enqueue(daemon.store, daemon.config, data.get("pipeline", ""), items,
-                              daemon.clock.now())  # fmt: skip
+        result = control.enqueue(daemon.store, daemon.config, data.get("pipeline", ""), items,
+                                 daemon.clock.now(), bool(data.get("force")))  # fmt: skip
         changed()
-        return JSONResponse({"pipeline": data.get("pipeline"), "new": new,
-                             "already_known": len(items) - len(new)})  # fmt: skip
+        return JSONResponse(asdict(result))
 
     async def retry(request: Request) -> Response:
         data = await body(request)

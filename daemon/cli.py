@@ -80,6 +80,10 @@ def _build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("key", nargs="?", help="the item's key, unique in its pipeline")
     enqueue.add_argument("--data", help="the item's data as a JSON object")
     enqueue.add_argument("--file", help='a JSON-lines file of {"key": ..., "data": {...}}')
+    enqueue.add_argument(
+        "--force", action="store_true",
+        help="start known items again and redo every stage, even where the input already succeeded",
+    )  # fmt: skip
 
     status = command("status", _cmd_status, "what is stuck and why, at a glance", common, as_json)
     status.add_argument("--pipeline", help="only this pipeline")
@@ -145,6 +149,26 @@ def _build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--stage")
     retry.add_argument("--since", help="only items that changed within this long, e.g. 24h")
     retry.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    retry.add_argument(
+        "--force", action="store_true", help="redo work whose input already succeeded"
+    )
+
+    prune = command(
+        "prune", _cmd_prune, "delete old runs (never an item's latest)", common, as_json
+    )
+    prune.add_argument("--older-than", required=True, help="e.g. 30d")
+    command("vacuum", _cmd_vacuum, "give the space of deleted rows back to the disk", common)
+    backup = command("backup", _cmd_backup, "a consistent copy of the store, while it runs", common)
+    backup.add_argument("path", help="where to write the copy")
+    export = commands.add_parser("export", help="export records")
+    export_commands = export.add_subparsers(title="commands", metavar="COMMAND")
+    export_runs = export_commands.add_parser(
+        "runs", help="every run, oldest first", parents=[common]
+    )
+    export_runs.set_defaults(handler=_cmd_export_runs)
+    export_runs.add_argument("--format", choices=("csv", "jsonl"), default="jsonl")
+    export_runs.add_argument("--since", help="only runs started within this long, e.g. 7d")
+    export_runs.add_argument("--output", help="a file (default: standard output)")
 
     notify = commands.add_parser("notify", help="notification targets")
     notify_commands = notify.add_subparsers(title="commands", metavar="COMMAND")
@@ -208,6 +232,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
     import time
+    from dataclasses import asdict
 
     from pipewarden import control
 
@@ -216,25 +241,29 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     items = _items_to_enqueue(args)
     daemon = _DaemonApi(config)
     if daemon.running:
-        answer = daemon.post(
+        result = daemon.post(
             "/api/enqueue",
-            {"pipeline": pipeline.name, "items": [{"key": k, "data": d} for k, d in items]},
-        )
-        new = answer["new"]
+            {"pipeline": pipeline.name, "force": args.force,
+             "items": [{"key": k, "data": d} for k, d in items]},
+        )  # fmt: skip
     else:
         store = _open_store(config)
-        new = control.enqueue(store, config, pipeline.name, items, time.time())
+        enqueued = control.enqueue(store, config, pipeline.name, items, time.time(), args.force)
+        result = asdict(enqueued)
         store.close()
-    known = len(items) - len(new)
-    if not daemon.running and new:
-        _told(daemon, "enqueued")  # wakes a daemon that runs without its API
+        if result["new"] or result["restarted"]:
+            _told(daemon, "enqueued")  # wakes a daemon that runs without its API
     if args.json:
-        _print_json({"pipeline": pipeline.name, "new": new, "already_known": known})
-    else:
-        print(
-            f"enqueued {len(new)} new item(s) into {pipeline.name}/{pipeline.stages[0].name}"
-            + (f"; {known} already known (left as they are)" if known else "")
-        )
+        _print_json({"pipeline": pipeline.name, **result})
+        return EXIT_OK
+    first = f"{pipeline.name}/{pipeline.stages[0].name}"
+    parts = [f"enqueued {len(result['new'])} new item(s) into {first}"]
+    if result["restarted"]:
+        how = "every stage redone: --force" if args.force else "stages already done are skipped"
+        parts.append(f"{len(result['restarted'])} known item(s) started again ({how})")
+    if result["unchanged"]:
+        parts.append(f"{len(result['unchanged'])} still queued or running (left as they are)")
+    print("; ".join(parts))
     return EXIT_OK
 
 
@@ -507,7 +536,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     config = _config(args)
     request: dict[str, Any] = {
         "label": args.label, "pipeline": args.pipeline, "stage": args.stage,
-        "dry_run": args.dry_run,
+        "dry_run": args.dry_run, "force": args.force,
     }  # fmt: skip
     if args.since:
         try:
@@ -596,6 +625,95 @@ def _cmd_notify_test(args: argparse.Namespace) -> int:
     for result in results if not args.json else ():
         print(f"{result.target:<20} {'ok' if result.ok else 'FAILED: ' + (result.error or '')}")
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
+
+
+def _duration_arg(text: str, option: str) -> float:
+    from pipewarden._yaml import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise UsageError(f"{option} takes a duration such as 30d or 12h, not '{text}'") from None
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import time
+
+    older_than = time.time() - _duration_arg(args.older_than, "--older-than")
+    store = _open_store(_config(args))
+    total = 0
+    while deleted := store.prune_batch(older_than):
+        total += deleted
+    store.close()
+    if args.json:
+        _print_json({"pruned_runs": total})
+    else:
+        print(f"pruned {total:,} run(s) older than {args.older_than}")
+        print("(`pipewarden vacuum` gives the space back to the disk)")
+    return EXIT_OK
+
+
+def _cmd_vacuum(args: argparse.Namespace) -> int:
+    store = _open_store(_config(args))
+    before = store.path.stat().st_size
+    store.vacuum()
+    after = store.path.stat().st_size
+    store.close()
+    print(f"vacuumed {store.path}: {before / 1e6:,.1f} MB -> {after / 1e6:,.1f} MB")
+    return EXIT_OK
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    target = Path(args.path).resolve()
+    if target.exists():
+        raise UsageError(f"{target} exists: choose a new path (a backup never overwrites)")
+    store = _open_store(_config(args), must_exist=True)
+    if store is None:
+        raise PipewardenError("there is no store to back up yet")
+    store.backup(target)
+    store.close()
+    check = sqlite3.connect(target)
+    try:
+        result = check.execute("PRAGMA integrity_check").fetchone()[0]
+        runs = check.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    finally:
+        check.close()
+    if result != "ok":
+        raise PipewardenError(f"the backup at {target} failed its integrity check: {result}")
+    print(f"backed up {runs:,} run(s) to {target} (integrity check: ok)")
+    return EXIT_OK
+
+
+def _cmd_export_runs(args: argparse.Namespace) -> int:
+    import csv
+    import time
+
+    since = time.time() - _duration_arg(args.since, "--since") if args.since else None
+    store = _open_store(_config(args), must_exist=True)
+    rows = store.export_runs(since) if store else iter(())
+    out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        count = 0
+        writer = None
+        for row in rows:
+            if args.format == "jsonl":
+                out.write(json.dumps(row) + "\n")
+            else:
+                if writer is None:
+                    writer = csv.DictWriter(out, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+            count += 1
+    finally:
+        if args.output:
+            out.close()
+        if store:
+            store.close()
+    if args.output:
+        print(f"exported {count:,} run(s) to {args.output}")
+    return EXIT_OK
 
 
 def _run_as_dict(run: Any) -> dict[str, Any]:

@@ -131,6 +131,7 @@ class Config:
     channels: dict[str, BusinessHours] = field(hash=False, default_factory=dict)
     notify: NotifySettings = NotifySettings()
     api: ApiSettings = ApiSettings()
+    retention_s: float = 90 * 86400.0  # runs older than this are pruned (0: keep forever)
 
     def pipeline(self, name: str) -> Pipeline:
         try:
@@ -154,6 +155,7 @@ def _lookup(data: dict[str, Any], dotted: str) -> str:
 
 _TOP_KEYS = {
     "state_dir", "rules", "pipelines", "defaults", "drain_grace", "channels", "notify", "api",
+    "retention",
 }  # fmt: skip
 _CHANNEL_KEYS = {"days", "hours", "timezone"}
 _NOTIFY_KEYS = {"targets", "digest_wait", "repeat_interval", "timeouts_per_10m", "retry_backoff"}
@@ -197,6 +199,7 @@ def load_config(path: Path, state_dir: str | None = None) -> Config:
         channels=dict(_load_channels(top["channels"])) if "channels" in top else {},
         notify=_load_notify(top["notify"]) if "notify" in top else NotifySettings(),
         api=_load_api(top["api"]) if "api" in top else ApiSettings(),
+        retention_s=top["retention"].duration("retention") if "retention" in top else 90 * 86400.0,
     )
 
 

@@ -11,17 +11,22 @@ from typing import Any
 from pipewarden.config import Config
 from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.notifier import Notifier
-from pipewarden.store import Hold, Store
+from pipewarden.store import Enqueued, Hold, Store
 
 SCOPES = ("channel", "stage", "pipeline")
 
 
 def enqueue(
-    store: Store, config: Config, pipeline: str, items: list[tuple[str, dict]], now: float
-) -> list[str]:
-    """Add items at the pipeline's first stage; returns the keys that were new."""
+    store: Store,
+    config: Config,
+    pipeline: str,
+    items: list[tuple[str, dict]],
+    now: float,
+    force: bool = False,
+) -> Enqueued:
+    """Add items at the pipeline's first stage (see `Store.enqueue`)."""
     first = config.pipeline(pipeline).stages[0]
-    return store.enqueue(pipeline, first.name, items, now, first.channel_for)
+    return store.enqueue(pipeline, first.name, items, now, first.channel_for, force)
 
 
 def hold_target(config: Config, scope: str, target: str) -> str:
@@ -77,4 +82,5 @@ def retry(store: Store, config: Config, request: dict[str, Any], now: float) -> 
     return store.requeue_by_label(
         request["label"], now, request.get("pipeline"), request.get("stage"),
         now - since_s if since_s else None, bool(request.get("dry_run")),
+        bool(request.get("force")),
     )  # fmt: skip

@@ -33,6 +33,7 @@ from pipewarden.store import Store
 log = logging.getLogger("pipewarden.daemon")
 
 RECOVERED_REASON = "daemon stopped while running"
+PRUNE_EVERY_S = 3600.0
 
 
 def detect_code_ref(directory: Path) -> str | None:
@@ -129,6 +130,7 @@ class Daemon:
             api = await self._start_api()
             self.systemd.ready(self.summary())
             self._spawn(self.systemd.watchdog(self.summary))
+            self._spawn(self._keep_the_books())
             await scheduler.run(self._stop, until_idle=until_idle)
             self._stop.set()  # ends the file watcher too
             reason = (
@@ -165,6 +167,19 @@ class Daemon:
             self.config.api.port, self.config.state_dir / "api.token",
         )  # fmt: skip
         return api
+
+    async def _keep_the_books(self) -> None:
+        """Prune runs past the retention, hourly, a small batch at a time."""
+        while True:
+            if self.config.retention_s:
+                older_than = self.clock.now() - self.config.retention_s
+                total = 0
+                while deleted := self.store.prune_batch(older_than):
+                    total += deleted
+                    await asyncio.sleep(0)  # let the scheduler in between batches
+                if total:
+                    log.info("pruned %d run(s) older than the retention", total)
+            await asyncio.sleep(PRUNE_EVERY_S)
 
     def summary(self) -> str:
         """One line for systemd's STATUS=: what runs, what waits, what is halted."""

@@ -64,12 +64,23 @@ def decide(
     return _failed(stage, attempt, report, classification, now, rng)
 
 
-def _advance(pipeline: Pipeline, stage: Stage, attempt: int, now: float) -> Decision:
+def skipped(pipeline: Pipeline, stage: Stage, attempt: int, now: float, earlier: str) -> Decision:
+    """This input already succeeded at this stage (run `earlier`): move on without running."""
+    moved = _advance(pipeline, stage, attempt, now, RunStatus.SKIPPED)
+    return Decision(
+        moved.run_status, moved.item_state, moved.item_stage, moved.item_attempt, moved.ready_at,
+        None, None, f"skipped (run {earlier[:8]} already did it) {moved.note}",
+    )  # fmt: skip
+
+
+def _advance(
+    pipeline: Pipeline, stage: Stage, attempt: int, now: float, status: RunStatus = RunStatus.OK
+) -> Decision:
     following = pipeline.next_stage(stage.name)
     if following is None:
-        return Decision(RunStatus.OK, ItemState.DONE, stage.name, attempt, None, None, None, "done")
+        return Decision(status, ItemState.DONE, stage.name, attempt, None, None, None, "done")
     return Decision(
-        RunStatus.OK, ItemState.QUEUED, following.name, 0, now, None, None, f"-> {following.name}"
+        status, ItemState.QUEUED, following.name, 0, now, None, None, f"-> {following.name}"
     )
 
 

@@ -27,7 +27,7 @@ from pipewarden.config import Config, Pipeline, Stage
 from pipewarden.events import EventBus
 from pipewarden.guard import FAILED, Guard
 from pipewarden.notifier import Notifier
-from pipewarden.outcomes import Decision, decide
+from pipewarden.outcomes import Decision, decide, skipped
 from pipewarden.protocol import Progress, Verdict, WorkerReport
 from pipewarden.render import describe_hold
 from pipewarden.store import Claimed, FinishedRun, Hold, NewRun, Store
@@ -247,12 +247,22 @@ class Scheduler:
         stage = slot.stage
 
         def describe(item_id: int, key: str, data: dict) -> NewRun:
-            return self._new_run(stage, item_id, data)
+            return self._new_run(stage, item_id, key, data)
 
         claimed = self.store.claim(
             slot.pipeline.name, stage.name, limit, now, describe, blocked, only_channel
         )
         for item, new_run in claimed:
+            earlier = (
+                None
+                if item.force
+                else self.store.earlier_success(
+                    slot.pipeline.name, stage.name, new_run.input_fingerprint
+                )
+            )
+            if earlier:  # a checkpoint: this very input already passed this stage
+                self._record_skipped(slot, item, new_run, earlier, now)
+                continue
             self.events.publish(
                 "run_started", run_id=new_run.run_id, pipeline=slot.pipeline.name,
                 stage=stage.name, key=item.key, attempt=item.attempt, channel=new_run.channel,
@@ -263,6 +273,18 @@ class Scheduler:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return [new_run.run_id for _, new_run in claimed]
+
+    def _record_skipped(
+        self, slot: _StageSlot, claimed: Claimed, new_run: NewRun, earlier: str, now: float
+    ) -> None:
+        decision = skipped(slot.pipeline, slot.stage, claimed.attempt, now, earlier)
+        report = WorkerReport(Verdict.OK)
+        self._add_finished(
+            self._finished_run(slot, claimed, new_run, report, decision, claimed.data, 0.0),
+            claimed.key,
+            claimed.attempt,
+        )
+        _log_run(slot.stage, claimed, new_run, decision)
 
     def _start_probe(self, hold: Hold, now: float) -> None:
         """After a halt's cool-down, let exactly one item through to test the water."""
@@ -282,9 +304,11 @@ class Scheduler:
                 log.info("probing halted %s %s with one item", hold.scope, hold.target)
                 return
 
-    def _new_run(self, stage: Stage, item_id: int, data: dict) -> NewRun:
+    def _new_run(self, stage: Stage, item_id: int, key: str, data: dict) -> NewRun:
         config_hash = stage.config_hash
-        blob = json.dumps(data, sort_keys=True, default=str) + config_hash + (self.code_ref or "")
+        # The input: the item (its key belongs to it), its data, the stage, the code.
+        item = json.dumps([stage.pipeline, key, data], sort_keys=True, default=str)
+        blob = item + config_hash + (self.code_ref or "")
         return NewRun(
             run_id=uuid.uuid4().hex,
             item_id=item_id,
@@ -353,47 +377,64 @@ class Scheduler:
             slot.pipeline, stage, claimed.attempt, report, classification, now, self.rng
         )
         data = {**claimed.data, **report.data} if report.data else claimed.data
-        next_stage = slot.pipeline.stage(decision.item_stage)
-        c = decision.classification
+        duration = self.clock.monotonic() - started
         self._add_finished(
-            FinishedRun(
-                run_id=new_run.run_id,
-                item_id=claimed.item_id,
-                status=decision.run_status,
-                pipeline=slot.pipeline.name,
-                stage=stage.name,
-                channel=new_run.channel,
-                finished_at=now,
-                duration_s=self.clock.monotonic() - started,
-                item_stage=decision.item_stage,
-                item_state=decision.item_state,
-                item_data=json.dumps(data, default=str),
-                item_attempt=decision.item_attempt,
-                item_ready_at=decision.ready_at,
-                item_channel=next_stage.channel_for(data),
-                exit_code=report.exit_code,
-                signal=report.signal,
-                pid=report.pid,
-                error=decision.error,
-                error_type=report.error_type,
-                traceback=report.traceback,
-                output="\n".join(report.output) or None,
-                group_name=c.group.value if c else None,
-                label=c.label if c else None,
-                category=c.category if c else None,
-                type=c.type if c else None,
-                rule_id=c.rule_id if c else None,
-                rules_version=self.classifier.version if c else None,
-                rows_out=report.rows_out,
-                cost=report.cost,
-                progress=1.0 if decision.run_status is RunStatus.OK else None,
-            ),
+            self._finished_run(slot, claimed, new_run, report, decision, data, duration),
             claimed.key,
             claimed.attempt,
         )
         _log_run(stage, claimed, new_run, decision)
         if new_run.run_id in self._probes:
             self._finish_probe(self._probes.pop(new_run.run_id), decision, now)
+
+    def _finished_run(
+        self,
+        slot: _StageSlot,
+        claimed: Claimed,
+        new_run: NewRun,
+        report: WorkerReport,
+        decision: Decision,
+        data: dict,
+        duration_s: float,
+    ) -> FinishedRun:
+        c = decision.classification
+        # `--force` holds while the item retries at this stage, and ends when it moves on.
+        retrying_here = decision.item_stage == slot.stage.name and decision.item_state in (
+            ItemState.RETRYING, ItemState.DEFERRED, ItemState.QUEUED, ItemState.HELD,
+        )  # fmt: skip
+        return FinishedRun(
+            run_id=new_run.run_id,
+            item_id=claimed.item_id,
+            status=decision.run_status,
+            pipeline=slot.pipeline.name,
+            stage=slot.stage.name,
+            channel=new_run.channel,
+            finished_at=self.clock.now(),
+            duration_s=duration_s,
+            item_stage=decision.item_stage,
+            item_state=decision.item_state,
+            item_data=json.dumps(data, default=str),
+            item_attempt=decision.item_attempt,
+            item_ready_at=decision.ready_at,
+            item_channel=slot.pipeline.stage(decision.item_stage).channel_for(data),
+            item_force=claimed.force and retrying_here,
+            exit_code=report.exit_code,
+            signal=report.signal,
+            pid=report.pid,
+            error=decision.error,
+            error_type=report.error_type,
+            traceback=report.traceback,
+            output="\n".join(report.output) or None,
+            group_name=c.group.value if c else None,
+            label=c.label if c else None,
+            category=c.category if c else None,
+            type=c.type if c else None,
+            rule_id=c.rule_id if c else None,
+            rules_version=self.classifier.version if c else None,
+            rows_out=report.rows_out,
+            cost=report.cost,
+            progress=1.0 if decision.run_status is RunStatus.OK else None,
+        )
 
     def _finish_probe(self, hold_id: int, decision: Decision, now: float) -> None:
         hold = self.store.Hold.get_by_id(hold_id)
@@ -442,6 +483,7 @@ class Scheduler:
                 item_attempt=claimed.attempt - 1,  # an interruption does not spend a retry
                 item_ready_at=now,
                 item_channel=new_run.channel,
+                item_force=claimed.force,
                 error=error,
                 group_name="retriable",
                 label="Interrupted",

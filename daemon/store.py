@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from pipewarden.errors import StoreError
 from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES, ItemState, RunStatus
 
 STORE_FILE = "pipewarden.db"
+PRUNE_BATCH = 2000  # runs deleted per transaction when pruning
 BUSY_TIMEOUT_MS = 10_000  # CLI writers and the daemon share the file; wait, don't fail
 # Checkpoint the WAL every 16 MiB rather than 4: each checkpoint costs an fsync, and a busy
 # daemon writes a few dozen pages per commit.
@@ -48,6 +49,7 @@ class Item(pw.Model):
     created_at = pw.FloatField()
     updated_at = pw.FloatField()
     requeues = pw.IntegerField(default=0)  # schema 3: times a person requeued it in bulk
+    force = pw.IntegerField(default=0)  # schema 5: run even if this input already succeeded
 
     class Meta:
         table_name = "items"
@@ -181,6 +183,8 @@ _COUNTS_MIGRATION = [  # 5: item counts for the status tree, and the indexes it 
         (state, pipeline, stage, last_group, last_label, updated_at)""",
     # Partial: only items a person requeued are in it, so ordinary writes never touch it.
     "CREATE INDEX items_requeues ON items (requeues, state) WHERE requeues > 0",
+    # Set by `enqueue --force` / `retry --force`: redo work whose input already succeeded.
+    "ALTER TABLE items ADD COLUMN force INTEGER NOT NULL DEFAULT 0",
     # pending_count and the like use items_label_recent, which leads with state too.
     "DROP INDEX items_state",
 ]
@@ -251,6 +255,13 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 
 # -- what the scheduler exchanges with the store -------------------------------------
 @dataclass(frozen=True)
+class Enqueued:
+    new: list[str]  # keys not known before
+    restarted: list[str]  # finished items started again at the first stage
+    unchanged: list[str]  # still queued, running or waiting: left as they were
+
+
+@dataclass(frozen=True)
 class NewRun:
     """What the scheduler knows of a run before its worker starts."""
 
@@ -269,6 +280,7 @@ class Claimed:
     key: str
     data: dict[str, Any]
     attempt: int  # this run's attempt number (1 for the first)
+    force: bool = False  # a person asked for the work to be done again
 
 
 @dataclass(frozen=True)
@@ -289,6 +301,7 @@ class FinishedRun:
     item_attempt: int
     item_ready_at: float | None
     item_channel: str | None  # the channel at item_stage
+    item_force: bool = False  # kept while the item retries at the same stage
     exit_code: int | None = None
     signal: int | None = None
     pid: int | None = None
@@ -328,7 +341,7 @@ _FINISH_RUN_SQL = (
 )
 _FINISH_ITEM_SQL = (
     "UPDATE items SET stage = ?, state = ?, data = ?, attempt = ?, ready_at = ?, channel = ?, "
-    "last_error = ?, last_label = ?, last_group = ?, updated_at = ? WHERE id = ?"
+    "force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ? WHERE id = ?"
 )
 _CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE_STATES)
 _PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
@@ -407,22 +420,42 @@ class Store:
         items: Sequence[tuple[str, dict[str, Any]]],
         now: float,
         channel_for: Any = None,  # Callable[[dict], str]: the stage's channel for an item
-    ) -> list[str]:
-        """Add items not yet known (by key) at `stage`; returns the keys that were new."""
-        new: list[str] = []
+        force: bool = False,
+    ) -> Enqueued:
+        """Add items at `stage`, by key: new ones are queued, finished ones start again.
+
+        An item that is done, failed or ignored starts again at `stage` with the data given;
+        the stages its input already passed are skipped (checkpoints). One still queued,
+        running or waiting is left as it is. With `force`, every item not running starts
+        again and its work is done again, checkpoints or not.
+        """
+        restartable = "('done', 'failed', 'ignored')" if not force else "('done', 'failed',"
+        restartable += "" if not force else " 'ignored', 'queued', 'retrying', 'deferred', 'held')"
+        result = Enqueued([], [], [])
         with self.db.atomic("IMMEDIATE"):
             for key, data in items:
                 channel = channel_for(data) if channel_for else stage
-                cursor = self._conn.execute(
-                    "INSERT INTO items (pipeline, key, stage, state, data, ready_at, channel,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT DO NOTHING",
-                    (pipeline, key, stage, ItemState.QUEUED, json.dumps(data), now, channel, now,
-                     now),
-                )  # fmt: skip
-                if cursor.rowcount:
-                    new.append(key)
-        return new
+                row = self._conn.execute(
+                    "SELECT state FROM items WHERE pipeline = ? AND key = ?", (pipeline, key)
+                ).fetchone()
+                if row is None:
+                    self._conn.execute(
+                        "INSERT INTO items (pipeline, key, stage, state, data, ready_at, channel,"
+                        " force, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (pipeline, key, stage, ItemState.QUEUED, json.dumps(data), now, channel,
+                         int(force), now, now),
+                    )  # fmt: skip
+                    result.new.append(key)
+                elif self._conn.execute(
+                    "UPDATE items SET stage = ?, state = 'queued', data = ?, attempt = 0,"
+                    " ready_at = ?, channel = ?, force = ?, updated_at = ?"
+                    f" WHERE pipeline = ? AND key = ? AND state IN {restartable}",
+                    (stage, json.dumps(data), now, channel, int(force), now, pipeline, key),
+                ).rowcount:
+                    result.restarted.append(key)
+                else:
+                    result.unchanged.append(key)
+        return result
 
     # -- the scheduler's hot path ------------------------------------------------------
     def claim(
@@ -450,7 +483,7 @@ class Store:
             params.append(only_channel)
         with self._write():
             rows = self._conn.execute(
-                f"SELECT id, key, data, attempt FROM items WHERE pipeline = ? AND stage = ?"
+                f"SELECT id, key, data, attempt, force FROM items WHERE pipeline = ? AND stage = ?"
                 f" AND state IN ({_CLAIMABLE}) AND ready_at <= ?{where}"
                 " ORDER BY ready_at, id LIMIT ?",
                 (*params, limit),
@@ -458,11 +491,10 @@ class Store:
             if not rows:
                 return []
             claimed: list[tuple[Claimed, NewRun]] = []
-            for item_id, key, data_json, attempt in rows:
+            for item_id, key, data_json, attempt, force in rows:
                 data = json.loads(data_json)
-                claimed.append(
-                    (Claimed(item_id, key, data, attempt + 1), describe(item_id, key, data))
-                )
+                item = Claimed(item_id, key, data, attempt + 1, bool(force))
+                claimed.append((item, describe(item_id, key, data)))
             self._conn.executemany(
                 "UPDATE items SET state = 'running', attempt = ?, channel = ?, last_run_id = ?,"
                 " updated_at = ? WHERE id = ?",
@@ -502,7 +534,8 @@ class Store:
                 _FINISH_ITEM_SQL,
                 [
                     (f.item_stage, f.item_state, f.item_data, f.item_attempt, f.item_ready_at,
-                     f.item_channel, f.error, f.label, f.group_name, f.finished_at, f.item_id)
+                     f.item_channel, int(f.item_force), f.error, f.label, f.group_name,
+                     f.finished_at, f.item_id)
                     for f in finished
                 ],
             )  # fmt: skip
@@ -644,6 +677,15 @@ class Store:
             self.Hold.update(**fields).where(self.Hold.id == hold_id).execute()
 
     # -- what the guard asks --------------------------------------------------------------
+    def earlier_success(self, pipeline: str, stage: str, fingerprint: str) -> str | None:
+        """The id of a run that already succeeded at this stage on the same input."""
+        row = self._conn.execute(
+            "SELECT id FROM runs WHERE input_fingerprint = ? AND status = 'ok'"
+            " AND pipeline = ? AND stage = ? LIMIT 1",
+            (fingerprint, pipeline, stage),
+        ).fetchone()
+        return row[0] if row else None
+
     def label_failures(self, channel: str, label: str, since: float) -> list[str]:
         """Error texts of failed runs with this label on this channel since `since`."""
         return [
@@ -683,7 +725,7 @@ class Store:
 
     def requeue_by_label(
         self, label: str, now: float, pipeline: str | None = None, stage: str | None = None,
-        since: float | None = None, dry_run: bool = False,
+        since: float | None = None, dry_run: bool = False, force: bool = False,
     ) -> int:  # fmt: skip
         """Failed and retrying items with `label` back in the queue, attempts reset."""
         where = "last_label = ? AND state IN ('failed', 'retrying')"
@@ -702,8 +744,8 @@ class Store:
                 ).fetchone()[0]
             return self._conn.execute(
                 f"UPDATE items SET state = 'queued', attempt = 0, ready_at = ?, updated_at = ?,"
-                f" requeues = requeues + 1 WHERE {where}",
-                (now, now, *params),
+                f" requeues = requeues + 1, force = ? WHERE {where}",
+                (now, now, int(force), *params),
             ).rowcount
 
     def stuck_items(self, min_requeues: int) -> list[tuple[str, str, str, int]]:
@@ -727,6 +769,50 @@ class Store:
     def get_meta(self, key: str) -> Any:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
+
+    # -- keeping the books ----------------------------------------------------------------
+    def prune_batch(self, older_than: float, limit: int = PRUNE_BATCH) -> int:
+        """Delete up to `limit` finished runs that ended before `older_than`.
+
+        Never a run in flight, and never an item's latest run (its story's last chapter).
+        Small batches, so the daemon's loop and other writers wait only briefly.
+        """
+        with self._write():
+            deleted = self._conn.execute(
+                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs INDEXED BY runs_recent"
+                " WHERE started_at < ? AND finished_at IS NOT NULL AND finished_at < ?"
+                " AND status != 'running'"
+                # a newer run of the same item exists (runs_by_item answers it), so this
+                # one is not the item's latest
+                " AND EXISTS (SELECT 1 FROM runs AS newer WHERE newer.item_id = runs.item_id"
+                " AND newer.started_at > runs.started_at)"
+                " LIMIT ?)",
+                (older_than, older_than, limit),
+            ).rowcount
+            self._conn.execute(
+                "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", (older_than,)
+            )
+        return deleted
+
+    def backup(self, target: Path) -> None:
+        """A consistent copy while others write: SQLite's online backup, from one snapshot."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        destination = sqlite3.connect(target)
+        try:
+            self._conn.backup(destination)
+        finally:
+            destination.close()
+
+    def vacuum(self) -> None:
+        self._conn.execute("VACUUM")
+
+    def export_runs(self, since: float | None) -> Iterator[dict[str, Any]]:
+        cursor = self._conn.execute(
+            "SELECT * FROM runs WHERE started_at >= ? ORDER BY started_at", (since or 0.0,)
+        )
+        columns = [column[0] for column in cursor.description]
+        for row in cursor:
+            yield dict(zip(columns, row, strict=True))
 
     # -- reads for the CLI ------------------------------------------------------------
     def state_counts(self, since_24h: float, since_1h: float, pipeline: str | None = None) -> list:

@@ -35,6 +35,7 @@ class RunStatus(StrEnum):
     INTERRUPTED = "interrupted"  # the daemon stopped or died while it ran
     IGNORED = "ignored"
     DEFERRED = "deferred"
+    SKIPPED = "skipped"  # this input already succeeded at this stage: not run again
 
 
 class Group(StrEnum):

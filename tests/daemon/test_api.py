@@ -116,7 +116,7 @@ def test_the_event_stream_delivers_run_events_in_order(project: Project):
     listener.start()
     assert connected.wait(10)
     for key in ("one", "two", "three"):
-        project.cli("enqueue", "sites", key, "--data", '{"sleep": 0.2}')
+        project.cli("enqueue", "sites", key, "--data", json.dumps({"sleep": 0.2, "key": key}))
     listener.join(30)
 
     ids = [event_id for event_id, _, _ in received]

@@ -38,7 +38,9 @@ def test_enqueue_reports_what_was_new(project: Project):
         "enqueued 2 new item(s) into sites/find\n"
     )
     again = project.cli("enqueue", "sites", "--file", "items.jsonl", "--json")
-    assert json.loads(again.stdout) == {"pipeline": "sites", "new": [], "already_known": 2}
+    assert json.loads(again.stdout) == {
+        "pipeline": "sites", "new": [], "restarted": [], "unchanged": ["a", "b"],
+    }  # fmt: skip
 
 
 def test_enqueue_mistakes_are_one_line_with_exit_2(project: Project):

@@ -63,7 +63,8 @@ def test_a_store_from_a_newer_pipewarden_is_refused(tmp_path: Path):
 
 def test_enqueue_is_idempotent_on_key(tmp_path: Path):
     store = Store(tmp_path)
-    assert store.enqueue("sites", "find", [("a", {}), ("b", {})], 1.0) == ["a", "b"]
-    assert store.enqueue("sites", "find", [("b", {"x": 1}), ("c", {})], 2.0) == ["c"]
-    assert store.item("sites", "b").data == "{}"
+    assert store.enqueue("sites", "find", [("a", {}), ("b", {})], 1.0).new == ["a", "b"]
+    again = store.enqueue("sites", "find", [("b", {"x": 1}), ("c", {})], 2.0)
+    assert (again.new, again.restarted, again.unchanged) == (["c"], [], ["b"])
+    assert store.item("sites", "b").data == "{}"  # still queued: left as it was
     store.close()
