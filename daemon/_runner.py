@@ -35,7 +35,7 @@ class Context:
         self.key: str = message.get("item", "")
         self.run: str = message.get("run", "")
         self.attempt: int = message.get("attempt", 1)
-        self.trace: str = message.get("trace", "")
+        self.traceparent: str = message.get("traceparent", "")
         self._out = out
 
     def progress(self, fraction: float | None = None, message: str = "") -> None:
@@ -88,6 +88,8 @@ def _takes_two_arguments(function: Callable[..., Any]) -> bool:
 
 def _call(function: Callable[..., Any], message: dict[str, Any], wants_context: bool, out: IO[str]):
     data = message.get("data") or {}
+    # W3C trace context for this item: the user's own tracing (OpenTelemetry) picks it up.
+    os.environ["TRACEPARENT"] = message.get("traceparent", "")
     try:
         result = function(data, Context(message, out)) if wants_context else function(data)
     except KeyboardInterrupt:

@@ -153,6 +153,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="redo work whose input already succeeded"
     )
 
+    init = commands.add_parser("init", help="write a commented config, rules and a worker")
+    init.set_defaults(handler=_cmd_init)
+    init.add_argument("folder", nargs="?", default=".", help="where (default: here)")
+    command("doctor", _cmd_doctor, "check the config, rules, state dir, workers, targets", common)
+
     prune = command(
         "prune", _cmd_prune, "delete old runs (never an item's latest)", common, as_json
     )
@@ -625,6 +630,29 @@ def _cmd_notify_test(args: argparse.Namespace) -> int:
     for result in results if not args.json else ():
         print(f"{result.target:<20} {'ok' if result.ok else 'FAILED: ' + (result.error or '')}")
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from pipewarden.setup import init
+
+    folder = Path(args.folder).resolve()
+    for path in init(folder):
+        print(f"wrote {path}")
+    print(f"next: cd {folder}, then: pipewarden doctor; pipewarden enqueue hello world;")
+    print("      pipewarden run")
+    return EXIT_OK
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from pipewarden.setup import doctor
+
+    failed = 0
+    for finding in doctor(args.config, args.state_dir):
+        mark = "ok  " if finding.ok else "FAIL"
+        print(f"{mark} {finding.what}" + (f" — {finding.fix}" if finding.fix else ""))
+        failed += not finding.ok
+    print("all good" if not failed else f"{failed} problem(s) to fix")
+    return EXIT_OK if not failed else EXIT_FAILURE
 
 
 def _duration_arg(text: str, option: str) -> float:

@@ -60,8 +60,12 @@ class Progress:
 _RESULT_KEYS = ("ok", "defer", "defer_until", "ignore")
 
 
-def request_line(key: str, run_id: str, attempt: int, data: dict[str, Any], trace: str) -> bytes:
-    message = {"item": key, "run": run_id, "attempt": attempt, "data": data, "trace": trace}
+def request_line(
+    key: str, run_id: str, attempt: int, data: dict[str, Any], traceparent: str
+) -> bytes:
+    message = {
+        "item": key, "run": run_id, "attempt": attempt, "data": data, "traceparent": traceparent,
+    }  # fmt: skip
     return (json.dumps(message, separators=(",", ":")) + "\n").encode()
 
 

@@ -165,7 +165,9 @@ class ProcessWorker:
     ) -> WorkerReport:
         assert proc.stdin and proc.stdout
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.write(request_line(job.key, job.run_id, job.attempt, job.data, job.trace_id))
+            proc.stdin.write(
+                request_line(job.key, job.run_id, job.attempt, job.data, job.traceparent)
+            )
             await proc.stdin.drain()
             proc.stdin.close()
         reply = await _read_reply(proc.stdout, on_progress, output)
@@ -208,7 +210,9 @@ class PoolWorker:
         mark = self._tail.mark()
         output: list[str] = []
         try:
-            proc.stdin.write(request_line(job.key, job.run_id, job.attempt, job.data, job.trace_id))
+            proc.stdin.write(
+                request_line(job.key, job.run_id, job.attempt, job.data, job.traceparent)
+            )
             async with asyncio.timeout(self.stage.timeout_s):
                 await proc.stdin.drain()
                 reply = await _read_reply(proc.stdout, on_progress, output)

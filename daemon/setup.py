@@ -1,0 +1,189 @@
+"""`pipewarden init` (a commented config, rules and a worker to start from) and
+`pipewarden doctor` (checks that say what to fix)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sqlite3
+import stat
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipewarden.config import Config, find_config_path, load_config
+from pipewarden.errors import PipewardenError, UsageError
+from pipewarden.rules import load_rules
+from pipewarden.store import STORE_FILE
+
+SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules"
+
+STARTER_CONFIG = """\
+# pipewarden config. Durations take a unit: 250ms, 30s, 5m, 2h, 1d.
+# `pipewarden doctor` checks it; `pipewarden rules check` checks the rules.
+
+# state_dir: .pipewarden          # the store and the daemon's lock (default: beside this file)
+rules:
+  - rules/*.yaml                  # first match wins; edit them while the daemon runs
+# retention: 90d                  # runs older than this are pruned (0: keep forever)
+# drain_grace: 30s                # on stop, how long running attempts may finish
+# api: {port: 8765}               # HTTP on 127.0.0.1 for the CLI, the page and the tray
+
+defaults:
+  timeout: 2m                     # the watchdog kills the worker's whole process group
+  retry: {max_attempts: 3, backoff: 10s, factor: 2, max_backoff: 1h}
+
+pipelines:
+  hello:
+    stages:
+      - name: greet
+        python: workers.hello:greet     # a function: module:function, run in a worker pool
+        concurrency: 2
+      # - name: shout
+      #   command: [python3, workers/shout.py]   # or any command: argv, never a shell
+
+# channels:                       # business hours: outside them items wait, never fail
+#   sms: {days: mon-fri, hours: "09:00-17:00", timezone: Europe/London}
+# notify:                         # Apprise URLs (Slack, email, ...): never logged or shown
+#   targets:
+#     - url: "slack://TokenA/TokenB/TokenC/#ops"
+"""
+
+STARTER_WORKER = '''\
+"""A worker: a plain function of the item's data. Raise to fail; return data to merge."""
+
+
+def greet(data: dict, ctx) -> dict:
+    ctx.progress(0.5, "thinking of something nice")
+    return {"greeting": f"hello, {data.get('name', 'world')}"}
+'''
+
+
+def init(folder: Path) -> list[Path]:
+    """Write a starter config, the shipped rules and a worker; never overwrite a file."""
+    if not SHIPPED_RULES.is_dir():
+        raise PipewardenError(f"the shipped rules are not at {SHIPPED_RULES}: reinstall pipewarden")
+    planned = {
+        folder / "config.yaml": STARTER_CONFIG,
+        folder / "workers" / "__init__.py": "",
+        folder / "workers" / "hello.py": STARTER_WORKER,
+        **{folder / "rules" / p.name: p.read_text() for p in sorted(SHIPPED_RULES.glob("*.yaml"))},
+    }
+    existing = [path for path in planned if path.exists()]
+    if existing:
+        names = ", ".join(str(p) for p in existing)
+        raise UsageError(f"{names} already exist: init never overwrites; choose another folder")
+    for path, text in planned.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return list(planned)
+
+
+@dataclass(frozen=True)
+class Finding:
+    ok: bool
+    what: str
+    fix: str = ""
+
+
+def doctor(config_arg: str | None, state_dir: str | None) -> Iterator[Finding]:
+    """Every check, in order; a failed config check ends the list (nothing else can run)."""
+    try:
+        config = load_config(find_config_path(config_arg), state_dir)
+    except PipewardenError as exc:
+        yield Finding(False, f"config: {exc}", "fix the config, then run doctor again")
+        return
+    yield Finding(True, f"config: {config.path} ({len(config.pipelines)} pipeline(s))")
+    yield from _rules(config)
+    yield from _state_dir(config)
+    yield from _workers(config)
+    yield from _notify(config)
+
+
+def _rules(config: Config) -> Iterator[Finding]:
+    try:
+        ruleset = load_rules(config.rule_paths, config.path.parent)
+    except PipewardenError as exc:
+        yield Finding(False, f"rules: {exc}", "fix the rule; `pipewarden rules check` re-checks")
+        return
+    yield Finding(True, f"rules: {len(ruleset.rules)} rules, {len(ruleset.halts)} halt rules")
+    for warning in ruleset.warnings:
+        yield Finding(False, f"rules: {warning}")
+
+
+def _state_dir(config: Config) -> Iterator[Finding]:
+    folder = config.state_dir
+    if not folder.exists():
+        yield Finding(True, f"state dir: {folder} (created at the first start)")
+        return
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    if not os.access(folder, os.W_OK):
+        yield Finding(
+            False, f"state dir: {folder} is not writable", "chown it to the daemon's user"
+        )
+    elif mode & 0o077:
+        yield Finding(
+            False, f"state dir: {folder} is open to others ({mode:o})", f"chmod 700 {folder}"
+        )
+    else:
+        yield Finding(True, f"state dir: {folder} ({mode:o})")
+    token = folder / "api.token"
+    if token.exists() and stat.S_IMODE(token.stat().st_mode) != 0o600:
+        yield Finding(False, f"api token: {token} is readable by others", f"chmod 600 {token}")
+    store = folder / STORE_FILE
+    if store.exists():
+        connection = sqlite3.connect(store)
+        try:
+            result = connection.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            connection.close()
+        if result == "ok":
+            yield Finding(True, f"store: {store} passes its integrity check")
+        else:
+            yield Finding(
+                False, f"store: {store}: {result}", "restore a backup (pipewarden backup)"
+            )
+
+
+def _workers(config: Config) -> Iterator[Finding]:
+    for pipeline in config.pipelines.values():
+        for stage in pipeline.stages:
+            where = f"stage {stage.qualified_name}"
+            if stage.command:
+                program = stage.command[0]
+                local = (stage.cwd / program).exists() if "/" in program else False
+                if local or shutil.which(program):
+                    yield Finding(True, f"{where}: command {program} found")
+                else:
+                    yield Finding(False, f"{where}: command {program} not found",
+                                  "install it, or give its full path")  # fmt: skip
+            else:
+                module = (stage.python or "").partition(":")[0]
+                sys.path.insert(0, str(stage.cwd))
+                try:
+                    found = importlib.util.find_spec(module) is not None
+                except (ImportError, ValueError):
+                    found = False
+                finally:
+                    sys.path.remove(str(stage.cwd))
+                if found:
+                    yield Finding(True, f"{where}: module {module} found")
+                else:
+                    yield Finding(False, f"{where}: module {module} not found from {stage.cwd}",
+                                  "check `python:` and the stage's `cwd`")  # fmt: skip
+
+
+def _notify(config: Config) -> Iterator[Finding]:
+    if not config.notify.targets:
+        yield Finding(True, "notify: no targets (halts and failures are only logged)")
+        return
+    import apprise
+
+    for target in config.notify.targets:
+        if apprise.Apprise().add(target.url):
+            yield Finding(True, f"notify: {target.id} understood (`pipewarden notify test` sends)")
+        else:
+            yield Finding(False, f"notify: {target.id} is not a URL Apprise understands",
+                          "see Apprise's list of services")  # fmt: skip

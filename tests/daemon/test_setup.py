@@ -1,0 +1,89 @@
+"""`pipewarden init` and `doctor`, and the trace context every worker gets."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import Project
+
+TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
+
+
+def run_cli(folder: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PIPEWARDEN_CONFIG"}
+    done = subprocess.run([sys.executable, "-m", "pipewarden", *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == expect, done.stdout + done.stderr
+    return done
+
+
+def test_init_writes_a_starter_that_doctor_passes_and_that_runs(tmp_path: Path):
+    written = run_cli(tmp_path, "init", "starter").stdout
+    assert "wrote " in written and "config.yaml" in written
+    folder = tmp_path / "starter"
+    assert (folder / "rules" / "outreach.yaml").exists() and (
+        folder / "workers" / "hello.py"
+    ).exists()
+    doctor = run_cli(folder, "doctor").stdout.splitlines()
+    assert doctor[-1] == "all good"
+    assert "ok   stage hello/greet: module workers.hello found" in doctor
+
+    run_cli(folder, "enqueue", "hello", "ada", "--data", '{"name": "Ada"}')
+    run_cli(folder, "run", "--until-idle")
+    assert run_cli(folder, "why", "ada").stdout.splitlines()[-1] == "next: nothing: done"
+    again = run_cli(tmp_path, "init", "starter", expect=2)
+    assert "already exist: init never overwrites" in again.stderr
+
+
+def test_doctor_says_what_to_fix(tmp_path: Path):
+    run_cli(tmp_path, "init", "broken")
+    folder = tmp_path / "broken"
+    config = (folder / "config.yaml").read_text()
+    config = config.replace("python: workers.hello:greet", "python: workers.missing:greet")
+    config += "      - {name: shout, command: [no-such-program-here]}\n"
+    (folder / "config.yaml").write_text(config)
+    (folder / ".pipewarden").mkdir(mode=0o755)
+    os.chmod(folder / ".pipewarden", 0o755)
+
+    lines = run_cli(folder, "doctor", expect=1).stdout.splitlines()
+    assert any(
+        line.startswith("FAIL stage hello/greet: module workers.missing not found")
+        for line in lines
+    )
+    missing = "FAIL stage hello/shout: command no-such-program-here not found"
+    assert f"{missing} — install it, or give its full path" in lines
+    assert any(line.startswith("FAIL state dir: ") and "chmod 700" in line for line in lines)
+    assert lines[-1] == "3 problem(s) to fix"
+
+
+def test_every_worker_gets_a_w3c_traceparent_matching_its_run(project: Project):
+    project.write(
+        "t.py", "import os\n\ndef work(data):\n    return {'seen': os.environ['TRACEPARENT']}\n"
+    )
+    project.write(
+        "t.sh",
+        'read line\necho "{\\"ok\\": true, \\"data\\": {\\"seen_cmd\\": \\"$TRACEPARENT\\"}}"\n',
+    )
+    project.configure(
+        """
+        p:
+          stages:
+            - {name: pool, python: "t:work"}
+            - {name: process, command: [sh, t.sh]}
+        """
+    )
+    for key in ("a", "b"):
+        project.cli("enqueue", "p", key)
+    project.start_daemon("--until-idle").wait(30)
+
+    for key in ("a", "b"):
+        data = json.loads(project.item("p", key).data)
+        pool_run, process_run = project.runs(key)
+        for seen, run in ((data["seen"], pool_run), (data["seen_cmd"], process_run)):
+            assert TRACEPARENT.match(seen)
+            assert seen == f"00-{run.trace_id}-{run.id[:16]}-01"
