@@ -18,7 +18,13 @@ from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.rules import load_rules
 from pipewarden.store import STORE_FILE
 
-SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules"
+
+def _shipped_rules() -> Path:
+    """rules/ of the checkout, installed as the data package pipewarden.shipped_rules."""
+    spec = importlib.util.find_spec("pipewarden.shipped_rules")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations else Path(__file__).resolve().parent.parent / "rules"
+
 
 STARTER_CONFIG = """\
 # pipewarden config. Durations take a unit: 250ms, 30s, 5m, 2h, 1d.
@@ -63,13 +69,14 @@ def greet(data: dict, ctx) -> dict:
 
 def init(folder: Path) -> list[Path]:
     """Write a starter config, the shipped rules and a worker; never overwrite a file."""
-    if not SHIPPED_RULES.is_dir():
-        raise PipewardenError(f"the shipped rules are not at {SHIPPED_RULES}: reinstall pipewarden")
+    shipped = _shipped_rules()
+    if not shipped.is_dir():
+        raise PipewardenError(f"the shipped rules are not at {shipped}: reinstall pipewarden")
     planned = {
         folder / "config.yaml": STARTER_CONFIG,
         folder / "workers" / "__init__.py": "",
         folder / "workers" / "hello.py": STARTER_WORKER,
-        **{folder / "rules" / p.name: p.read_text() for p in sorted(SHIPPED_RULES.glob("*.yaml"))},
+        **{folder / "rules" / p.name: p.read_text() for p in sorted(shipped.glob("*.yaml"))},
     }
     existing = [path for path in planned if path.exists()]
     if existing:
