@@ -157,10 +157,10 @@ class Daemon:
         api = ApiServer(self, self.config.api.port)
         try:
             await api.start()
-        except (OSError, SystemExit) as exc:
+        except OSError as exc:
             raise PipewardenError(
-                f"cannot serve the API on 127.0.0.1:{self.config.api.port} ({exc}) — another"
-                " program uses the port? choose another with `api: {port: N}` in the config"
+                f"cannot serve the API on 127.0.0.1:{self.config.api.port}: {exc.strerror} —"
+                " choose another port with `api: {port: N}` in the config"
             ) from None
         log.info(
             "API and web page on http://127.0.0.1:%d/ (token in %s; `pipewarden open`)",

@@ -64,6 +64,19 @@ def decide(
     return _failed(stage, attempt, report, classification, now, rng)
 
 
+INTERRUPTED = Classification(Group.RETRIABLE, "Interrupted", "daemon", "interrupted", None)
+
+
+def interrupted(stage: Stage, attempt: int, now: float, reason: str) -> Decision:
+    """The daemon stopped mid-run: requeue without spending a retry, or hold for a person
+    where the stage's side effects must never repeat (`on_interrupt: hold`)."""
+    held = stage.on_interrupt == "hold"
+    return Decision(
+        RunStatus.INTERRUPTED, ItemState.HELD if held else ItemState.QUEUED, stage.name,
+        attempt - 1, now, reason, INTERRUPTED, "held" if held else "requeued",
+    )  # fmt: skip
+
+
 def skipped(pipeline: Pipeline, stage: Stage, attempt: int, now: float, earlier: str) -> Decision:
     """This input already succeeded at this stage (run `earlier`): move on without running."""
     moved = _advance(pipeline, stage, attempt, now, RunStatus.SKIPPED)

@@ -27,7 +27,7 @@ from pipewarden.config import Config, Pipeline, Stage
 from pipewarden.events import EventBus
 from pipewarden.guard import FAILED, Guard
 from pipewarden.notifier import Notifier
-from pipewarden.outcomes import Decision, decide, skipped
+from pipewarden.outcomes import Decision, decide, interrupted, skipped
 from pipewarden.protocol import Progress, Verdict, WorkerReport
 from pipewarden.render import describe_hold
 from pipewarden.store import Claimed, FinishedRun, Hold, NewRun, Store
@@ -464,39 +464,18 @@ class Scheduler:
         started: float,
         reason: str | None = None,
     ) -> None:
-        held = slot.stage.on_interrupt == "hold"
         now = self.clock.now()
-        error = reason or self._interrupt_reason
+        decision = interrupted(slot.stage, claimed.attempt, now, reason or self._interrupt_reason)
+        report = WorkerReport(Verdict.ERROR, error=decision.error)
+        duration = self.clock.monotonic() - started
         self._add_finished(
-            FinishedRun(
-                run_id=new_run.run_id,
-                item_id=claimed.item_id,
-                status=RunStatus.INTERRUPTED,
-                pipeline=slot.pipeline.name,
-                stage=slot.stage.name,
-                channel=new_run.channel,
-                finished_at=now,
-                duration_s=self.clock.monotonic() - started,
-                item_stage=slot.stage.name,
-                item_state=ItemState.HELD if held else ItemState.QUEUED,
-                item_data=json.dumps(claimed.data),
-                item_attempt=claimed.attempt - 1,  # an interruption does not spend a retry
-                item_ready_at=now,
-                item_channel=new_run.channel,
-                item_force=claimed.force,
-                error=error,
-                group_name="retriable",
-                label="Interrupted",
-                category="daemon",
-                type="interrupted",
-            ),
+            self._finished_run(slot, claimed, new_run, report, decision, claimed.data, duration),
             claimed.key,
             claimed.attempt,
         )
         log.warning(
             "%s %s#%d interrupted: %s -> %s",
-            slot.stage.qualified_name, claimed.key, claimed.attempt, error,
-            "held" if held else "requeued",
+            slot.stage.qualified_name, claimed.key, claimed.attempt, decision.error, decision.note,
         )  # fmt: skip
 
     # -- notifications ----------------------------------------------------------------

@@ -176,3 +176,20 @@ def test_why_tells_an_items_whole_story(project: Project):
     )
     as_json = json.loads(project.cli("why", "bad", "--json").stdout)
     assert as_json["runs"][0]["label"] == "Permanent HTTP error" and as_json["state"] == "failed"
+
+
+def test_a_taken_port_is_one_clear_line(project: Project):
+    import socket
+
+    project.write("worker.py", WORKER)
+    project.configure("sites:\n  stages:\n    - {name: work, python: 'worker:work'}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", project.api_port))
+        taken.listen()
+        done = project.cli("run", expect=1)
+    last = done.stderr.splitlines()[-1]  # after the daemon's own log lines
+    assert last == (
+        f"pipewarden: cannot serve the API on 127.0.0.1:{project.api_port}: Address already in"
+        " use — choose another port with `api: {port: N}` in the config"
+    )
+    assert "Traceback" not in done.stderr

@@ -125,6 +125,8 @@ def test_the_demo_shows_runs_retries_a_watchdog_kill_and_the_tree(tmp_path: Path
             shutil.copy(source, tmp_path / name)
     project = Project(tmp_path)
     project.config_path = tmp_path / "config.example.yaml"
+    with project.config_path.open("a") as config:  # its own port, whatever else runs here
+        config.write(f"api: {{port: {project.api_port}}}\n")
     project.state_dir = tmp_path / ".pipewarden-example"
     project.cli("enqueue", "sites", "--file", "examples/sites.jsonl")
     project.cli("enqueue", "outreach", "--file", "examples/outreach.jsonl")
