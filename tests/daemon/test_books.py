@@ -135,3 +135,27 @@ def test_export_runs_as_jsonl_and_csv(project: Project):
         ("k0", "ok"), ("k1", "ok"), ("k2", "ok"),
     ]  # fmt: skip
     assert project.cli("export", "runs", "--since", "1h").stdout.count("\n") == 3
+
+
+def test_the_daemon_prunes_by_its_retention_setting_and_vacuum_reports(project: Project):
+    project.write("w.py", WORKER)
+    project.configure("p:\n  stages:\n    - {name: s, python: 'w:work'}\n", extra="retention: 1d\n")
+    store = project.store()
+    store.enqueue("p", "s", [("old", {"n": 1})], 1.0)
+    conn = store.db.connection()
+    for run_id, started in (("ancient", 10.0), ("latest", 20.0)):
+        conn.execute(
+            "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status,"
+            " started_at, finished_at) VALUES (?, 'p', 's', 1, 'old', 1, 'failed', ?, ?)",
+            (run_id, started, started + 1),
+        )
+    conn.execute("UPDATE items SET state = 'failed', last_run_id = 'latest' WHERE id = 1")
+    conn.commit()
+    store.close()
+
+    daemon = project.start_daemon()
+    wait_until(lambda: "pruned 1 run(s) older than the retention" in project.daemon_log(), "prune")
+    assert [run.id for run in project.runs()] == ["latest"]
+    daemon.terminate()
+    daemon.wait(15)
+    assert project.cli("vacuum").stdout.startswith(f"vacuumed {project.state_dir}")
