@@ -96,6 +96,9 @@ def _build_parser() -> argparse.ArgumentParser:
     why.add_argument("--pipeline", help="needed when several pipelines have an item with this key")
 
     command("open", _cmd_open, "open the live web page, signed in", common)
+    command(
+        "tray", _cmd_tray, "the tray icon: health at a glance, halts cleared in a click", common
+    )
 
     item = command("item", _cmd_item, "one item: its state, next retry and runs", common, as_json)
     item.add_argument("pipeline")
@@ -599,6 +602,28 @@ def _pipeline_of(store: Store, key: str) -> str:
     if len(pipelines) > 1:
         raise UsageError(f"'{key}' is in {', '.join(pipelines)}: add --pipeline")
     return pipelines[0]
+
+
+def _cmd_tray(args: argparse.Namespace) -> int:
+    from pipewarden import logs
+
+    config = _config(args)
+    token_file = config.state_dir / "api.token"
+    if not token_file.exists():
+        raise PipewardenError(
+            f"no API token at {token_file}: start the daemon once (`pipewarden run`)"
+        )
+    logs.configure()
+    try:
+        from pipewarden.tray.app import DaemonClient, TrayApp, check_display
+    except ImportError as exc:
+        raise PipewardenError(
+            f"the tray needs its extra: pip install 'pipewarden[tray]' ({exc.name} is missing)"
+        ) from None
+    check_display()
+    client = DaemonClient(f"http://127.0.0.1:{config.api.port}", token_file.read_text().strip())
+    TrayApp(client, list(config.pipelines)).run()
+    return EXIT_OK
 
 
 def _cmd_open(args: argparse.Namespace) -> int:

@@ -1,1 +1,1 @@
-"""The tray app (`pipewarden tray`): arrives with the tray issue; it will talk to the API only."""
+"""The tray app (`pipewarden tray`): the daemon's health at a glance, from its API only."""

@@ -1,0 +1,139 @@
+"""`pipewarden tray`: the icon and its menu, fed by the daemon's API every two seconds.
+
+It keeps no state of its own: what it shows comes from /api/status, what it does goes
+through the API. A daemon that vanishes turns the icon grey; the tray keeps polling
+and comes back to colour when the daemon does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import webbrowser
+from typing import Any
+
+import httpx
+from pipewarden.errors import PipewardenError
+from pipewarden.tray.icon import draw_icon
+from pipewarden.tray.model import SEPARATOR, MenuEntry, tray_state
+
+log = logging.getLogger("pipewarden.tray")
+
+POLL_S = 2.0  # the menu follows the daemon's state within this long
+TIMEOUT_S = 3.0
+
+
+def check_display() -> None:
+    """One clear line instead of an Xlib traceback when there is no graphical session."""
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        raise PipewardenError(
+            "no display: `pipewarden tray` needs a graphical session (DISPLAY is not set)"
+        )
+
+
+class DaemonClient:
+    def __init__(self, base_url: str, token: str):
+        self.base_url = base_url
+        self.http = httpx.Client(
+            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT_S
+        )
+        self.token = token
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            response = self.http.get("/api/status")
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def post(self, path: str, body: dict[str, Any]) -> None:
+        try:
+            self.http.post(path, json=body).raise_for_status()
+        except httpx.HTTPError as exc:
+            log.warning("the daemon did not take %s: %s", path, exc)
+
+
+class TrayApp:
+    def __init__(self, client: DaemonClient, pipelines: list[str]):
+        self.client = client
+        self.pipelines = pipelines
+        self.state = tray_state(None)
+        self._stop = threading.Event()
+        self._icon: Any = None
+
+    def run(self) -> None:
+        import pystray  # needs a display; imported only here
+
+        self._icon = pystray.Icon(
+            "pipewarden", draw_icon("grey"), self.state.tooltip, pystray.Menu(self._menu_items)
+        )
+        if not self._icon.HAS_MENU:
+            log.warning(
+                "this pystray backend (%s) has no menus: the icon shows the health only;"
+                " install PyGObject for the gtk or appindicator backend",
+                type(self._icon).__module__,
+            )
+        self._icon.run(setup=self._start_polling)
+
+    def _start_polling(self, icon: Any) -> None:
+        icon.visible = True
+        threading.Thread(target=self._poll, name="poll", daemon=True).start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.refresh()
+            self._stop.wait(POLL_S)
+
+    def refresh(self) -> None:
+        previous = self.state
+        self.state = tray_state(self.client.status())
+        icon = self._icon
+        icon.icon = draw_icon(self.state.colour, self.state.badge)
+        icon.title = self.state.tooltip
+        icon.update_menu()
+        for target in set(self.state.halts) - set(previous.halts):
+            self._tell(f"{target} halted", self.state.tooltip)
+
+    def _tell(self, title: str, message: str) -> None:
+        try:
+            self._icon.notify(message, title)
+        except Exception as exc:  # no notification daemon on this desktop: the icon is enough
+            log.info("desktop notification not shown: %s", exc)
+
+    # -- the menu ---------------------------------------------------------------------
+    def _menu_items(self) -> Any:
+        import pystray
+
+        return tuple(self._to_pystray(entry, pystray) for entry in self.state.menu)
+
+    def _to_pystray(self, entry: MenuEntry, pystray: Any) -> Any:
+        if entry is SEPARATOR or entry.text == "-":
+            return pystray.Menu.SEPARATOR
+        if entry.children:
+            submenu = pystray.Menu(*(self._to_pystray(child, pystray) for child in entry.children))
+            return pystray.MenuItem(entry.text, submenu)
+        action = entry.action
+        return pystray.MenuItem(
+            entry.text, lambda icon, item: self.act(action), enabled=entry.enabled and bool(action)
+        )
+
+    def act(self, action: str | None) -> None:
+        if action is None:
+            return
+        if action.startswith("clear:"):
+            self.client.post("/api/halts/clear", {"target": action.removeprefix("clear:")})
+        elif action in ("pause_all", "resume_all"):
+            verb = "pause" if action == "pause_all" else "resume"
+            for pipeline in self.pipelines:
+                self.client.post(f"/api/{verb}", {"scope": "pipeline", "target": pipeline})
+        elif action == "reload":
+            self.client.post("/api/reload", {})
+        elif action == "open":
+            webbrowser.open(f"{self.client.base_url}/?token={self.client.token}")
+        elif action == "quit":
+            self._stop.set()
+            self._icon.stop()
+            return
+        self.refresh()
