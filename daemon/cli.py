@@ -605,6 +605,8 @@ def _pipeline_of(store: Store, key: str) -> str:
 
 
 def _cmd_tray(args: argparse.Namespace) -> int:
+    import logging
+
     from pipewarden import logs
 
     config = _config(args)
@@ -614,6 +616,7 @@ def _cmd_tray(args: argparse.Namespace) -> int:
             f"no API token at {token_file}: start the daemon once (`pipewarden run`)"
         )
     logs.configure()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
     try:
         from pipewarden.tray.app import DaemonClient, TrayApp, check_display
     except ImportError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import webbrowser
 from typing import Any
@@ -64,6 +65,9 @@ class TrayApp:
         self._icon: Any = None
 
     def run(self) -> None:
+        # GTK names the app (window class, notifications) after argv[0], which is
+        # "__main__.py" under `python -m pipewarden`.
+        sys.argv[0] = "pipewarden"
         import pystray  # needs a display; imported only here
 
         self._icon = pystray.Icon(
