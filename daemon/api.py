@@ -27,7 +27,7 @@ import uvicorn
 from pipewarden import control
 from pipewarden.errors import PipewardenError
 from pipewarden.metrics import Metrics
-from pipewarden.render import RUN_FIELDS
+from pipewarden.render import run_as_dict
 from pipewarden.status import hold_as_dict, status_snapshot
 from pipewarden.story import item_story
 from starlette.applications import Starlette
@@ -286,10 +286,6 @@ def _build_app(api: ApiServer) -> Starlette:
     return Starlette(
         routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS)]
     )
-
-
-def run_as_dict(run: Any) -> dict[str, Any]:
-    return {name: getattr(run, name) for name in (*RUN_FIELDS, "error", "traceback", "output")}
 
 
 _LOGIN = """<!doctype html><meta charset="utf-8"><title>pipewarden</title>

@@ -354,7 +354,7 @@ def render_daemon_line(snapshot: dict[str, Any]) -> str:
 def _cmd_item(args: argparse.Namespace) -> int:
     import time
 
-    from pipewarden.render import item_detail, runs_table
+    from pipewarden.render import item_detail, run_as_dict, runs_table
 
     config = _config(args)
     config.pipeline(args.pipeline)
@@ -369,7 +369,7 @@ def _cmd_item(args: argparse.Namespace) -> int:
                   "last_error", "last_label", "last_group", "created_at", "updated_at")  # fmt: skip
         _print_json(
             {**{name: getattr(item, name) for name in fields}, "data": json.loads(item.data),
-             "runs": [_run_as_dict(run) for run in runs]}
+             "runs": [run_as_dict(run) for run in runs]}
         )  # fmt: skip
         return EXIT_OK
     print("\n".join(item_detail(item, time.time())))
@@ -772,26 +772,20 @@ def _cmd_export_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_as_dict(run: Any) -> dict[str, Any]:
-    from pipewarden.render import RUN_FIELDS
-
-    return {name: getattr(run, name) for name in (*RUN_FIELDS, "error", "traceback", "output")}
-
-
 def _cmd_runs_tail(args: argparse.Namespace) -> int:
-    from pipewarden.render import runs_table
+    from pipewarden.render import run_as_dict, runs_table
 
     store = _open_store(_config(args), must_exist=True)
     runs = store.recent_runs(args.n, args.stage, args.status, args.pipeline) if store else []
     if args.json:
-        _print_json([_run_as_dict(run) for run in runs])
+        _print_json([run_as_dict(run) for run in runs])
     else:
         print("\n".join(runs_table(reversed(runs))))
     return EXIT_OK
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
-    from pipewarden.render import format_time, run_detail
+    from pipewarden.render import format_time, run_as_dict, run_detail
 
     prefix = args.run_id.strip().lower()
     if len(prefix) < 4:
@@ -808,7 +802,7 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
         ]
         raise UsageError("\n".join(lines))
     if args.json:
-        _print_json(_run_as_dict(matches[0]))
+        _print_json(run_as_dict(matches[0]))
     else:
         print("\n".join(run_detail(matches[0])))
     return EXIT_OK

@@ -215,6 +215,11 @@ RUN_FIELDS: Sequence[str] = (
 _BLOCK_FIELDS = ("error", "traceback", "output")
 
 
+def run_as_dict(run: Any) -> dict[str, Any]:
+    """Every field of a run, for --json and the API."""
+    return {name: getattr(run, name) for name in (*RUN_FIELDS, *_BLOCK_FIELDS)}
+
+
 def run_detail(run: Any) -> list[str]:
     lines = []
     for name in RUN_FIELDS:

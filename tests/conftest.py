@@ -58,12 +58,13 @@ class Project:
         path.write_text(textwrap.dedent(text).lstrip("\n"))
         return path
 
-    def configure(self, pipelines: str, extra: str = "") -> None:
-        """Write config.yaml: the shipped rules plus the given `pipelines:` body."""
+    def configure(self, pipelines: str, extra: str = "", rules: tuple[str, ...] = ()) -> None:
+        """Write config.yaml: the shipped rules (then `rules`), and the `pipelines:` body."""
         body = textwrap.indent(textwrap.dedent(pipelines).strip("\n"), "  ")
+        rule_files = ", ".join((f"{REPO}/rules/*.yaml", *rules))
         self.write(
             "config.yaml",
-            f"rules: [{REPO}/rules/*.yaml]\n{textwrap.dedent(extra) or 'drain_grace: 5s'}\n"
+            f"rules: [{rule_files}]\n{textwrap.dedent(extra) or 'drain_grace: 5s'}\n"
             f"api: {{port: {self.api_port}}}\n"
             f"pipelines:\n{body}\n",
         )

@@ -137,12 +137,8 @@ def configure_outreach(project: Project, receiver_url: str, rules: str = "") -> 
               retry: {max_attempts: 1}
         """,
         extra=extra + "drain_grace: 5s\n",
+        rules=("extra-rules.yaml",) if rules else (),
     )
-    if rules:
-        text = project.config_path.read_text().replace(
-            "/rules/*.yaml]", "/rules/*.yaml, extra-rules.yaml]"
-        )
-        project.config_path.write_text(text)
 
 
 def enqueue(project: Project, method: str, count: int, start: int = 0) -> None:

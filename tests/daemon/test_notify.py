@@ -62,16 +62,13 @@ def configure(project: Project, targets: list[str], halt_after: int | None = Non
         """,
         extra=f"notify:\n  digest_wait: 300ms\n  retry_backoff: 200ms\n  targets:\n{target_lines}"
         "drain_grace: 5s\n",
+        rules=("halts.yaml",) if halt_after else (),
     )
     if halt_after:
         project.write(
             "halts.yaml",
             f"halts:\n  - {{when: same_label, channels: [sms], count: {halt_after}, within: 1h}}\n",
         )
-        text = project.config_path.read_text().replace(
-            "/rules/*.yaml]", "/rules/*.yaml, halts.yaml]"
-        )
-        project.config_path.write_text(text)
 
 
 def enqueue(project: Project, *keys: str) -> None:

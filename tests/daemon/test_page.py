@@ -57,10 +57,9 @@ def start(project: Project) -> str:
               channel: "{data.contact_method}"
               concurrency: 2
               retry: {max_attempts: 1}
-        """
+        """,
+        rules=("halts.yaml",),
     )
-    text = project.config_path.read_text().replace("/rules/*.yaml]", "/rules/*.yaml, halts.yaml]")
-    project.config_path.write_text(text)
     project.start_daemon()
     token = wait_until(
         lambda: (

@@ -34,9 +34,8 @@ def setup(project: Project, notify_url: str | None = None) -> None:
         extra=f"notify:\n  targets: [{{url: '{notify_url}', tags: [reload_failed]}}]\n"
         if notify_url
         else "",
+        rules=("rules/*.yaml",),
     )
-    text = project.config_path.read_text().replace("/rules/*.yaml]", "/rules/*.yaml, rules/*.yaml]")
-    project.config_path.write_text(text)
 
 
 def last_label(project: Project, key: str) -> str | None:

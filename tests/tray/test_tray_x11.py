@@ -98,10 +98,9 @@ def test_clicking_a_halt_in_the_tray_menu_clears_it_in_the_daemon(
           stages:
             - {name: send, python: "worker:work", channel: "{data.contact_method}",
                retry: {max_attempts: 1}}
-        """
+        """,
+        rules=("halts.yaml",),
     )
-    text = project.config_path.read_text().replace("/rules/*.yaml]", "/rules/*.yaml, halts.yaml]")
-    project.config_path.write_text(text)
     project.start_daemon()
     project.cli("enqueue", "outreach", "shop", "--data", '{"contact_method": "form"}')
     wait_until(lambda: _halted(project), "the form channel to halt")
