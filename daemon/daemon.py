@@ -22,7 +22,7 @@ from pipewarden.clock import Clock
 from pipewarden.config import Config
 from pipewarden.errors import PipewardenError
 from pipewarden.events import EventBus
-from pipewarden.guard import Guard
+from pipewarden.guard import Guard, stages_by_pipeline
 from pipewarden.lock import DaemonLock
 from pipewarden.notifier import Notifier
 from pipewarden.rules import RuleSet
@@ -108,7 +108,7 @@ class Daemon:
                 self.config,
                 store,
                 Classifier(self.rules),
-                Guard(store, self.rules.halts),
+                Guard(store, self.rules.halts, stages_by_pipeline(self.config)),
                 notifier,
                 self.clock,
                 detect_code_ref(self.config.path.parent),
@@ -221,7 +221,9 @@ class Daemon:
             needs_restart.append(f"state_dir (still {self.config.state_dir})")
             config = replace(config, state_dir=self.config.state_dir)
         assert self._scheduler is not None and self._store is not None
-        changes = self._scheduler.apply(config, Classifier(rules), Guard(self._store, rules.halts))
+        changes = self._scheduler.apply(
+            config, Classifier(rules), Guard(self._store, rules.halts, stages_by_pipeline(config))
+        )
         self.config, self.rules = config, rules
         for warning in rules.warnings:
             log.warning("rules: %s", warning)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime
 
+from pipewarden.config import Config
 from pipewarden.rules import HaltRule
 from pipewarden.store import FinishedRun, Hold, Store
 from pipewarden.types import RunStatus
@@ -22,14 +23,24 @@ FAILED = (RunStatus.FAILED, RunStatus.TIMED_OUT)
 SAMPLES_KEPT = 3
 
 
+def stages_by_pipeline(config: Config) -> dict[str, list[str]]:
+    return {name: [stage.name for stage in p.stages] for name, p in config.pipelines.items()}
+
+
 class Guard:
-    def __init__(self, store: Store, rules: tuple[HaltRule, ...]):
+    def __init__(self, store: Store, rules: tuple[HaltRule, ...], stages: dict[str, list[str]]):
         self.store = store
         self.rules = rules
+        self.stages = stages  # pipeline -> its stage names: a budget sums its costs per stage
+        # pipeline -> (start of day, cost spent that day): read from the store once a day
+        # (or after a reload), then kept up by adding each batch's costs.
+        self._spent: dict[str, tuple[float, float]] = {}
 
     def check(self, finished: Iterable[FinishedRun], now: float, active: list[Hold]) -> list[Hold]:
         """Halts the newly recorded runs call for; returns the ones raised now."""
         held = {(hold.scope, hold.target) for hold in active if hold.kind == "halt"}
+        finished = list(finished)
+        self._add_costs(finished, now)
         raised: list[Hold] = []
         failures = [run for run in finished if run.status in FAILED]
         seen: set[tuple[str, str, str]] = set()
@@ -44,6 +55,21 @@ class Guard:
                     raised.append(hold)
                     log.warning("HALT %s %s: %s (rule %s)", scope, target, hold.reason, rule.id)
         return raised
+
+    def _add_costs(self, finished: list[FinishedRun], now: float) -> None:
+        budgets = [rule for rule in self.rules if rule.when == "budget"]
+        batch: dict[str, float] = {}
+        for run in finished:
+            if run.cost and any(not b.pipelines or run.pipeline in b.pipelines for b in budgets):
+                batch[run.pipeline] = batch.get(run.pipeline, 0.0) + run.cost
+        day = _start_of_day(now)
+        for pipeline, cost in batch.items():
+            known = self._spent.get(pipeline)
+            if known is None or known[0] != day:  # the store already holds this batch
+                total = self.store.cost_since(pipeline, self.stages.get(pipeline, []), day)
+            else:
+                total = known[1] + cost
+            self._spent[pipeline] = (day, total)
 
     def _candidates(
         self, rule: HaltRule, failures: list[FinishedRun], finished: Iterable[FinishedRun]
@@ -71,12 +97,13 @@ class Guard:
         self, rule: HaltRule, scope: str, target: str, detail: str, now: float
     ) -> Hold | None:
         if rule.when == "same_label":
-            errors = self.store.label_failures(target, detail, now - rule.within_s)
-            if len(errors) < rule.count:
+            count, errors = self.store.label_failures(
+                target, detail, now - rule.within_s, SAMPLES_KEPT
+            )
+            if count < rule.count:
                 return None
-            window = _duration(rule.within_s)
-            reason = f"{len(errors)}× {detail} within {window}"
-            return self._raise(rule, scope, target, reason, now, detail, len(errors), errors)
+            reason = f"{count}× {detail} within {_duration(rule.within_s)}"
+            return self._raise(rule, scope, target, reason, now, detail, count, errors)
         if rule.when == "all_failed":
             pipeline, stage = target.split("/", 1)
             last = self.store.last_run_statuses(pipeline, stage, rule.count)
@@ -85,7 +112,7 @@ class Guard:
             reason = f"the last {rule.count} runs all failed"
             errors = [error or "" for _, error in last]
             return self._raise(rule, scope, target, reason, now, None, rule.count, errors)
-        spent = self.store.cost_since(target, _start_of_day(now))
+        spent = self._spent.get(target, (0.0, 0.0))[1]
         if spent <= rule.budget:
             return None
         reason = f"budget spent: {spent:.2f} of {rule.budget:.2f} today"

@@ -187,6 +187,9 @@ _COUNTS_MIGRATION = [  # 5: item counts for the status tree, and the indexes it 
     "ALTER TABLE items ADD COLUMN force INTEGER NOT NULL DEFAULT 0",
     # pending_count and the like use items_label_recent, which leads with state too.
     "DROP INDEX items_state",
+    # Covering `cost` too, so a budget's daily sum never touches the table.
+    "DROP INDEX runs_by_stage_end",
+    "CREATE INDEX runs_by_stage_end ON runs (pipeline, stage, finished_at, cost)",
 ]
 
 # Each step upgrades the schema by one version; a step never changes once shipped.
@@ -587,13 +590,14 @@ class Store:
         """The earliest time an item of these stages becomes claimable."""
         soonest: float | None = None
         for pipeline, stage in stages:
-            (ready_at,) = self._conn.execute(
-                f"SELECT MIN(ready_at) FROM items WHERE pipeline = ? AND stage = ?"
-                f" AND state IN ({_CLAIMABLE})",
-                (pipeline, stage),
-            ).fetchone()
-            if ready_at is not None and (soonest is None or ready_at < soonest):
-                soonest = ready_at
+            for state in CLAIMABLE_STATES:  # one index seek each; an IN list made it a scan
+                (ready_at,) = self._conn.execute(
+                    "SELECT MIN(ready_at) FROM items INDEXED BY items_claim"
+                    " WHERE pipeline = ? AND stage = ? AND state = ?",
+                    (pipeline, stage, state),
+                ).fetchone()
+                if ready_at is not None and (soonest is None or ready_at < soonest):
+                    soonest = ready_at
         return soonest
 
     def pending_count(
@@ -616,8 +620,10 @@ class Store:
             if values:
                 where += f" AND {expression} NOT IN ({', '.join('?' * len(values))})"
                 params += values
+        # From the trigger-kept counts: a few hundred rows, however large the store.
         return self._conn.execute(
-            f"SELECT COUNT(*) FROM items WHERE state IN ({_PENDING}){where}", params
+            f"SELECT COALESCE(SUM(n), 0) FROM item_counts WHERE state IN ({_PENDING}){where}",
+            params,
         ).fetchone()[0]
 
     def count_runs(self, pipeline: str, stage: str, status: str, since: float) -> int:
@@ -687,16 +693,21 @@ class Store:
         ).fetchone()
         return row[0] if row else None
 
-    def label_failures(self, channel: str, label: str, since: float) -> list[str]:
-        """Error texts of failed runs with this label on this channel since `since`."""
-        return [
-            row[0]
-            for row in self._conn.execute(
-                "SELECT error FROM runs WHERE channel = ? AND label = ? AND finished_at >= ?"
-                " AND status IN ('failed', 'timed_out') ORDER BY finished_at DESC",
-                (channel, label, since),
-            )
-        ]
+    def label_failures(
+        self, channel: str, label: str, since: float, samples: int
+    ) -> tuple[int, list[str]]:
+        """How many runs failed with this label on this channel since `since`, and the
+        latest few error texts."""
+        where = (
+            "FROM runs INDEXED BY runs_by_channel_label WHERE channel = ? AND label = ?"
+            " AND finished_at >= ? AND status IN ('failed', 'timed_out')"
+        )
+        params = (channel, label, since)
+        (count,) = self._conn.execute(f"SELECT COUNT(*) {where}", params).fetchone()
+        texts = self._conn.execute(
+            f"SELECT error {where} ORDER BY finished_at DESC LIMIT ?", (*params, samples)
+        ).fetchall()
+        return count, [row[0] for row in texts]
 
     def last_run_statuses(self, pipeline: str, stage: str, count: int) -> list[tuple[str, str]]:
         """(status, error) of the stage's last `count` finished runs, newest first."""
@@ -706,12 +717,17 @@ class Store:
             (pipeline, stage, count),
         ).fetchall()
 
-    def cost_since(self, pipeline: str, since: float) -> float:
-        (total,) = self._conn.execute(
-            "SELECT COALESCE(SUM(cost), 0) FROM runs WHERE pipeline = ? AND finished_at >= ?",
-            (pipeline, since),
-        ).fetchone()
-        return float(total)
+    def cost_since(self, pipeline: str, stages: Sequence[str], since: float) -> float:
+        """The pipeline's summed run cost since `since`: one index range per stage."""
+        total = 0.0
+        for stage in stages:
+            (cost,) = self._conn.execute(
+                "SELECT COALESCE(SUM(cost), 0) FROM runs INDEXED BY runs_by_stage_end"
+                " WHERE pipeline = ? AND stage = ? AND finished_at >= ?",
+                (pipeline, stage, since),
+            ).fetchone()
+            total += cost
+        return total
 
     # -- calendars and bulk requeue --------------------------------------------------------
     def defer_channel(self, channel: str, until: float, now: float, label: str) -> int:

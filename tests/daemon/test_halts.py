@@ -44,7 +44,7 @@ def failed_run(store: Store, channel: str, label: str, status=RunStatus.FAILED, 
 
 def test_25_same_errors_on_sms_within_2h_halt_sms_and_not_email(tmp_path: Path):
     store = Store(tmp_path)
-    guard = Guard(store, (REPUTATION_GUARD,))
+    guard = Guard(store, (REPUTATION_GUARD,), {"outreach": ["send"]})
     with freeze_time("2026-11-21 08:00:00") as frozen:
         for _ in range(24):
             run = failed_run(store, "sms", "Rate limited")
@@ -63,7 +63,7 @@ def test_25_same_errors_on_sms_within_2h_halt_sms_and_not_email(tmp_path: Path):
 
 def test_failures_older_than_the_window_do_not_count(tmp_path: Path):
     store = Store(tmp_path)
-    guard = Guard(store, (REPUTATION_GUARD,))
+    guard = Guard(store, (REPUTATION_GUARD,), {"outreach": ["send"]})
     with freeze_time("2026-11-21 08:00:00") as frozen:
         for _ in range(30):
             run = failed_run(store, "sms", "Rate limited")
@@ -74,7 +74,7 @@ def test_failures_older_than_the_window_do_not_count(tmp_path: Path):
 def test_a_stage_whose_last_runs_all_failed_halts(tmp_path: Path):
     store = Store(tmp_path)
     rule = HaltRule("r.yaml:1", "all_failed", count=3)
-    guard = Guard(store, (rule,))
+    guard = Guard(store, (rule,), {"outreach": ["send"]})
     with freeze_time("2026-11-21 08:00:00") as frozen:
         runs = []
         for status in (RunStatus.FAILED, RunStatus.OK, RunStatus.FAILED, RunStatus.TIMED_OUT):
@@ -90,7 +90,11 @@ def test_a_stage_whose_last_runs_all_failed_halts(tmp_path: Path):
 
 def test_a_pipeline_over_its_daily_budget_halts(tmp_path: Path):
     store = Store(tmp_path)
-    guard = Guard(store, (HaltRule("r.yaml:1", "budget", pipelines=("outreach",), budget=1.0),))
+    guard = Guard(
+        store,
+        (HaltRule("r.yaml:1", "budget", pipelines=("outreach",), budget=1.0),),
+        {"outreach": ["send"]},
+    )
     with freeze_time("2026-11-21 23:00:00") as frozen:
         run = failed_run(store, "sms", "x", status=RunStatus.OK, cost=0.9)
         assert guard.check([run], time.time(), []) == []
