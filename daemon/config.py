@@ -11,17 +11,18 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipewarden._yaml import Node, load_file
 from pipewarden.calendar import BusinessHours, parse_days, parse_hours
 from pipewarden.errors import ConfigError
 
+T = TypeVar("T")
 DEFAULT_CONFIG_NAME = "config.yaml"
 DEFAULT_STATE_DIR = ".pipewarden"
 MODES = ("process", "pool")
@@ -258,18 +259,14 @@ def _load_notify(node: Node) -> NotifySettings:
     defaults = NotifySettings()
     return NotifySettings(
         targets=tuple(targets),
-        digest_wait_s=fields["digest_wait"].duration("digest_wait")
-        if "digest_wait" in fields
-        else defaults.digest_wait_s,
-        repeat_interval_s=fields["repeat_interval"].duration("repeat_interval")
-        if "repeat_interval" in fields
-        else defaults.repeat_interval_s,
-        timeouts_per_10m=fields["timeouts_per_10m"].integer("timeouts_per_10m", 1)
-        if "timeouts_per_10m" in fields
-        else defaults.timeouts_per_10m,
-        retry_backoff_s=fields["retry_backoff"].duration("retry_backoff")
-        if "retry_backoff" in fields
-        else defaults.retry_backoff_s,
+        digest_wait_s=_optional(fields, "digest_wait", Node.duration, defaults.digest_wait_s),
+        repeat_interval_s=_optional(
+            fields, "repeat_interval", Node.duration, defaults.repeat_interval_s
+        ),
+        timeouts_per_10m=_optional(
+            fields, "timeouts_per_10m", _at_least_one, defaults.timeouts_per_10m
+        ),
+        retry_backoff_s=_optional(fields, "retry_backoff", Node.duration, defaults.retry_backoff_s),
     )
 
 
@@ -352,15 +349,18 @@ def _load_retry(node: Node | None, what: str) -> RetryPolicy:
     entries = node.mapping(f"retry of {what}", _RETRY_KEYS)
     policy = RetryPolicy()
     return RetryPolicy(
-        max_attempts=entries["max_attempts"].integer("max_attempts", 1)
-        if "max_attempts" in entries
-        else policy.max_attempts,
-        backoff_s=entries["backoff"].duration("backoff")
-        if "backoff" in entries
-        else policy.backoff_s,
-        factor=entries["factor"].number("factor", 1.0) if "factor" in entries else policy.factor,
-        max_backoff_s=entries["max_backoff"].duration("max_backoff")
-        if "max_backoff" in entries
-        else policy.max_backoff_s,
-        jitter=entries["jitter"].number("jitter", 0.0) if "jitter" in entries else policy.jitter,
+        max_attempts=_optional(entries, "max_attempts", _at_least_one, policy.max_attempts),
+        backoff_s=_optional(entries, "backoff", Node.duration, policy.backoff_s),
+        factor=_optional(entries, "factor", lambda n, w: n.number(w, 1.0), policy.factor),
+        max_backoff_s=_optional(entries, "max_backoff", Node.duration, policy.max_backoff_s),
+        jitter=_optional(entries, "jitter", lambda n, w: n.number(w, 0.0), policy.jitter),
     )
+
+
+def _optional(entries: dict[str, Node], key: str, read: Callable[[Node, str], T], default: T) -> T:
+    """`read(entries[key], key)`, or `default` where the file does not set the key."""
+    return read(entries[key], key) if key in entries else default
+
+
+def _at_least_one(node: Node, what: str) -> int:
+    return node.integer(what, 1)
