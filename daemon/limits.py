@@ -1,0 +1,32 @@
+"""Every size pipewarden accepts or keeps, in one place (the README's "Limits" lists them).
+
+Whatever a worker writes, a person types or a client posts, the daemon holds and stores
+at most these many bytes of it; above a limit, input is refused with the reason and
+kept output is cut with "… N bytes cut".
+"""
+
+from __future__ import annotations
+
+KIB = 1024
+MIB = 1024 * KIB
+
+REPLY_LINE_MAX = 16 * MIB  # one protocol line from a worker; longer is a protocol error
+OUTPUT_KEPT = 64 * KIB  # a run's kept stdout (lines that are not protocol messages)
+STDERR_KEPT = 64 * KIB  # a run's stderr tail
+TRACEBACK_KEPT = 64 * KIB  # a run's traceback (the worker's, or its stderr tail)
+ERROR_TEXT_MAX = 8 * KIB  # a run's error text
+KEY_MAX = 1 * KIB  # an item key, in UTF-8 bytes
+DATA_MAX = 8 * MIB  # an item's data, as JSON
+DELAY_MAX_S = 366 * 86400.0  # the longest retry_after or defer a worker may ask for
+INTERNAL_FAILURES_MAX = 3  # runs ended by internal errors before the item fails
+
+
+def cut(text: str | None, limit: int) -> str | None:
+    """`text` within `limit` UTF-8 bytes, keeping its end (where errors usually are)."""
+    if text is None:
+        return None
+    raw = text.encode("utf-8", errors="surrogateescape")
+    if len(raw) <= limit:
+        return text
+    kept = raw[len(raw) - limit :].decode("utf-8", errors="ignore")
+    return f"… {len(raw) - limit} bytes cut\n{kept}"
