@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from pipewarden import control
 from pipewarden.errors import PipewardenError
+from pipewarden.inputs import field, items_field
 from pipewarden.metrics import Metrics
 from pipewarden.render import run_as_dict
 from pipewarden.status import hold_as_dict, status_snapshot
@@ -135,7 +136,7 @@ def _build_app(api: ApiServer) -> Starlette:
     async def body(request: Request) -> dict[str, Any]:
         try:
             data = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise PipewardenError("the request body must be a JSON object") from None
         if not isinstance(data, dict):
             raise PipewardenError("the request body must be a JSON object")
@@ -207,9 +208,9 @@ def _build_app(api: ApiServer) -> Starlette:
 
     async def enqueue(request: Request) -> Response:
         data = await body(request)
-        items = [(str(i["key"]), i.get("data") or {}) for i in data.get("items", [])]
-        result = control.enqueue(daemon.store, daemon.config, data.get("pipeline", ""), items,
-                                 daemon.clock.now(), bool(data.get("force")))  # fmt: skip
+        pipeline, items = field(data, "pipeline", str), items_field(data)
+        result = control.enqueue(daemon.store, daemon.config, pipeline, items,
+                                 daemon.clock.now(), field(data, "force", bool, False))  # fmt: skip
         changed()
         return JSONResponse(asdict(result))
 

@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     except PipewardenError as exc:
         print(f"pipewarden: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except UnicodeEncodeError as exc:  # an argument in bytes that are not UTF-8 (a key, ...)
+        from pipewarden.inputs import shown
+
+        text = exc.object if isinstance(exc.object, str) else "?"
+        print(f"pipewarden: '{shown(text)}' is not valid UTF-8 text — pass UTF-8", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
     except BrokenPipeError:  # `pipewarden runs tail | head`
@@ -276,7 +282,9 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def _items_to_enqueue(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
-    if bool(args.key) == bool(args.file):
+    from pipewarden.inputs import check_item
+
+    if (args.key is None) == (args.file is None):
         raise UsageError("enqueue takes a KEY or --file items.jsonl (one of them)")
     if args.file:
         if args.data:
@@ -290,10 +298,12 @@ def _items_to_enqueue(args: argparse.Namespace) -> list[tuple[str, dict[str, Any
             raise UsageError(f"--data is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise UsageError('--data must be a JSON object, e.g. \'{"url": "https://..."}\'')
-    return [(args.key, data)]
+    return [check_item(args.key, data)]
 
 
 def _read_items_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    from pipewarden.inputs import data_problem, key_problem
+
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -308,9 +318,11 @@ def _read_items_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
             raise ConfigError(path, number, exc.colno, f"not valid JSON: {exc.msg}") from None
         if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
             raise ConfigError(path, number, 1, 'each line must be {"key": "...", "data": {...}}')
+        if problem := key_problem(entry["key"]):
+            raise ConfigError(path, number, 1, f"'key' {problem}")
         data = entry.get("data", {})
-        if not isinstance(data, dict):
-            raise ConfigError(path, number, 1, "'data' must be a JSON object")
+        if problem := data_problem(data):
+            raise ConfigError(path, number, 1, f"'data' {problem}")
         items.append((entry["key"], data))
     return items
 
@@ -785,6 +797,7 @@ def _cmd_runs_tail(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
+    from pipewarden.inputs import escape_controls
     from pipewarden.render import format_time, run_as_dict, run_detail
 
     prefix = args.run_id.strip().lower()
@@ -797,7 +810,8 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
     if len(matches) > 1:
         lines = [f"'{prefix}' matches {len(matches)} runs; give more characters:"]
         lines += [
-            f"  {r.id}  {format_time(r.started_at)}  {r.pipeline}/{r.stage} {r.item_key} {r.status}"
+            f"  {r.id}  {format_time(r.started_at)}  {r.pipeline}/{r.stage}"
+            f" {escape_controls(r.item_key)} {r.status}"
             for r in matches
         ]
         raise UsageError("\n".join(lines))

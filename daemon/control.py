@@ -10,6 +10,7 @@ from typing import Any
 
 from pipewarden.config import Config
 from pipewarden.errors import PipewardenError, UsageError
+from pipewarden.inputs import check_item, field
 from pipewarden.notifier import Notifier
 from pipewarden.store import Enqueued, Hold, Store
 
@@ -24,9 +25,14 @@ def enqueue(
     now: float,
     force: bool = False,
 ) -> Enqueued:
-    """Add items at the pipeline's first stage (see `Store.enqueue`)."""
+    """Add items at the pipeline's first stage (see `Store.enqueue`).
+
+    Every way in (a KEY, a file, the API) ends here, so every item is checked here:
+    a bad key or data refuses the whole batch with the reason, before anything is added.
+    """
     first = config.pipeline(pipeline).stages[0]
-    return store.enqueue(pipeline, first.name, items, now, first.channel_for, force)
+    checked = [check_item(key, data) for key, data in items]
+    return store.enqueue(pipeline, first.name, checked, now, first.channel_for, force)
 
 
 def hold_target(config: Config, scope: str, target: str) -> str:
@@ -76,11 +82,12 @@ def clear_halt(store: Store, notifier: Notifier, target: str, who: str, now: flo
 
 def retry(store: Store, config: Config, request: dict[str, Any], now: float) -> int:
     """Requeue failed and retrying items with a label (see `pipewarden retry`)."""
-    if request.get("pipeline"):
-        config.pipeline(request["pipeline"])
-    since_s = request.get("since_s")
+    label = field(request, "label", str)
+    pipeline, stage = field(request, "pipeline", str, None), field(request, "stage", str, None)
+    if pipeline:
+        config.pipeline(pipeline)
+    since_s = field(request, "since_s", float, None)
     return store.requeue_by_label(
-        request["label"], now, request.get("pipeline"), request.get("stage"),
-        now - since_s if since_s else None, bool(request.get("dry_run")),
-        bool(request.get("force")),
+        label, now, pipeline, stage, now - since_s if since_s else None,
+        field(request, "dry_run", bool, False), field(request, "force", bool, False),
     )  # fmt: skip

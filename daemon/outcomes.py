@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from pipewarden.classifier import Classification
 from pipewarden.config import Pipeline, RetryPolicy, Stage
-from pipewarden.protocol import Verdict, WorkerReport
+from pipewarden.limits import INTERNAL_FAILURES_MAX
+from pipewarden.protocol import Verdict, WorkerReport, error_text
 from pipewarden.types import Group, ItemState, RunStatus
 
 NO_ERROR_TEXT = "the worker reported a failure without an error text"
@@ -55,7 +56,8 @@ def decide(
     if report.verdict is Verdict.OK:
         return _advance(pipeline, stage, attempt, now)
     if report.verdict is Verdict.IGNORE:
-        return _ignored(stage, attempt, report.ignore_reason or "ignored", classification)
+        reason = error_text(report.ignore_reason) or "ignored"
+        return _ignored(stage, attempt, reason, classification)
     if report.verdict is Verdict.DEFER:
         until = (
             report.defer_until if report.defer_until is not None else now + (report.defer_s or 0)
@@ -75,6 +77,33 @@ def interrupted(stage: Stage, attempt: int, now: float, reason: str) -> Decision
         RunStatus.INTERRUPTED, ItemState.HELD if held else ItemState.QUEUED, stage.name,
         attempt - 1, now, reason, INTERRUPTED, "held" if held else "requeued",
     )  # fmt: skip
+
+
+INTERNAL = Classification(Group.RETRIABLE, "Internal error", "daemon", "internal", None)
+
+
+def internal_failure(
+    stage: Stage, attempt: int, now: float, reason: str, earlier_in_a_row: int
+) -> Decision:
+    """Recording the run went wrong (a value the daemon cannot take, or a bug): the run
+    fails with the reason. The item runs again without spending an attempt, up to
+    INTERNAL_FAILURES_MAX such runs in a row, then fails; where the stage's side effects
+    must never repeat (`on_interrupt: hold`), a person decides instead."""
+    error = error_text(f"internal error while recording the run: {reason}")
+    count = earlier_in_a_row + 1
+    if count >= INTERNAL_FAILURES_MAX:
+        note = f"failed: {count} internal errors in a row"
+        return Decision(
+            RunStatus.FAILED, ItemState.FAILED, stage.name, attempt, None, error, INTERNAL, note
+        )
+    if stage.on_interrupt == "hold":
+        return Decision(
+            RunStatus.FAILED, ItemState.HELD, stage.name, attempt - 1, now, error, INTERNAL, "held"
+        )
+    note = f"runs again ({count} of {INTERNAL_FAILURES_MAX} internal errors in a row)"
+    return Decision(
+        RunStatus.FAILED, ItemState.RETRYING, stage.name, attempt - 1, now, error, INTERNAL, note
+    )
 
 
 def skipped(pipeline: Pipeline, stage: Stage, attempt: int, now: float, earlier: str) -> Decision:
@@ -122,7 +151,7 @@ def _failed(
     now: float,
     rng: random.Random,
 ) -> Decision:
-    error = report.error or NO_ERROR_TEXT
+    error = error_text(report.error) or NO_ERROR_TEXT
     run_status = RunStatus.TIMED_OUT if report.timed_out else RunStatus.FAILED
     assert c is not None, "a failed run is always classified"
     if c.group is Group.IGNORE:

@@ -5,11 +5,13 @@ Pure functions from plain data to lines, so tests assert exactly what a user see
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pipewarden.inputs import escape_controls
 from pipewarden.types import ItemState
 
 NAME_WIDTH = 46
@@ -106,7 +108,9 @@ def _state_children(state: dict[str, Any], stage: dict[str, Any]) -> list[tuple]
     if state["state"] == ItemState.RUNNING:
         return [(_running_line(run), None, "cyan", []) for run in stage["running"]]
     if not state["groups"]:
-        return [(channel["name"], channel, "cyan", []) for channel in state["channels"]]
+        return [
+            (escape_controls(channel["name"]), channel, "cyan", []) for channel in state["channels"]
+        ]
     children = []
     for group in state["groups"]:
         colour = GROUP_COLOURS.get(group["name"], "cyan")
@@ -121,10 +125,10 @@ def _state_children(state: dict[str, Any], stage: dict[str, Any]) -> list[tuple]
 
 
 def _running_line(run: dict[str, Any]) -> str:
-    progress = f" {run['progress'] * 100:.0f}%" if run["progress"] is not None else ""
-    message = f" {run['message']}" if run["message"] else ""
+    progress = f" {run['progress'] * 100:.0f}%" if finite(run["progress"]) is not None else ""
+    message = f" {escape_controls(run['message'])}" if run["message"] else ""
     elapsed = format_duration(run["elapsed_s"])
-    return f"{run['key']}#{run['attempt']}{progress}{message} ({elapsed})"
+    return f"{escape_controls(run['key'])}#{run['attempt']}{progress}{message} ({elapsed})"
 
 
 def _counted(text: str, counts: dict, colour: str, paint: Paint, note: str = "") -> str:
@@ -176,7 +180,7 @@ def runs_table(runs: Iterable[Any]) -> list[str]:
         stage = f"{run.pipeline}/{run.stage}"
         lines.append(
             f"{run.id[:8]:<9}{format_time(run.started_at):<20}{_cut(stage, 19):<20}"
-            f"{_cut(run.item_key, 21):<22}{run.attempt:>2} {run.status:<12}"
+            f"{_cut(escape_controls(run.item_key), 21):<22}{run.attempt:>2} {run.status:<12}"
             f"{format_duration(run.duration_s):>8}  {_cut(_label_and_error(run), 60)}"
         )
     return lines
@@ -184,25 +188,37 @@ def runs_table(runs: Iterable[Any]) -> list[str]:
 
 def item_detail(item: Any, now: float) -> list[str]:
     lines = [
-        f"{'item':<12}{item.pipeline}/{item.key}",
+        f"{'item':<12}{item.pipeline}/{escape_controls(item.key)}",
         f"{'state':<12}{item.state} at stage {item.stage} ({item.attempt} attempt(s) made there)",
     ]
-    if item.state in (ItemState.RETRYING, ItemState.DEFERRED, ItemState.QUEUED) and item.ready_at:
-        wait = item.ready_at - now
-        when = "now" if wait <= 0 else f"in {format_duration(wait)}"
-        verb = "retry" if item.state == ItemState.RETRYING else "runs"
-        lines.append(f"{'next':<12}{verb} at {format_time(item.ready_at)} ({when})")
+    if item.state in (ItemState.RETRYING, ItemState.DEFERRED, ItemState.QUEUED):
+        lines.append(f"{'next':<12}{_next_run(item, now)}")
     if item.last_label:
         lines.append(f"{'last label':<12}{item.last_label} ({item.last_group})")
     if item.last_error:
-        lines.append(f"{'last error':<12}{item.last_error.strip().splitlines()[0]}")
+        lines.append(f"{'last error':<12}{first_line(item.last_error)}")
     return lines
+
+
+def _next_run(item: Any, now: float) -> str:
+    if not valid_time(item.ready_at):
+        return f"never by itself: its ready time ({item.ready_at}) is not a valid time"
+    wait = item.ready_at - now
+    when = "now" if wait <= 0 else f"in {format_duration(wait)}"
+    verb = "retry" if item.state == ItemState.RETRYING else "runs"
+    return f"{verb} at {format_time(item.ready_at)} ({when})"
+
+
+def first_line(text: str | None) -> str:
+    """The first non-blank line of an error text, safe to print."""
+    lines = (text or "").strip().splitlines()
+    return escape_controls(lines[0]) if lines else ""
 
 
 def _label_and_error(run: Any) -> str:
     if not run.error:
         return ""
-    first = run.error.strip().splitlines()[0] if run.error.strip() else ""
+    first = first_line(run.error)
     return f"[{run.label}] {first}" if run.label else first
 
 
@@ -216,8 +232,13 @@ _BLOCK_FIELDS = ("error", "traceback", "output")
 
 
 def run_as_dict(run: Any) -> dict[str, Any]:
-    """Every field of a run, for --json and the API."""
-    return {name: getattr(run, name) for name in (*RUN_FIELDS, *_BLOCK_FIELDS)}
+    """Every field of a run, for --json and the API (a number JSON has not is null)."""
+    return {name: finite(getattr(run, name)) for name in (*RUN_FIELDS, *_BLOCK_FIELDS)}
+
+
+def finite(value: Any) -> Any:
+    """`value`, or None for a float that is NaN or infinite (strict JSON has neither)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def run_detail(run: Any) -> list[str]:
@@ -230,31 +251,49 @@ def run_detail(run: Any) -> list[str]:
             value = format_time(value, seconds=True)
         elif name == "duration_s":
             value = format_duration(value)
-        lines.append(f"{name:<18}{value}")
+        lines.append(f"{name:<18}{escape_controls(str(value))}")
     for name in _BLOCK_FIELDS:
         value = getattr(run, name)
         if value:
             lines.append("")
             lines.append(f"{name}:")
-            lines.extend("  " + line for line in str(value).rstrip().splitlines())
+            text = str(value).rstrip()
+            lines.extend("  " + escape_controls(line, keep="\t") for line in text.splitlines())
     return lines
 
 
 def format_time(epoch: float | None, seconds: bool = False) -> str:
     if epoch is None:
         return "-"
+    if not valid_time(epoch):  # a bad value an older version stored: shown, never a crash
+        return f"(not a time: {epoch})"
     text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
     return text + (f".{int(epoch % 1 * 1000):03d}" if seconds else "")
+
+
+def valid_time(epoch: float | None) -> bool:
+    """True for a UNIX time the local calendar can show (year 1 to 9999)."""
+    try:
+        time.localtime(epoch if epoch is not None else math.nan)
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
 
 
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if not math.isfinite(seconds):
+        return f"(not a duration: {seconds})"
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 120:
         return f"{seconds:.1f}s"
-    return f"{seconds / 60:.1f}m"
+    if seconds < 120 * 60:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
 
 
 def _cut(text: str, width: int) -> str:
@@ -267,17 +306,18 @@ def describe_hold(hold: Any) -> str:
     `hold` is a store row or its dict (status JSON); both have the same fields.
     """
     get = hold.get if isinstance(hold, dict) else lambda name: getattr(hold, name)
-    since = time.strftime("%H:%M", time.localtime(get("created_at")))
+    created = get("created_at")
+    since = time.strftime("%H:%M", time.localtime(created)) if valid_time(created) else "?"
     what = "paused" if get("kind") == "pause" else get("reason")
     by = f" by {get('created_by')}" if get("kind") == "pause" and get("created_by") else ""
-    return f"{get('target')} — {what}{by} since {since}"
+    return f"{escape_controls(str(get('target')))} — {what}{by} since {since}"
 
 
 def story_lines(story: dict[str, Any]) -> list[str]:
     """`pipewarden why`: the item, each run, the backoff, the holds, what happens next."""
     lines = [
-        f"{story['pipeline']}/{story['key']}: {story['state']} at {story['stage']}"
-        + (f" (channel {story['channel']})" if story["channel"] else ""),
+        f"{story['pipeline']}/{escape_controls(story['key'])}: {story['state']} at {story['stage']}"
+        + (f" (channel {escape_controls(story['channel'])})" if story["channel"] else ""),
         f"  enqueued {format_time(story['created_at'])},"
         f" last change {format_time(story['updated_at'])}",
         "",
@@ -290,7 +330,7 @@ def story_lines(story: dict[str, Any]) -> list[str]:
             f"  {run['status']}{verdict}  {format_duration(run['duration_s'])}  run {run['id'][:8]}"
         )
         if run["error"]:
-            lines.append(f"      {run['error'].strip().splitlines()[0]}")
+            lines.append(f"      {first_line(run['error'])}")
         if run["rule"]:
             lines.append(f"      classified by {run['rule']}")
     if story["backoff_s"]:

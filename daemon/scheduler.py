@@ -15,10 +15,11 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import random
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from pipewarden.classifier import Classifier
@@ -26,9 +27,11 @@ from pipewarden.clock import Clock
 from pipewarden.config import Config, Pipeline, Stage
 from pipewarden.events import EventBus
 from pipewarden.guard import FAILED, Guard
+from pipewarden.inputs import encode_json
+from pipewarden.limits import DATA_MAX, INTERNAL_FAILURES_MAX
 from pipewarden.notifier import Notifier
-from pipewarden.outcomes import Decision, decide, interrupted, skipped
-from pipewarden.protocol import Progress, Verdict, WorkerReport
+from pipewarden.outcomes import Decision, decide, internal_failure, interrupted, skipped
+from pipewarden.protocol import Progress, Verdict, WorkerReport, error_text
 from pipewarden.render import describe_hold
 from pipewarden.store import Claimed, FinishedRun, Hold, NewRun, Store
 from pipewarden.types import ItemState, RunStatus
@@ -334,12 +337,16 @@ class Scheduler:
             slot.in_flight -= 1
             self._wake.set()
         try:
-            self._record(slot, claimed, new_run, report, started)
-        except Exception:  # a bug here must not lose the item or stop the loop
-            log.exception("recording run %s failed; the item is requeued", job.run_id)
-            self._record_interrupted(
-                slot, claimed, new_run, started, "internal error while recording"
+            finished, decision = self._judge(slot, claimed, new_run, report, started)
+        except Exception as exc:  # a bad value or a bug here must not lose or spin the item
+            log.exception("recording run %s failed", job.run_id)
+            finished, decision = self._internal_failure(
+                slot, claimed, new_run, report, started, exc
             )
+        self._add_finished(finished, claimed.key, claimed.attempt)
+        _log_run(slot.stage, claimed, new_run, decision)
+        if new_run.run_id in self._probes:
+            self._finish_probe(self._probes.pop(new_run.run_id), decision, self.clock.now())
 
     def _record_progress(self, run_id: str, progress: Progress) -> None:
         self._progress[run_id] = (progress.fraction, progress.message)
@@ -355,20 +362,21 @@ class Scheduler:
             group=run.group_name, error=_one_line(run.error), duration_s=run.duration_s,
         )  # fmt: skip
 
-    def _record(
+    def _judge(
         self,
         slot: _StageSlot,
         claimed: Claimed,
         new_run: NewRun,
         report: WorkerReport,
         started: float,
-    ) -> None:
+    ) -> tuple[FinishedRun, Decision]:
+        """Classify the attempt and decide the item's next step: everything that can fail."""
         stage = slot.stage
         now = self.clock.now()
         classification = None
         if report.verdict in (Verdict.ERROR, Verdict.IGNORE):
             classification = self.classifier.classify(
-                report.error or report.ignore_reason or "",
+                error_text(report.error or report.ignore_reason) or "",
                 pipeline=stage.pipeline,
                 stage=stage.name,
                 exception_types=report.exception_types,
@@ -378,14 +386,40 @@ class Scheduler:
         )
         data = {**claimed.data, **report.data} if report.data else claimed.data
         duration = self.clock.monotonic() - started
-        self._add_finished(
-            self._finished_run(slot, claimed, new_run, report, decision, data, duration),
-            claimed.key,
-            claimed.attempt,
+        finished = self._finished_run(
+            slot, claimed, new_run, report, decision, data, duration, item_data=_item_data(data)
         )
-        _log_run(stage, claimed, new_run, decision)
-        if new_run.run_id in self._probes:
-            self._finish_probe(self._probes.pop(new_run.run_id), decision, now)
+        return _storable(finished), decision
+
+    def _internal_failure(
+        self,
+        slot: _StageSlot,
+        claimed: Claimed,
+        new_run: NewRun,
+        report: WorkerReport,
+        started: float,
+        exc: Exception,
+    ) -> tuple[FinishedRun, Decision]:
+        """The run fails with what went wrong; the item keeps the data it came with.
+
+        Only what the daemon made itself is kept of the attempt (pid, exit, stderr, output):
+        one of the worker's values may be what could not be recorded.
+        """
+        earlier = self.store.internal_failures_in_a_row(
+            claimed.item_id, new_run.run_id, INTERNAL_FAILURES_MAX
+        )
+        reason = f"{type(exc).__name__}: {exc}"
+        decision = internal_failure(slot.stage, claimed.attempt, self.clock.now(), reason, earlier)
+        report = WorkerReport(
+            Verdict.ERROR, error=decision.error, error_type=type(exc).__name__,
+            traceback=report.traceback, exit_code=report.exit_code, signal=report.signal,
+            pid=report.pid, output=report.output,
+        )  # fmt: skip
+        duration = self.clock.monotonic() - started
+        finished = self._finished_run(
+            slot, claimed, new_run, report, decision, claimed.data, duration, new_run.channel
+        )
+        return finished, decision
 
     def _finished_run(
         self,
@@ -396,6 +430,8 @@ class Scheduler:
         decision: Decision,
         data: dict,
         duration_s: float,
+        channel: str | None = None,  # the item's channel at its next stage, when known
+        item_data: str | None = None,  # `data` as checked JSON, when it may have changed
     ) -> FinishedRun:
         c = decision.classification
         # `--force` holds while the item retries at this stage, and ends when it moves on.
@@ -413,10 +449,10 @@ class Scheduler:
             duration_s=duration_s,
             item_stage=decision.item_stage,
             item_state=decision.item_state,
-            item_data=json.dumps(data, default=str),
+            item_data=item_data or json.dumps(data, default=str),
             item_attempt=decision.item_attempt,
             item_ready_at=decision.ready_at,
-            item_channel=slot.pipeline.stage(decision.item_stage).channel_for(data),
+            item_channel=channel or slot.pipeline.stage(decision.item_stage).channel_for(data),
             item_force=claimed.force and retrying_here,
             exit_code=report.exit_code,
             signal=report.signal,
@@ -462,10 +498,9 @@ class Scheduler:
         claimed: Claimed,
         new_run: NewRun,
         started: float,
-        reason: str | None = None,
     ) -> None:
         now = self.clock.now()
-        decision = interrupted(slot.stage, claimed.attempt, now, reason or self._interrupt_reason)
+        decision = interrupted(slot.stage, claimed.attempt, now, self._interrupt_reason)
         report = WorkerReport(Verdict.ERROR, error=decision.error)
         duration = self.clock.monotonic() - started
         self._add_finished(
@@ -560,6 +595,39 @@ def _only_limits_changed(old: Stage, new: Stage) -> bool:
     return all(getattr(old, f) == getattr(new, f) for f in same_worker) and (
         old.concurrency == new.concurrency or old.mode == "process"
     )
+
+
+def _storable(run: FinishedRun) -> FinishedRun:
+    """`run` if SQLite keeps every field as given; ValueError naming the first it would not.
+
+    Checked before the run joins the batch: a value SQLite refuses would fail the whole
+    commit, and a NaN it silently stores as NULL (an item never due again).
+    """
+    for spec in fields(run):
+        value = getattr(run, spec.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"'{spec.name}' is {value}, which the store cannot keep")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise ValueError(f"'{spec.name}' is beyond a 64-bit integer")
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"'{spec.name}' is not valid UTF-8 text") from None
+    return run
+
+
+def _item_data(data: dict[str, Any]) -> str:
+    """The item's data as stored: strict JSON within DATA_MAX, or ValueError with the reason."""
+    try:
+        text = encode_json(data)
+    except ValueError as exc:
+        raise ValueError(f"the item's data {exc}") from None
+    if (size := len(text.encode("utf-8"))) > DATA_MAX:
+        raise ValueError(
+            f"the item's data would be {size:,} bytes of JSON; at most {DATA_MAX:,} are kept"
+        )
+    return text
 
 
 def _log_run(stage: Stage, claimed: Claimed, new_run: NewRun, decision: Decision) -> None:

@@ -19,6 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from pipewarden.config import Config, Stage
+from pipewarden.render import finite
 from pipewarden.store import Store
 from pipewarden.types import ItemState
 
@@ -162,7 +163,7 @@ def _running(run: Any, now: float) -> dict[str, Any]:
     return {
         "run_id": run.id, "key": run.item_key, "attempt": run.attempt, "channel": run.channel,
         "started_at": run.started_at, "elapsed_s": max(0.0, now - run.started_at),
-        "progress": run.progress, "message": run.message,
+        "progress": finite(run.progress), "message": run.message,
     }  # fmt: skip
 
 

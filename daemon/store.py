@@ -693,6 +693,17 @@ class Store:
         ).fetchone()
         return row[0] if row else None
 
+    def internal_failures_in_a_row(self, item_id: int, current_run: str, limit: int) -> int:
+        """How many of the item's latest runs (up to `limit`, not `current_run`) in a row
+        failed for an internal reason: an item the daemon cannot record stops there."""
+        rows = self._conn.execute(
+            "SELECT category, type FROM runs INDEXED BY runs_by_item WHERE item_id = ?"
+            " AND id != ? ORDER BY started_at DESC LIMIT ?",
+            (item_id, current_run, limit),
+        ).fetchall()
+        internal = ("daemon", "internal")  # as outcomes.INTERNAL classifies them
+        return next((n for n, row in enumerate(rows) if row != internal), len(rows))
+
     def label_failures(
         self, channel: str, label: str, since: float, samples: int
     ) -> tuple[int, list[str]]:

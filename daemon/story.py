@@ -8,6 +8,7 @@ from typing import Any
 from pipewarden.config import Config
 from pipewarden.errors import PipewardenError
 from pipewarden.outcomes import backoff_schedule
+from pipewarden.render import describe_hold, finite, format_duration, format_time, valid_time
 from pipewarden.status import hold_as_dict
 from pipewarden.store import Store
 from pipewarden.types import ItemState
@@ -28,9 +29,9 @@ def item_story(config: Config, store: Store, pipeline: str, key: str, now: float
         "state": item.state,
         "channel": item.channel,
         "attempt": item.attempt,
-        "ready_at": item.ready_at,
-        "created_at": item.created_at,
-        "updated_at": item.updated_at,
+        "ready_at": finite(item.ready_at),
+        "created_at": finite(item.created_at),
+        "updated_at": finite(item.updated_at),
         "last_error": item.last_error,
         "last_label": item.last_label,
         "runs": [_run(run) for run in runs],
@@ -44,7 +45,8 @@ def item_story(config: Config, store: Store, pipeline: str, key: str, now: float
 def _run(run: Any) -> dict[str, Any]:
     return {
         "id": run.id, "stage": run.stage, "attempt": run.attempt, "status": run.status,
-        "started_at": run.started_at, "duration_s": run.duration_s, "error": run.error,
+        "started_at": finite(run.started_at), "duration_s": finite(run.duration_s),
+        "error": run.error,
         "group": run.group_name, "label": run.label, "rule": run.rule_id,
     }  # fmt: skip
 
@@ -57,14 +59,15 @@ def _stage_or_none(config: Config, pipeline: str, stage: str) -> Any:
 
 
 def _next_step(item: Any, holds: list[dict], stage: Any, now: float) -> str:
-    from pipewarden.render import describe_hold, format_duration, format_time
-
+    waiting = item.state in (ItemState.QUEUED, ItemState.RETRYING, ItemState.DEFERRED)
     active = [h for h in holds if h["cleared_at"] is None]
-    if item.state in (ItemState.QUEUED, ItemState.RETRYING, ItemState.DEFERRED) and active:
+    if waiting and active:
         return f"waits: {describe_hold(active[0])}; nothing runs until it is cleared"
     if stage is None and item.state not in (ItemState.DONE, ItemState.FAILED, ItemState.IGNORED):
         return f"waits: stage '{item.stage}' is not in the config"
-    wait = (item.ready_at or now) - now
+    if waiting and not valid_time(item.ready_at):  # a bad value an older version stored
+        return f"never runs by itself: its ready time ({item.ready_at}) is not a valid time"
+    wait = item.ready_at - now if waiting else 0.0
     when = "now" if wait <= 0 else f"at {format_time(item.ready_at)} (in {format_duration(wait)})"
     attempts = stage.retry.max_attempts if stage else "?"
     steps = {
