@@ -46,7 +46,7 @@ def shown(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def json_kind(value: Any) -> str:
+def _json_kind(value: Any) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
@@ -54,7 +54,7 @@ def json_kind(value: Any) -> str:
 def key_problem(key: Any) -> str | None:
     """Why `key` cannot be an item key, or None when it can."""
     if not isinstance(key, str):
-        return f"must be text, not {json_kind(key)}"
+        return f"must be text, not {_json_kind(key)}"
     if not key.strip():
         return "must not be empty or only spaces"
     try:
@@ -77,7 +77,7 @@ def key_problem(key: Any) -> str | None:
 def encode_json(value: Any) -> str:
     """`value` as strict JSON text; ValueError says what JSON (or SQLite) cannot hold."""
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
         text.encode("utf-8")
     except UnicodeEncodeError:  # before ValueError, its base
         raise ValueError("holds text that is not valid UTF-8 (a lone surrogate)") from None
@@ -93,13 +93,13 @@ def encode_json(value: Any) -> str:
 def data_problem(data: Any) -> str | None:
     """Why `data` cannot be an item's data, or None when it can."""
     if not isinstance(data, dict):
-        return f"must be a JSON object, not {json_kind(data)}"
+        return f"must be a JSON object, not {_json_kind(data)}"
     try:
         size = len(encode_json(data).encode("utf-8"))
     except ValueError as exc:
         return str(exc)
     if size > DATA_MAX:
-        return f"is {size:,} bytes of JSON; an item's data may have at most {DATA_MAX:,}"
+        return f"is {size:,} bytes of JSON; an item's data may have at most {DATA_MAX:,} bytes"
     return None
 
 
@@ -111,13 +111,6 @@ def check_item(key: Any, data: Any) -> tuple[str, dict[str, Any]]:
     if problem := data_problem(data):
         raise UsageError(f"data of '{shown(key)}' {problem}")
     return key, data
-
-
-def _finite(number: float) -> bool:
-    try:
-        return math.isfinite(number)
-    except OverflowError:  # an int beyond any float
-        return False
 
 
 # -- request bodies ----------------------------------------------------------------------
@@ -133,7 +126,7 @@ def field(body: dict[str, Any], name: str, kind: type, default: Any = _REQUIRED,
             raise UsageError(f"'{where}{name}' is missing")
         return default
     if not _is_kind(value, kind):
-        raise UsageError(f"'{where}{name}' must be {_JSON_TYPES[kind]}, not {json_kind(value)}")
+        raise UsageError(f"'{where}{name}' must be {_JSON_TYPES[kind]}, not {_json_kind(value)}")
     return value
 
 
@@ -145,13 +138,20 @@ def _is_kind(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int beyond any float
+        return False
+
+
 def items_field(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The `items` of an enqueue request: a list of {"key": "...", "data": {...}}."""
     items = []
     for index, entry in enumerate(field(body, "items", list)):
         where = f"items[{index}]"
         if not isinstance(entry, dict):
-            raise UsageError(f"'{where}' must be an object with a key, not {json_kind(entry)}")
+            raise UsageError(f"'{where}' must be an object with a key, not {_json_kind(entry)}")
         key = field(entry, "key", str, where=f"{where}.")
         data = field(entry, "data", dict, {}, where=f"{where}.")
         try:

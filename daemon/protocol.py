@@ -159,8 +159,13 @@ def _protocol_error(problem: str) -> WorkerReport:
 
 
 def _check_numbers(message: dict[str, Any]) -> None:
-    """NaN and Infinity are no JSON numbers: a reply that holds one is refused whole."""
+    """NaN and Infinity are no JSON numbers: a reply that holds one is refused whole.
+
+    `data` is left to `data_problem`, which encodes it anyway (it may be megabytes).
+    """
     for name, value in message.items():
+        if name == "data":
+            continue
         try:
             json.dumps(value, allow_nan=False)
         except RecursionError:

@@ -318,3 +318,43 @@ def test_an_error_text_of_spaces_counts_as_none_and_a_long_one_is_cut(project: P
     long = project.runs("long")[0].error
     assert long.startswith(f"… {50_001 - ERROR_TEXT_MAX} bytes cut\n") and long.endswith("x!")
     assert len(long.encode()) < ERROR_TEXT_MAX + 40
+
+
+def test_on_a_hold_stage_an_internal_error_holds_the_item_for_a_person(project: Project):
+    project.write("reply.py", REPLY_WORKER)
+    project.configure(STAGE.replace("      retry:", "      on_interrupt: hold\n      retry:"))
+    store = project.store()
+    store.enqueue("s", "a", [("listed", [1, 2])], 1.0)
+    store.close()
+
+    run_until_idle(project)
+
+    (run,) = project.runs("listed")
+    assert run.status == "failed" and run.label == "Internal error"
+    assert project.item("s", "listed").state == "held"
+
+
+def test_data_a_worker_returns_that_would_outgrow_the_limit_fails_the_run(project: Project):
+    prepared(project)
+    big = "d" * (5 << 20)
+    project.write("items.jsonl", json.dumps({"key": "big", "data": {"a": big}}) + "\n")
+    project.cli("enqueue", "s", "--file", "items.jsonl")
+    project.write(
+        "reply.py",
+        """
+        import json, sys
+        data = json.loads(sys.stdin.readline())["data"]
+        print(json.dumps({"ok": True, "data": {"b": data["a"]}}), flush=True)
+        """,
+    )
+
+    run_until_idle(project)
+
+    runs = project.runs("big")
+    assert len(runs) == INTERNAL_FAILURES_MAX
+    assert runs[0].error == (
+        "internal error while recording the run: ValueError: the item's data would be"
+        " 10,485,778 bytes of JSON; at most 8,388,608 are kept"
+    )
+    item = project.item("s", "big")
+    assert item.state == "failed" and len(item.data) < 6 << 20  # it keeps the data it had
