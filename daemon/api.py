@@ -59,9 +59,15 @@ def load_or_create_token(state_dir: Path) -> str:
     """The API token, created once with mode 0600; readable only by the daemon's user."""
     path = state_dir / TOKEN_FILE
     if not path.exists():
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written whole under another name, then linked in: a CLI reading at the same
+        # moment sees either no token file or the whole token, never an empty one.
+        draft = state_dir / f".{TOKEN_FILE}.{os.getpid()}"
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
+        with contextlib.suppress(FileExistsError):  # another daemon start won the race
+            os.link(draft, path)
+        draft.unlink()
     os.chmod(path, 0o600)
     return path.read_text().strip()
 

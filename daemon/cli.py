@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and something is wrong (a run not found, a daemon error)
 EXIT_USAGE = 2  # bad arguments, config or rules
+API_START_WAIT_S = 5.0  # how long a command waits for a daemon that is starting its API
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,25 +400,38 @@ class _DaemonApi:
 
         self.config = config
         self.running = running_daemon_pid(config.state_dir) is not None and config.api.enabled
-        token_file = config.state_dir / "api.token"
-        self.token = token_file.read_text().strip() if self.running and token_file.exists() else ""
+        self._token_file = config.state_dir / "api.token"
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.config.api.port}"
 
+    @property
+    def token(self) -> str:
+        return self._token_file.read_text().strip()
+
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
-        try:
-            response = httpx.post(
-                self.base + path, json=body, timeout=30,
-                headers={"Authorization": f"Bearer {self.token}"},
-            )  # fmt: skip
-        except httpx.HTTPError as exc:
-            raise PipewardenError(
-                f"the daemon's API at {self.base} did not answer: {exc}"
-            ) from None
+        # A daemon that has just taken its lock may not serve its API yet: give it a moment.
+        deadline = time.monotonic() + API_START_WAIT_S
+        while True:
+            try:
+                response = httpx.post(
+                    self.base + path, json=body, timeout=30,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )  # fmt: skip
+                break
+            except (httpx.ConnectError, FileNotFoundError) as exc:
+                if time.monotonic() > deadline:
+                    raise PipewardenError(
+                        f"the daemon's API at {self.base} did not answer: {exc}"
+                    ) from None
+                time.sleep(0.05)
+            except httpx.HTTPError as exc:
+                raise PipewardenError(
+                    f"the daemon's API at {self.base} did not answer: {exc}"
+                ) from None
         answer = response.json()
         if response.status_code >= 400:
             raise PipewardenError(answer.get("error", f"the API answered {response.status_code}"))
