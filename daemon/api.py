@@ -2,12 +2,13 @@
 
 Starlette for routing and uvicorn to serve, inside the daemon's own event loop (so
 every handler runs on the loop's thread, like the scheduler, and shares its store).
-Who may call it is `auth.py`'s part: every endpoint but the page's HTML and /health needs
-the token kept in `api.token` (0600) in the state dir, or a session of the page's, in an
-`Authorization: Bearer` header; a browser's request from another site is refused. What
-each endpoint takes is declared in `schema.py`'s terms next to its handler; anything
-else is a 400 with the reason. Requests whose Host is not localhost or 127.0.0.1 are
-refused, so a page on another site cannot reach the API through DNS rebinding.
+Who may call it is `auth.py`'s part: every endpoint but the page's HTML, /health and the
+code exchange needs the token kept in `api.token` (0600) in the state dir, or a session
+of the page's, in an `Authorization: Bearer` header; a browser's request from another
+site is refused. What each endpoint takes is declared in `schema.py`'s terms above its
+handler; anything else is a 400 with the reason. Requests whose Host is not localhost or
+127.0.0.1 are refused, so a page on another site cannot reach the API through DNS
+rebinding.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from starlette.routing import Route
 
 if TYPE_CHECKING:
     from pipewarden.daemon import Daemon
+    from pipewarden.events import Event
 
 TOKEN_FILE = "api.token"
 OLD_COOKIE = "pipewarden_token"  # what versions before sessions kept the token in
@@ -78,6 +80,7 @@ class ApiServer:
         self.port = port
         self.token = load_or_create_token(daemon.config.state_dir)
         self.gate = Gate(self.token, own_origins(port), daemon.clock.now)
+        self.closing = asyncio.Event()  # set when the API stops: the event streams end
         self.metrics = Metrics(daemon)
         self.app = _build_app(self)
         config = uvicorn.Config(
@@ -103,6 +106,7 @@ class ApiServer:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
+        self.closing.set()
         self._server.should_exit = True
         if self._task is not None:
             await self._task
@@ -229,17 +233,27 @@ def _build_app(api: ApiServer) -> Starlette:
         queue = daemon.events.subscribe()
 
         async def stream() -> AsyncIterator[str]:
+            # Ends when the API stops: uvicorn waits for open responses, and a page left
+            # open would otherwise hold up the daemon's stop.
+            closing = asyncio.ensure_future(api.closing.wait())
+            getter: asyncio.Future[Event] | None = None
             try:
                 yield ": connected\n\n"
-                while True:
-                    try:
-                        event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-                    except TimeoutError:
+                while not closing.done():
+                    getter = asyncio.ensure_future(queue.get())
+                    await asyncio.wait(
+                        (getter, closing), timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if not getter.done():
                         yield ": keep-alive\n\n"
                         continue
+                    event = getter.result()
                     payload = json.dumps(event.data, default=str)
                     yield f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n"
             finally:
+                for waiter in (closing, getter):
+                    if waiter is not None:
+                        waiter.cancel()
                 daemon.events.unsubscribe(queue)
 
         return StreamingResponse(stream(), media_type="text/event-stream",

@@ -1,12 +1,12 @@
 """Who may use the API: the token's holder, and the page a person signed in with a one-time code.
 
-Every request but the page's own HTML and /health carries a credential in its
-`Authorization: Bearer` header: the API token (CLI, tray, scripts) or a browser session
-(the page). No cookie is ever a credential. A browser sends a cookie for 127.0.0.1 to
-every port on 127.0.0.1, so another local program would receive it and could use it, and
-every page on any port could make the browser attach it; a header is sent only by a
-script that holds its value. The page keeps its session in localStorage, which a browser
-scopes to the exact origin, port included.
+Every request but the page's own HTML, /health and the code exchange carries a
+credential in its `Authorization: Bearer` header: the API token (CLI, tray, scripts) or
+a browser session (the page). No cookie is ever a credential. A browser sends a cookie
+for 127.0.0.1 to every port on 127.0.0.1, so another local program would receive it and
+could use it, and every page on any port could make the browser attach it; a header is
+sent only by a script that holds its value. The page keeps its session in localStorage,
+which a browser scopes to the exact origin, port included.
 
 Sessions are minted from one-time codes: `pipewarden open` asks the daemon for a code
 (with the token), opens the page with the code in the URL's fragment, and the page trades

@@ -645,6 +645,8 @@ def _cmd_open(args: argparse.Namespace) -> int:
     import webbrowser
 
     config = _config(args)
+    if not config.api.enabled:
+        raise UsageError("the page needs the API, which is off: remove `api: {enabled: false}`")
     daemon = _DaemonApi(config)
     if not daemon.running:
         raise PipewardenError("no daemon is running: start one with `pipewarden run`")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipewarden.errors import PipewardenError, UsageError
-from pipewarden.inputs import field, shown
-from pipewarden.limits import API_BODY_MAX, MIB
+from pipewarden.inputs import escape_controls, field, shown
+from pipewarden.limits import API_BODY_MAX, KEY_MAX, MIB
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
@@ -25,6 +25,7 @@ _REQUIRED: Any = object()
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,30}")
 _FLAGS = {"1": True, "true": True, "0": False, "false": False}
 _PARSE_OFF_LOOP = 1 * MIB  # a bigger body is parsed in a thread: the loop keeps its beat
+TEXT_MAX = KEY_MAX  # a name the API takes is at most as long as an item key
 
 
 class RequestTooLarge(PipewardenError):
@@ -44,6 +45,8 @@ class Param:
     def constrained(self, name: str, value: Any) -> Any:
         if value is None:
             return value
+        if isinstance(value, str) and (problem := _text_problem(value)):
+            raise UsageError(f"'{name}' {problem}")
         if self.choices and value not in self.choices:
             raise UsageError(
                 f"'{name}' must be one of {', '.join(self.choices)}, not '{shown(str(value))}'"
@@ -56,6 +59,19 @@ class Param:
 
 
 Schema = dict[str, Param]
+
+
+def _text_problem(text: str) -> str | None:
+    """Why `text` cannot be a name the API takes (a target, a label, a stage), or None."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 text (a lone surrogate)"
+    if size > TEXT_MAX:
+        return f"is {size:,} bytes long; at most {TEXT_MAX:,} bytes"
+    if escape_controls(text) != text:
+        return f"holds a control character ('{shown(text)}'): write one line of printable text"
+    return None
 
 
 def query(request: Request, schema: Schema) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import http.server
 import json
 import re
 import shutil
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -222,6 +223,22 @@ def test_a_used_link_or_the_token_in_a_url_signs_no_browser_in(project: Project,
     assert old.context.cookies() == []
 
 
+def test_the_page_stays_signed_in_across_a_restart_of_the_daemon(project: Project, browser):
+    start(project)
+    page = browser.new_page()
+    page.goto(opened(project))
+    page.wait_for_selector("#connection:has-text('live')")
+
+    daemon = project._daemons[-1]
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(10) == 0  # before: held up ~20 s by the open event stream
+    page.wait_for_selector("#connection:has-text('reconnecting')")
+    project.start_daemon()
+    page.wait_for_selector("#connection:has-text('live')")  # the same session, no new link
+    halt_the_form_channel(project)
+    page.locator("#halts li", has_text="halted: form").wait_for()
+
+
 # -- 5: the same, as plain requests --------------------------------------------------------
 def test_a_cookie_is_never_a_credential_and_other_sites_are_refused(project: Project):
     base, auth = start(project)
@@ -299,6 +316,17 @@ def test_open_signs_in_with_a_one_time_code_never_the_token(
     assert page.status_code == 200 and token not in page.text
     assert page.headers["set-cookie"].startswith('pipewarden_token=""; ')  # the old one, deleted
     assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
+
+
+def test_open_without_the_api_says_so(project: Project):
+    project.write("worker.py", WORKER)
+    project.configure("s:\n  stages:\n    - {name: a, python: 'worker:work'}\n")
+    config = project.config_path.read_text()
+    project.config_path.write_text(re.sub(r"api: \{port: \d+\}", "api: {enabled: false}", config))
+    done = project.cli("open", expect=2)
+    assert done.stderr == (
+        "pipewarden: the page needs the API, which is off: remove `api: {enabled: false}`\n"
+    )
 
 
 def test_the_tray_opens_the_page_with_a_one_time_code(project: Project):
@@ -404,6 +432,13 @@ BAD_INPUT = [
     ("POST", "/api/pause", {"scope": "everything", "target": "sms"},
      "'scope' must be one of channel, stage, pipeline, not 'everything'"),
     ("POST", "/api/pause", {"target": "sms"}, "'scope' is missing"),
+    ("POST", "/api/pause", {"scope": "channel", "target": "sms\nHALT channel form"},
+     "'target' holds a control character ('sms\\nHALT channel form'): write one line of"
+     " printable text"),
+    ("POST", "/api/pause", {"scope": "channel", "target": "x" * 1025},
+     "'target' is 1,025 bytes long; at most 1,024 bytes"),
+    ("POST", "/api/pause", b'{"scope": "channel", "target": "\\ud800"}',
+     "'target' is not valid UTF-8 text (a lone surrogate)"),
     ("POST", "/api/resume", {"scope": "channel", "target": ["sms"]},
      "'target' must be text, not a list"),
     ("POST", "/api/halts/clear", {"target": 5}, "'target' must be text, not a whole number"),
