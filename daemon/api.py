@@ -272,8 +272,7 @@ def _build_app(api: ApiServer) -> Starlette:
 
     async def login_code(request: Request) -> Response:
         query(request, NOTHING)
-        code = api.gate.codes.issue(daemon.clock.now())
-        return JSONResponse({"code": code, "expires_in_s": LOGIN_CODE_TTL_S})
+        return JSONResponse({"code": api.gate.login_code(), "expires_in_s": LOGIN_CODE_TTL_S})
 
     async def session(request: Request) -> Response:
         minted = api.gate.sign_in((await body(request, SESSION_BODY))["code"])

@@ -112,7 +112,10 @@ def bearer(headers: Mapping[str, str]) -> str:
 
 @dataclass(frozen=True)
 class Gate:
-    """The API's one check of who may do what; every way in (TCP, a socket) uses it."""
+    """The API's one check of who may do what, and the sign-in codes it hands out.
+
+    `GateMiddleware` runs it for every request to the app, whichever listener took it.
+    """
 
     token: str
     origins: frozenset[str]
@@ -138,6 +141,9 @@ class Gate:
             "a valid token is required (Authorization: Bearer TOKEN); the page signs in"
             " with `pipewarden open`"
         )
+
+    def login_code(self) -> str:
+        return self.codes.issue(self.now())
 
     def sign_in(self, code: str) -> str | None:
         """A new session for a valid one-time code, or None."""
