@@ -2,10 +2,13 @@
 
 Starlette for routing and uvicorn to serve, inside the daemon's own event loop (so
 every handler runs on the loop's thread, like the scheduler, and shares its store).
-Every endpoint but /health needs the token kept in `api.token` (0600) in the state
-dir, as `Authorization: Bearer TOKEN` or the page's HttpOnly, SameSite=Strict cookie.
-Requests whose Host is not localhost or 127.0.0.1 are refused, so a page on another
-site cannot reach the API through DNS rebinding.
+Who may call it is `auth.py`'s part: every endpoint but the page's HTML, /health and the
+code exchange needs the token kept in `api.token` (0600) in the state dir, or a session
+of the page's, in an `Authorization: Bearer` header; a browser's request from another
+site is refused. What each endpoint takes is declared in `schema.py`'s terms above its
+handler; anything else is a 400 with the reason. Requests whose Host is not localhost or
+127.0.0.1 are refused, so a page on another site cannot reach the API through DNS
+rebinding.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
-import hmac
 import json
 import os
 import secrets
@@ -21,35 +23,33 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import uvicorn
 from pipewarden import control
+from pipewarden.auth import LOGIN_CODE_TTL_S, SESSION_TTL_S, Gate, GateMiddleware, own_origins
 from pipewarden.errors import PipewardenError
-from pipewarden.inputs import field, items_field
+from pipewarden.inputs import items_field
+from pipewarden.limits import API_RUNS_MAX
 from pipewarden.metrics import Metrics
 from pipewarden.render import run_as_dict
+from pipewarden.schema import Param, RequestTooLarge, Schema, body, query
 from pipewarden.status import hold_as_dict, status_snapshot
 from pipewarden.story import item_story
+from pipewarden.types import RunStatus
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import (
-    HTMLResponse,
-    JSONResponse,
-    PlainTextResponse,
-    RedirectResponse,
-    Response,
-    StreamingResponse,
-)
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 if TYPE_CHECKING:
     from pipewarden.daemon import Daemon
+    from pipewarden.events import Event
 
 TOKEN_FILE = "api.token"
-COOKIE = "pipewarden_token"
+OLD_COOKIE = "pipewarden_token"  # what versions before sessions kept the token in
 ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and browsers from timing out
 PAGE = Path(__file__).with_name("page.html")
@@ -85,6 +85,8 @@ class ApiServer:
         self.daemon = daemon
         self.port = port
         self.token = load_or_create_token(daemon.config.state_dir)
+        self.gate = Gate(self.token, own_origins(port), daemon.clock.now)
+        self.closing = asyncio.Event()  # set when the API stops: the event streams end
         self.metrics = Metrics(daemon)
         self.app = _build_app(self)
         config = uvicorn.Config(
@@ -110,83 +112,90 @@ class ApiServer:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
+        self.closing.set()
         self._server.should_exit = True
         if self._task is not None:
             await self._task
 
-    # -- authentication ----------------------------------------------------------------
-    def authorised(self, request: Request) -> bool:
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        given = given or request.cookies.get(COOKIE, "")
-        return bool(given) and hmac.compare_digest(given, self.token)
+
+# What each endpoint takes, in schema.py's terms; the route's path parameters are
+# Starlette's. An endpoint that reads no query or body takes NOTHING and refuses extras.
+NOTHING: Schema = {}
+STATUS_QUERY: Schema = {"pipeline": Param(str, None), "verbose": Param(bool, False)}
+RUNS_QUERY: Schema = {
+    "limit": Param(int, 50, clamp=(1, API_RUNS_MAX)),
+    "stage": Param(str, None),
+    "status": Param(str, None, choices=tuple(status.value for status in RunStatus)),
+    "pipeline": Param(str, None),
+}
+CLEAR_BODY: Schema = {"target": Param(str)}
+HOLD_BODY: Schema = {"scope": Param(str, choices=control.SCOPES), "target": Param(str)}
+ENQUEUE_BODY: Schema = {"pipeline": Param(str), "items": Param(list), "force": Param(bool, False)}
+RETRY_BODY: Schema = {
+    "label": Param(str), "pipeline": Param(str, None), "stage": Param(str, None),
+    "since_s": Param(float, None, above=0), "dry_run": Param(bool, False),
+    "force": Param(bool, False),
+}  # fmt: skip
+SESSION_BODY: Schema = {"code": Param(str)}
+
+# The page is public (it holds no data and no secret), but no other site may frame it.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store", "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+}  # fmt: skip
+SIGN_IN_REFUSED = (
+    "this sign-in link is unknown, used already or older than"
+    f" {LOGIN_CODE_TTL_S:.0f} s: run `pipewarden open` again"
+)
 
 
 def _build_app(api: ApiServer) -> Starlette:
     daemon = api.daemon
 
-    def guarded(handler: Any) -> Any:
-        async def endpoint(request: Request) -> Response:
-            if not api.authorised(request):
-                return JSONResponse({"error": "a valid token is required"}, status_code=401)
-            try:
-                return await handler(request)
-            except PipewardenError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-
-        return endpoint
-
     def who(request: Request) -> str:
         return f"{getpass.getuser()} (api from {request.client.host if request.client else '?'})"
-
-    async def body(request: Request) -> dict[str, Any]:
-        try:
-            data = await request.json()
-        except (ValueError, RecursionError):
-            raise PipewardenError("the request body must be a JSON object") from None
-        if not isinstance(data, dict):
-            raise PipewardenError("the request body must be a JSON object")
-        return data
 
     def changed() -> None:
         daemon.wake()
 
     async def health(request: Request) -> Response:
+        query(request, NOTHING)
         return JSONResponse({"ok": True})
 
     async def status(request: Request) -> Response:
+        q = query(request, STATUS_QUERY)
         snapshot = status_snapshot(
-            daemon.config, daemon.store, daemon.clock.now(), request.query_params.get("pipeline"),
-            request.query_params.get("verbose") == "1",
-        )  # fmt: skip
+            daemon.config, daemon.store, daemon.clock.now(), q["pipeline"], q["verbose"]
+        )
         snapshot["daemon"] = {"running": True, "pid": os.getpid(),
                               "state_dir": str(daemon.config.state_dir)}  # fmt: skip
         return JSONResponse(snapshot)
 
     async def runs(request: Request) -> Response:
-        q = request.query_params
-        rows = daemon.store.recent_runs(
-            min(int(q.get("limit", 50)), 1000), q.get("stage"), q.get("status"), q.get("pipeline")
-        )
+        q = query(request, RUNS_QUERY)
+        rows = daemon.store.recent_runs(q["limit"], q["stage"], q["status"], q["pipeline"])
         return JSONResponse([run_as_dict(run) for run in rows])
 
     async def run_detail(request: Request) -> Response:
+        query(request, NOTHING)
         matches = daemon.store.runs_with_prefix(request.path_params["run_id"])
         if len(matches) != 1:
             return JSONResponse({"error": "no such run", "matches": len(matches)}, status_code=404)
         return JSONResponse(run_as_dict(matches[0]))
 
     async def item(request: Request) -> Response:
+        query(request, NOTHING)
         p = request.path_params
         return JSONResponse(
             item_story(daemon.config, daemon.store, p["pipeline"], p["key"], daemon.clock.now())
         )
 
     async def halts(request: Request) -> Response:
+        query(request, NOTHING)
         return JSONResponse([hold_as_dict(hold) for hold in daemon.store.active_holds()])
 
     async def clear_halt(request: Request) -> Response:
-        target = (await body(request)).get("target", "")
+        target = (await body(request, CLEAR_BODY))["target"]
         cleared = control.clear_halt(
             daemon.store, daemon.notifier, target, who(request), daemon.clock.now()
         )
@@ -195,109 +204,117 @@ def _build_app(api: ApiServer) -> Starlette:
         return JSONResponse({"cleared": [hold_as_dict(hold) for hold in cleared]})
 
     async def pause(request: Request) -> Response:
-        data = await body(request)
-        added = control.pause(daemon.store, daemon.config, data.get("scope", ""),
-                              data.get("target", ""), who(request), daemon.clock.now())  # fmt: skip
+        data = await body(request, HOLD_BODY)
+        added = control.pause(daemon.store, daemon.config, data["scope"], data["target"],
+                              who(request), daemon.clock.now())  # fmt: skip
         changed()
-        return JSONResponse({"paused": data.get("target"), "already": not added})
+        return JSONResponse({"paused": data["target"], "already": not added})
 
     async def resume(request: Request) -> Response:
-        data = await body(request)
-        was = control.resume(daemon.store, daemon.config, data.get("scope", ""),
-                             data.get("target", ""), who(request), daemon.clock.now())  # fmt: skip
+        data = await body(request, HOLD_BODY)
+        was = control.resume(daemon.store, daemon.config, data["scope"], data["target"],
+                             who(request), daemon.clock.now())  # fmt: skip
         changed()
-        return JSONResponse({"resumed": data.get("target"), "was_paused": was})
+        return JSONResponse({"resumed": data["target"], "was_paused": was})
 
     async def reload(request: Request) -> Response:
         await daemon.reload(f"api ({who(request)})")
         return JSONResponse(daemon.store.get_meta("reload"))
 
     async def enqueue(request: Request) -> Response:
-        data = await body(request)
-        pipeline, items = field(data, "pipeline", str), items_field(data)
-        result = control.enqueue(daemon.store, daemon.config, pipeline, items,
-                                 daemon.clock.now(), field(data, "force", bool, False))  # fmt: skip
+        data = await body(request, ENQUEUE_BODY)
+        result = control.enqueue(daemon.store, daemon.config, data["pipeline"], items_field(data),
+                                 daemon.clock.now(), data["force"])  # fmt: skip
         changed()
         return JSONResponse(asdict(result))
 
     async def retry(request: Request) -> Response:
-        data = await body(request)
+        data = await body(request, RETRY_BODY)
         count = control.retry(daemon.store, daemon.config, data, daemon.clock.now())
         changed()
-        return JSONResponse({"label": data.get("label"), "items": count,
-                             "dry_run": bool(data.get("dry_run"))})  # fmt: skip
+        return JSONResponse({"label": data["label"], "items": count, "dry_run": data["dry_run"]})
 
     async def events(request: Request) -> Response:
+        query(request, NOTHING)
         queue = daemon.events.subscribe()
 
         async def stream() -> AsyncIterator[str]:
+            # Ends when the API stops: uvicorn waits for open responses, and a page left
+            # open would otherwise hold up the daemon's stop.
+            closing = asyncio.ensure_future(api.closing.wait())
+            getter: asyncio.Future[Event] | None = None
             try:
                 yield ": connected\n\n"
-                while True:
-                    try:
-                        event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-                    except TimeoutError:
+                while not closing.done():
+                    getter = asyncio.ensure_future(queue.get())
+                    await asyncio.wait(
+                        (getter, closing), timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if not getter.done():
                         yield ": keep-alive\n\n"
                         continue
+                    event = getter.result()
                     payload = json.dumps(event.data, default=str)
                     yield f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n"
             finally:
+                for waiter in (closing, getter):
+                    if waiter is not None:
+                        waiter.cancel()
                 daemon.events.unsubscribe(queue)
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})  # fmt: skip
 
     async def metrics(request: Request) -> Response:
+        query(request, NOTHING)
         content, media_type = api.metrics.render()
         return Response(content, media_type=media_type)
 
     async def page(request: Request) -> Response:
-        token = request.query_params.get("token")
-        if token is not None:  # the signed-in link `pipewarden open` prints, used once
-            if not hmac.compare_digest(token, api.token):
-                return PlainTextResponse("wrong token", status_code=401)
-            response = RedirectResponse("/", status_code=303)
-            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
-            return response
-        if not api.authorised(request):
-            return HTMLResponse(_LOGIN, status_code=401)
-        return HTMLResponse(PAGE.read_text(), headers={"Cache-Control": "no-store"})
-
-    async def login(request: Request) -> Response:
-        form = await request.form()
-        token = str(form.get("token", ""))
-        if not hmac.compare_digest(token, api.token):
-            return HTMLResponse(_LOGIN, status_code=401)
-        response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+        response = HTMLResponse(PAGE.read_text(), headers=PAGE_HEADERS)
+        if OLD_COOKIE in request.cookies:  # it holds the token: stop it going to every port
+            response.delete_cookie(OLD_COOKIE, path="/")
         return response
+
+    async def login_code(request: Request) -> Response:
+        query(request, NOTHING)
+        return JSONResponse({"code": api.gate.login_code(), "expires_in_s": LOGIN_CODE_TTL_S})
+
+    async def session(request: Request) -> Response:
+        minted = api.gate.sign_in((await body(request, SESSION_BODY))["code"])
+        if minted is None:
+            return JSONResponse({"error": SIGN_IN_REFUSED}, status_code=401)
+        return JSONResponse({"session": minted, "expires_in_s": SESSION_TTL_S})
 
     routes = [
         Route("/health", health),
         Route("/", page),
-        Route("/login", login, methods=["POST"]),
-        Route("/metrics", guarded(metrics)),
-        Route("/api/status", guarded(status)),
-        Route("/api/runs", guarded(runs)),
-        Route("/api/runs/{run_id}", guarded(run_detail)),
-        Route("/api/items/{pipeline}/{key:path}", guarded(item)),
-        Route("/api/halts", guarded(halts)),
-        Route("/api/halts/clear", guarded(clear_halt), methods=["POST"]),
-        Route("/api/pause", guarded(pause), methods=["POST"]),
-        Route("/api/resume", guarded(resume), methods=["POST"]),
-        Route("/api/reload", guarded(reload), methods=["POST"]),
-        Route("/api/enqueue", guarded(enqueue), methods=["POST"]),
-        Route("/api/retry", guarded(retry), methods=["POST"]),
-        Route("/api/events", guarded(events)),
+        Route("/metrics", metrics),
+        Route("/api/login-codes", login_code, methods=["POST"]),
+        Route("/api/session", session, methods=["POST"]),
+        Route("/api/status", status),
+        Route("/api/runs", runs),
+        Route("/api/runs/{run_id}", run_detail),
+        Route("/api/items/{pipeline}/{key:path}", item),
+        Route("/api/halts", halts),
+        Route("/api/halts/clear", clear_halt, methods=["POST"]),
+        Route("/api/pause", pause, methods=["POST"]),
+        Route("/api/resume", resume, methods=["POST"]),
+        Route("/api/reload", reload, methods=["POST"]),
+        Route("/api/enqueue", enqueue, methods=["POST"]),
+        Route("/api/retry", retry, methods=["POST"]),
+        Route("/api/events", events),
+    ]
+    middleware = [
+        Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS),
+        Middleware(GateMiddleware, gate=api.gate),
     ]
     return Starlette(
-        routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS)]
+        routes=routes, middleware=middleware, exception_handlers={PipewardenError: _refused}
     )
 
 
-_LOGIN = """<!doctype html><meta charset="utf-8"><title>pipewarden</title>
-<body style="font-family: system-ui; margin: 3em">
-<h1>pipewarden</h1><p>Paste the API token (in <code>api.token</code> in the state directory),
-or open the link <code>pipewarden open</code> prints.</p>
-<form method="post" action="/login"><input name="token" type="password" size="48" autofocus>
-<button>Sign in</button></form></body>"""
+async def _refused(request: Request, exc: Exception) -> Response:
+    """A PipewardenError is the client's to fix: its text is the answer, never a traceback."""
+    status = 413 if isinstance(exc, RequestTooLarge) else 400
+    return JSONResponse({"error": str(exc)}, status_code=status)

@@ -660,11 +660,17 @@ def _cmd_open(args: argparse.Namespace) -> int:
     import webbrowser
 
     config = _config(args)
+    if not config.api.enabled:
+        raise UsageError("the page needs the API, which is off: remove `api: {enabled: false}`")
     daemon = _DaemonApi(config)
     if not daemon.running:
         raise PipewardenError("no daemon is running: start one with `pipewarden run`")
-    url = f"{daemon.base}/?token={daemon.token}"
-    print(f"the live page, signed in (keep this link to yourself): {url}")
+    # A one-time code, not the token: the link may sit in a terminal's scrollback, the
+    # browser's history or another user's `ps`, but it is dead once used or a minute old.
+    code = daemon.post("/api/login-codes", {})
+    url = f"{daemon.base}/#code={code['code']}"
+    print(f"the live page: {url}")
+    print(f"(the link signs one browser in, once, within {code['expires_in_s']:.0f} s)")
     webbrowser.open(url)
     return EXIT_OK
 

@@ -19,6 +19,8 @@ KEY_MAX = 1 * KIB  # an item key, in UTF-8 bytes
 DATA_MAX = 8 * MIB  # an item's data, as JSON
 DELAY_MAX_S = 366 * 86400.0  # the longest retry_after or defer a worker may ask for
 INTERNAL_FAILURES_MAX = 3  # runs ended by internal errors before the item fails
+API_BODY_MAX = 64 * MIB  # one request body to the API; bigger is refused (413)
+API_RUNS_MAX = 1000  # runs one /api/runs answer lists; `limit` is clamped to 1..this
 
 
 def cut(text: str | None, limit: int) -> str | None:

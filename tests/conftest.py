@@ -73,6 +73,7 @@ class Project:
         env = dict(os.environ)
         env["PIPEWARDEN_CONFIG"] = str(self.config_path)
         env.pop("NO_COLOR", None)
+        env.setdefault("BROWSER", "true")  # `pipewarden open` prints its link, opens nothing
         return env
 
     def cli(self, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess[str]:

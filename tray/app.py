@@ -39,7 +39,6 @@ class DaemonClient:
         self.http = httpx.Client(
             base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT_S
         )
-        self.token = token
 
     def status(self) -> dict[str, Any] | None:
         try:
@@ -54,6 +53,16 @@ class DaemonClient:
             self.http.post(path, json=body).raise_for_status()
         except httpx.HTTPError as exc:
             log.warning("the daemon did not take %s: %s", path, exc)
+
+    def sign_in_url(self) -> str | None:
+        """The page's address with a one-time code (never the token) that signs a browser in."""
+        try:
+            response = self.http.post("/api/login-codes", json={})
+            response.raise_for_status()
+            return f"{self.base_url}/#code={response.json()['code']}"
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            log.warning("the daemon gave no sign-in code: %s", exc)
+            return None
 
 
 class TrayApp:
@@ -135,7 +144,9 @@ class TrayApp:
         elif action == "reload":
             self.client.post("/api/reload", {})
         elif action == "open":
-            webbrowser.open(f"{self.client.base_url}/?token={self.client.token}")
+            url = self.client.sign_in_url()
+            if url:
+                webbrowser.open(url)
         elif action == "quit":
             self._stop.set()
             self._icon.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,21 +62,18 @@ def start(project: Project) -> str:
         rules=("halts.yaml",),
     )
     project.start_daemon()
-    token = wait_until(
-        lambda: (
-            (project.state_dir / "api.token").exists()
-            and (project.state_dir / "api.token").read_text().strip()
-        ),
-        "the API token",
+    opened = wait_until(
+        lambda: (done := project.cli("open", expect=None)).returncode == 0 and done.stdout,
+        "the API to give a sign-in link",
     )
-    return f"http://127.0.0.1:{project.api_port}/?token={token}"
+    return re.search(r"http://\S+", opened)[0]  # with a one-time code, good for 60 s
 
 
 def test_the_page_shows_a_run_appear_and_finish_live(project: Project, browser, tmp_path: Path):
     url = start(project)
     page = browser.new_page()
-    page.goto(url)  # signs in: sets the HttpOnly cookie and drops the token from the URL
-    assert page.url.endswith("/") and "token" not in page.url
+    page.goto(url)  # signs in with the link's one-time code, then drops it from the URL
+    assert page.url.endswith("/") and "code" not in page.url
     page.wait_for_selector("#connection:has-text('live')")
 
     (project.root / "hold-alpha").touch()
