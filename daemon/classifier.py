@@ -34,6 +34,9 @@ class Classification:
     max_attempts: int | None = None  # a rule's override of the stage's retry policy
     backoff_s: float | None = None
     defer_s: float | None = None
+    retry_after_from_text: bool = False  # the decision waits as the message asks
+    advice: str = ""
+    runbook: str = ""
 
 
 UNKNOWN = Classification(Group.UNKNOWN, "Unknown", "unknown", "unknown", None)
@@ -139,4 +142,7 @@ def _from_rule(rule: Rule) -> Classification:
         max_attempts=rule.max_attempts,
         backoff_s=rule.backoff_s,
         defer_s=rule.defer_s,
+        retry_after_from_text=rule.retry_after_from_text,
+        advice=rule.advice,
+        runbook=rule.runbook,
     )

@@ -15,16 +15,9 @@ from pathlib import Path
 
 from pipewarden.config import Config, find_config_path, load_config
 from pipewarden.errors import PipewardenError, UsageError
+from pipewarden.packs import shipped_rules_dir
 from pipewarden.rules import load_rules
 from pipewarden.store import STORE_FILE
-
-
-def _shipped_rules() -> Path:
-    """rules/ of the checkout, installed as the data package pipewarden.shipped_rules."""
-    spec = importlib.util.find_spec("pipewarden.shipped_rules")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    return Path(locations[0]) if locations else Path(__file__).resolve().parent.parent / "rules"
-
 
 STARTER_CONFIG = """\
 # pipewarden config. Durations take a unit: 250ms, 30s, 5m, 2h, 1d.
@@ -69,7 +62,7 @@ def greet(data: dict, ctx) -> dict:
 
 def init(folder: Path) -> list[Path]:
     """Write a starter config, the shipped rules and a worker; never overwrite a file."""
-    shipped = _shipped_rules()
+    shipped = shipped_rules_dir()
     if not shipped.is_dir():
         raise PipewardenError(f"the shipped rules are not at {shipped}: reinstall pipewarden")
     planned = {
