@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PREFIX = "pack:"
+# The order to name them in, most specific first: a pack for one service or tool claims
+# its own messages before the generic http, net and os packs see them (first match wins).
+ORDER = ("browser", "smtp", "email", "sms", "llm", "android", "database", "media", "http",
+         "net", "os")  # fmt: skip
 
 
 def shipped_rules_dir() -> Path:
@@ -28,7 +32,9 @@ def packs_dir() -> Path:
 
 
 def pack_names() -> list[str]:
-    return sorted(path.stem for path in packs_dir().glob("*.yaml"))
+    """The shipped packs, in ORDER (any pack it does not name comes last)."""
+    names = {path.stem for path in packs_dir().glob("*.yaml")}
+    return [n for n in ORDER if n in names] + sorted(names - set(ORDER))
 
 
 def pack_path(name: str) -> Path | None:
