@@ -919,6 +919,6 @@ def _cmd_rules_packs(args: argparse.Namespace) -> int:
     for pack in found:
         halts = f", {pack.halts} halts" if pack.halts else ""
         counts = f"{pack.rules} rules{halts}"
-        print(f"{packs.PREFIX + pack.name:<{width}}  {counts:<18}{pack.summary}")
+        print(f"{packs.PREFIX + pack.name:<{width}}  {counts:<19}{pack.summary}")
     print("\nname them in the config's rules (first match wins): [rules/*.yaml, pack:http, ...]")
     return EXIT_OK

@@ -4,7 +4,7 @@ A pack is `rules/packs/NAME.yaml` in the checkout, installed as package data of
 `pipewarden.shipped_rules`. The config names it among its rule files as `pack:NAME`
 (`rules: [rules/*.yaml, pack:http, pack:net]`); it is then read from the installed
 package, so upgrading pipewarden upgrades the pack. rules/README.md is the policy
-every pack follows; a pack file's first comment line says what it covers.
+every pack follows; a pack file's first line reads `# pack:NAME — what it covers`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def shown_name(path: Path) -> str | None:
 @dataclass(frozen=True)
 class PackInfo:
     name: str
-    summary: str  # the file's first comment line
+    summary: str  # from the file's first line, "# pack:NAME — what it covers"
     rules: int
     halts: int
 
@@ -63,5 +63,6 @@ def describe(name: str) -> PackInfo:
 
     path = packs_dir() / f"{name}.yaml"
     ruleset = load_rules([path])
-    first = path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
-    return PackInfo(name, first.lstrip("# ").strip(), len(ruleset.rules), len(ruleset.halts))
+    first = path.read_text(encoding="utf-8").partition("\n")[0]  # "# pack:NAME — summary"
+    summary = first.partition(" — ")[2].strip()
+    return PackInfo(name, summary, len(ruleset.rules), len(ruleset.halts))
