@@ -159,6 +159,10 @@ def _build_parser() -> argparse.ArgumentParser:
     init = commands.add_parser("init", help="write a commented config, rules and a worker")
     init.set_defaults(handler=_cmd_init)
     init.add_argument("folder", nargs="?", default=".", help="where (default: here)")
+    init.add_argument(
+        "--packs", default="",
+        help="rule packs to add to http, net and os, e.g. browser,sms (see `rules packs`)",
+    )  # fmt: skip
     command("doctor", _cmd_doctor, "check the config, rules, state dir, workers, targets", common)
 
     prune = command(
@@ -672,7 +676,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from pipewarden.setup import init
 
     folder = Path(args.folder).resolve()
-    for path in init(folder):
+    extra = tuple(name.strip() for name in args.packs.split(",") if name.strip())
+    for path in init(folder, extra):
         print(f"wrote {path}")
     print(f"next: cd {folder}, then: pipewarden doctor; pipewarden enqueue hello world;")
     print("      pipewarden run")
