@@ -922,7 +922,7 @@ def _cmd_rules_packs(args: argparse.Namespace) -> int:
         return EXIT_OK
     width = max((len(p.name) for p in found), default=0) + len(packs.PREFIX)
     for pack in found:
-        halts = f", {pack.halts} halts" if pack.halts else ""
+        halts = f", {pack.halts} halt{'s' * (pack.halts > 1)}" if pack.halts else ""
         counts = f"{pack.rules} rules{halts}"
         print(f"{packs.PREFIX + pack.name:<{width}}  {counts:<19}{pack.summary}")
     print("\nname them in the config's rules (first match wins): [rules/*.yaml, pack:http, ...]")

@@ -123,8 +123,8 @@ def test_rules_packs_lists_every_pack_with_its_rule_count(project: Project):
     for name in packs.pack_names():
         count = len(load_rules([packs.packs_dir() / f"{name}.yaml"]).rules)
         assert any(line.startswith(f"pack:{name} ") and f" {count} rules" in line for line in lines)
-    with_halts = [line.split()[0] for line in lines if " halts " in line]
-    assert with_halts == ["pack:smtp", "pack:sms"]  # the reputation halts, on email and sms
+    with_halts = [line.split()[0] for line in lines if " halt" in line]
+    assert with_halts == ["pack:smtp", "pack:email", "pack:sms"]  # on the email and sms channels
 
 
 _keys = itertools.count()
