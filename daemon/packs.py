@@ -45,7 +45,7 @@ def pack_path(name: str) -> Path | None:
 
 def shown_name(path: Path) -> str | None:
     """`pack:NAME` for a shipped pack's file (how rule ids name it), else None."""
-    in_packs = path.parent == packs_dir().resolve() and path.suffix == ".yaml"
+    in_packs = path.parent.resolve() == packs_dir().resolve() and path.suffix == ".yaml"
     return f"{PREFIX}{path.stem}" if in_packs else None
 
 
