@@ -34,6 +34,9 @@ class Classification:
     max_attempts: int | None = None  # a rule's override of the stage's retry policy
     backoff_s: float | None = None
     defer_s: float | None = None
+    retry_after_from_text: bool = False  # the decision waits as the message asks
+    advice: str = ""
+    runbook: str = ""
 
 
 UNKNOWN = Classification(Group.UNKNOWN, "Unknown", "unknown", "unknown", None)
@@ -57,6 +60,10 @@ def _re2_set(patterns: list[str]) -> Any:
         return None
     options = re2.Options()
     options.case_sensitive = False
+    # RE2's default 8 MiB leaves its DFA cache too small for a scope with every rule pack:
+    # it thrashes and each match falls back to the NFA (100x slower). The cache grows only
+    # as states are met; a corpus of 700 real error texts needs well under 1 MiB of it.
+    options.max_mem = 64 << 20
     compiled = re2.Set.SearchSet(options)
     for pattern in patterns:
         compiled.Add(pattern)
@@ -139,4 +146,7 @@ def _from_rule(rule: Rule) -> Classification:
         max_attempts=rule.max_attempts,
         backoff_s=rule.backoff_s,
         defer_s=rule.defer_s,
+        retry_after_from_text=rule.retry_after_from_text,
+        advice=rule.advice,
+        runbook=rule.runbook,
     )

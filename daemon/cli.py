@@ -167,6 +167,10 @@ def _build_parser() -> argparse.ArgumentParser:
     init = commands.add_parser("init", help="write a commented config, rules and a worker")
     init.set_defaults(handler=_cmd_init)
     init.add_argument("folder", nargs="?", default=".", help="where (default: here)")
+    init.add_argument(
+        "--packs", default="",
+        help="rule packs to add to http, net and os, e.g. browser,sms (see `rules packs`)",
+    )  # fmt: skip
     command("doctor", _cmd_doctor, "check the config, rules, state dir, workers, targets", common)
 
     prune = command(
@@ -204,10 +208,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "test", help="classify an error message as the daemon would", parents=[common, as_json]
     )
     test.set_defaults(handler=_cmd_rules_test)
-    test.add_argument("message")
+    test.add_argument("message", nargs="?", help="an error text (or --file)")
     test.add_argument("--pipeline")
     test.add_argument("--stage")
     test.add_argument("--type", dest="exception_type", help="the exception type, e.g. TimeoutError")
+    test.add_argument(
+        "--file", metavar="LOG", help="classify every line of LOG ('-': standard input) instead"
+    )
+    packs = rules_commands.add_parser(
+        "packs", help="the shipped rule packs, to name in the config as pack:NAME",
+        parents=[as_json],
+    )  # fmt: skip
+    packs.set_defaults(handler=_cmd_rules_packs)
     return parser
 
 
@@ -697,7 +709,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from pipewarden.setup import init
 
     folder = Path(args.folder).resolve()
-    for path in init(folder):
+    extra = tuple(name.strip() for name in args.packs.split(",") if name.strip())
+    for path in init(folder, extra):
         print(f"wrote {path}")
     print(f"next: cd {folder}, then: pipewarden doctor; pipewarden enqueue hello world;")
     print("      pipewarden run")
@@ -869,6 +882,8 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
 def _cmd_rules_test(args: argparse.Namespace) -> int:
     from pipewarden.classifier import Classifier
 
+    if args.file is not None or args.message is None:
+        return _cmd_rules_test_file(args)
     ruleset = _load_rules_for(args)
     exception_types = (args.exception_type,) if args.exception_type else ()
     result = Classifier(ruleset).classify(
@@ -882,6 +897,8 @@ def _cmd_rules_test(args: argparse.Namespace) -> int:
         "type": result.type,
         "rule": result.rule_id,
         "pattern": rule.source or None if rule else None,
+        "advice": result.advice or None,
+        "runbook": result.runbook or None,
     }
     if args.json:
         _print_json(answer)
@@ -891,6 +908,57 @@ def _cmd_rules_test(args: argparse.Namespace) -> int:
     if rule:
         shown = rule.source or f"exception {', '.join(rule.exceptions)}"
         print(f"{'rule':<10}{rule.id}  ({shown})")
+        for name in ("advice", "runbook"):
+            if answer[name]:
+                print(f"{name:<10}{answer[name]}")
     else:
         print(f"{'rule':<10}none matched — retried up to the stage's max_attempts, then failed")
+    return EXIT_OK
+
+
+def _cmd_rules_test_file(args: argparse.Namespace) -> int:
+    """`rules test --file LOG`: every line classified as the daemon would, then a summary."""
+    from pipewarden.classifier import Classifier
+    from pipewarden.logtest import classify_lines, summary_lines
+
+    if args.file is None:
+        raise UsageError("rules test needs an error text, or --file LOG ('-' for standard input)")
+    if args.message is not None:
+        raise UsageError("rules test takes an error text or --file LOG, not both")
+    lines = _read_log_lines(args.file)
+    classifier = Classifier(_load_rules_for(args))
+    exception_types = (args.exception_type,) if args.exception_type else ()
+    results = classify_lines(classifier, lines, args.pipeline, args.stage, exception_types)
+    if args.json:
+        for result in results:
+            print(json.dumps(result.as_dict()))
+    else:
+        print("\n".join(summary_lines(results)))
+    return EXIT_OK
+
+
+def _read_log_lines(where: str) -> list[str]:
+    """The lines of a log file, or of standard input for '-'; bytes that are not UTF-8
+    are replaced, as a log may hold anything."""
+    try:
+        raw = sys.stdin.buffer.read() if where == "-" else Path(where).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--file {where}: cannot read it: {exc.strerror}") from None
+    return raw.decode("utf-8", errors="replace").splitlines()
+
+
+def _cmd_rules_packs(args: argparse.Namespace) -> int:
+    from pipewarden import packs
+
+    found = [packs.describe(name) for name in packs.pack_names()]
+    if args.json:
+        _print_json([{"name": f"pack:{p.name}", "rules": p.rules, "halts": p.halts,
+                      "summary": p.summary} for p in found])  # fmt: skip
+        return EXIT_OK
+    width = max((len(p.name) for p in found), default=0) + len(packs.PREFIX)
+    for pack in found:
+        halts = f", {pack.halts} halt{'s' * (pack.halts > 1)}" if pack.halts else ""
+        counts = f"{pack.rules} rules{halts}"
+        print(f"{packs.PREFIX + pack.name:<{width}}  {counts:<19}{pack.summary}")
+    print("\nname them in the config's rules (first match wins): [rules/*.yaml, pack:http, ...]")
     return EXIT_OK

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pipewarden import packs
 from pipewarden._yaml import Node, load_file
 from pipewarden.calendar import BusinessHours, parse_days, parse_hours
 from pipewarden.errors import ConfigError
@@ -274,11 +275,26 @@ def _expand_rule_globs(base: Path, node: Node) -> tuple[Path, ...]:
     """Rule file paths and globs, relative to the config, in order; each must find a file."""
     paths: list[Path] = []
     for pattern in node.text_list("rules"):
+        if pattern.startswith(packs.PREFIX):
+            pack = _pack_file(node, pattern)
+            if pack not in paths:
+                paths.append(pack)
+            continue
         matches = sorted(glob.glob(str(base / pattern)))
         if not matches:
             raise node.error(f"rules: '{pattern}' matches no file", f"looked in {base}")
         paths.extend(p for p in (Path(m).resolve() for m in matches) if p not in paths)
     return tuple(paths)
+
+
+def _pack_file(node: Node, entry: str) -> Path:
+    """The shipped file of `pack:NAME`; an unknown name is an error that lists the packs."""
+    name = entry.removeprefix(packs.PREFIX)
+    path = packs.pack_path(name)
+    if path is None:
+        known = ", ".join(packs.PREFIX + n for n in packs.pack_names()) or "none"
+        raise node.error(f"rules: no pack named '{name}'", f"shipped packs: {known}")
+    return path.resolve()
 
 
 def _load_pipeline(name: str, node: Node, defaults: dict[str, Node], base: Path) -> Pipeline:

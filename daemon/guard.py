@@ -79,6 +79,7 @@ class Guard:
                 ("channel", run.channel, run.label)
                 for run in failures
                 if run.channel and run.label and rule.watches_channel(run.channel)
+                and rule.watches_label(run.label)
                 and (not rule.pipelines or run.pipeline in rule.pipelines)
             ]  # fmt: skip
         if rule.when == "all_failed":

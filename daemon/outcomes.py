@@ -2,6 +2,8 @@
 
 No I/O and no clock of its own, so the whole retry policy (backoff, jitter,
 retry_after, rule overrides, exhaustion) is tested with plain values and freezegun.
+A worker's `retry_after` wins; then the wait the error text asks for, where its rule
+says `retry_after: from_text` (retry_after.py); then the backoff.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pipewarden.classifier import Classification
 from pipewarden.config import Pipeline, RetryPolicy, Stage
 from pipewarden.limits import INTERNAL_FAILURES_MAX
 from pipewarden.protocol import Verdict, WorkerReport, error_text
+from pipewarden.retry_after import asked_delay
 from pipewarden.types import Group, ItemState, RunStatus
 
 NO_ERROR_TEXT = "the worker reported a failure without an error text"
@@ -165,8 +168,11 @@ def _failed(
     if attempt >= max_attempts:
         note = f"failed: {max_attempts} attempts used"
         return Decision(run_status, ItemState.FAILED, stage.name, attempt, None, error, c, note)
-    if report.retry_after_s is not None:
+    asked = asked_delay(error, now) if c.retry_after_from_text else None
+    if report.retry_after_s is not None:  # the worker's own word wins over its text's
         delay = report.retry_after_s
+    elif asked is not None:
+        delay = asked
     else:
         if c.backoff_s is not None:
             policy = RetryPolicy(

@@ -9,6 +9,9 @@ A rules file looks like::
         label: Rate limited
         category: api           # optional; type defaults to the label in snake_case
         retry: {max_attempts: 6, backoff: 1m}
+        retry_after: from_text  # optional: wait as the message asks ("try again in 20s")
+        advice: "slow the stage down (concurrency), or raise the plan's limit"
+        runbook: https://wiki.example/rate-limits   # optional: where to read more
       - exception: TimeoutError
         group: retriable
         label: Timeout
@@ -21,14 +24,16 @@ A rules file looks like::
         count: 25
         within: 2h
         probe_after: 30m        # optional: then let one item through to test the water
+        labels: [Spam blocked]  # optional: only these labels count (a reputation halt)
       - when: all_failed        # the last N runs of a stage all failed -> the stage halts
         last: 20
       - when: budget            # a pipeline's summed `cost` today passes a cap
         pipelines: [outreach]
         budget: 50
 
-Patterns are case-insensitive. A rule's id is `file:line`, so `pipewarden rules test`
-and every run can point at the line that decided it.
+Patterns are case-insensitive. A rule's id is `file:line` (`pack:NAME:line` for a
+shipped pack, see packs.py), so `pipewarden rules test` and every run can point at
+the line that decided it.
 """
 
 from __future__ import annotations
@@ -38,18 +43,20 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipewarden import packs
 from pipewarden._yaml import Node, load_file
 from pipewarden.errors import ConfigError
 from pipewarden.types import Group
 
 _FILE_KEYS = {"pipelines", "stages", "rules", "halts"}
 _HALT_KEYS = {"when", "channels", "stages", "pipelines", "count", "within", "last", "budget",
-              "probe_after"}  # fmt: skip
+              "probe_after", "labels"}  # fmt: skip
 HALT_KINDS = ("same_label", "all_failed", "budget")
 _RULE_KEYS = {
     "match", "exception", "group", "label", "category", "type", "pipelines", "stages",
-    "retry", "defer",
+    "retry", "defer", "advice", "runbook", "retry_after",
 }  # fmt: skip
+RETRY_AFTER_SOURCES = ("from_text",)  # where a rule's retry_after comes from
 _RULE_GROUPS = tuple(g.value for g in Group if g is not Group.UNKNOWN)
 
 
@@ -68,6 +75,9 @@ class Rule:
     max_attempts: int | None = None
     backoff_s: float | None = None
     defer_s: float | None = None
+    advice: str = ""  # what to do about it, in a line or two
+    runbook: str = ""  # a URL with more
+    retry_after_from_text: bool = False  # wait as long as the message asks (retry_after.py)
 
     def applies_to(self, pipeline: str | None, stage: str | None) -> bool:
         return (not self.pipelines or pipeline is None or pipeline in self.pipelines) and (
@@ -94,9 +104,13 @@ class HaltRule:
     within_s: float = 0.0  # same_label: the window
     budget: float = 0.0  # budget: the cap on a day's summed cost
     probe_after_s: float | None = None
+    labels: tuple[str, ...] = ()  # same_label: only these labels count (empty: every label)
 
     def watches_channel(self, channel: str) -> bool:
         return not self.channels or channel in self.channels
+
+    def watches_label(self, label: str) -> bool:
+        return not self.labels or label in self.labels
 
     def watches_stage(self, pipeline: str, stage: str) -> bool:
         return (not self.stages or f"{pipeline}/{stage}" in self.stages) and (
@@ -127,7 +141,10 @@ def load_rules(paths: tuple[Path, ...] | list[Path], base: Path | None = None) -
 
 
 def _display_path(path: Path, base: Path | None) -> str:
-    """Relative to the config's folder when the file lies inside it, else absolute."""
+    """`pack:NAME` for a shipped pack; relative to the config's folder when the file lies
+    inside it, else absolute."""
+    if pack := packs.shown_name(path):
+        return pack
     if base is not None and path.is_relative_to(base):
         return str(path.relative_to(base))
     return str(path)
@@ -177,6 +194,7 @@ def _load_halt(node: Node, pipelines: tuple[str, ...]) -> HaltRule:
         probe_after_s=(
             entries["probe_after"].duration("probe_after") if "probe_after" in entries else None
         ),
+        labels=entries["labels"].text_list("labels") if "labels" in entries else (),
     )
 
 
@@ -206,7 +224,29 @@ def _load_rule(node: Node, pipelines: tuple[str, ...], stages: tuple[str, ...]) 
         max_attempts=retry[0],
         backoff_s=retry[1],
         defer_s=entries["defer"].duration("defer") if "defer" in entries else None,
+        advice=entries["advice"].text("advice").strip() if "advice" in entries else "",
+        runbook=_runbook(entries["runbook"]) if "runbook" in entries else "",
+        retry_after_from_text=_retry_after(entries),
     )
+
+
+def _runbook(node: Node) -> str:
+    url = node.text("runbook").strip()
+    if not url.startswith(("https://", "http://")):
+        raise node.error(f"runbook must be a URL, not '{url}'", "write https://...")
+    return url
+
+
+def _retry_after(entries: dict[str, Node]) -> bool:
+    """`retry_after: from_text`: a retriable rule waits as long as its message asks."""
+    if "retry_after" not in entries:
+        return False
+    entries["retry_after"].choice("retry_after", RETRY_AFTER_SOURCES)
+    if entries["group"].value != Group.RETRIABLE:
+        raise entries["retry_after"].error(
+            "retry_after applies to retriable rules only", "remove it, or make the rule retriable"
+        )
+    return True
 
 
 def _compile(node: Node, source: str) -> re.Pattern[str]:

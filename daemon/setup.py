@@ -9,31 +9,25 @@ import shutil
 import sqlite3
 import stat
 import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipewarden import packs
 from pipewarden.config import Config, find_config_path, load_config
 from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.rules import load_rules
 from pipewarden.store import STORE_FILE
-
-
-def _shipped_rules() -> Path:
-    """rules/ of the checkout, installed as the data package pipewarden.shipped_rules."""
-    spec = importlib.util.find_spec("pipewarden.shipped_rules")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    return Path(locations[0]) if locations else Path(__file__).resolve().parent.parent / "rules"
-
 
 STARTER_CONFIG = """\
 # pipewarden config. Durations take a unit: 250ms, 30s, 5m, 2h, 1d.
 # `pipewarden doctor` checks it; `pipewarden rules check` checks the rules.
 
 # state_dir: .pipewarden          # the store and the daemon's lock (default: beside this file)
-rules:
-  - rules/*.yaml                  # first match wins; edit them while the daemon runs
-# retention: 90d                  # runs older than this are pruned (0: keep forever)
+rules:                            # first match wins; edit your files while the daemon runs
+  - rules/*.yaml                  # yours (copied from the shipped ones), tried first
+{packs}# retention: 90d                  # runs older than this are pruned (0: keep forever)
 # drain_grace: 30s                # on stop, how long running attempts may finish
 # api: {port: 8765}               # HTTP on 127.0.0.1 for the CLI, the page and the tray
 
@@ -67,13 +61,31 @@ def greet(data: dict, ctx) -> dict:
 '''
 
 
-def init(folder: Path) -> list[Path]:
+# Errors every starter meets (HTTP, sockets, the OS); `init --packs` adds the others.
+STARTER_PACKS = ("http", "net", "os")
+
+
+def starter_config(extra_packs: tuple[str, ...] = ()) -> str:
+    """The starter config naming the packs it needs, most specific first (packs.ORDER)."""
+    known = packs.pack_names()
+    for name in extra_packs:
+        if name not in known:
+            raise UsageError(f"--packs: no pack named '{name}' (shipped: {', '.join(known)})")
+    chosen = [name for name in known if name in {*STARTER_PACKS, *extra_packs}]
+    others = ", ".join(f"pack:{name}" for name in known if name not in chosen)
+    lines = [f"  - pack:{name}" for name in chosen]
+    lines += textwrap.wrap(f"# more (`pipewarden rules packs`): {others}", 90,
+                           initial_indent="  ", subsequent_indent="  #   ")  # fmt: skip
+    return STARTER_CONFIG.replace("{packs}", "".join(f"{line}\n" for line in lines))
+
+
+def init(folder: Path, extra_packs: tuple[str, ...] = ()) -> list[Path]:
     """Write a starter config, the shipped rules and a worker; never overwrite a file."""
-    shipped = _shipped_rules()
+    shipped = packs.shipped_rules_dir()
     if not shipped.is_dir():
         raise PipewardenError(f"the shipped rules are not at {shipped}: reinstall pipewarden")
     planned = {
-        folder / "config.yaml": STARTER_CONFIG,
+        folder / "config.yaml": starter_config(extra_packs),
         folder / "workers" / "__init__.py": "",
         folder / "workers" / "hello.py": STARTER_WORKER,
         **{folder / "rules" / p.name: p.read_text() for p in sorted(shipped.glob("*.yaml"))},

@@ -87,3 +87,19 @@ def test_every_worker_gets_a_w3c_traceparent_matching_its_run(project: Project):
         for seen, run in ((data["seen"], pool_run), (data["seen_cmd"], process_run)):
             assert TRACEPARENT.match(seen)
             assert seen == f"00-{run.trace_id}-{run.id[:16]}-01"
+
+
+def test_init_names_the_packs_a_starter_needs_and_more_on_request(tmp_path: Path):
+    run_cli(tmp_path, "init", "plain")
+    config = (tmp_path / "plain" / "config.yaml").read_text()
+    assert "  - pack:http\n  - pack:net\n  - pack:os\n" in config
+    run_cli(tmp_path, "init", "farm", "--packs", "android,browser")
+    config = (tmp_path / "farm" / "config.yaml").read_text()
+    assert "  - pack:browser\n  - pack:android\n  - pack:http\n" in config  # specific first
+    doctor = run_cli(tmp_path / "farm", "doctor").stdout.splitlines()
+    assert doctor[-1] == "all good"
+    done = run_cli(tmp_path, "rules", "test", "error: device offline",
+                   "--config", str(tmp_path / "farm" / "config.yaml"))  # fmt: skip
+    assert "label     Device unreachable" in done.stdout and "pack:android:" in done.stdout
+    wrong = run_cli(tmp_path, "init", "x", "--packs", "androids", expect=2)
+    assert wrong.stderr.startswith("pipewarden: --packs: no pack named 'androids' (shipped: ")
