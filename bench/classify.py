@@ -1,6 +1,6 @@
 """Classification throughput: messages per second through the compiled rules.
 
-    python bench/classify.py [--messages 200000]
+    python bench/classify.py [--messages 200000] [--repeats 5]
 
 Two rule sets: the shipped rules (sites pipeline), and 60 rules (the shipped ones plus
 generated look-alikes placed before them, so most messages pass many rules first).
@@ -43,18 +43,23 @@ def extra_rules(count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def measure(classifier: Classifier, total: int) -> float:
+def measure(classifier: Classifier, total: int, repeats: int) -> float:
+    """Messages per second, from the fastest of `repeats` passes (the least disturbed)."""
     messages = (MESSAGES * (total // len(MESSAGES) + 1))[:total]
     classify = classifier.classify
-    start = time.perf_counter()
-    for message in messages:
-        classify(message, pipeline="sites", stage="capture")
-    return total / (time.perf_counter() - start)
+    fastest = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for message in messages:
+            classify(message, pipeline="sites", stage="capture")
+        fastest = min(fastest, time.perf_counter() - start)
+    return total / fastest
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=5, help="passes; the fastest counts")
     args = parser.parse_args()
     shipped = sorted((REPO / "rules").glob("*.yaml"))
     with tempfile.TemporaryDirectory() as folder:
@@ -65,7 +70,7 @@ def main() -> int:
         big = load_rules([extra, *shipped], REPO)
         for name, rules in (("shipped rules", ruleset), ("60 rules", big)):
             count = sum(r.applies_to("sites", "capture") for r in rules.rules)
-            rate = measure(Classifier(rules), args.messages)
+            rate = measure(Classifier(rules), args.messages, args.repeats)
             print(f"{name:<14} ({count} in scope): {rate:>10,.0f} messages/s")
     return 0
 

@@ -18,6 +18,8 @@ ERROR_TEXT_MAX = 8 * KIB  # a run's error text
 KEY_MAX = 1 * KIB  # an item key, in UTF-8 bytes
 DATA_MAX = 8 * MIB  # an item's data, as JSON
 DELAY_MAX_S = 366 * 86400.0  # the longest retry_after or defer a worker may ask for
+SETTINGS_FILE_MAX = 16 * MIB  # a config or rules file
+SETTINGS_DEPTH_MAX = 64  # how deeply a config or rules file may nest lists and mappings
 INTERNAL_FAILURES_MAX = 3  # runs ended by internal errors before the item fails
 
 
