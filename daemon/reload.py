@@ -2,7 +2,8 @@
 
 A change (or SIGHUP, or `pipewarden reload`) makes the daemon load everything again
 in a thread, validate and compile it, and swap it in at once. A bad edit raises a
-ConfigError with file:line:column; the daemon keeps the last good rules in force.
+ConfigError with file:line:column; the daemon keeps the last good rules in force. The
+daemon supervises the watcher: if it ever fails, it is logged and started again.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from pipewarden.config import Config, load_config
 from pipewarden.rules import RuleSet, load_rules
@@ -33,16 +35,20 @@ def watched_folders(config: Config) -> set[Path]:
 
 
 async def watch(
-    config: Config, on_change: Callable[[str], Awaitable[None]], stop: asyncio.Event
+    current: Callable[[], Config], on_change: Callable[[str], Awaitable[Any]], stop: asyncio.Event
 ) -> None:
-    """Call `on_change` whenever the config or a rule file changes, until `stop` is set."""
+    """Call `on_change` whenever the config or a rule file changes, until `stop` is set.
+
+    `current` gives the config in force. When a reload changes the folders to watch
+    (a new rules glob), this returns, so that the caller watches the new ones.
+    """
     import watchfiles  # only the daemon watches
 
-    folders = watched_folders(config)
+    folders = watched_folders(current())
 
     def relevant(_change: watchfiles.Change, path: str) -> bool:
         changed = Path(path)
-        return changed == config.path or (
+        return changed == current().path or (
             changed.suffix in RULE_SUFFIXES and changed.parent in folders
         )
 
@@ -56,3 +62,5 @@ async def watch(
     ):
         names = sorted({Path(path).name for _, path in changes})
         await on_change(f"changed: {', '.join(names)}")
+        if watched_folders(current()) != folders:
+            return
