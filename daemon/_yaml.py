@@ -55,8 +55,8 @@ def read_file(path: Path, shown: str | None = None) -> bytes:
         raise ConfigError(where, 0, 0, "is a folder, not a file", "name a .yaml file") from None
     except FileNotFoundError:
         raise ConfigError(
-            where, 0, 0, "the file is gone (deleted or renamed while being saved?)",
-            "save it again, or take it out of the config's `rules:`",
+            where, 0, 0, "no such file (an editor may have removed it while saving)",
+            "save it again, or fix the name in the config's `rules:`",
         ) from None  # fmt: skip
     except OSError as exc:
         raise ConfigError(where, 0, 0, f"cannot read file: {exc.strerror}") from None
@@ -92,6 +92,8 @@ def load_text(text: str, path: Path | str) -> Node:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         problem = (exc.problem or exc.context or "invalid YAML").strip()
+        if "maximum nesting depth" in problem:  # libyaml's own limit, deeper than ours
+            raise ConfigError(path, line, col, *_TOO_DEEP) from None
         raise ConfigError(path, line, col, f"invalid YAML: {problem}") from None
     except yaml.reader.ReaderError as exc:
         line, col = _position(text, text.find(chr(exc.character)))
@@ -132,6 +134,8 @@ class _Open:
         self.merges: list[Node] = []  # `<<: *defaults` mappings, merged at the end
 
 
+_TOO_DEEP = (f"nested more than {SETTINGS_DEPTH_MAX} levels deep",
+             "config and rule files need only a few levels")  # fmt: skip
 _CORE = "tag:yaml.org,2002:"
 _NULLS = ("", "~", "null", "Null", "NULL")
 _BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False,
@@ -196,10 +200,7 @@ class _Composer:
                 event, "a list or mapping used as a key", "keys are plain names: write 'name: ...'"
             )
         if len(self.stack) >= SETTINGS_DEPTH_MAX:
-            raise self._error(
-                event, f"nested more than {SETTINGS_DEPTH_MAX} levels deep",
-                "config and rule files need only a few levels",
-            )  # fmt: skip
+            raise self._error(event, *_TOO_DEEP)
         is_mapping = isinstance(event, yaml.MappingStartEvent)
         expected = "map" if is_mapping else "seq"
         if event.tag not in (None, "!", f"{_CORE}{expected}"):

@@ -35,7 +35,8 @@ log = logging.getLogger("pipewarden.daemon")
 
 RECOVERED_REASON = "daemon stopped while running"
 PRUNE_EVERY_S = 3600.0
-WATCH_RETRY_S = 1.0  # a failed file watcher starts again after this, doubling up to a minute
+WATCH_RETRY_S = 1.0  # a failed file watcher starts again after this, doubling up to the max
+WATCH_RETRY_MAX_S = 10.0
 TROUBLE_SAVE_EVERY_S = 1.0  # a rule's trouble count reaches the store at most this often
 
 
@@ -304,20 +305,27 @@ class Daemon:
         return record
 
     async def _watch_files(self) -> None:
-        """The file watcher, supervised: when it fails it is logged and started again."""
-        delay = WATCH_RETRY_S
+        """The file watcher, supervised: when it fails it is logged and started again.
+
+        A watch started again reloads once it is in place, for the saves it missed.
+        """
+        delay, catch_up, last_problem = WATCH_RETRY_S, False, ""
         while not self._stop.is_set():
             try:
-                await reload_module.watch(lambda: self.config, self.reload, self._stop)
-                delay = WATCH_RETRY_S  # it returned: the folders to watch changed, or the stop
+                await reload_module.watch(lambda: self.config, self.reload, self._stop, catch_up)
+                delay, last_problem = WATCH_RETRY_S, ""  # returned: its folders changed, or stop
             except Exception as exc:
-                log.error(
-                    "file watcher failed (%s: %s): watching again in %.0fs",
-                    type(exc).__name__, exc, delay,
-                )  # fmt: skip
+                problem = f"{type(exc).__name__}: {exc}"
+                if problem != last_problem:  # not once per retry while a folder stays away
+                    log.error(
+                        "file watcher failed (%s): trying again, every %.0fs at most",
+                        problem, WATCH_RETRY_MAX_S,
+                    )  # fmt: skip
+                last_problem = problem
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
-                delay = min(delay * 2, 60.0)
+                delay = min(delay * 2, WATCH_RETRY_MAX_S)
+            catch_up = True
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
