@@ -1,15 +1,20 @@
 """Classification throughput: messages per second through the compiled rules.
 
-    python bench/classify.py [--messages 200000] [--repeats 5]
+    python bench/classify.py [--messages 200000] [--repeats 5] [--check-rules 8000]
 
 Two rule sets: the shipped rules (sites pipeline), and 60 rules (the shipped ones plus
 generated look-alikes placed before them, so most messages pass many rules first).
 The messages are the realistic examples from the tests plus unmatched ones, cycled.
+
+Then `pipewarden rules check` on a file of --check-rules generated rules (a mix of
+regexes and literals, a shadowed literal and a nested repeat among them), timed end
+to end as a person runs it: the process starting, loading, checking and printing.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +48,32 @@ def extra_rules(count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def many_rules(count: int) -> str:
+    lines = ["rules:"]
+    for n in range(count - 2):
+        if n % 2:
+            lines.append(f"  - {{match: 'vendor {n} quota (exceeded|exhausted) for \\w+',"
+                         f" group: retriable, label: Vendor {n}}}")  # fmt: skip
+        else:
+            lines.append(f"  - {{match: 'message {n} from the batch job', group: terminal,"
+                         f" label: Message {n}}}")  # fmt: skip
+    lines.append("  - {match: 'vendor 17 quota exceeded for key', group: terminal, label: Late}")
+    lines.append("  - {match: '(x+)+y', group: terminal, label: Nested}")
+    return "\n".join(lines) + "\n"
+
+
+def time_rules_check(folder: Path, count: int) -> tuple[float, int]:
+    """Seconds for `pipewarden rules check` on `count` rules, and the warnings it printed."""
+    path = folder / "many.yaml"
+    path.write_text(many_rules(count))
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pipewarden", "rules", "check", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return time.perf_counter() - start, done.stdout.count("warning:")
+
+
 def measure(classifier: Classifier, total: int, repeats: int) -> float:
     """Messages per second, from the fastest of `repeats` passes (the least disturbed)."""
     messages = (MESSAGES * (total // len(MESSAGES) + 1))[:total]
@@ -60,6 +91,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=5, help="passes; the fastest counts")
+    parser.add_argument("--check-rules", type=int, default=8000, help="rules for `rules check`")
     args = parser.parse_args()
     shipped = sorted((REPO / "rules").glob("*.yaml"))
     with tempfile.TemporaryDirectory() as folder:
@@ -72,6 +104,9 @@ def main() -> int:
             count = sum(r.applies_to("sites", "capture") for r in rules.rules)
             rate = measure(Classifier(rules), args.messages, args.repeats)
             print(f"{name:<14} ({count} in scope): {rate:>10,.0f} messages/s")
+        if args.check_rules:
+            seconds, warnings = time_rules_check(Path(folder), args.check_rules)
+            print(f"rules check, {args.check_rules} rules: {seconds:.2f} s ({warnings} warnings)")
     return 0
 
 

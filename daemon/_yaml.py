@@ -138,6 +138,7 @@ _TOO_DEEP = (f"nested more than {SETTINGS_DEPTH_MAX} levels deep",
              "config and rule files need only a few levels")  # fmt: skip
 _CORE = "tag:yaml.org,2002:"
 _NULLS = ("", "~", "null", "Null", "NULL")
+_MAYBE_NOT_TEXT = frozenset("~nNtTfF+-.0123456789")  # how a null, a boolean or a number begins
 _BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False,
           "FALSE": False}  # fmt: skip
 _INT = re.compile(r"[-+]?(?:0b[01_]+|0o[0-7_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*)")
@@ -287,6 +288,8 @@ def _scalar_value(event: Any, error: Any) -> Any:
 
 
 def _plain(text: str) -> Any:
+    if text and text[0] not in _MAYBE_NOT_TEXT:  # the common case: a word
+        return text
     if text in _NULLS:
         return None
     if text in _BOOLS:

@@ -77,6 +77,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._troubles: dict[str, dict[str, Any]] = {}  # rule id -> what `status` shows of it
         self._trouble_saved = 0.0
+        self._trouble_flush_due = False
         self._background: set[asyncio.Task[None]] = set()
         self.events = EventBus()
         self.observers: list[Any] = []  # told of finished runs and deliveries (metrics)
@@ -272,8 +273,18 @@ class Daemon:
         entry.update(problem=problem, count=entry["count"] + 1, last_at=now)
         if entry["count"] == 1 or now - self._trouble_saved >= TROUBLE_SAVE_EVERY_S:
             self._save_troubles(now)
+        elif not self._trouble_flush_due:  # a burst: its last count reaches the store soon
+            self._trouble_flush_due = True
+            asyncio.get_running_loop().call_later(TROUBLE_SAVE_EVERY_S, self._flush_troubles)
+
+    def _flush_troubles(self) -> None:
+        try:
+            self._save_troubles(self.clock.now())
+        except Exception:
+            log.exception("could not keep the rules' trouble in the store")
 
     def _save_troubles(self, now: float) -> None:
+        self._trouble_flush_due = False
         if self._store is not None:
             self._trouble_saved = now
             self._store.set_meta(

@@ -42,6 +42,7 @@ WORK_MAX = 1_000_000  # backtracking steps a match may take without the timer (m
 PYTHON_ONLY = re.compile(r"\(\?(?:[=!]|<[=!]|P=|\(|>)|\\[1-9uUN]|\\Z|[*+?}]\+|\{,")
 # Shorthand classes whose RE2 meaning is narrower (ASCII) than Python's (Unicode).
 _SHORTHAND = re.compile(r"\\[dwsDWS]|\\[bB]")
+_SPECIAL = re.compile(r"[\\.^$*+?{}\[\]|()]")  # without any, a pattern is plain text
 _REPEAT = re.compile(r"\{(?:\d+(?:,\d*)?|,\d*)\}")  # what `re` reads as {m}, {m,}, {,n}, {m,n}
 _NOT_BOUNDARY = r"(?!\A\Z)\B"  # `re`'s \B: never true on an empty text (no group: see
 # _rewrite)
@@ -89,6 +90,8 @@ def compile_rule(source: str, flags: int = re.IGNORECASE) -> Matcher:
     OverflowError, RecursionError), and ValueError(problem, fix) for one the
     time-limited matcher cannot be made to read as `re` does.
     """
+    if not _SPECIAL.search(source):  # plain text (most rules): valid, and read alike by both
+        return Matcher(source, flags, repeats=False)
     flags = int(flags)  # re's internals test bits of a plain int far faster than of a RegexFlag
     tree = re._parser.parse(source, flags)
     if "(?<" in source:  # the checks `re` leaves to its compiler are all of look-behinds

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from conftest import Project, wait_until
 from pipewarden.classifier import Classifier
+from pipewarden.config import load_config
 from pipewarden.errors import ConfigError
 from pipewarden.rules import load_rules
 
@@ -79,21 +80,24 @@ def test_a_rule_that_backtracks_for_ever_never_stalls_the_daemon(project: Projec
 
     words = wait_until(lambda: finished(project, "words"), "the backtracking message's run")
     nested = wait_until(lambda: finished(project, "nested"), "the nested message's run")
-    for n in range(20):  # the other pipeline keeps running, and the API keeps answering
-        enqueue(project, "fast", f"tick-{n}", {})
+    ticks = "".join(json.dumps({"key": f"tick-{n}", "data": {}}) + "\n" for n in range(20))
+    project.write("ticks.jsonl", ticks)
+    enqueue(project, "slow", "again", {"text": "a" * 40 + "!"})  # the slow rule, once more
+    project.cli("enqueue", "fast", "--file", "ticks.jsonl")
+
+    def ticked() -> bool:  # the other pipeline keeps running, and the API keeps answering
         started = time.monotonic()
         assert httpx.get(f"{base}/health", timeout=1).status_code == 200
         assert time.monotonic() - started < 1.0
-    wait_until(
-        lambda: all(project.item("fast", f"tick-{n}").state == "done" for n in range(20)),
-        "the other pipeline's items",
-    )
+        return all(project.item("fast", f"tick-{n}").state == "done" for n in range(20))
 
+    wait_until(ticked, "the other pipeline's items")
+    wait_until(lambda: finished(project, "again"), "the slow rule's second message")
     assert [r.label for r in words] == ["Unknown"]  # the slow rule counts as no match
     assert [r.label for r in nested] == ["Nested"]  # Python's answer, without its 12 s
     gave_up = "rules/slow.yaml:5 ('(\\w|\\w\\w)+$') ran out of its 25 ms budget"
     status = project.cli("status").stdout
-    assert f"rule {gave_up}" in status and "counted as no match" in status
+    assert f"rule {gave_up} 2 times, last " in status and "counted as no match" in status
     assert gave_up in project.cli("doctor", expect=None).stdout
     log = project.daemon_log()
     assert log.count("rules/slow.yaml:5 ('(\\w|\\w\\w)+$') ran out of its 25 ms budget") == 1
@@ -423,3 +427,28 @@ def test_the_watcher_is_started_again_when_its_folder_goes_and_comes_back(projec
     (run,) = wait_until(lambda: finished(project, "after"), "the run after")
     assert run.label == "Zorgon 1"
     assert project.daemon_log().count("file watcher failed") == 1
+
+
+def test_settings_are_read_as_yaml_1_2_with_anchors_and_merge_keys(tmp_path: Path):
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "a.yaml").write_text("rules: []\n")
+    (tmp_path / "config.yaml").write_text(
+        "defaults: &slow\n"
+        "  timeout: 30s\n"
+        "  retry: {max_attempts: 0x4, backoff: 1_5}\n"
+        "pipelines:\n"
+        "  p:\n"
+        "    stages:\n"
+        "      - &a {name: a, command: [echo, yes, on, No, '1'], <<: *slow}\n"
+        "      - {<<: *a, name: b, timeout: 1m}\n"
+    )
+    a, b = load_config(tmp_path / "config.yaml").pipeline("p").stages
+    assert a.command == b.command == ("echo", "yes", "on", "No", "1")
+    assert (a.timeout_s, b.timeout_s) == (30.0, 60.0)
+    assert (a.retry.max_attempts, a.retry.backoff_s) == (4, 15.0)
+    (tmp_path / "config.yaml").write_text("pipelines: {}\npipelines: {}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "config.yaml")
+    assert str(caught.value).endswith(
+        "config.yaml:2:1: duplicate key 'pipelines' (also on line 1) — keep one of them"
+    )
