@@ -31,6 +31,7 @@ import re
 import re._compiler
 import re._constants as sre
 import re._parser
+import warnings
 from typing import Any
 
 import regex
@@ -113,10 +114,12 @@ def _regex_flags(flags: int) -> int:
 
 def _tree(source: str, flags: int) -> Any:
     """`re`'s parse of the pattern (None if it does not parse)."""
-    try:
-        return re._parser.parse(source, int(flags))
-    except (re.error, RecursionError, OverflowError):
-        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "possible set intersection": re reads on
+        try:
+            return re._parser.parse(source, int(flags))
+        except (re.error, RecursionError, OverflowError):
+            return None
 
 
 def _scoped_ascii(op: Any, argument: Any) -> bool:

@@ -179,6 +179,7 @@ def test_python_meaning_is_kept_where_the_matcher_reads_differently(tmp_path: Pa
         "  - {match: '[[:alpha:]]', group: terminal, label: Set then bracket}\n"
         "  - {match: 'foo{e<=1}', group: terminal, label: Literal braces}\n"
         "  - {match: '^\\B$', group: terminal, label: Not a boundary}\n"
+        "  - {match: '[a&&b]x', group: terminal, label: Three characters}\n"
     )
     classifier = Classifier(load_rules([path], tmp_path))
     assert classifier.classify("a]").label == "Set then bracket"  # one of [:alph, then ]
@@ -186,6 +187,7 @@ def test_python_meaning_is_kept_where_the_matcher_reads_differently(tmp_path: Pa
     assert classifier.classify("foo{e<=1}").label == "Literal braces"
     assert classifier.classify("fox").label == "Unknown"  # no fuzzy matching
     assert classifier.classify("").label == "Unknown"  # re: \B never holds in ''
+    assert classifier.classify("&x").label == "Three characters"  # no set operations
 
 
 def test_a_pattern_the_matcher_cannot_read_as_python_is_refused_with_the_fix(tmp_path: Path):
