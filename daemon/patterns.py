@@ -45,8 +45,9 @@ PYTHON_ONLY = re.compile(r"\(\?(?:[=!]|<[=!]|P=|\(|>)|\\[1-9uUN]|\\Z|[*+?}]\+|\{
 _SHORTHAND = re.compile(r"\\[dwsDWS]|\\[bB]")
 _SPECIAL = re.compile(r"[\\.^$*+?{}\[\]|()]")  # without any, a pattern is plain text
 _REPEAT = re.compile(r"\{(?:\d+(?:,\d*)?|,\d*)\}")  # what `re` reads as {m}, {m,}, {,n}, {m,n}
-_NOT_BOUNDARY = r"(?!\A\Z)\B"  # `re`'s \B: never true on an empty text (no group: see
-# _rewrite)
+# `re`'s \B, which never holds on an empty text. Not in a group: `regex` drops a scoped
+# (?a:...) flag inside a nested group, and \B cannot be repeated, so none is needed.
+_NOT_BOUNDARY = r"(?!\A\Z)\B"
 _BACKTRACKING_REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT)
 _ONE_WAY = (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN, sre.AT)  # match one way, or fail
 _BACKREFERENCES = (sre.GROUPREF, sre.GROUPREF_IGNORE, sre.GROUPREF_LOC_IGNORE,
@@ -91,9 +92,9 @@ def compile_rule(source: str, flags: int = re.IGNORECASE) -> Matcher:
     OverflowError, RecursionError), and ValueError(problem, fix) for one the
     time-limited matcher cannot be made to read as `re` does.
     """
+    flags = int(flags)  # re's internals test bits of a plain int far faster than of a RegexFlag
     if not _SPECIAL.search(source):  # plain text (most rules): valid, and read alike by both
         return Matcher(source, flags, repeats=False)
-    flags = int(flags)  # re's internals test bits of a plain int far faster than of a RegexFlag
     tree = re._parser.parse(source, flags)
     if "(?<" in source:  # the checks `re` leaves to its compiler are all of look-behinds
         re._compiler.compile(tree, flags)
