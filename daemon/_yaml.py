@@ -1,9 +1,16 @@
 """Safe YAML loading that remembers where every value came from.
 
-Config and rule files are parsed with ruamel.yaml's round-trip loader, which only
-builds plain mappings, sequences and scalars (no arbitrary Python objects) and keeps
-line and column numbers. `Node` wraps a value with its position so validation code can
-say `rules/sites.yaml:14:12: ... — write ... instead` without tracking positions itself.
+Config and rule files are parsed by libyaml (PyYAML's C parser), which only yields
+events: no Python object is ever built from a tag, so loading is safe, and fast enough
+for thousands of rules. The events are composed here, without recursion, into `Node`s
+that keep their line and column, with YAML 1.2's core schema for plain scalars (`yes`
+and `on` stay text). `Node` wraps a value with its position so validation code can say
+`rules/sites.yaml:14:12: ... — write ... instead` without tracking positions itself.
+
+Whatever a file holds, loading it ends in a value or in a ConfigError naming the file
+(and the line and column where they are known): bytes that are not UTF-8, a folder or
+a file deleted while being saved, nesting past `SETTINGS_DEPTH_MAX`, a list or mapping
+used as a key, a duplicate key, a tag pipewarden does not read.
 """
 
 from __future__ import annotations
@@ -15,10 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipewarden.errors import ConfigError
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
+from pipewarden.limits import MIB, SETTINGS_DEPTH_MAX, SETTINGS_FILE_MAX
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -36,38 +40,288 @@ def parse_duration(text: str | float | int) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
-def load_file(path: Path) -> Node:
-    """Parse one YAML file into a Node; syntax errors become ConfigError with a position."""
+def load_file(path: Path, shown: str | None = None) -> Node:
+    """Read and parse one YAML file; every problem is a ConfigError naming `shown` (or path)."""
+    return load_bytes(read_file(path, shown), shown or str(path))
+
+
+def read_file(path: Path, shown: str | None = None) -> bytes:
+    """The file's bytes, or a ConfigError that says why they cannot be had."""
+    where = shown or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(SETTINGS_FILE_MAX + 1)
+    except IsADirectoryError:
+        raise ConfigError(where, 0, 0, "is a folder, not a file", "name a .yaml file") from None
+    except FileNotFoundError:
+        raise ConfigError(
+            where, 0, 0, "no such file (an editor may have removed it while saving)",
+            "save it again, or fix the name in the config's `rules:`",
+        ) from None  # fmt: skip
     except OSError as exc:
-        raise ConfigError(path, 0, 0, f"cannot read file: {exc.strerror}") from None
-    return load_text(text, path)
+        raise ConfigError(where, 0, 0, f"cannot read file: {exc.strerror}") from None
+    if len(raw) > SETTINGS_FILE_MAX:
+        raise ConfigError(
+            where, 0, 0, f"larger than {SETTINGS_FILE_MAX // MIB} MiB", "split it into files"
+        )
+    return raw
+
+
+def load_bytes(raw: bytes, path: Path | str) -> Node:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        problem = f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        raise ConfigError(path, line, column, problem, "save the file as UTF-8") from None
+    return load_text(text.removeprefix("\ufeff"), path)
 
 
 def load_text(text: str, path: Path | str) -> Node:
-    yaml = YAML(typ="rt", pure=True)
-    yaml.preserve_quotes = True  # lets a regex error point at the exact column
+    import yaml  # PyYAML, for libyaml's parser: imported where a file is read
+
     try:
-        data = yaml.load(text)
-    except MarkedYAMLError as exc:
+        from yaml.cyaml import CParser as parser
+    except ImportError:  # PyYAML built without libyaml: its pure-Python parser, slower
+        parser = yaml.SafeLoader
+    events = parser(text)
+    try:
+        return _Composer(str(path)).compose(events)
+    except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         problem = (exc.problem or exc.context or "invalid YAML").strip()
+        if "maximum nesting depth" in problem:  # libyaml's own limit, deeper than ours
+            raise ConfigError(path, line, col, *_TOO_DEEP) from None
         raise ConfigError(path, line, col, f"invalid YAML: {problem}") from None
-    return Node(data if data is not None else CommentedMap(), str(path), 1, 1)
+    except yaml.reader.ReaderError as exc:
+        line, col = _position(text, text.find(chr(exc.character)))
+        raise ConfigError(
+            path, line, col, f"invalid YAML: character U+{exc.character:04X} is not allowed",
+            "remove it, or write it as an escape in double quotes (\"\\x07\")",
+        ) from None  # fmt: skip
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, 0, 0, f"invalid YAML: {exc}") from None
+    finally:
+        if hasattr(events, "dispose"):
+            events.dispose()
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    if offset < 0:
+        return 0, 0
+    return text.count("\n", 0, offset) + 1, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+class _Pairs(list):
+    """A mapping's (key Node, value Node) pairs, in file order."""
+
+
+class _Items(list):
+    """A sequence's Nodes, in file order."""
+
+
+class _Open:
+    """A mapping or sequence being composed."""
+
+    __slots__ = ("key", "merges", "node", "seen")
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.key: Node | None = None  # a mapping's key, while its value is being composed
+        self.seen: dict[tuple[type, Any], int] = {}  # a mapping's keys -> their lines
+        self.merges: list[Node] = []  # `<<: *defaults` mappings, merged at the end
+
+
+_TOO_DEEP = (f"nested more than {SETTINGS_DEPTH_MAX} levels deep",
+             "config and rule files need only a few levels")  # fmt: skip
+_CORE = "tag:yaml.org,2002:"
+_NULLS = ("", "~", "null", "Null", "NULL")
+_MAYBE_NOT_TEXT = frozenset("~nNtTfF+-.0123456789")  # how a null, a boolean or a number begins
+_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False,
+          "FALSE": False}  # fmt: skip
+_INT = re.compile(r"[-+]?(?:0b[01_]+|0o[0-7_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*)")
+_FLOAT = re.compile(
+    r"[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+    r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF))|\.(?:nan|NaN|NAN)"
+)
+
+
+class _Composer:
+    """libyaml's events -> Nodes, with an explicit stack (no recursion, bounded depth)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.anchors: dict[str, Node] = {}
+        self.stack: list[_Open] = []
+        self.root: Node | None = None
+        self.documents = 0
+
+    def compose(self, events: Any) -> Node:
+        import yaml
+
+        handlers = {
+            yaml.ScalarEvent: self._scalar, yaml.AliasEvent: self._alias,
+            yaml.MappingStartEvent: self._open, yaml.SequenceStartEvent: self._open,
+            yaml.MappingEndEvent: self._close, yaml.SequenceEndEvent: self._close,
+            yaml.DocumentStartEvent: self._document,
+        }  # fmt: skip
+        while events.check_event():
+            event = events.get_event()
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+        return self.root if self.root is not None else Node(_Pairs(), self.path, 1, 1)
+
+    def _error(self, event: Any, problem: str, fix: str = "") -> ConfigError:
+        mark = event.start_mark
+        return ConfigError(self.path, mark.line + 1, mark.column + 1, problem, fix)
+
+    def _document(self, event: Any) -> None:
+        self.documents += 1
+        if self.documents > 1:
+            raise self._error(event, "more than one document ('---')", "keep one per file")
+
+    def _scalar(self, event: Any) -> None:
+        node = self._node(_scalar_value(event, self._error), event, event.style or None)
+        self._add(node, event)
+
+    def _alias(self, event: Any) -> None:
+        node = self.anchors.get(event.anchor)
+        if node is None:
+            raise self._error(event, f"invalid YAML: no anchor '&{event.anchor}' before this")
+        self._add(node, event)
+
+    def _open(self, event: Any) -> None:
+        import yaml
+
+        if self._at_key():
+            raise self._error(
+                event, "a list or mapping used as a key", "keys are plain names: write 'name: ...'"
+            )
+        if len(self.stack) >= SETTINGS_DEPTH_MAX:
+            raise self._error(event, *_TOO_DEEP)
+        is_mapping = isinstance(event, yaml.MappingStartEvent)
+        expected = "map" if is_mapping else "seq"
+        if event.tag not in (None, "!", f"{_CORE}{expected}"):
+            raise self._error(event, f"tag {event.tag} is not supported", "remove the tag")
+        node = self._node(_Pairs() if is_mapping else _Items(), event, None)
+        self.stack.append(_Open(node))
+
+    def _close(self, event: Any) -> None:
+        closed = self.stack.pop()
+        if closed.merges:
+            _merge(closed)
+        self._add(closed.node, event)
+
+    def _node(self, value: Any, event: Any, style: str | None) -> Node:
+        mark = event.start_mark
+        node = Node(value, "", mark.line + 1, mark.column + 1, style)
+        if event.anchor:
+            self.anchors[event.anchor] = node
+        return node
+
+    def _at_key(self) -> bool:
+        top = self.stack[-1] if self.stack else None
+        return top is not None and isinstance(top.node.value, _Pairs) and top.key is None
+
+    def _add(self, node: Node, event: Any) -> None:
+        """Place a finished node in the collection being composed (or make it the root)."""
+        if not self.stack:
+            self.root = node
+            self.root.path = self.path
+            return
+        parent = self.stack[-1]
+        if isinstance(parent.node.value, _Items):
+            parent.node.value.append(node)
+        elif parent.key is None:
+            if isinstance(node.value, _Pairs | _Items):  # an alias to a collection
+                raise self._error(event, "a list or mapping used as a key",
+                                  "keys are plain names: write 'name: ...'")  # fmt: skip
+            seen = parent.seen.get((type(node.value), node.value))
+            if seen is not None:
+                raise self._error(event, f"duplicate key '{node.value}' (also on line {seen})",
+                                  "keep one of them")  # fmt: skip
+            parent.seen[(type(node.value), node.value)] = node.line
+            parent.key = node
+        else:
+            key, parent.key = parent.key, None
+            if key.value == "<<" and key.style is None:
+                parent.merges.append(node)
+            else:
+                parent.node.value.append((key, node))
+
+
+def _merge(closed: _Open) -> None:
+    """`<<: *defaults` (or a list of them): their entries, where the mapping has none."""
+    own = {key.value for key, _ in closed.node.value}
+    for merged in closed.merges:
+        sources = merged.value if isinstance(merged.value, _Items) else [merged]
+        for source in sources:
+            if not isinstance(source.value, _Pairs):
+                raise source.error("'<<' merges a mapping (or a list of them), not a value")
+            for key, value in source.value:
+                if key.value not in own:
+                    own.add(key.value)
+                    closed.node.value.append((key, value))
+
+
+def _scalar_value(event: Any, error: Any) -> Any:
+    """A scalar's value: text, unless it is a plain YAML 1.2 null, boolean or number."""
+    text, tag = event.value, event.tag
+    if tag in (None, "!"):
+        return _plain(text) if tag is None and not event.style else text
+    wanted = {"str": str, "int": int, "float": float, "bool": bool, "null": type(None)}.get(
+        tag.removeprefix(_CORE) if tag.startswith(_CORE) else ""
+    )
+    if wanted is None:
+        raise error(event, f"tag {tag} is not supported", "remove the tag")
+    if wanted is str:
+        return text
+    value = _plain(text)
+    if wanted is float and type(value) is int:
+        value = float(value)
+    if type(value) is not wanted:
+        raise error(event, f"'{text}' is not a valid {tag.removeprefix(_CORE)}")
+    return value
+
+
+def _plain(text: str) -> Any:
+    if text and text[0] not in _MAYBE_NOT_TEXT:  # the common case: a word
+        return text
+    if text in _NULLS:
+        return None
+    if text in _BOOLS:
+        return _BOOLS[text]
+    if _INT.fullmatch(text) and any(c.isdigit() for c in text):
+        digits = text.replace("_", "")
+        sign = -1 if digits.startswith("-") else 1
+        body = digits.lstrip("+-")
+        base = {"0b": 2, "0o": 8, "0x": 16}.get(body[:2], 10)
+        return sign * int(body[2:] if base != 10 else body, base)
+    if _FLOAT.fullmatch(text):
+        number = text.replace("_", "").lower().replace(".inf", "inf").replace(".nan", "nan")
+        return float(number)
+    return text
 
 
 class Node:
-    """A YAML value with the file, line and column (1-based) it was read from."""
+    """A YAML value with the file, line and column (1-based) it was read from.
 
-    __slots__ = ("column", "line", "path", "value")
+    A mapping's value is its (key, value) Node pairs and a sequence's its Nodes; the
+    children take their parent's path when handed out, so setting the root's path
+    names the file everywhere.
+    """
 
-    def __init__(self, value: Any, path: str, line: int, column: int):
+    __slots__ = ("column", "line", "path", "style", "value")
+
+    def __init__(self, value: Any, path: str, line: int, column: int, style: str | None = None):
         self.value = value
         self.path = path
         self.line = line
         self.column = column
+        self.style = style  # how a scalar was written: None (plain), "'", '"', "|" or ">"
 
     # -- errors --------------------------------------------------------------
     def error(self, problem: str, fix: str = "") -> ConfigError:
@@ -78,47 +332,41 @@ class Node:
         self, what: str, allowed: set[str], required: frozenset[str] = frozenset()
     ) -> dict[str, Node]:
         """The mapping's entries as Nodes; unknown or missing keys are errors."""
-        if not isinstance(self.value, CommentedMap):
+        if not isinstance(self.value, _Pairs):
             raise self.error(f"{what} must be a mapping (key: value lines)")
         entries: dict[str, Node] = {}
-        for key in self.value:
-            key_line, key_col = self.value.lc.key(key)
-            if not isinstance(key, str) or key not in allowed:
-                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+        for key, value in self.value:
+            if not isinstance(key.value, str) or key.value not in allowed:
+                close = difflib.get_close_matches(str(key.value), sorted(allowed), n=1)
                 fix = (
                     f"did you mean '{close[0]}'?"
                     if close
                     else f"allowed: {', '.join(sorted(allowed))}"
                 )
-                raise ConfigError(
-                    self.path, key_line + 1, key_col + 1, f"unknown key '{key}' in {what}", fix
-                )
-            entries[key] = self._child(key, self.value.lc.value(key))
+                raise self._child(key).error(f"unknown key '{key.value}' in {what}", fix)
+            entries[key.value] = self._child(value)
         for key in sorted(required - entries.keys()):
             raise self.error(f"{what} is missing '{key}'", f"add '{key}: ...'")
         return entries
 
     def items(self, what: str) -> Iterator[Node]:
         """The sequence's elements as Nodes; a single value is not a list."""
-        if not isinstance(self.value, CommentedSeq):
+        if not isinstance(self.value, _Items):
             raise self.error(f"{what} must be a list (lines starting with '- ')")
-        for index, value in enumerate(self.value):
-            yield self._child(value, self.value.lc.item(index))
+        for value in self.value:
+            yield self._child(value)
 
     def entries(self, what: str) -> Iterator[tuple[str, Node]]:
         """A mapping whose keys are free-form names (pipelines, env)."""
-        if not isinstance(self.value, CommentedMap):
+        if not isinstance(self.value, _Pairs):
             raise self.error(f"{what} must be a mapping (name: value lines)")
-        for key in self.value:
-            if not isinstance(key, str):
-                line, col = self.value.lc.key(key)
-                raise ConfigError(self.path, line + 1, col + 1, f"{what} names must be text")
-            yield key, self._child(key, self.value.lc.value(key))
+        for key, value in self.value:
+            if not isinstance(key.value, str):
+                raise self._child(key).error(f"{what} names must be text")
+            yield key.value, self._child(value)
 
-    def _child(self, key_or_value: Any, position: tuple[int, int]) -> Node:
-        value = self.value[key_or_value] if isinstance(self.value, CommentedMap) else key_or_value
-        line, col = position
-        return Node(value, self.path, line + 1, col + 1)
+    def _child(self, node: Node) -> Node:
+        return Node(node.value, self.path, node.line, node.column, node.style)
 
     # -- scalars -------------------------------------------------------------
     def text(self, what: str) -> str:
@@ -171,9 +419,9 @@ class Node:
         double-quoted scalar make the mapping uncertain, so the scalar's own column
         is returned for those.
         """
-        if isinstance(self.value, DoubleQuotedScalarString):
+        if self.style == '"':
             return self.column if "\\" in self.value else self.column + 1 + offset
-        if isinstance(self.value, SingleQuotedScalarString):
+        if self.style == "'":
             return self.column if "'" in self.value else self.column + 1 + offset
         return self.column + offset
 
@@ -183,8 +431,8 @@ def _describe(value: Any) -> str:
         return "nothing"
     if isinstance(value, bool):
         return f"'{str(value).lower()}' (true/false)"
-    if isinstance(value, CommentedMap):
+    if isinstance(value, _Pairs):
         return "a mapping"
-    if isinstance(value, CommentedSeq):
+    if isinstance(value, _Items):
         return "a list"
     return f"'{value}'"

@@ -218,8 +218,8 @@ def _build_app(api: ApiServer) -> Starlette:
         return JSONResponse({"resumed": data["target"], "was_paused": was})
 
     async def reload(request: Request) -> Response:
-        await daemon.reload(f"api ({who(request)})")
-        return JSONResponse(daemon.store.get_meta("reload"))
+        result = await daemon.reload(f"api ({who(request)})")  # a bad edit: 400 with why
+        return JSONResponse(result, status_code=200 if result["ok"] else 400)
 
     async def enqueue(request: Request) -> Response:
         data = await body(request, ENQUEUE_BODY)

@@ -6,22 +6,31 @@ suspended" is an account problem, not a network one). The first match wins; no
 match gives `unknown`, which is retried up to the stage's attempts and then fails.
 
 For speed, each (pipeline, stage) gets a prefilter: Google's RE2 matches all its
-message rules in one linear pass (an RE2 `Set`) and says which may match. Each rule
-goes into the set in a relaxed form (shorthand classes widened to any character,
-word boundaries dropped), so RE2 can report too much but never too little; the
-winner is then confirmed with the rule's own Python regex, in rule order. A rule in
-syntax RE2 lacks (lookarounds, backreferences, ...) is always confirmed directly.
-A message no rule matches costs one RE2 call; a match usually one more regex.
+message rules in one linear pass and says which may match (see `patterns.Prefilter`);
+the winner is then confirmed with the rule's own regex, in rule order. A message no
+rule matches costs one RE2 call; a match usually one more regex.
+
+Classification never stalls and never raises. Each confirmation has a time budget
+(`MATCH_BUDGET_S`): a rule that runs out of it, or fails, counts as no match for that
+message, is logged once with its file:line and is reported to `on_trouble` (the daemon
+records it for `status` and `doctor`). A worker that names only its exception's type
+gets the type's bases too when it is one of Python's own (`ConnectionResetError` is a
+`ConnectionError`), as the Python runner sends them.
 """
 
 from __future__ import annotations
 
-import re
+import builtins
+import functools
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
+from pipewarden.patterns import MATCH_BUDGET_S, Prefilter
 from pipewarden.rules import Rule, RuleSet
 from pipewarden.types import Group
+
+log = logging.getLogger("pipewarden.classifier")
 
 
 @dataclass(frozen=True)
@@ -42,67 +51,37 @@ class Classification:
 UNKNOWN = Classification(Group.UNKNOWN, "Unknown", "unknown", "unknown", None)
 
 
-# Python regex syntax RE2 does not have (or reads differently): such rules skip RE2.
-_PYTHON_ONLY = re.compile(r"\(\?(?:[=!]|<[=!]|P=|\(|>)|\\[1-9uUN]|\\Z|[*+?}]\+|\{,")
-# Shorthand classes whose RE2 meaning is narrower (ASCII) than Python's (Unicode).
-_SHORTHAND = re.compile(r"\\[dwsDWS]|\\[bB]")
-
-
-def _relaxed(source: str) -> str:
-    """The rule widened for RE2: it may match more than Python would, never less."""
-    return _SHORTHAND.sub(lambda m: "" if m.group()[1] in "bB" else r"\p{Any}", source)
-
-
-def _re2_set(patterns: list[str]) -> Any:
-    import re2  # google-re2: imported when a classifier is first used, not by the CLI's start
-
-    if not patterns:
-        return None
-    options = re2.Options()
-    options.case_sensitive = False
-    # RE2's default 8 MiB leaves its DFA cache too small for a scope with every rule pack:
-    # it thrashes and each match falls back to the NFA (100x slower). The cache grows only
-    # as states are met; a corpus of 700 real error texts needs well under 1 MiB of it.
-    options.max_mem = 64 << 20
-    compiled = re2.Set.SearchSet(options)
-    for pattern in patterns:
-        compiled.Add(pattern)
-    compiled.Compile()
-    return compiled
-
-
-class _Prefilter:
-    """Which rules may match a message, from one RE2 pass, then confirmed in order."""
+class _Scope:
+    """The message rules of one (pipeline, stage), with their prefilter."""
 
     def __init__(self, rules: list[Rule]):
         self.rules = rules
-        self._always = [n for n, rule in enumerate(rules) if _PYTHON_ONLY.search(rule.source)]
-        self._index = [n for n in range(len(rules)) if n not in self._always]
-        self._set = _re2_set([_relaxed(rules[n].source) for n in self._index])
-
-    def first_match(self, message: str, exception_types: tuple[str, ...]) -> Rule | None:
-        hits = self._set.Match(message) if self._set is not None else None  # None: no match
-        if not hits and not self._always:
-            return None
-        candidates = [self._index[i] for i in hits or ()]
-        for n in sorted(candidates + self._always):
-            rule = self.rules[n]
-            if rule.pattern.search(message) and (  # type: ignore[union-attr]
-                not rule.exceptions or _any_in(exception_types, rule.exceptions)
-            ):
-                return rule
-        return None
+        self.prefilter = Prefilter([rule.source for rule in rules]) if rules else None
 
 
 class Classifier:
-    def __init__(self, ruleset: RuleSet):
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        on_trouble: Callable[[Rule, str], None] | None = None,
+        budget_s: float = MATCH_BUDGET_S,
+    ):
         self.ruleset = ruleset
-        self._scoped: dict[tuple[str | None, str | None], tuple[_Prefilter, list[Rule]]] = {}
+        self.on_trouble = on_trouble  # told each time a rule runs out of time or fails
+        self.budget_s = budget_s
+        self.trouble: dict[str, int] = {}  # rule id -> how many messages it gave up on
+        self._scoped: dict[tuple[str | None, str | None], tuple[_Scope, list[Rule]]] = {}
         self._results = {rule.id: _from_rule(rule) for rule in ruleset.rules}
+        self._broken = False
 
     @property
     def version(self) -> str:
         return self.ruleset.version
+
+    def prepare(self, scopes: Iterable[tuple[str, str]]) -> None:
+        """Build the prefilters of these (pipeline, stage) scopes now (e.g. off the loop)."""
+        for pipeline, stage in scopes:
+            self._scoped.get((pipeline, stage)) or self._scope(pipeline, stage)
 
     def classify(
         self,
@@ -112,24 +91,84 @@ class Classifier:
         stage: str | None = None,
         exception_types: tuple[str, ...] = (),
     ) -> Classification:
-        scoped = self._scoped.get((pipeline, stage)) or self._scope(pipeline, stage)
-        prefilter, exception_rules = scoped
-        if rule := prefilter.first_match(message, exception_types):
-            return self._results[rule.id]
-        if exception_types:
+        try:
+            types = exception_chain(tuple(exception_types)) if exception_types else ()
+            return self._classify(message, pipeline, stage, types)
+        except Exception:  # a fault here must not take the run down: it stays unknown
+            if not self._broken:
+                self._broken = True
+                log.exception("classifier failed; failures are classified unknown until reload")
+            return UNKNOWN
+
+    def _classify(
+        self, message: str, pipeline: str | None, stage: str | None, types: tuple[str, ...]
+    ) -> Classification:
+        scope, exception_rules = self._scoped.get((pipeline, stage)) or self._scope(pipeline, stage)
+        if scope.prefilter is not None:
+            rules = scope.rules
+            for n in scope.prefilter.candidates(message):
+                rule = rules[n]
+                if rule.exceptions and not _any_in(types, rule.exceptions):
+                    continue
+                if self._confirm(rule, message):
+                    return self._results[rule.id]
+        if types:
             for rule in exception_rules:
-                if _any_in(exception_types, rule.exceptions):
+                if _any_in(types, rule.exceptions):
                     return self._results[rule.id]
         return UNKNOWN
 
-    def _scope(self, pipeline: str | None, stage: str | None) -> tuple[_Prefilter, list[Rule]]:
+    def _confirm(self, rule: Rule, message: str) -> bool:
+        """The rule's own regex, within the budget; out of time or failing is no match."""
+        try:
+            return rule.pattern.search(message, self.budget_s)  # type: ignore[union-attr]
+        except TimeoutError:
+            self._troubled(rule, f"ran out of its {self.budget_s * 1000:.0f} ms budget")
+        except Exception as exc:
+            self._troubled(rule, f"failed ({type(exc).__name__}: {exc})")
+        return False
+
+    def _troubled(self, rule: Rule, problem: str) -> None:
+        count = self.trouble[rule.id] = self.trouble.get(rule.id, 0) + 1
+        if count == 1:
+            log.warning(
+                "rules: %s ('%s') %s on a message: counted as no match for it"
+                " (`pipewarden rules check` says why)", rule.id, rule.source, problem,
+            )  # fmt: skip
+        if self.on_trouble is not None:
+            try:
+                self.on_trouble(rule, problem)
+            except Exception:
+                log.exception("recording the trouble of rule %s failed", rule.id)
+
+    def _scope(self, pipeline: str | None, stage: str | None) -> tuple[_Scope, list[Rule]]:
         applicable = [r for r in self.ruleset.rules if r.applies_to(pipeline, stage)]
         scoped = (
-            _Prefilter([r for r in applicable if r.pattern is not None]),
+            _Scope([r for r in applicable if r.pattern is not None]),
             [r for r in applicable if r.pattern is None],
         )
         self._scoped[(pipeline, stage)] = scoped
         return scoped
+
+
+@functools.lru_cache(maxsize=1024)
+def exception_chain(types: tuple[str, ...]) -> tuple[str, ...]:
+    """The exception types to match, most specific first.
+
+    A worker's own chain (the Python runner sends the whole MRO) is taken as it is; a
+    lone name of a Python builtin exception brings its bases, as the runner would.
+    """
+    if len(types) != 1:
+        return types
+    found = getattr(builtins, types[0], None)
+    if isinstance(found, type) and issubclass(found, BaseException):
+        return exception_names(found)
+    return types
+
+
+def exception_names(cls: type[BaseException]) -> tuple[str, ...]:
+    """A class and its bases by name, as the Python runner reports them."""
+    return tuple(c.__name__ for c in cls.__mro__ if c not in (object, BaseException))
 
 
 def _any_in(names: tuple[str, ...], wanted: tuple[str, ...]) -> bool:

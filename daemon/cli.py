@@ -211,7 +211,11 @@ def _build_parser() -> argparse.ArgumentParser:
     test.add_argument("message", nargs="?", help="an error text (or --file)")
     test.add_argument("--pipeline")
     test.add_argument("--stage")
-    test.add_argument("--type", dest="exception_type", help="the exception type, e.g. TimeoutError")
+    test.add_argument(
+        "--type", dest="exception_type", metavar="TYPE",
+        help="the exception: a builtin name (its bases count too, e.g. ConnectionResetError),"
+        " module.Class (imported, with its bases), or the chain a worker sends: Name,Base,...",
+    )  # fmt: skip
     test.add_argument(
         "--file", metavar="LOG", help="classify every line of LOG ('-': standard input) instead"
     )
@@ -422,7 +426,8 @@ class _DaemonApi:
     def token(self) -> str:
         return self._token_file.read_text().strip()
 
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def post(self, path: str, body: dict[str, Any], refusal_ok: bool = False) -> dict[str, Any]:
+        """The answer; a refusal (400) raises with its reason unless `refusal_ok`."""
         import httpx
 
         # A daemon that has just taken its lock may not serve its API yet: give it a moment.
@@ -444,8 +449,11 @@ class _DaemonApi:
                 raise PipewardenError(
                     f"the daemon's API at {self.base} did not answer: {exc}"
                 ) from None
-        answer = response.json()
-        if response.status_code >= 400:
+        try:
+            answer = response.json()
+        except ValueError:  # not JSON: a fault in the daemon (its log says which)
+            answer = {"error": f"the API answered {response.status_code}: {response.text[:200]}"}
+        if response.status_code >= 400 and not (refusal_ok and response.status_code == 400):
             raise PipewardenError(answer.get("error", f"the API answered {response.status_code}"))
         return answer
 
@@ -563,7 +571,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         _, rules = load_all(config.path, args.state_dir)
         print(f"no daemon is running; config and {len(rules.rules)} rules are valid")
         return EXIT_OK
-    result = daemon.post("/api/reload", {})
+    result = daemon.post("/api/reload", {}, refusal_ok=True)
     if args.json:
         _print_json(result)
     elif result["ok"]:
@@ -885,10 +893,12 @@ def _cmd_rules_test(args: argparse.Namespace) -> int:
     if args.file is not None or args.message is None:
         return _cmd_rules_test_file(args)
     ruleset = _load_rules_for(args)
-    exception_types = (args.exception_type,) if args.exception_type else ()
-    result = Classifier(ruleset).classify(
-        args.message, pipeline=args.pipeline, stage=args.stage, exception_types=exception_types
-    )
+    troubles: list[str] = []
+    classifier = Classifier(ruleset, on_trouble=lambda r, why: troubles.append(f"{r.id} {why}"))
+    result = classifier.classify(
+        args.message, pipeline=args.pipeline, stage=args.stage,
+        exception_types=_exception_types(args.exception_type),
+    )  # fmt: skip
     rule = next((r for r in ruleset.rules if r.id == result.rule_id), None)
     answer = {
         "group": result.group.value,
@@ -899,6 +909,7 @@ def _cmd_rules_test(args: argparse.Namespace) -> int:
         "pattern": rule.source or None if rule else None,
         "advice": result.advice or None,
         "runbook": result.runbook or None,
+        "gave_up": troubles,
     }
     if args.json:
         _print_json(answer)
@@ -913,6 +924,8 @@ def _cmd_rules_test(args: argparse.Namespace) -> int:
                 print(f"{name:<10}{answer[name]}")
     else:
         print(f"{'rule':<10}none matched — retried up to the stage's max_attempts, then failed")
+    for trouble in troubles:
+        print(f"warning: rule {trouble} on this message: counted as no match", file=sys.stderr)
     return EXIT_OK
 
 
@@ -927,7 +940,7 @@ def _cmd_rules_test_file(args: argparse.Namespace) -> int:
         raise UsageError("rules test takes an error text or --file LOG, not both")
     lines = _read_log_lines(args.file)
     classifier = Classifier(_load_rules_for(args))
-    exception_types = (args.exception_type,) if args.exception_type else ()
+    exception_types = _exception_types(args.exception_type)
     results = classify_lines(classifier, lines, args.pipeline, args.stage, exception_types)
     if args.json:
         for result in results:
@@ -962,3 +975,36 @@ def _cmd_rules_packs(args: argparse.Namespace) -> int:
         print(f"{packs.PREFIX + pack.name:<{width}}  {counts:<19}{pack.summary}")
     print("\nname them in the config's rules (first match wins): [rules/*.yaml, pack:http, ...]")
     return EXIT_OK
+
+
+def _exception_types(given: str | None) -> tuple[str, ...]:
+    """--type as the classifier takes it: the chain a worker would send, most specific first.
+
+    A lone builtin name is walked to its bases by the classifier itself (as for a
+    worker's reply); `module.Class` is imported here and walked the same way.
+    """
+    names = tuple(part.strip() for part in (given or "").split(",") if part.strip())
+    if len(names) == 1 and "." in names[0]:
+        return _imported_exception(names[0])
+    return names
+
+
+def _imported_exception(dotted: str) -> tuple[str, ...]:
+    import importlib
+
+    from pipewarden.classifier import exception_names
+
+    module, _, name = dotted.rpartition(".")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except Exception as exc:  # the user's module: anything can go wrong importing it
+        raise UsageError(
+            f"--type {dotted}: cannot import it ({type(exc).__name__}: {exc}) — run from the"
+            f" folder it imports from, or give the chain a worker sends: --type {name},BASE,..."
+        ) from None
+    finally:
+        sys.path.pop(0)
+    if not (isinstance(found, type) and issubclass(found, BaseException)):
+        raise UsageError(f"--type {dotted}: that is not an exception class")
+    return exception_names(found)

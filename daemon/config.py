@@ -1,7 +1,7 @@
 """The config file: pipelines, their stages, and where state and rules live.
 
-Loaded safely with ruamel.yaml and validated into frozen dataclasses; every error
-names file:line:column and what to write instead (see `_yaml.Node`).
+Loaded safely (see `_yaml`) and validated into frozen dataclasses; every error names
+file:line:column and what to write instead (see `_yaml.Node`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ interrupt and requeue the rest, exit 0. SIGUSR1: something was enqueued, look no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ from pipewarden.events import EventBus
 from pipewarden.guard import Guard, stages_by_pipeline
 from pipewarden.lock import DaemonLock
 from pipewarden.notifier import Notifier
-from pipewarden.rules import RuleSet
+from pipewarden.rules import Rule, RuleSet
 from pipewarden.scheduler import Scheduler
 from pipewarden.sdnotify import SystemdNotifier
 from pipewarden.store import Store
@@ -34,6 +35,13 @@ log = logging.getLogger("pipewarden.daemon")
 
 RECOVERED_REASON = "daemon stopped while running"
 PRUNE_EVERY_S = 3600.0
+WATCH_RETRY_S = 1.0  # a failed file watcher starts again after this, doubling up to the max
+WATCH_RETRY_MAX_S = 10.0
+TROUBLE_SAVE_EVERY_S = 1.0  # a rule's trouble count reaches the store at most this often
+
+
+def _internal(exc: BaseException, when: str) -> str:
+    return f"internal error {when}: {type(exc).__name__}: {exc} (see the daemon's log)"
 
 
 def detect_code_ref(directory: Path) -> str | None:
@@ -67,6 +75,9 @@ class Daemon:
         self._scheduler: Scheduler | None = None
         self._store: Store | None = None
         self._reload_lock = asyncio.Lock()
+        self._troubles: dict[str, dict[str, Any]] = {}  # rule id -> what `status` shows of it
+        self._trouble_saved = 0.0
+        self._trouble_flush_due = False
         self._background: set[asyncio.Task[None]] = set()
         self.events = EventBus()
         self.observers: list[Any] = []  # told of finished runs and deliveries (metrics)
@@ -107,7 +118,7 @@ class Daemon:
             scheduler = self._scheduler = Scheduler(
                 self.config,
                 store,
-                Classifier(self.rules),
+                self._classifier(self.rules, self.config),
                 Guard(store, self.rules.halts, stages_by_pipeline(self.config)),
                 notifier,
                 self.clock,
@@ -126,7 +137,7 @@ class Daemon:
             for warning in self.rules.warnings:
                 log.warning("rules: %s", warning)
             if watch_files:
-                self._spawn(reload_module.watch(self.config, self.reload, self._stop))
+                self._spawn(self._watch_files())
             api = await self._start_api()
             self.systemd.ready(self.summary())
             self._spawn(self.systemd.watchdog(self.summary))
@@ -198,59 +209,134 @@ class Daemon:
         for observer in self.observers:
             observer.notification(ok)
 
-    async def reload(self, why: str) -> None:
-        """Load the config and rules again; a bad edit keeps the last good ones in force."""
+    async def reload(self, why: str) -> dict[str, Any]:
+        """Load the config and rules again; a bad edit keeps the last good ones in force.
+
+        Never raises: whatever goes wrong is a failed reload, recorded and returned as
+        what `status` shows (`ok`, `error`, ...).
+        """
         async with self._reload_lock:
             self.systemd.reloading()
             try:
-                await self._reload(why)
+                return await self._reload(why)
             finally:
                 self.systemd.ready(self.summary())
 
-    async def _reload(self, why: str) -> None:
+    async def _reload(self, why: str) -> dict[str, Any]:
         try:
-            config, rules = await asyncio.to_thread(
-                reload_module.load_all, self.config.path, self._state_dir_override
-            )
+            config, rules, classifier = await asyncio.to_thread(self._load, why)
         except PipewardenError as exc:
             log.error("reload failed (%s): %s — the last good rules stay in force", why, exc)
-            self._record_reload(ok=False, why=why, error=str(exc))
-            return
+            return self._record_reload(ok=False, why=why, error=str(exc))
+        except Exception as exc:  # a fault in loading must not end the watcher or the API
+            log.exception("reload failed (%s) — the last good rules stay in force", why)
+            return self._record_reload(ok=False, why=why, error=_internal(exc, "while loading"))
         needs_restart = []
         if config.state_dir != self.config.state_dir:
             needs_restart.append(f"state_dir (still {self.config.state_dir})")
             config = replace(config, state_dir=self.config.state_dir)
         assert self._scheduler is not None and self._store is not None
-        changes = self._scheduler.apply(
-            config, Classifier(rules), Guard(self._store, rules.halts, stages_by_pipeline(config))
-        )
+        try:
+            changes = self._scheduler.apply(
+                config, classifier, Guard(self._store, rules.halts, stages_by_pipeline(config))
+            )
+        except Exception as exc:
+            log.exception("reload failed (%s) while applying it", why)
+            return self._record_reload(ok=False, why=why, error=_internal(exc, "while applying"))
+        if rules.version != self.rules.version:
+            self._troubles = {}  # what the old rules ran into is no longer news
         self.config, self.rules = config, rules
         for warning in rules.warnings:
             log.warning("rules: %s", warning)
         for setting in needs_restart:
             log.warning("reload: %s needs a restart to change; left as it was", setting)
         log.info("reloaded (%s): %s", why, "; ".join(changes) or "nothing changed")
-        self._record_reload(ok=True, why=why, needs_restart=needs_restart)
+        return self._record_reload(ok=True, why=why, needs_restart=needs_restart)
+
+    def _load(self, why: str) -> tuple[Config, RuleSet, Classifier]:
+        """Parse, validate and compile everything (blocking: it runs in a thread)."""
+        config, rules = reload_module.load_all(self.config.path, self._state_dir_override)
+        return config, rules, self._classifier(rules, config)
+
+    def _classifier(self, rules: RuleSet, config: Config) -> Classifier:
+        """A classifier for these rules, its prefilters built, its trouble kept for status."""
+        classifier = Classifier(rules, on_trouble=self._rule_trouble)
+        classifier.prepare((p.name, s.name) for p in config.pipelines.values() for s in p.stages)
+        return classifier
+
+    def _rule_trouble(self, rule: Rule, problem: str) -> None:
+        """A rule gave up on a message (counted as no match): keep it for `status`, `doctor`."""
+        now = self.clock.now()
+        entry = self._troubles.setdefault(
+            rule.id, {"rule": rule.id, "pattern": rule.source, "count": 0, "first_at": now}
+        )
+        entry.update(problem=problem, count=entry["count"] + 1, last_at=now)
+        if entry["count"] == 1 or now - self._trouble_saved >= TROUBLE_SAVE_EVERY_S:
+            self._save_troubles(now)
+        elif not self._trouble_flush_due:  # a burst: its last count reaches the store soon
+            self._trouble_flush_due = True
+            asyncio.get_running_loop().call_later(TROUBLE_SAVE_EVERY_S, self._flush_troubles)
+
+    def _flush_troubles(self) -> None:
+        try:
+            self._save_troubles(self.clock.now())
+        except Exception:
+            log.exception("could not keep the rules' trouble in the store")
+
+    def _save_troubles(self, now: float) -> None:
+        self._trouble_flush_due = False
+        if self._store is not None:
+            self._trouble_saved = now
+            self._store.set_meta(
+                "rules_trouble",
+                {"version": self.rules.version, "rules": list(self._troubles.values())},
+            )
 
     def _record_reload(
         self, ok: bool, why: str, error: str | None = None, needs_restart: list[str] | None = None
-    ) -> None:
+    ) -> dict[str, Any]:
         """What `pipewarden status` shows of the rules' health, and notify a failure."""
         assert self._store is not None
         now = self.clock.now()
         self.events.publish("reload", ok=ok, why=why, error=error, version=self.rules.version)
-        self._store.set_meta(
-            "reload",
-            {"ok": ok, "at": now, "why": why, "error": error, "version": self.rules.version,
-             "rules": len(self.rules.rules), "warnings": list(self.rules.warnings),
-             "needs_restart": needs_restart or []},
-        )  # fmt: skip
+        record = {
+            "ok": ok, "at": now, "why": why, "error": error, "version": self.rules.version,
+            "rules": len(self.rules.rules), "warnings": list(self.rules.warnings),
+            "needs_restart": needs_restart or [],
+        }  # fmt: skip
+        self._store.set_meta("reload", record)
+        if ok:
+            self._save_troubles(now)
         if not ok and self._scheduler is not None:
             self._scheduler.notifier.notify(
                 "reload_failed", f"reload_failed:{error}", "pipewarden: rules reload failed",
                 f"{error}\nThe last good rules (version {self.rules.version}) stay in force.", now,
             )  # fmt: skip
             self._scheduler.wake()
+        return record
+
+    async def _watch_files(self) -> None:
+        """The file watcher, supervised: when it fails it is logged and started again.
+
+        A watch started again reloads once it is in place, for the saves it missed.
+        """
+        delay, catch_up, last_problem = WATCH_RETRY_S, False, ""
+        while not self._stop.is_set():
+            try:
+                await reload_module.watch(lambda: self.config, self.reload, self._stop, catch_up)
+                delay, last_problem = WATCH_RETRY_S, ""  # returned: its folders changed, or stop
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                if problem != last_problem:  # not once per retry while a folder stays away
+                    log.error(
+                        "file watcher failed (%s): trying again, every %.0fs at most",
+                        problem, WATCH_RETRY_MAX_S,
+                    )  # fmt: skip
+                last_problem = problem
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, WATCH_RETRY_MAX_S)
+            catch_up = True
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)

@@ -47,6 +47,16 @@ def status_tree(snapshot: dict[str, Any], paint: Paint, verbose: bool = False) -
     return lines
 
 
+def describe_rule_trouble(trouble: dict[str, Any]) -> str:
+    """One rule that gave up on messages, as `status` and `doctor` say it."""
+    times = "once" if trouble["count"] == 1 else f"{trouble['count']} times"
+    return (
+        f"rule {trouble['rule']} ('{trouble['pattern']}') {trouble['problem']} {times},"
+        f" last {format_time(trouble['last_at'])}: counted as no match"
+        " — simplify it (`pipewarden rules check` says why)"
+    )
+
+
 def health_lines(snapshot: dict[str, Any], paint: Paint) -> list[str]:
     """The lines above the tree: rules health, halts and pauses, stuck items."""
     lines = []
@@ -64,6 +74,8 @@ def health_lines(snapshot: dict[str, Any], paint: Paint) -> list[str]:
     else:
         failed = f"rules: reload failed at {format_time(reload['at'])} — {reload['error']}"
         lines.append(paint(failed, "red") + f" (version {reload['version']} still in force)")
+    for trouble in (reload or {}).get("trouble", ()):
+        lines.append(paint(f"  {describe_rule_trouble(trouble)}", "yellow"))
     for hold in snapshot["holds"]:
         word = "halted" if hold["kind"] == "halt" else "paused"
         lines.append(paint(f"{word}: {describe_hold(hold)}", "red" if word == "halted" else "cyan"))

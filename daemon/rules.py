@@ -31,21 +31,24 @@ A rules file looks like::
         pipelines: [outreach]
         budget: 50
 
-Patterns are case-insensitive. A rule's id is `file:line` (`pack:NAME:line` for a
-shipped pack, see packs.py), so `pipewarden rules test` and every run can point at
-the line that decided it.
+Patterns are case-insensitive and mean what Python's `re` says; each is matched with a
+time budget (see `patterns`), so no pattern can stall the daemon. A rule's id is
+`file:line` (`pack:NAME:line` for a shipped pack, see packs.py), so `pipewarden rules
+test` and every run can point at the line that decided it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipewarden import packs
-from pipewarden._yaml import Node, load_file
+from pipewarden._yaml import Node, load_bytes, read_file
 from pipewarden.errors import ConfigError
+from pipewarden.patterns import MATCH_BUDGET_S, Matcher, Prefilter, compile_rule
 from pipewarden.types import Group
 
 _FILE_KEYS = {"pipelines", "stages", "rules", "halts"}
@@ -64,7 +67,7 @@ _RULE_GROUPS = tuple(g.value for g in Group if g is not Group.UNKNOWN)
 class Rule:
     id: str  # "rules/sites.yaml:14"
     source: str  # the pattern as written ("" for an exception-only rule)
-    pattern: re.Pattern[str] | None
+    pattern: Matcher | None  # Python's meaning, searched within a time budget
     exceptions: tuple[str, ...]
     group: Group
     label: str
@@ -132,9 +135,11 @@ def load_rules(paths: tuple[Path, ...] | list[Path], base: Path | None = None) -
     halts: list[HaltRule] = []
     digest = hashlib.sha256()
     for path in paths:
+        shown = _display_path(path, base)
+        raw = read_file(path, shown)  # read once: what is hashed is what is loaded
         digest.update(str(path).encode() + b"\0")
-        digest.update(path.read_bytes() if path.is_file() else b"")
-        file_rules, file_halts = _load_rule_file(path, _display_path(path, base))
+        digest.update(raw)
+        file_rules, file_halts = _load_rule_file(load_bytes(raw, shown))
         rules.extend(file_rules)
         halts.extend(file_halts)
     return RuleSet(tuple(rules), tuple(_lint(rules)), digest.hexdigest()[:12], tuple(halts))
@@ -150,9 +155,7 @@ def _display_path(path: Path, base: Path | None) -> str:
     return str(path)
 
 
-def _load_rule_file(path: Path, shown: str) -> tuple[list[Rule], list[HaltRule]]:
-    root = load_file(path)
-    root.path = shown
+def _load_rule_file(root: Node) -> tuple[list[Rule], list[HaltRule]]:
     top = root.mapping("a rules file", _FILE_KEYS)
     scope_pipelines = top["pipelines"].text_list("pipelines") if "pipelines" in top else ()
     scope_stages = top["stages"].text_list("stages") if "stages" in top else ()
@@ -249,18 +252,27 @@ def _retry_after(entries: dict[str, Node]) -> bool:
     return True
 
 
-def _compile(node: Node, source: str) -> re.Pattern[str]:
-    try:
-        return re.compile(source, re.IGNORECASE)
-    except re.error as exc:
-        position = exc.pos or 0
-        raise ConfigError(
-            node.path,
-            node.line,
-            node.text_column(position),
-            f"invalid regex '{source}'",
-            f"{_explain_regex_error(exc.msg)} at position {position}",
-        ) from None
+def _compile(node: Node, source: str) -> Matcher:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "possible nested set": `re` reads on
+        try:
+            return compile_rule(source, re.IGNORECASE)
+        except re.error as exc:
+            position = exc.pos or 0
+            raise ConfigError(
+                node.path,
+                node.line,
+                node.text_column(position),
+                f"invalid regex '{source}'",
+                f"{_explain_regex_error(exc.msg)} at position {position}",
+            ) from None
+        except (OverflowError, RecursionError):
+            raise node.error(
+                f"invalid regex '{source}'", "a repeat count or a nesting of groups is too large"
+            ) from None
+        except ValueError as exc:
+            raise node.error(f"regex '{source}' cannot be matched safely: {exc.args[0]}",
+                             exc.args[1]) from None  # fmt: skip
 
 
 def _explain_regex_error(message: str) -> str:
@@ -284,36 +296,80 @@ def _snake(label: str) -> str:
 
 
 def _lint(rules: list[Rule]) -> list[str]:
-    """Warnings that do not stop a load: ambiguous labels, rules that can never match."""
-    warnings: list[str] = []
+    """Warnings that do not stop a load: ambiguous labels, rules that can never match,
+    patterns that can backtrack for ever, patterns RE2 cannot prefilter."""
+    found: list[str] = []
     first_group: dict[str, Rule] = {}
-    for index, rule in enumerate(rules):
+    matching = [rule for rule in rules if rule.pattern is not None]
+    prefilter = Prefilter([rule.source for rule in matching]) if matching else None
+    shadows = _shadowing_rules(matching, prefilter) if prefilter else {}
+    refused = {matching[n].id: why for n, why in prefilter.refused.items()} if prefilter else {}
+    for rule in rules:
         earlier = first_group.setdefault(rule.label, rule)
         if earlier.group != rule.group:
-            warnings.append(
+            found.append(
                 f"{rule.id}: label '{rule.label}' is {rule.group} here but {earlier.group} "
                 f"at {earlier.id} — give one of them another label"
             )
-        if shadow := _shadowing_rule(rule, rules[:index]):
-            warnings.append(
+        if shadow := shadows.get(rule.id):
+            found.append(
                 f"{rule.id}: pattern '{rule.source}' can never match — "
                 f"{shadow.id} ('{shadow.source}') matches every such message first"
             )
-    return warnings
+        if rule.pattern is not None and rule.pattern.repeats_a_repeat:
+            found.append(
+                f"{rule.id}: pattern '{rule.source}' repeats a part that itself repeats (like"
+                f" '(a+)+'), which can backtrack for ever on some messages; it gets"
+                f" {MATCH_BUDGET_S * 1000:.0f} ms a message and counts as no match past that —"
+                " rewrite it so no text can be matched two ways (e.g. '(a+)+' as 'a+')"
+            )
+        if why := refused.get(rule.id):
+            found.append(
+                f"{rule.id}: pattern '{rule.source}' is not one RE2 can read ({why}), so Python"
+                " alone tries it on every message in its scope (slower) — write it in syntax"
+                " RE2 shares with Python to make it fast"
+            )
+    return found
 
 
-def _shadowing_rule(rule: Rule, earlier: list[Rule]) -> Rule | None:
-    """An earlier rule that matches every message this one could match, if any.
+def _shadowing_rules(matching: list[Rule], prefilter: Prefilter) -> dict[str, Rule]:
+    """For each rule an earlier one matches every message of: {rule id: that rule}.
 
     Exact only for the cases that can be decided cheaply: the same pattern, or a
-    literal pattern that an earlier regex already finds.
+    literal pattern that an earlier regex already finds. Near-linear: the same
+    pattern is found by a dict, and the earlier regexes that may find a literal by
+    one pass of the RE2 prefilter over it.
     """
-    if rule.pattern is None or rule.exceptions:
-        return None
-    is_literal = re.escape(rule.source).replace("\\ ", " ") == rule.source
-    for other in earlier:
-        if other.pattern is None or other.exceptions or not other.covers_scope_of(rule):
+    found: dict[str, Rule] = {}
+    same_source: dict[str, list[int]] = {}
+    for index, rule in enumerate(matching):
+        if rule.exceptions:
             continue
-        if other.source == rule.source or (is_literal and other.pattern.search(rule.source)):
-            return other
-    return None
+        earliest = next(
+            (n for n in same_source.get(rule.source, ()) if matching[n].covers_scope_of(rule)),
+            index,
+        )
+        if re.escape(rule.source).replace("\\ ", " ") == rule.source:  # a literal
+            earliest = _earliest_finder(matching, prefilter, rule, earliest)
+        if earliest < index:
+            found[rule.id] = matching[earliest]
+        same_source.setdefault(rule.source, []).append(index)
+    return found
+
+
+def _earliest_finder(matching: list[Rule], prefilter: Prefilter, rule: Rule, before: int) -> int:
+    """The first rule before index `before` whose regex finds the literal `rule`."""
+    for n in prefilter.candidates(rule.source):
+        if n >= before:
+            break
+        other = matching[n]
+        if not other.exceptions and other.covers_scope_of(rule) and _finds(other, rule.source):
+            return n
+    return before
+
+
+def _finds(rule: Rule, text: str) -> bool:
+    try:
+        return rule.pattern.search(text, MATCH_BUDGET_S)  # type: ignore[union-attr]
+    except (TimeoutError, ValueError):
+        return False

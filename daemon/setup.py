@@ -117,6 +117,7 @@ def doctor(config_arg: str | None, state_dir: str | None) -> Iterator[Finding]:
     yield Finding(True, f"config: {config.path} ({len(config.pipelines)} pipeline(s))")
     yield from _rules(config)
     yield from _state_dir(config)
+    yield from _rule_trouble(config)
     yield from _workers(config)
     yield from _notify(config)
 
@@ -164,6 +165,32 @@ def _state_dir(config: Config) -> Iterator[Finding]:
             yield Finding(
                 False, f"store: {store}: {result}", "restore a backup (pipewarden backup)"
             )
+
+
+def _rule_trouble(config: Config) -> Iterator[Finding]:
+    """Rules the daemon found giving up on messages (out of time, or failing)."""
+    import json
+
+    from pipewarden.render import describe_rule_trouble
+
+    store = config.state_dir / STORE_FILE
+    if not store.exists():
+        return
+    connection = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        rows = dict(connection.execute(
+            "SELECT key, value FROM meta WHERE key IN ('reload', 'rules_trouble')"
+        ).fetchall())  # fmt: skip
+    except sqlite3.Error:
+        return  # an unreadable store is the store check's to report
+    finally:
+        connection.close()
+    reload = json.loads(rows.get("reload") or "null") or {}
+    trouble = json.loads(rows.get("rules_trouble") or "null") or {}
+    if trouble.get("version") != reload.get("version"):
+        return
+    for entry in trouble.get("rules", []):
+        yield Finding(False, f"rules: {describe_rule_trouble(entry)}")
 
 
 def _workers(config: Config) -> Iterator[Finding]:

@@ -205,7 +205,7 @@ def daemon_health(store: Store | None) -> dict[str, Any]:
     if store is None:
         return {"rules": None, "holds": [], "stuck": []}
     return {
-        "rules": store.get_meta("reload"),
+        "rules": _rules_health(store),
         "holds": [hold_as_dict(hold) for hold in store.active_holds()],
         "stuck": [
             {"pipeline": p, "stage": s, "label": label, "items": n,
@@ -213,6 +213,16 @@ def daemon_health(store: Store | None) -> dict[str, Any]:
             for p, s, label, n in store.stuck_items(STUCK_AFTER_REQUEUES)
         ],
     }  # fmt: skip
+
+
+def _rules_health(store: Store) -> dict[str, Any] | None:
+    """The last reload, and the rules in force that gave up on a message (`trouble`)."""
+    reload = store.get_meta("reload")
+    if reload is not None:
+        trouble = store.get_meta("rules_trouble") or {}
+        current = trouble.get("version") == reload["version"]
+        reload["trouble"] = trouble.get("rules", []) if current else []
+    return reload
 
 
 def hold_as_dict(hold: Any) -> dict[str, Any]:

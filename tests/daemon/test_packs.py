@@ -12,10 +12,11 @@ import pytest
 from conftest import REPO, Project
 from freezegun import freeze_time
 from pipewarden import packs
-from pipewarden.classifier import _PYTHON_ONLY, Classifier, _relaxed
+from pipewarden.classifier import Classifier
 from pipewarden.config import load_config
 from pipewarden.errors import ConfigError
 from pipewarden.guard import Guard
+from pipewarden.patterns import PYTHON_ONLY, relaxed
 from pipewarden.rules import load_rules
 from pipewarden.store import FinishedRun, Store
 from pipewarden.types import Group, ItemState, RunStatus
@@ -93,8 +94,8 @@ def test_every_pack_rule_goes_through_the_re2_prefilter():
     options = re2.Options()
     options.case_sensitive = False
     for rule in load_rules(PACKS).rules:
-        assert not _PYTHON_ONLY.search(rule.source), f"{rule.id} needs Python's re"
-        re2.compile(_relaxed(rule.source), options)  # raises where RE2 refuses it
+        assert not PYTHON_ONLY.search(rule.source), f"{rule.id} needs Python's re"
+        re2.compile(relaxed(rule.source), options)  # raises where RE2 refuses it
 
 
 def test_packs_are_named_in_the_config_and_an_unknown_one_lists_the_shipped(tmp_path: Path):
