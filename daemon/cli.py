@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipewarden.errors import ConfigError, PipewardenError, UsageError
 
 if TYPE_CHECKING:
+    from pipewarden.client import DaemonApi
     from pipewarden.config import Config
     from pipewarden.store import Store
 
@@ -217,9 +218,10 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _open_store(config: Config, must_exist: bool = False) -> Store | None:
+    from pipewarden.client import store_exists
     from pipewarden.store import STORE_FILE, Store
 
-    if must_exist and not (config.state_dir / STORE_FILE).exists():
+    if not store_exists(config, config.state_dir / STORE_FILE) and must_exist:
         return None
     return Store(config.state_dir)
 
@@ -253,7 +255,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     config = _config(args)
     pipeline = config.pipeline(args.pipeline)
     items = _items_to_enqueue(args)
-    daemon = _DaemonApi(config)
+    daemon = _daemon_api(config)
     if daemon.running:
         result = daemon.post(
             "/api/enqueue",
@@ -338,16 +340,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.pipeline:
         config.pipeline(args.pipeline)
-    store = _open_store(config, must_exist=True)
-    snapshot = status_snapshot(config, store, time.time(), args.pipeline, args.verbose)
-    if store:
-        store.close()
-    pid = running_daemon_pid(config.state_dir)
-    snapshot["daemon"] = {
-        "running": pid is not None,
-        "pid": pid,
-        "state_dir": str(config.state_dir),
-    }
+    daemon = _daemon_api(config)
+    if daemon.via_socket:  # the store may be the daemon's own: ask the daemon
+        query = {"verbose": "1" if args.verbose else "0", **({"pipeline": args.pipeline}
+                                                            if args.pipeline else {})}  # fmt: skip
+        snapshot = daemon.get("/api/status", query)
+    else:
+        store = _open_store(config, must_exist=True)
+        snapshot = status_snapshot(config, store, time.time(), args.pipeline, args.verbose)
+        if store:
+            store.close()
+        pid = running_daemon_pid(config.state_dir)
+        snapshot["daemon"] = {
+            "running": pid is not None,
+            "pid": pid,
+            "state_dir": str(config.state_dir),
+        }
     if args.json:
         _print_json(snapshot)
         return EXIT_OK
@@ -390,37 +398,10 @@ def _cmd_item(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _DaemonApi:
-    """The running daemon's API, for commands that change state while it runs."""
+def _daemon_api(config: Config) -> DaemonApi:
+    from pipewarden.client import DaemonApi
 
-    def __init__(self, config: Config):
-        from pipewarden.lock import running_daemon_pid
-
-        self.config = config
-        self.running = running_daemon_pid(config.state_dir) is not None and config.api.enabled
-        token_file = config.state_dir / "api.token"
-        self.token = token_file.read_text().strip() if self.running and token_file.exists() else ""
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.config.api.port}"
-
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        import httpx
-
-        try:
-            response = httpx.post(
-                self.base + path, json=body, timeout=30,
-                headers={"Authorization": f"Bearer {self.token}"},
-            )  # fmt: skip
-        except httpx.HTTPError as exc:
-            raise PipewardenError(
-                f"the daemon's API at {self.base} did not answer: {exc}"
-            ) from None
-        answer = response.json()
-        if response.status_code >= 400:
-            raise PipewardenError(answer.get("error", f"the API answered {response.status_code}"))
-        return answer
+    return DaemonApi(config)
 
 
 def _who() -> str:
@@ -433,17 +414,24 @@ def _cmd_halts(args: argparse.Namespace) -> int:
     from pipewarden.render import describe_hold
     from pipewarden.status import hold_as_dict
 
-    store = _open_store(_config(args), must_exist=True)
-    holds = store.active_holds() if store else []
+    config = _config(args)
+    daemon = _daemon_api(config)
+    if daemon.via_socket:  # the store may be the daemon's own: ask the daemon
+        holds = daemon.get("/api/halts")
+    else:
+        store = _open_store(config, must_exist=True)
+        holds = [hold_as_dict(hold) for hold in store.active_holds()] if store else []
+        if store:
+            store.close()
     if args.json:
-        _print_json([hold_as_dict(hold) for hold in holds])
+        _print_json(holds)
         return EXIT_OK
     if not holds:
         print("no halts or pauses: everything flows")
     for hold in holds:
-        print(f"{hold.kind:<6} {hold.scope:<9} {describe_hold(hold)}")
-        if hold.kind == "halt":
-            print(f"{'':17}rule {hold.rule}; clear: pipewarden halts clear {hold.target}")
+        print(f"{hold['kind']:<6} {hold['scope']:<9} {describe_hold(hold)}")
+        if hold["kind"] == "halt":
+            print(f"{'':17}rule {hold['rule']}; clear: pipewarden halts clear {hold['target']}")
     return EXIT_OK
 
 
@@ -455,7 +443,7 @@ def _cmd_halts_clear(args: argparse.Namespace) -> int:
     from pipewarden.status import hold_as_dict
 
     config = _config(args)
-    daemon = _DaemonApi(config)
+    daemon = _daemon_api(config)
     if daemon.running:
         cleared = daemon.post("/api/halts/clear", {"target": args.target})["cleared"]
     else:
@@ -474,7 +462,7 @@ def _cmd_halts_clear(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _told(daemon: _DaemonApi, what: str) -> str:
+def _told(daemon: DaemonApi, what: str) -> str:
     """Say what changed, and make sure a running daemon acts on it now."""
     from pipewarden.lock import poke_daemon
 
@@ -507,7 +495,7 @@ def _pause_or_resume(args: argparse.Namespace, action: str) -> int:
     config = _config(args)
     request = _hold_request(args)
     scope, target = request["scope"], control.hold_target(config, **request)
-    daemon = _DaemonApi(config)
+    daemon = _daemon_api(config)
     if daemon.running:
         answer = daemon.post(f"/api/{action}", {"scope": scope, "target": target})
         changed = not answer["already"] if action == "pause" else answer["was_paused"]
@@ -531,7 +519,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     from pipewarden.reload import load_all
 
     config = _config(args)
-    daemon = _DaemonApi(config)
+    daemon = _daemon_api(config)
     if not daemon.running:
         _, rules = load_all(config.path, args.state_dir)
         print(f"no daemon is running; config and {len(rules.rules)} rules are valid")
@@ -565,7 +553,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--since takes a duration such as 24h or 30m, not '{args.since}'"
             ) from None
-    daemon = _DaemonApi(config)
+    daemon = _daemon_api(config)
     if daemon.running:
         count = daemon.post("/api/retry", request)["items"]
     else:
@@ -622,8 +610,9 @@ def _cmd_tray(args: argparse.Namespace) -> int:
     from pipewarden import logs
 
     config = _config(args)
+    daemon = _daemon_api(config)  # a socket this user may not use: the line naming the group
     token_file = config.state_dir / "api.token"
-    if not token_file.exists():
+    if config.api.socket is None and not token_file.exists():
         raise PipewardenError(
             f"no API token at {token_file}: start the daemon once (`pipewarden run`)"
         )
@@ -636,7 +625,10 @@ def _cmd_tray(args: argparse.Namespace) -> int:
             f"the tray needs its extra: pip install 'pipewarden[tray]' ({exc.name} is missing)"
         ) from None
     check_display()
-    client = DaemonClient(f"http://127.0.0.1:{config.api.port}", token_file.read_text().strip())
+    if config.api.socket is not None:  # polled even while the daemon is down: grey till it is up
+        client = DaemonClient(daemon.page, socket=config.api.socket)
+    else:
+        client = DaemonClient(daemon.page, token_file.read_text().strip())
     TrayApp(client, list(config.pipelines)).run()
     return EXIT_OK
 
@@ -645,10 +637,10 @@ def _cmd_open(args: argparse.Namespace) -> int:
     import webbrowser
 
     config = _config(args)
-    daemon = _DaemonApi(config)
+    daemon = _daemon_api(config)
     if not daemon.running:
         raise PipewardenError("no daemon is running: start one with `pipewarden run`")
-    url = f"{daemon.base}/?token={daemon.token}"
+    url = f"{daemon.page}/?token={daemon.token}"
     print(f"the live page, signed in (keep this link to yourself): {url}")
     webbrowser.open(url)
     return EXIT_OK

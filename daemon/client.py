@@ -1,0 +1,229 @@
+"""How a command finds the daemon and its store, or says in one line why it cannot.
+
+The daemon is reached through its Unix socket when the config names one (`api: {socket:
+...}`; the system service's is /run/pipewarden/api.sock): the socket's group decides who
+may connect, and no token is needed. Otherwise through 127.0.0.1 with the token in the
+state dir, which only the daemon's user can read. A store that is missing where a
+service keeps its state elsewhere, or that this user may not read, is one line that says
+what to pass or which group to join, never an empty tree or a traceback.
+
+Kept free of heavy imports: httpx is imported only when a request is made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import getpass
+import json
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipewarden.errors import PipewardenError
+from pipewarden.lock import running_daemon_pid
+
+if TYPE_CHECKING:
+    from pipewarden.config import Config
+
+SERVICE_SOCKET = Path("/run/pipewarden/api.sock")  # the system unit's RuntimeDirectory=
+TOKEN_FILE = "api.token"
+PROBE_TIMEOUT_S = 2.0
+
+
+def owning_group(path: Path) -> str:
+    """The group of `path`, or of its nearest folder this user may look at."""
+    import grp
+
+    for candidate in (path, *path.parents):
+        try:
+            gid = candidate.stat().st_gid
+        except PermissionError:
+            continue
+        except FileNotFoundError:
+            continue
+        try:
+            return grp.getgrgid(gid).gr_name
+        except KeyError:
+            return str(gid)
+    return "?"
+
+
+def join_the_group(group: str) -> str:
+    user = getpass.getuser()
+    return f"an admin adds you with `sudo usermod -aG {group} {user}`; then log in again"
+
+
+def socket_answers(path: Path) -> bool:
+    """True when a daemon listens on the socket at `path` and this user may connect; False
+    when nothing does. A socket this user may not use is one line naming the group to join."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(PROBE_TIMEOUT_S)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        return False
+    except PermissionError:
+        group = owning_group(path)
+        raise PipewardenError(
+            f"the daemon's socket {path} is for the group '{group}', and you"
+            f" ({getpass.getuser()}) are not in it — {join_the_group(group)}"
+        ) from None
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        raise PipewardenError(f"cannot connect to the daemon's socket {path}: {exc}") from None
+    finally:
+        sock.close()
+    return True
+
+
+class DaemonApi:
+    """The running daemon's API, as this user may reach it: its socket, else 127.0.0.1."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.socket = config.api.socket if config.api.enabled else None
+        if self.socket is not None and socket_answers(self.socket):
+            self.running, self.token = True, ""
+            return
+        self.socket = None
+        self.running = running_daemon_pid(config.state_dir) is not None and config.api.enabled
+        token_file = config.state_dir / TOKEN_FILE
+        self.token = ""
+        if self.running:
+            with contextlib.suppress(OSError):  # unreadable: the API will say a token is needed
+                self.token = token_file.read_text().strip()
+
+    @property
+    def via_socket(self) -> bool:
+        return self.socket is not None
+
+    @property
+    def page(self) -> str:
+        """Where a browser finds the page (a browser cannot use the socket)."""
+        return f"http://127.0.0.1:{self.config.api.port}"
+
+    @property
+    def base(self) -> str:
+        return "http://localhost" if self.socket else self.page
+
+    @property
+    def where(self) -> str:
+        return str(self.socket) if self.socket else self.base
+
+    def http(self, timeout: float = 30) -> Any:
+        """An httpx client for the API (over the socket when there is one)."""
+        import httpx
+
+        transport = httpx.HTTPTransport(uds=str(self.socket)) if self.socket else None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return httpx.Client(
+            base_url=self.base, transport=transport, headers=headers, timeout=timeout
+        )
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        return self._request("GET", path, params=params)
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", path, json=body)
+
+    def _request(self, method: str, path: str, **options: Any) -> Any:
+        import httpx
+
+        try:
+            with self.http() as client:
+                response = client.request(method, path, **options)
+        except httpx.HTTPError as exc:
+            raise PipewardenError(
+                f"the daemon's API at {self.where} did not answer: {exc}"
+            ) from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        if response.status_code >= 400:
+            raise PipewardenError(answer.get("error", f"the API answered {response.status_code}"))
+        return answer
+
+
+def store_exists(config: Config, path: Path) -> bool:
+    """Whether the config's store (at `path`) is there. A store this user may not read, and a
+    missing one while a service keeps its state elsewhere, are one line each."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        raise PipewardenError(_unreadable(config, path)) from None
+    except FileNotFoundError:
+        if running_daemon_pid(config.state_dir) is None and (
+            elsewhere := _service_elsewhere(config)
+        ):
+            raise PipewardenError(f"no store at {path}; {elsewhere}") from None
+        return False
+    if not os.access(path, os.R_OK):
+        raise PipewardenError(_unreadable(config, path))
+    return True
+
+
+def _unreadable(config: Config, path: Path) -> str:
+    socket_path = config.api.socket
+    if socket_path is not None and socket_answers(socket_path):
+        return (
+            f"cannot read the store {path}: it is the daemon's own — `pipewarden status`,"
+            f" `halts` and the commands that change things reach it through {socket_path};"
+            " this one reads the store itself: run it as root or as the daemon's user"
+        )
+    group = owning_group(socket_path if socket_path is not None else path)
+    return (
+        f"cannot read the store {path}: permission denied — the daemon's API is for the"
+        f" group '{group}': {join_the_group(group)}"
+    )
+
+
+def _service_elsewhere(config: Config) -> str | None:
+    """What to say when another daemon, not one on this config's state dir, is running."""
+    for path in {p for p in (config.api.socket, SERVICE_SOCKET) if p is not None}:
+        if socket_answers(path):
+            state = _state_dir_behind(path)
+            return (
+                f"the service's state is {state}: pass --state-dir {state}"
+                f" or set `state_dir: {state}` in {config.path}"
+            )
+    if config.api.enabled and _health_answers(config.api.port):
+        return (
+            f"a pipewarden daemon answers on 127.0.0.1:{config.api.port} with another state"
+            f" dir: pass --state-dir or set state_dir in {config.path}"
+        )
+    return None
+
+
+def _state_dir_behind(path: Path) -> str:
+    import http.client
+
+    connection = http.client.HTTPConnection("localhost", timeout=PROBE_TIMEOUT_S)
+    connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.sock.settimeout(PROBE_TIMEOUT_S)
+    try:
+        connection.sock.connect(str(path))
+        connection.request("GET", "/api/status")
+        answer = json.loads(connection.getresponse().read() or b"{}")
+        return str(answer.get("daemon", {}).get("state_dir", "?"))
+    except (OSError, ValueError, http.client.HTTPException):
+        return "?"
+    finally:
+        connection.close()
+
+
+def _health_answers(port: int) -> bool:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=PROBE_TIMEOUT_S)
+    try:
+        connection.request("GET", "/health")
+        response = connection.getresponse()
+        return response.status == 200 and json.loads(response.read() or b"{}").get("ok") is True
+    except (OSError, ValueError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
