@@ -168,16 +168,22 @@ def store_exists(config: Config, path: Path) -> bool:
 
 def _unreadable(config: Config, path: Path) -> str:
     socket_path = config.api.socket
-    if socket_path is not None and socket_answers(socket_path):
+    if socket_path is not None and socket_answers(socket_path):  # a stranger: the group line
         return (
             f"cannot read the store {path}: it is the daemon's own — `pipewarden status`,"
             f" `halts` and the commands that change things reach it through {socket_path};"
             " this one reads the store itself: run it as root or as the daemon's user"
         )
-    group = owning_group(socket_path if socket_path is not None else path)
+    if socket_path is not None:
+        return (
+            f"cannot read the store {path}: it is the daemon's own, and no daemon answers on"
+            f" {socket_path} — start it (`systemctl start pipewarden`), or run this as root"
+        )
+    group = owning_group(path)
     return (
-        f"cannot read the store {path}: permission denied — the daemon's API is for the"
-        f" group '{group}': {join_the_group(group)}"
+        f"cannot read the store {path}: permission denied — it is the daemon's (group"
+        f" '{group}'): run this as the daemon's user, or name its socket in the config"
+        f" (`api: {{socket: ...}}`) and join the group: {join_the_group(group)}"
     )
 
 

@@ -126,6 +126,10 @@ def _state_dir(config: Config) -> Iterator[Finding]:
         yield Finding(True, f"state dir: {folder} (created at the first start)")
         return
     mode = stat.S_IMODE(folder.stat().st_mode)
+    if not os.access(folder, os.X_OK):  # a service's own (0700): its files cannot be checked
+        yield Finding(False, f"state dir: {folder} is not this user's ({mode:o})",
+                      "run doctor as the daemon's user or as root")  # fmt: skip
+        return
     if not os.access(folder, os.W_OK):
         yield Finding(
             False, f"state dir: {folder} is not writable", "chown it to the daemon's user"

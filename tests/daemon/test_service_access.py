@@ -108,14 +108,18 @@ class Service:
         wait_until(lambda: self.socket.exists() or self.daemon.poll() is not None, "the socket")
         assert self.daemon.poll() is None, (self.root / "daemon.log").read_text()
 
+    def stop(self) -> int | None:
+        if self.daemon is None or self.daemon.poll() is not None:
+            return None
+        self.daemon.send_signal(signal.SIGTERM)
+        try:
+            return self.daemon.wait(15)
+        except subprocess.TimeoutExpired:
+            self.daemon.kill()
+            return self.daemon.wait(5)
+
     def close(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGTERM)
-            try:
-                self.daemon.wait(15)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait(5)
+        self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -169,6 +173,19 @@ def test_the_group_reaches_the_service_and_strangers_are_told_how_to_join(servic
     # The service's own user reads its store directly and through the socket alike.
     own = service.run(users.service, "status", "--json")
     assert own.returncode == 0 and json.loads(own.stdout)["daemon"]["running"] is True
+
+    # With the service stopped, the desktop user is told to start it, not to join a group.
+    assert service.stop() == 0
+    stopped = service.run(users.desktop, "status")
+    assert stopped.returncode == 1
+    assert one_line(stopped.stderr) == (
+        f"pipewarden: cannot read the store {service.state_dir}/pipewarden.db: it is the"
+        f" daemon's own, and no daemon answers on {service.socket} — start it (`systemctl"
+        " start pipewarden`), or run this as root"
+    )
+    doctor = service.run(users.desktop, "doctor")
+    assert f"FAIL state dir: {service.state_dir} is not this user's (700)" in doctor.stdout
+    assert "Traceback" not in doctor.stdout + doctor.stderr
 
 
 def test_the_daemon_checks_each_peer_even_when_the_socket_is_left_open(service: Service):
