@@ -39,9 +39,7 @@ def owning_group(path: Path) -> str:
     for candidate in (path, *path.parents):
         try:
             gid = candidate.stat().st_gid
-        except PermissionError:
-            continue
-        except FileNotFoundError:
+        except (PermissionError, FileNotFoundError):
             continue
         try:
             return grp.getgrgid(gid).gr_name

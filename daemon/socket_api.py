@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import json
 import os
 import pwd
 import socket
@@ -47,7 +48,12 @@ def bind_unix_socket(path: Path) -> socket.socket:
         raise PipewardenError(f"api socket {path}: the path is too long — choose a shorter one")
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(path.lstat().st_mode):
-            path.unlink()  # left by a daemon that was killed; the state dir's lock is ours
+            if _answers(path):
+                raise PipewardenError(
+                    f"another daemon serves its API on {path} — stop it, or give this one"
+                    " another `api: {socket: ...}`"
+                )
+            path.unlink()  # left by a daemon that was killed
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
@@ -60,6 +66,15 @@ def bind_unix_socket(path: Path) -> socket.socket:
             " the daemon's (RuntimeDirectory= under systemd)"
         ) from None
     return sock
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def group_name(gid: int) -> str:
@@ -97,8 +112,6 @@ def refusal(peer: Peer, group: int) -> str:
 
 
 def _answer_403(text: str) -> Any:
-    import json
-
     body = json.dumps({"error": text}).encode()
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

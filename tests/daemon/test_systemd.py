@@ -214,3 +214,39 @@ def test_a_config_that_names_the_daemons_socket_finds_its_state_wherever_it_is(
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(15) == 0
     assert not socket_path.exists()  # removed at a clean stop
+
+
+def test_a_second_daemon_never_takes_over_a_socket_another_one_serves(
+    project: Project, tmp_path_factory: pytest.TempPathFactory
+):
+    socket_path = tmp_path_factory.mktemp("run") / "api.sock"
+    configure(project)
+    api_line = f"api: {{port: {project.api_port}}}"
+    first = project.config_path.read_text()
+    project.config_path.write_text(
+        first.replace(api_line, f"api: {{port: {project.api_port}, socket: {socket_path}}}")
+    )
+    project.start_daemon()
+    wait_until(socket_path.exists, "the socket")
+    other = Project(tmp_path_factory.mktemp("other"))
+    configure(other)
+    other.config_path.write_text(
+        other.config_path.read_text().replace(
+            f"api: {{port: {other.api_port}}}",
+            f"api: {{port: {other.api_port}, socket: {socket_path}}}",
+        )
+    )
+    try:
+        second = other.start_daemon()
+        assert second.wait(15) == 1
+    finally:
+        other.stop_all()
+    assert (
+        other.daemon_log()
+        .strip()
+        .endswith(
+            f"pipewarden: another daemon serves its API on {socket_path} — stop it, or give this"
+            " one another `api: {socket: ...}`"
+        )
+    )
+    assert project.cli("status").stdout.startswith("daemon: running")
