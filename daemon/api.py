@@ -9,6 +9,8 @@ site is refused. What each endpoint takes is declared in `schema.py`'s terms abo
 handler; anything else is a 400 with the reason. Requests whose Host is not localhost or
 127.0.0.1 are refused, so a page on another site cannot reach the API through DNS
 rebinding.
+With `api: {socket: PATH}` the same app also answers on a Unix socket, where the
+peer's credentials (SO_PEERCRED, the socket's group) stand in for the token.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pipewarden.limits import API_RUNS_MAX
 from pipewarden.metrics import Metrics
 from pipewarden.render import run_as_dict
 from pipewarden.schema import Param, RequestTooLarge, Schema, body, query
+from pipewarden.socket_api import PEER, bind_unix_socket, protocol_for
 from pipewarden.status import hold_as_dict, status_snapshot
 from pipewarden.story import item_story
 from pipewarden.types import RunStatus
@@ -72,6 +75,16 @@ def load_or_create_token(state_dir: Path) -> str:
     return path.read_text().strip()
 
 
+async def _serving(server: uvicorn.Server, sock: socket.socket) -> asyncio.Task[None]:
+    """Serve on `sock` in the background, once it has started (or raise why it could not)."""
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()  # raises why it could not start (port in use, ...)
+        await asyncio.sleep(0.01)
+    return task
+
+
 class _QuietServer(uvicorn.Server):
     """uvicorn inside our loop: the daemon, not uvicorn, handles SIGTERM and SIGINT."""
 
@@ -95,6 +108,9 @@ class ApiServer:
         )  # fmt: skip
         self._server = _QuietServer(config)
         self._task: asyncio.Task[None] | None = None
+        self.socket_path = daemon.config.api.socket
+        self._socket_server: _QuietServer | None = None
+        self._socket_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind 127.0.0.1:port (an OSError says why not), then serve on that socket."""
@@ -105,17 +121,31 @@ class ApiServer:
         except OSError:
             sock.close()
             raise
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # raises why it could not start (port in use, ...)
-            await asyncio.sleep(0.01)
+        self._task = await _serving(self._server, sock)
+        if self.socket_path is not None:
+            await self._serve_socket(self.socket_path)
+
+    async def _serve_socket(self, path: Path) -> None:
+        """The same app on a Unix socket, where SO_PEERCRED and the socket's group stand in
+        for the token (see socket_api)."""
+        sock = bind_unix_socket(path)
+        config = uvicorn.Config(
+            self.app, http=protocol_for(path.stat().st_gid), log_level="warning",
+            access_log=False, lifespan="off",
+        )  # fmt: skip
+        self._socket_server = _QuietServer(config)
+        self._socket_task = await _serving(self._socket_server, sock)
 
     async def stop(self) -> None:
         self.closing.set()
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
+        for server, task in ((self._server, self._task),
+                             (self._socket_server, self._socket_task)):  # fmt: skip
+            if server is not None and task is not None:
+                server.should_exit = True
+                await task
+        if self.socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
 
 
 # What each endpoint takes, in schema.py's terms; the route's path parameters are
@@ -153,6 +183,8 @@ def _build_app(api: ApiServer) -> Starlette:
     daemon = api.daemon
 
     def who(request: Request) -> str:
+        if (peer := request.scope.get(PEER)) is not None:
+            return str(peer)
         return f"{getpass.getuser()} (api from {request.client.host if request.client else '?'})"
 
     def changed() -> None:

@@ -27,6 +27,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from pipewarden.socket_api import PEER as SOCKET_PEER
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 LOGIN_CODE_TTL_S = 60.0  # a code in a URL is dead this soon after `pipewarden open`
@@ -159,7 +160,9 @@ class GateMiddleware:
         self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # A request through the Unix socket was let in by its peer's credentials, and no
+        # browser can reach a Unix socket: the token and origin checks are for TCP.
+        if scope["type"] != "http" or scope.get(SOCKET_PEER) is not None:
             await self.app(scope, receive, send)
             return
         headers = {name.decode("latin-1"): value.decode("latin-1")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from pipewarden.errors import ConfigError, PipewardenError, UsageError
 
 if TYPE_CHECKING:
+    from pipewarden.client import DaemonApi
     from pipewarden.config import Config
     from pipewarden.store import Store
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and something is wrong (a run not found, a daemon error)
 EXIT_USAGE = 2  # bad arguments, config or rules
-API_START_WAIT_S = 5.0  # how long a command waits for a daemon that is starting its API
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,9 +234,10 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _open_store(config: Config, must_exist: bool = False) -> Store | None:
+    from pipewarden.client import store_exists
     from pipewarden.store import STORE_FILE, Store
 
-    if must_exist and not (config.state_dir / STORE_FILE).exists():
+    if not store_exists(config, config.state_dir / STORE_FILE) and must_exist:
         return None
     return Store(config.state_dir)
 
@@ -271,7 +271,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     config = _config(args)
     pipeline = config.pipeline(args.pipeline)
     items = _items_to_enqueue(args)
-    daemon = _DaemonApi(config)
+    daemon = _daemon_api(config)
     if daemon.running:
         result = daemon.post(
             "/api/enqueue",
@@ -356,16 +356,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.pipeline:
         config.pipeline(args.pipeline)
-    store = _open_store(config, must_exist=True)
-    snapshot = status_snapshot(config, store, time.time(), args.pipeline, args.verbose)
-    if store:
-        store.close()
-    pid = running_daemon_pid(config.state_dir)
-    snapshot["daemon"] = {
-        "running": pid is not None,
-        "pid": pid,
-        "state_dir": str(config.state_dir),
-    }
+    daemon = _daemon_api(config)
+    if daemon.via_socket:  # the store may be the daemon's own: ask the daemon
+        query = {"verbose": "1" if args.verbose else "0", **({"pipeline": args.pipeline}
+                                                            if args.pipeline else {})}  # fmt: skip
+        snapshot = daemon.get("/api/status", query)
+    else:
+        store = _open_store(config, must_exist=True)
+        snapshot = status_snapshot(config, store, time.time(), args.pipeline, args.verbose)
+        if store:
+            store.close()
+        pid = running_daemon_pid(config.state_dir)
+        snapshot["daemon"] = {
+            "running": pid is not None,
+            "pid": pid,
+            "state_dir": str(config.state_dir),
+        }
     if args.json:
         _print_json(snapshot)
         return EXIT_OK
@@ -408,54 +414,10 @@ def _cmd_item(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _DaemonApi:
-    """The running daemon's API, for commands that change state while it runs."""
+def _daemon_api(config: Config) -> DaemonApi:
+    from pipewarden.client import DaemonApi
 
-    def __init__(self, config: Config):
-        from pipewarden.lock import running_daemon_pid
-
-        self.config = config
-        self.running = running_daemon_pid(config.state_dir) is not None and config.api.enabled
-        self._token_file = config.state_dir / "api.token"
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.config.api.port}"
-
-    @property
-    def token(self) -> str:
-        return self._token_file.read_text().strip()
-
-    def post(self, path: str, body: dict[str, Any], refusal_ok: bool = False) -> dict[str, Any]:
-        """The answer; a refusal (400) raises with its reason unless `refusal_ok`."""
-        import httpx
-
-        # A daemon that has just taken its lock may not serve its API yet: give it a moment.
-        deadline = time.monotonic() + API_START_WAIT_S
-        while True:
-            try:
-                response = httpx.post(
-                    self.base + path, json=body, timeout=30,
-                    headers={"Authorization": f"Bearer {self.token}"},
-                )  # fmt: skip
-                break
-            except (httpx.ConnectError, FileNotFoundError) as exc:
-                if time.monotonic() > deadline:
-                    raise PipewardenError(
-                        f"the daemon's API at {self.base} did not answer: {exc}"
-                    ) from None
-                time.sleep(0.05)
-            except httpx.HTTPError as exc:
-                raise PipewardenError(
-                    f"the daemon's API at {self.base} did not answer: {exc}"
-                ) from None
-        try:
-            answer = response.json()
-        except ValueError:  # not JSON: a fault in the daemon (its log says which)
-            answer = {"error": f"the API answered {response.status_code}: {response.text[:200]}"}
-        if response.status_code >= 400 and not (refusal_ok and response.status_code == 400):
-            raise PipewardenError(answer.get("error", f"the API answered {response.status_code}"))
-        return answer
+    return DaemonApi(config)
 
 
 def _who() -> str:
@@ -468,17 +430,24 @@ def _cmd_halts(args: argparse.Namespace) -> int:
     from pipewarden.render import describe_hold
     from pipewarden.status import hold_as_dict
 
-    store = _open_store(_config(args), must_exist=True)
-    holds = store.active_holds() if store else []
+    config = _config(args)
+    daemon = _daemon_api(config)
+    if daemon.via_socket:  # the store may be the daemon's own: ask the daemon
+        holds = daemon.get("/api/halts")
+    else:
+        store = _open_store(config, must_exist=True)
+        holds = [hold_as_dict(hold) for hold in store.active_holds()] if store else []
+        if store:
+            store.close()
     if args.json:
-        _print_json([hold_as_dict(hold) for hold in holds])
+        _print_json(holds)
         return EXIT_OK
     if not holds:
         print("no halts or pauses: everything flows")
     for hold in holds:
-        print(f"{hold.kind:<6} {hold.scope:<9} {describe_hold(hold)}")
-        if hold.kind == "halt":
-            print(f"{'':17}rule {hold.rule}; clear: pipewarden halts clear {hold.target}")
+        print(f"{hold['kind']:<6} {hold['scope']:<9} {describe_hold(hold)}")
+        if hold["kind"] == "halt":
+            print(f"{'':17}rule {hold['rule']}; clear: pipewarden halts clear {hold['target']}")
     return EXIT_OK
 
 
@@ -490,7 +459,7 @@ def _cmd_halts_clear(args: argparse.Namespace) -> int:
     from pipewarden.status import hold_as_dict
 
     config = _config(args)
-    daemon = _DaemonApi(config)
+    daemon = _daemon_api(config)
     if daemon.running:
         cleared = daemon.post("/api/halts/clear", {"target": args.target})["cleared"]
     else:
@@ -509,7 +478,7 @@ def _cmd_halts_clear(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _told(daemon: _DaemonApi, what: str) -> str:
+def _told(daemon: DaemonApi, what: str) -> str:
     """Say what changed, and make sure a running daemon acts on it now."""
     from pipewarden.lock import poke_daemon
 
@@ -542,7 +511,7 @@ def _pause_or_resume(args: argparse.Namespace, action: str) -> int:
     config = _config(args)
     request = _hold_request(args)
     scope, target = request["scope"], control.hold_target(config, **request)
-    daemon = _DaemonApi(config)
+    daemon = _daemon_api(config)
     if daemon.running:
         answer = daemon.post(f"/api/{action}", {"scope": scope, "target": target})
         changed = not answer["already"] if action == "pause" else answer["was_paused"]
@@ -566,7 +535,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     from pipewarden.reload import load_all
 
     config = _config(args)
-    daemon = _DaemonApi(config)
+    daemon = _daemon_api(config)
     if not daemon.running:
         _, rules = load_all(config.path, args.state_dir)
         print(f"no daemon is running; config and {len(rules.rules)} rules are valid")
@@ -600,7 +569,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--since takes a duration such as 24h or 30m, not '{args.since}'"
             ) from None
-    daemon = _DaemonApi(config)
+    daemon = _daemon_api(config)
     if daemon.running:
         count = daemon.post("/api/retry", request)["items"]
     else:
@@ -657,8 +626,9 @@ def _cmd_tray(args: argparse.Namespace) -> int:
     from pipewarden import logs
 
     config = _config(args)
+    daemon = _daemon_api(config)  # a socket this user may not use: the line naming the group
     token_file = config.state_dir / "api.token"
-    if not token_file.exists():
+    if config.api.socket is None and not token_file.exists():
         raise PipewardenError(
             f"no API token at {token_file}: start the daemon once (`pipewarden run`)"
         )
@@ -671,7 +641,10 @@ def _cmd_tray(args: argparse.Namespace) -> int:
             f"the tray needs its extra: pip install 'pipewarden[tray]' ({exc.name} is missing)"
         ) from None
     check_display()
-    client = DaemonClient(f"http://127.0.0.1:{config.api.port}", token_file.read_text().strip())
+    if config.api.socket is not None:  # polled even while the daemon is down: grey till it is up
+        client = DaemonClient(daemon.page, socket=config.api.socket)
+    else:
+        client = DaemonClient(daemon.page, token_file.read_text().strip())
     TrayApp(client, list(config.pipelines)).run()
     return EXIT_OK
 
@@ -682,13 +655,13 @@ def _cmd_open(args: argparse.Namespace) -> int:
     config = _config(args)
     if not config.api.enabled:
         raise UsageError("the page needs the API, which is off: remove `api: {enabled: false}`")
-    daemon = _DaemonApi(config)
+    daemon = _daemon_api(config)
     if not daemon.running:
         raise PipewardenError("no daemon is running: start one with `pipewarden run`")
     # A one-time code, not the token: the link may sit in a terminal's scrollback, the
     # browser's history or another user's `ps`, but it is dead once used or a minute old.
     code = daemon.post("/api/login-codes", {})
-    url = f"{daemon.base}/#code={code['code']}"
+    url = f"{daemon.page}/#code={code['code']}"
     print(f"the live page: {url}")
     print(f"(the link signs one browser in, once, within {code['expires_in_s']:.0f} s)")
     webbrowser.open(url)

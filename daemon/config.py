@@ -121,6 +121,8 @@ class NotifySettings:
 class ApiSettings:
     enabled: bool = True
     port: int = 8765  # always on 127.0.0.1: the API is for this host only
+    # The same API on a Unix socket too: the socket's group decides who may use it, no token.
+    socket: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -200,13 +202,13 @@ def load_config(path: Path, state_dir: str | None = None) -> Config:
         drain_grace_s=top["drain_grace"].duration("drain_grace") if "drain_grace" in top else 30.0,
         channels=dict(_load_channels(top["channels"])) if "channels" in top else {},
         notify=_load_notify(top["notify"]) if "notify" in top else NotifySettings(),
-        api=_load_api(top["api"]) if "api" in top else ApiSettings(),
+        api=_load_api(top["api"], base) if "api" in top else ApiSettings(),
         retention_s=top["retention"].duration("retention") if "retention" in top else 90 * 86400.0,
     )
 
 
-def _load_api(node: Node) -> ApiSettings:
-    fields = node.mapping("api", {"enabled", "port"})
+def _load_api(node: Node, base: Path) -> ApiSettings:
+    fields = node.mapping("api", {"enabled", "port", "socket"})
     enabled = True
     if "enabled" in fields:
         if not isinstance(fields["enabled"].value, bool):
@@ -215,7 +217,8 @@ def _load_api(node: Node) -> ApiSettings:
     port = fields["port"].integer("api port", 1) if "port" in fields else ApiSettings.port
     if port > 65535:
         raise fields["port"].error(f"api port must be at most 65535, not {port}")
-    return ApiSettings(enabled, port)
+    socket = (base / fields["socket"].text("api socket")) if "socket" in fields else None
+    return ApiSettings(enabled, port, socket)
 
 
 def _load_channels(node: Node) -> Iterator[tuple[str, BusinessHours]]:

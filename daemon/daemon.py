@@ -177,6 +177,8 @@ class Daemon:
             "API and web page on http://127.0.0.1:%d/ (token in %s; `pipewarden open`)",
             self.config.api.port, self.config.state_dir / "api.token",
         )  # fmt: skip
+        if api.socket_path is not None:
+            log.info("API on %s too, for its group's members", api.socket_path)
         return api
 
     async def _keep_the_books(self) -> None:

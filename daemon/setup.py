@@ -139,6 +139,10 @@ def _state_dir(config: Config) -> Iterator[Finding]:
         yield Finding(True, f"state dir: {folder} (created at the first start)")
         return
     mode = stat.S_IMODE(folder.stat().st_mode)
+    if not os.access(folder, os.X_OK):  # a service's own (0700): its files cannot be checked
+        yield Finding(False, f"state dir: {folder} is not this user's ({mode:o})",
+                      "run doctor as the daemon's user or as root")  # fmt: skip
+        return
     if not os.access(folder, os.W_OK):
         yield Finding(
             False, f"state dir: {folder} is not writable", "chown it to the daemon's user"
@@ -174,7 +178,7 @@ def _rule_trouble(config: Config) -> Iterator[Finding]:
     from pipewarden.render import describe_rule_trouble
 
     store = config.state_dir / STORE_FILE
-    if not store.exists():
+    if not os.access(store, os.R_OK):  # missing or not ours: the state dir check says which
         return
     connection = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     try:

@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import webbrowser
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,10 +35,17 @@ def check_display() -> None:
 
 
 class DaemonClient:
-    def __init__(self, base_url: str, token: str):
-        self.base_url = base_url
+    """The daemon's API: on 127.0.0.1 with the token, or on its Unix socket (`socket`), where
+    the socket's group, not a token, decides who may connect."""
+
+    def __init__(self, base_url: str, token: str = "", socket: Path | None = None):
+        self.base_url = base_url  # the page's address, for the browser
+        transport = httpx.HTTPTransport(uds=str(socket)) if socket is not None else None
         self.http = httpx.Client(
-            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT_S
+            base_url="http://localhost" if socket is not None else base_url,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            transport=transport,
+            timeout=TIMEOUT_S,
         )
 
     def status(self) -> dict[str, Any] | None:

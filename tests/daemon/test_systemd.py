@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
 
-from conftest import Project, wait_until
+import pytest
+from conftest import REPO, Project, wait_until
 
 
 class NotifySocket:
@@ -119,3 +123,130 @@ def test_under_journald_lines_carry_syslog_priorities_and_no_timestamp(project: 
     run_line = next(line for line in lines if "p/s a#1" in line)
     assert run_line.startswith("<6>p/s a#1 run=") and run_line.endswith("ok done")
     assert all(line.startswith("<") for line in lines)
+
+
+def unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in (REPO / "systemd" / "pipewarden.service").read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            name, _, value = line.partition("=")
+            settings.setdefault(name, []).append(value)
+    return settings
+
+
+def test_the_shipped_config_names_the_units_state_dir_and_socket_so_the_unit_overrides_nothing(
+    tmp_path: Path,
+):
+    from pipewarden.config import load_config
+
+    unit = unit_settings()
+    assert unit["SyslogIdentifier"] == ["pipewarden"]  # not env[PID] in the journal
+    assert "--state-dir" not in unit["ExecStart"][0]
+    # /etc/pipewarden as the README's systemd section lays it out
+    shutil.copy(REPO / "systemd" / "config.yaml", tmp_path)
+    shutil.copytree(REPO / "systemd" / "workers", tmp_path / "workers")
+    shutil.copytree(REPO / "rules", tmp_path / "rules")
+    config = load_config(tmp_path / "config.yaml")
+    assert config.state_dir == Path("/var/lib") / unit["StateDirectory"][0]
+    assert config.api.socket == Path("/run") / unit["RuntimeDirectory"][0] / "api.sock"
+    assert config.rule_paths  # the rules the README copies beside it
+    for stage in (s for p in config.pipelines.values() for s in p.stages):
+        assert stage.command and (stage.cwd / stage.command[1]).is_file()
+    # Chromium's own sandbox: namespaces and the two calls it needs; no MemoryDenyWriteExecute.
+    assert unit["RestrictNamespaces"] == ["user pid net"]
+    assert "capset chroot" in unit["SystemCallFilter"]
+    assert "MemoryDenyWriteExecute" not in unit
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+def test_the_unit_verifies_and_keeps_its_exposure_at_most_2_5():
+    unit = str(REPO / "systemd" / "pipewarden.service")
+    verify = subprocess.run(["systemd-analyze", "verify", "--man=no", unit],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert verify.stdout + verify.stderr == ""
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--threshold=25", unit],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert security.returncode == 0, security.stdout[-400:]
+    exposure = float(re.search(r"exposure level for \S+: ([\d.]+)", security.stdout).group(1))
+    assert exposure <= 2.5
+
+
+def test_a_config_that_misses_the_services_state_dir_says_so_instead_of_an_empty_tree(
+    project: Project, tmp_path_factory: pytest.TempPathFactory
+):
+    configure(project)
+    project.start_daemon()
+    project.cli("enqueue", "p", "a")
+    # The same config copied elsewhere without its state dir, as an old README had it.
+    other = tmp_path_factory.mktemp("etc") / "config.yaml"
+    other.write_text(project.config_path.read_text())
+    for args in (("status",), ("enqueue", "p", "b"), ("runs", "tail")):
+        done = project.cli(*args, "--config", str(other), expect=1)
+        assert done.stdout == "" and "Traceback" not in done.stderr
+        assert done.stderr.strip() == (
+            f"pipewarden: no store at {other.parent}/.pipewarden/pipewarden.db; a pipewarden"
+            f" daemon answers on 127.0.0.1:{project.api_port} with another state dir: pass"
+            f" --state-dir or set state_dir in {other}"
+        )
+    assert not (other.parent / ".pipewarden").exists()  # no stray empty store
+
+
+def test_a_config_that_names_the_daemons_socket_finds_its_state_wherever_it_is(
+    project: Project, tmp_path_factory: pytest.TempPathFactory
+):
+    socket_path = tmp_path_factory.mktemp("run") / "api.sock"
+    configure(project)
+    project.config_path.write_text(
+        project.config_path.read_text().replace(
+            f"api: {{port: {project.api_port}}}",
+            f"api: {{port: {project.api_port}, socket: {socket_path}}}",
+        )
+    )
+    daemon = project.start_daemon()
+    wait_until(socket_path.exists, "the socket")
+    project.cli("enqueue", "p", "a")
+    other = tmp_path_factory.mktemp("etc") / "config.yaml"
+    other.write_text(project.config_path.read_text())  # no state_dir: it is elsewhere
+    status = project.cli("status", "--config", str(other))
+    assert f"daemon: running (pid {daemon.pid}) · state {project.state_dir}" in status.stdout
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    assert not socket_path.exists()  # removed at a clean stop
+
+
+def test_a_second_daemon_never_takes_over_a_socket_another_one_serves(
+    project: Project, tmp_path_factory: pytest.TempPathFactory
+):
+    socket_path = tmp_path_factory.mktemp("run") / "api.sock"
+    configure(project)
+    api_line = f"api: {{port: {project.api_port}}}"
+    first = project.config_path.read_text()
+    project.config_path.write_text(
+        first.replace(api_line, f"api: {{port: {project.api_port}, socket: {socket_path}}}")
+    )
+    project.start_daemon()
+    wait_until(socket_path.exists, "the socket")
+    other = Project(tmp_path_factory.mktemp("other"))
+    configure(other)
+    other.config_path.write_text(
+        other.config_path.read_text().replace(
+            f"api: {{port: {other.api_port}}}",
+            f"api: {{port: {other.api_port}, socket: {socket_path}}}",
+        )
+    )
+    try:
+        second = other.start_daemon()
+        assert second.wait(15) == 1
+    finally:
+        other.stop_all()
+    assert (
+        other.daemon_log()
+        .strip()
+        .endswith(
+            f"pipewarden: another daemon serves its API on {socket_path} — stop it, or give this"
+            " one another `api: {socket: ...}`"
+        )
+    )
+    assert project.cli("status").stdout.startswith("daemon: running")
