@@ -150,7 +150,7 @@ def _build_app(api: ApiServer) -> Starlette:
     async def status(request: Request) -> Response:
         snapshot = status_snapshot(
             daemon.config, daemon.store, daemon.clock.now(), request.query_params.get("pipeline"),
-            request.query_params.get("verbose") == "1",
+            request.query_params.get("verbose") == "1", daemon_running=True,
         )  # fmt: skip
         snapshot["daemon"] = {"running": True, "pid": os.getpid(),
                               "state_dir": str(daemon.config.state_dir)}  # fmt: skip

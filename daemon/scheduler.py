@@ -40,6 +40,7 @@ IDLE_CHECK_S = 0.5  # with --until-idle, how often a quiet loop re-checks for du
 TIMEOUT_WINDOW_S = 600.0  # watchdog timeouts are counted over this window to notify
 CLOSED_LABEL = "Outside business hours"
 NOTIFY_AT_STOP_S = 5.0  # at shutdown, how long queued notifications may take to go out
+PROGRESS_WRITE_S = 1.0  # live progress reaches the store at most this often
 
 
 @dataclass
@@ -115,6 +116,8 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: list[FinishedRun] = []
         self._progress: dict[str, tuple[float | None, str | None]] = {}
+        self._progress_timer: asyncio.TimerHandle | None = None  # the next progress write
+        self._progress_written = float("-inf")  # monotonic time of the last one
         self._probes: dict[str, int] = {}  # run id -> the hold it probes
         self._holds = _Holds(frozenset(), frozenset(), frozenset(), (), ())
         self._wake = asyncio.Event()
@@ -169,6 +172,8 @@ class Scheduler:
             await asyncio.wait(leftover)
         with self.store.transaction():
             self.flush()
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
         await self.notifier.flush(self.clock.now(), timeout_s=NOTIFY_AT_STOP_S)
         await asyncio.gather(*(slot.executor.stop() for slot in (*self._slots, *self._retired)))
 
@@ -346,6 +351,25 @@ class Scheduler:
         self.events.publish(
             "run_progress", run_id=run_id, progress=progress.fraction, message=progress.message
         )
+        # The loop may sleep for as long as the attempt runs: progress is written on a
+        # timer of its own, so `status` and the page see it within a second.
+        if self._progress_timer is None:
+            delay = self._progress_written + PROGRESS_WRITE_S - self.clock.monotonic()
+            self._progress_timer = asyncio.get_running_loop().call_later(
+                max(0.0, delay), self._write_progress
+            )
+
+    def _write_progress(self) -> None:
+        self._progress_timer = None
+        self._progress_written = self.clock.monotonic()
+        progress, self._progress = self._progress, {}
+        if not progress:  # a loop pass wrote it first
+            return
+        try:
+            self.store.finish([], progress)
+        except Exception as exc:  # live progress must never take the loop down
+            log.warning("live progress not written (next time, then): %s", exc)
+            self._progress = {**progress, **self._progress}
 
     def _add_finished(self, run: FinishedRun, key: str, attempt: int) -> None:
         self._finished.append(run)

@@ -889,6 +889,22 @@ class Store:
             )
         }
 
+    def deferred_reasons(
+        self, pipeline: str, stage: str, since_24h: float, since_1h: float
+    ) -> list[tuple[str | None, str | None, int, int, int, float | None]]:
+        """(label, channel, items, changed in 24h, in 1h, soonest wake) of deferred items.
+
+        Read from the items themselves (the trigger-kept counts do not keep a deferred
+        item's label): one range of the claim index, asked only where items are deferred.
+        """
+        return self._conn.execute(
+            "SELECT last_label, channel, COUNT(*), SUM(updated_at >= ?), SUM(updated_at >= ?),"
+            " MIN(ready_at) FROM items INDEXED BY items_claim"
+            " WHERE pipeline = ? AND stage = ? AND state = 'deferred'"
+            " GROUP BY last_label, channel",
+            (since_24h, since_1h, pipeline, stage),
+        ).fetchall()
+
     def running_runs(self) -> list[Run]:
         return list(
             self.Run.select().where(self.Run.status == "running").order_by(self.Run.started_at)

@@ -46,6 +46,7 @@ def _run(run: Any) -> dict[str, Any]:
         "id": run.id, "stage": run.stage, "attempt": run.attempt, "status": run.status,
         "started_at": run.started_at, "duration_s": run.duration_s, "error": run.error,
         "group": run.group_name, "label": run.label, "rule": run.rule_id,
+        "progress": run.progress, "message": run.message,
     }  # fmt: skip
 
 
