@@ -467,10 +467,7 @@ class Scheduler:
         if decision.run_status is RunStatus.OK:
             self.store.clear_holds(hold.target, ("halt",), "probe (one item went through)", now)
             log.info("probe passed: halt on %s %s cleared", hold.scope, hold.target)
-            self.notifier.notify(
-                "halt_cleared", f"cleared:{hold.id}", f"pipewarden: {hold.target} flows again",
-                f"A probe item went through after the halt ({hold.reason}).", now,
-            )  # fmt: skip
+            self.notifier.halt_resolved(hold, "A probe item went through", now)
             return
         cooldown = (hold.cooldown_s or 60.0) * 2
         self.store.update_hold(
@@ -520,9 +517,8 @@ class Scheduler:
 
     def _notify_run(self, run: FinishedRun, now: float) -> None:
         if run.item_state is ItemState.FAILED:
-            self.notifier.notify(
-                "failure", f"failure:{run.run_id}",
-                f"{run.pipeline}/{run.stage} failed: {run.label or 'Unknown'}",
+            self.notifier.failure(
+                run.run_id, f"{run.pipeline}/{run.stage} failed: {run.label or 'Unknown'}",
                 _one_line(run.error), now,
             )  # fmt: skip
         if run.status is RunStatus.TIMED_OUT:
