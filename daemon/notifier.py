@@ -82,7 +82,7 @@ class Notifier:
         lasted = format_duration(max(0.0, now - hold.created_at))
         return self.notify(
             "halt_cleared", f"cleared:{hold.id}", f"pipewarden: {hold.target} flows again",
-            f"{how} after {lasted} (it was: {hold.reason}). Its queued items run again.",
+            f"{how}; it was halted for {lasted} ({hold.reason}). Its queued items run again.",
             now, told_of,
         )  # fmt: skip
 

@@ -324,7 +324,10 @@ def describe_hold(hold: Any) -> str:
     since = time.strftime("%H:%M", time.localtime(get("created_at")))
     what = "paused" if get("kind") == "pause" else get("reason")
     by = f" by {get('created_by')}" if get("kind") == "pause" and get("created_by") else ""
-    return f"{get('target')} — {what}{by} since {since}"
+    lifts = ""
+    if get("kind") == "halt" and get("scope") == "pipeline" and get("probe_at"):  # a budget's
+        lifts = f", lifts {time.strftime('%a %H:%M', time.localtime(get('probe_at')))}"
+    return f"{get('target')} — {what}{by} since {since}{lifts}"
 
 
 def story_lines(story: dict[str, Any]) -> list[str]:

@@ -146,7 +146,8 @@ class Scheduler:
             now = self.clock.now()
             with self.store.transaction():  # what finished and what starts: one commit
                 self.flush()  # first: a halt it raises must stop this very pass's claims
-                self._holds = _Holds.from_rows(self.store.active_holds(), now)
+                holds = self._lift_budget_halts(self.store.active_holds(), now)
+                self._holds = _Holds.from_rows(holds, now)
                 if self.claiming:
                     self._defer_closed_channels(now)
                     self._dispatch(now)
@@ -290,6 +291,19 @@ class Scheduler:
             claimed.attempt,
         )
         _log_run(slot.stage, claimed, new_run, decision)
+
+    def _lift_budget_halts(self, holds: list[Hold], now: float) -> list[Hold]:
+        """A budget's halt lifts itself when its day is over; returns the holds still on."""
+        active = []
+        for hold in holds:
+            lifts_at = self.guard.budget_lifts_at(hold)
+            if lifts_at is None or lifts_at > now:
+                active.append(hold)
+                continue
+            self.store.clear_holds(hold.target, ("halt",), "a new budget day", now)
+            log.info("a new budget day: the halt on pipeline %s is lifted", hold.target)
+            self.notifier.halt_resolved(hold, "A new budget day began", now)
+        return active
 
     def _start_probe(self, hold: Hold, now: float) -> None:
         """After a halt's cool-down, let exactly one item through to test the water."""
