@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from pipewarden.clock import Clock
 from pipewarden.config import NotifySettings, NotifyTarget
+from pipewarden.render import format_duration
 from pipewarden.store import Hold, Outbox, Store
 
 log = logging.getLogger("pipewarden.notifier")
@@ -76,8 +77,6 @@ class Notifier:
 
     def halt_resolved(self, hold: Hold, how: str, now: float) -> int:
         """The all-clear after a halt, to every target that was told of it."""
-        from pipewarden.render import format_duration
-
         told_of = "budget" if hold.scope == "pipeline" else "halt"
         lasted = format_duration(max(0.0, now - hold.created_at))
         return self.notify(

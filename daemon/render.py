@@ -125,13 +125,11 @@ def _state_children(state: dict[str, Any], stage: dict[str, Any]) -> list[tuple]
     """(text, counts or None, colour, [(text, counts)]) for the rows under one state."""
     if state["state"] == ItemState.RUNNING:
         return [(_running_line(run), None, "cyan", []) for run in stage["running"]]
-    if state.get("reasons"):  # when they wake: per channel where the channel decides
+    if state.get("reasons"):
         return [
-            (reason["reason"] if reason["channels"] else f"{reason['reason']} · {_wake(reason)}",
-             reason, "cyan",
-             [(f"{channel['name']} · {_wake(channel)}", channel) for channel in reason["channels"]])
+            (f"{reason['reason']} · {_wake(reason)}", reason, "cyan", [])
             for reason in state["reasons"]
-        ]  # fmt: skip
+        ]
     if not state["groups"]:
         return [(channel["name"], channel, "cyan", []) for channel in state["channels"]]
     children = []
@@ -150,10 +148,13 @@ def _state_children(state: dict[str, Any], stage: dict[str, Any]) -> list[tuple]
 
 
 def _wake(waiting: dict[str, Any]) -> str:
-    """When deferred items wake: 'until 09:00' within a day, else with the day."""
+    """When deferred items wake: 'until 09:00' within a day, 'until Mon 09:00' within a
+    week, else 'until 23 Nov 09:00'."""
     if waiting["wakes_at"] is None or not waiting["wakes_in_s"]:
         return "due now"
-    shape = "%H:%M" if waiting["wakes_in_s"] < DAY_S else "%a %d %b %H:%M"
+    shape = "%d %b %H:%M"
+    if waiting["wakes_in_s"] < 6 * DAY_S:
+        shape = "%H:%M" if waiting["wakes_in_s"] < DAY_S else "%a %H:%M"
     return "until " + time.strftime(shape, time.localtime(waiting["wakes_at"]))
 
 

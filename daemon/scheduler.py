@@ -2,11 +2,13 @@
 
 One loop, woken by events rather than polling: a finished run, an enqueue or a
 hold change (the CLI sends SIGUSR1), a stop request, or the moment the next retry,
-deferral or probe comes due. Each pass, in one transaction: write what finished,
-let the guard raise halts on it, defer items of channels outside business hours,
-and claim what fits in the free slots of stages that are not held (run rows are
-committed before any worker starts). Notifications go to the outbox; the notifier
-delivers them off the loop.
+deferral or probe comes due (or a budget's day is over). Each pass, in one
+transaction: write what finished, let the guard raise halts on it, lift budget halts
+whose day is over, defer items of channels outside business hours, and claim what
+fits in the free slots of stages that are not held (run rows are committed before
+any worker starts). Live progress is written on a timer of its own, at most once a
+second, since the loop may sleep for as long as an attempt runs. Notifications go
+to the outbox; the notifier delivers them off the loop.
 """
 
 from __future__ import annotations
@@ -382,7 +384,7 @@ class Scheduler:
         try:
             self.store.finish([], progress)
         except Exception as exc:  # live progress must never take the loop down
-            log.warning("live progress not written (next time, then): %s", exc)
+            log.warning("live progress not written (kept for the next write): %s", exc)
             self._progress = {**progress, **self._progress}
 
     def _add_finished(self, run: FinishedRun, key: str, attempt: int) -> None:

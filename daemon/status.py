@@ -145,7 +145,7 @@ def _stage(seen: _Seen, pipeline: str, name: str, stage: Stage | None) -> dict[s
             for group in sorted(groups[state], key=GROUP_ORDER.index)
         ]
         if state == ItemState.DEFERRED and seen.store:
-            entry["reasons"] = _deferred_reasons(seen, pipeline, name, per_channel)
+            entry["reasons"] = _deferred_reasons(seen, pipeline, name)
         ordered.append(entry)
     result: dict[str, Any] = {
         "name": name if stage else name + NOT_IN_CONFIG,
@@ -196,36 +196,16 @@ def _group(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return group
 
 
-def _deferred_reasons(
-    seen: _Seen, pipeline: str, stage: str, per_channel: bool
-) -> list[dict[str, Any]]:
-    """Why the stage's deferred items wait and when the first of each reason wakes."""
+def _deferred_reasons(seen: _Seen, pipeline: str, stage: str) -> list[dict[str, Any]]:
+    """Why the stage's deferred items wait, and when the first of each reason wakes."""
     assert seen.store is not None
-    reasons: dict[str, dict[str, Any]] = {}
     rows = seen.store.deferred_reasons(pipeline, stage, seen.now - DAY_S, seen.now - HOUR_S)
-    for label, channel, total, d24, d1, wakes_at in rows:
-        reason = label or WORKER_DEFERRED
-        entry = reasons.setdefault(reason, {"reason": reason, **_counts(), "wakes_at": None,
-                                            "channels": {}})  # fmt: skip
-        _add(entry, total, d24, d1)
-        entry["wakes_at"] = _soonest(entry["wakes_at"], wakes_at)
-        if per_channel:
-            shown = entry["channels"].setdefault(
-                channel or "unknown", {**_counts(), "wakes_at": None}
-            )
-            _add(shown, total, d24, d1)
-            shown["wakes_at"] = _soonest(shown["wakes_at"], wakes_at)
-    result = []
-    for entry in sorted(reasons.values(), key=lambda e: -e["total"]):
-        entry["channels"] = _by_total(entry["channels"])
-        for waiting in (entry, *entry["channels"]):
-            waiting["wakes_in_s"] = _wait(waiting["wakes_at"], seen.now)
-        result.append(entry)
-    return result
-
-
-def _soonest(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
+    reasons = [
+        {"reason": label or WORKER_DEFERRED, **_counts(total, d24, d1), "wakes_at": wakes_at,
+         "wakes_in_s": _wait(wakes_at, seen.now)}
+        for label, total, d24, d1, wakes_at in rows
+    ]  # fmt: skip
+    return sorted(reasons, key=lambda reason: -reason["total"])
 
 
 def _wait(at: float | None, now: float) -> float | None:

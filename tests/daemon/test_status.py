@@ -12,7 +12,11 @@ from pipewarden.render import Paint, status_tree
 from pipewarden.status import status_snapshot
 
 HOUR = 3600
-ONE = "         1       +1       +1"  # a row's counts: Total, Δ24h and Δ1h of one item
+
+
+def counted(text: str) -> str:
+    """A tree row of one item: its text, then Total, Δ24h and Δ1h."""
+    return text + " " * max(1, 46 - len(text)) + "         1       +1       +1"
 
 
 def put(store, pipeline, stage, key, state, age_s, label=None, group=None, channel=None):
@@ -165,7 +169,7 @@ def test_the_tree_files_items_where_a_person_looks_for_them(project: Project):
 
     def until(key: str) -> str:
         ready_at = project.item("sites", key).ready_at
-        shape = "%H:%M" if ready_at - time.time() < 86400 else "%a %d %b %H:%M"
+        shape = "%H:%M" if ready_at - time.time() < 86400 else "%a %H:%M"
         return time.strftime(shape, time.localtime(ready_at))
 
     lines = project.cli("status").stdout.splitlines()
@@ -181,10 +185,8 @@ def test_the_tree_files_items_where_a_person_looks_for_them(project: Project):
         "  ├─ retrying                                          1       +1       +1",
         "  │  └─ Unknown                                        1       +1       +1",
         "  └─ deferred                                          2       +2       +2",
-        "     ├─ Deferred by the worker                         1       +1       +1",
-        f"     │  └─ web · until {until('later')}".ljust(46) + ONE,
-        "     └─ Outside business hours                         1       +1       +1",
-        f"        └─ print · until {until('paper')}".ljust(46) + ONE,
+        counted(f"     ├─ Deferred by the worker · until {until('later')}"),
+        counted(f"     └─ Outside business hours · until {until('paper')}"),
     ]
     (capture, publish) = json.loads(project.cli("status", "--json").stdout)["pipelines"][0][
         "stages"
@@ -193,8 +195,7 @@ def test_the_tree_files_items_where_a_person_looks_for_them(project: Project):
         "Retries exhausted", "Terminal", "Unknown",
     ]  # fmt: skip
     (deferred,) = [s for s in publish["states"] if s["state"] == "deferred"]
-    assert [(r["reason"], r["total"], [c["name"] for c in r["channels"]])
-            for r in deferred["reasons"]] == [
-        ("Deferred by the worker", 1, ["web"]), ("Outside business hours", 1, ["print"]),
+    assert [(r["reason"], r["total"]) for r in deferred["reasons"]] == [
+        ("Deferred by the worker", 1), ("Outside business hours", 1),
     ]  # fmt: skip
     assert deferred["reasons"][1]["wakes_at"] == project.item("sites", "paper").ready_at
