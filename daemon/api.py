@@ -197,7 +197,12 @@ def _build_app(api: ApiServer) -> Starlette:
     async def status(request: Request) -> Response:
         q = query(request, STATUS_QUERY)
         snapshot = status_snapshot(
-            daemon.config, daemon.store, daemon.clock.now(), q["pipeline"], q["verbose"]
+            daemon.config,
+            daemon.store,
+            daemon.clock.now(),
+            q["pipeline"],
+            q["verbose"],
+            daemon_running=True,
         )
         snapshot["daemon"] = {"running": True, "pid": os.getpid(),
                               "state_dir": str(daemon.config.state_dir)}  # fmt: skip

@@ -363,10 +363,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         snapshot = daemon.get("/api/status", query)
     else:
         store = _open_store(config, must_exist=True)
-        snapshot = status_snapshot(config, store, time.time(), args.pipeline, args.verbose)
+        pid = running_daemon_pid(config.state_dir)
+        snapshot = status_snapshot(
+            config, store, time.time(), args.pipeline, args.verbose, daemon_running=pid is not None
+        )
         if store:
             store.close()
-        pid = running_daemon_pid(config.state_dir)
         snapshot["daemon"] = {
             "running": pid is not None,
             "pid": pid,

@@ -73,10 +73,7 @@ def clear_halt(store: Store, notifier: Notifier, target: str, who: str, now: flo
     if not cleared:
         raise PipewardenError(f"no active halt on '{target}' (see `pipewarden halts`)")
     for hold in cleared:
-        notifier.notify(
-            "halt_cleared", f"cleared:{hold.id}", f"pipewarden: {hold.target} flows again",
-            f"Halt cleared by {who} (it was: {hold.reason}).", now,
-        )  # fmt: skip
+        notifier.halt_resolved(hold, f"Cleared by {who}", now)
     return cleared
 
 

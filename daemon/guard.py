@@ -3,14 +3,17 @@
 Its windows are queries over the recorded runs (indexed by channel and label, and by
 stage and end time), not counters in memory: a restart forgets nothing, and a halt
 is a row in the store that survives it. A halt never fails or loses an item; the
-halted items simply stay queued until a person, or a successful probe, clears it.
+halted items simply stay queued until a person, or a successful probe, clears it. A
+budget's halt lifts itself when its day is over in the budget's time zone: the new
+day's budget is fresh.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from pipewarden.config import Config
 from pipewarden.rules import HaltRule
@@ -32,9 +35,9 @@ class Guard:
         self.store = store
         self.rules = rules
         self.stages = stages  # pipeline -> its stage names: a budget sums its costs per stage
-        # pipeline -> (start of day, cost spent that day): read from the store once a day
-        # (or after a reload), then kept up by adding each batch's costs.
-        self._spent: dict[str, tuple[float, float]] = {}
+        # (pipeline, the budget's zone) -> (start of its day, cost spent that day): read
+        # from the store once a day (or after a reload), then kept up batch by batch.
+        self._spent: dict[tuple[str, ZoneInfo | None], tuple[float, float]] = {}
 
     def check(self, finished: Iterable[FinishedRun], now: float, active: list[Hold]) -> list[Hold]:
         """Halts the newly recorded runs call for; returns the ones raised now."""
@@ -56,20 +59,32 @@ class Guard:
                     log.warning("HALT %s %s: %s (rule %s)", scope, target, hold.reason, rule.id)
         return raised
 
+    def budget_lifts_at(self, hold: Hold) -> float | None:
+        """When a budget's halt lifts itself (None: not a budget's halt)."""
+        if hold.kind != "halt" or hold.scope != "pipeline":
+            return None
+        if hold.probe_at is not None:
+            return hold.probe_at
+        # Raised before halts knew when they lift: by its rule's zone, if the rule is known.
+        zones = [rule.timezone for rule in self.rules if rule.id == hold.rule]
+        return end_of_day(hold.created_at, zones[0] if zones else None)
+
     def _add_costs(self, finished: list[FinishedRun], now: float) -> None:
         budgets = [rule for rule in self.rules if rule.when == "budget"]
         batch: dict[str, float] = {}
         for run in finished:
-            if run.cost and any(not b.pipelines or run.pipeline in b.pipelines for b in budgets):
+            if run.cost:
                 batch[run.pipeline] = batch.get(run.pipeline, 0.0) + run.cost
-        day = _start_of_day(now)
-        for pipeline, cost in batch.items():
-            known = self._spent.get(pipeline)
+        kept = {(pipeline, rule.timezone) for rule in budgets for pipeline in batch
+                if not rule.pipelines or pipeline in rule.pipelines}  # fmt: skip
+        for pipeline, zone in kept:
+            day = start_of_day(now, zone)
+            known = self._spent.get((pipeline, zone))
             if known is None or known[0] != day:  # the store already holds this batch
                 total = self.store.cost_since(pipeline, self.stages.get(pipeline, []), day)
             else:
-                total = known[1] + cost
-            self._spent[pipeline] = (day, total)
+                total = known[1] + batch[pipeline]
+            self._spent[(pipeline, zone)] = (day, total)
 
     def _candidates(
         self, rule: HaltRule, failures: list[FinishedRun], finished: Iterable[FinishedRun]
@@ -113,10 +128,11 @@ class Guard:
             reason = f"the last {rule.count} runs all failed"
             errors = [error or "" for _, error in last]
             return self._raise(rule, scope, target, reason, now, None, rule.count, errors)
-        spent = self._spent.get(target, (0.0, 0.0))[1]
+        spent = self._spent.get((target, rule.timezone), (0.0, 0.0))[1]
         if spent <= rule.budget:
             return None
-        reason = f"budget spent: {spent:.2f} of {rule.budget:.2f} today"
+        zone = f" ({rule.timezone.key})" if rule.timezone else ""
+        reason = f"budget spent: {spent:.2f} of {rule.budget:.2f} today{zone}"
         return self._raise(rule, scope, target, reason, now, None, None, [])
 
     def _raise(
@@ -131,6 +147,10 @@ class Guard:
         errors: list[str],
     ) -> Hold | None:
         probe = rule.probe_after_s
+        if rule.when == "budget":  # looked at again when its day is over, and lifted then
+            probe_at = end_of_day(now, rule.timezone)
+        else:
+            probe_at = now + probe if probe else None
         return self.store.add_hold(
             {
                 "scope": scope,
@@ -143,17 +163,22 @@ class Guard:
                 "samples": errors[:SAMPLES_KEPT],
                 "created_at": now,
                 "created_by": f"rule {rule.id}",
-                "probe_at": now + probe if probe else None,
+                "probe_at": probe_at,
                 "cooldown_s": probe,
             }
         )
 
 
-def _start_of_day(now: float) -> float:
-    """Local midnight: budgets are per calendar day on this host."""
-    return (
-        datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-    )
+def start_of_day(now: float, zone: ZoneInfo | None) -> float:
+    """Midnight before `now` in `zone` (None: this host's local time)."""
+    local = datetime.fromtimestamp(now, zone)
+    return datetime.combine(local.date(), time(), zone).timestamp()
+
+
+def end_of_day(now: float, zone: ZoneInfo | None) -> float:
+    """The midnight after `now` in `zone`: when a budget's day rolls over."""
+    local = datetime.fromtimestamp(now, zone)
+    return datetime.combine(local.date() + timedelta(days=1), time(), zone).timestamp()
 
 
 def _duration(seconds: float) -> str:

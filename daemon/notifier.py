@@ -4,8 +4,12 @@
 never blocks the scheduler and nothing is lost when a target is down. `tick()`
 delivers what is due, off the event loop, and marks each row sent only once its
 target accepted it; a failed delivery is retried with backoff. A notification key
-is not repeated within the repeat interval, and failures that arrive within the
-digest wait go out together as one message.
+is not repeated within the repeat interval.
+
+Messages read like Alertmanager's: failures that arrive within the digest wait go
+out as one digest, grouped by (label, channel) with a count and a few example keys,
+and capped in length however large the burst; a cleared halt is followed by a
+"flows again" message to every target that was told of the halt.
 
 Apprise URLs are secrets: rows and logs name a target by its id, never its URL.
 """
@@ -20,12 +24,16 @@ from dataclasses import dataclass
 
 from pipewarden.clock import Clock
 from pipewarden.config import NotifySettings, NotifyTarget
-from pipewarden.store import Outbox, Store
+from pipewarden.render import format_duration
+from pipewarden.store import Hold, Outbox, Store
 
 log = logging.getLogger("pipewarden.notifier")
 
 DIGEST_EVENTS = {"failure"}  # many small events a person wants as one message
 MAX_RETRY_BACKOFF_S = 300.0
+DIGEST_LINES = 40  # a digest's body at most; the groups beyond it are summed up in one line
+EXAMPLE_KEYS = 3  # item keys named per group of a digest
+_FAILURE_KEY = "failure:"  # + the run id: a digest reads the run's facts by it
 
 
 @dataclass(frozen=True)
@@ -44,13 +52,17 @@ class Notifier:
         self.on_delivered: Callable[[], None] = lambda: None  # the scheduler wakes to look again
         self.on_result: Callable[[bool], None] = lambda ok: None  # counted by the metrics
 
-    def notify(self, event: str, key: str, title: str, body: str, now: float) -> int:
-        """Queue a notification for every target that wants `event`; returns how many."""
+    def notify(
+        self, event: str, key: str, title: str, body: str, now: float, told_of: str = ""
+    ) -> int:
+        """Queue a notification for every target that wants `event` (or, for a follow-up,
+        the event `told_of` it); returns how many."""
         queued = 0
         due = now + (self.settings.digest_wait_s if event in DIGEST_EVENTS else 0)
         since = now - self.settings.repeat_interval_s
         for target in self.settings.targets:
-            if not target.wants(event) or self._sent_recently(key, target.id, since):
+            wanted = target.wants(event) or bool(told_of and target.wants(told_of))
+            if not wanted or self._sent_recently(key, target.id, since):
                 continue
             self.store.Outbox.create(
                 key=key, event=event, target=target.id, title=title, body=body,
@@ -58,6 +70,20 @@ class Notifier:
             )  # fmt: skip
             queued += 1
         return queued
+
+    def failure(self, run_id: str, title: str, error: str, now: float) -> int:
+        """An item failed for good in run `run_id`: a line of the next digest."""
+        return self.notify("failure", _FAILURE_KEY + run_id, title, error, now)
+
+    def halt_resolved(self, hold: Hold, how: str, now: float) -> int:
+        """The all-clear after a halt, to every target that was told of it."""
+        told_of = "budget" if hold.scope == "pipeline" else "halt"
+        lasted = format_duration(max(0.0, now - hold.created_at))
+        return self.notify(
+            "halt_cleared", f"cleared:{hold.id}", f"pipewarden: {hold.target} flows again",
+            f"{how}; it was halted for {lasted} ({hold.reason}). Its queued items run again.",
+            now, told_of,
+        )  # fmt: skip
 
     def _sent_recently(self, key: str, target: str, since: float) -> bool:
         outbox = self.store.Outbox
@@ -126,7 +152,7 @@ class Notifier:
         targets = {target.id: target for target in self.settings.targets}
         try:
             for target_id, rows in due.items():
-                for title, body, batch in _messages(rows):
+                for title, body, batch in self._messages(rows):
                     result = await asyncio.to_thread(send, targets[target_id], title, body)
                     self._record(batch, result, self.clock.now())
         finally:
@@ -158,20 +184,87 @@ class Notifier:
                 await asyncio.wait({self._sending}, timeout=timeout_s)
             self.tick(now, stopping=True)
 
+    def _messages(self, rows: list[Outbox]) -> list[tuple[str, str, list[Outbox]]]:
+        """Rows to messages: a target's digest events become one digest."""
+        messages = [(row.title, row.body, [row]) for row in rows if row.event not in DIGEST_EVENTS]
+        digest = [row for row in rows if row.event in DIGEST_EVENTS]
+        if digest:
+            messages.append((*digest_message(self._failures(digest)), digest))
+        return messages
 
-def _messages(rows: list[Outbox]) -> list[tuple[str, str, list[Outbox]]]:
-    """Rows to messages: digest events for one target become one message."""
-    messages: list[tuple[str, str, list[Outbox]]] = []
-    digest = [row for row in rows if row.event in DIGEST_EVENTS]
-    for row in rows:
-        if row.event not in DIGEST_EVENTS:
-            messages.append((row.title, row.body, [row]))
-    if len(digest) == 1:
-        messages.append((digest[0].title, digest[0].body, digest))
-    elif digest:
-        body = "\n".join(f"• {row.title}: {row.body}" for row in digest)
-        messages.append((f"pipewarden: {len(digest)} failures", body, digest))
-    return messages
+    def _failures(self, rows: list[Outbox]) -> list[Failure]:
+        """What each digest row is about, from its run (the row's own text if it is gone)."""
+        run_ids = [row.key.removeprefix(_FAILURE_KEY) for row in rows]
+        facts: dict[str, tuple] = {}
+        for start in range(0, len(run_ids), 500):  # within SQLite's bound on parameters
+            chunk = run_ids[start : start + 500]
+            facts.update(
+                (row[0], row[1:])
+                for row in self.store.db.connection().execute(
+                    "SELECT id, pipeline, stage, channel, label, item_key FROM runs"
+                    f" WHERE id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
+            )
+        failures = []
+        for row, run_id in zip(rows, run_ids, strict=True):
+            if run_id in facts:
+                pipeline, stage, channel, label, key = facts[run_id]
+                failures.append(
+                    Failure(label or "Unknown", channel, f"{pipeline}/{stage}", key, row.body)
+                )
+            else:
+                failures.append(Failure(row.title, None, "", None, row.body))
+        return failures
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One item that failed for good, as a digest groups it."""
+
+    label: str
+    channel: str | None
+    stage: str  # "pipeline/stage"
+    key: str | None
+    error: str
+
+
+def digest_message(failures: list[Failure]) -> tuple[str, str]:
+    """(title, body): one bullet per (label, channel), largest first, with its count, its
+    stages, a few example keys and its latest error; at most DIGEST_LINES lines."""
+    groups: dict[tuple[str, str | None], list[Failure]] = defaultdict(list)
+    for failure in failures:
+        groups[(failure.label, failure.channel)].append(failure)
+    ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    # Two lines a group; past the cap, one line left to sum up the rest.
+    shown = len(ordered) if 2 * len(ordered) <= DIGEST_LINES else (DIGEST_LINES - 1) // 2
+    lines: list[str] = []
+    for (label, channel), group in ordered[:shown]:
+        lines += _group_lines(label, channel, group)
+    if shown < len(ordered):
+        rest = sum(len(group) for _, group in ordered[shown:])
+        lines.append(f"… and {len(ordered) - shown} more groups ({rest:,} failures)")
+    total = len(failures)
+    (label, channel), _ = ordered[0]
+    what = _what(label, channel)
+    if len(ordered) > 1:
+        what += f" and {len(ordered) - 1} more"
+    return f"pipewarden: {total:,} failure{'s' if total != 1 else ''} — {what}", "\n".join(lines)
+
+
+def _group_lines(label: str, channel: str | None, group: list[Failure]) -> list[str]:
+    stages = sorted({failure.stage for failure in group if failure.stage})
+    where = f" ({', '.join(stages)})" if stages else ""
+    keys = [failure.key for failure in group if failure.key][:EXAMPLE_KEYS]
+    examples = f" — e.g. {', '.join(keys)}" if keys else ""
+    if keys and len(group) > len(keys):
+        examples += f" (+{len(group) - len(keys):,} more)"
+    head = f"• {len(group):,}× {_what(label, channel)}{where}{examples}"
+    return [head, f"  last error: {group[-1].error}"]
+
+
+def _what(label: str, channel: str | None) -> str:
+    return f"{label} on {channel}" if channel else label
 
 
 def send(target: NotifyTarget, title: str, body: str) -> Delivery:

@@ -23,7 +23,11 @@ STATE_COLOURS = {
     ItemState.DONE: "green", ItemState.FAILED: "red", ItemState.RETRYING: "red",
     ItemState.IGNORED: "grey",
 }  # fmt: skip
-GROUP_COLOURS = {"Terminal": "red", "Retriable": "yellow", "Ignored": "grey"}
+GROUP_COLOURS = {
+    "Terminal": "red", "Retries exhausted": "red", "Unknown": "yellow", "Retriable": "yellow",
+    "Ignored": "grey",
+}  # fmt: skip
+DAY_S = 86400.0
 
 
 class Paint:
@@ -91,10 +95,13 @@ def health_lines(snapshot: dict[str, Any], paint: Paint) -> list[str]:
 
 def _stage_lines(stage: dict[str, Any], paint: Paint, verbose: bool) -> list[str]:
     notes = [f"{len(stage['running'])} running"] if stage["running"] else []
-    if stage["eta_s"]:
-        notes.append(f"ETA {format_duration(stage['eta_s'])}")
+    queue = stage["queue"]
+    if queue and queue["eta"]:
+        notes.append(f"ETA {format_duration(queue['eta']['seconds'])}")
     note = "  " + " · ".join(notes) if notes else ""
     lines = [_counted(f"▸ {stage['name']}", stage, "cyan", paint, note)]
+    if queue:
+        lines += ["    " + paint(text, "grey") for text in _queue_notes(queue)]
     if verbose and stage.get("telemetry"):
         lines.append("    " + paint(_telemetry(stage["telemetry"]), "grey"))
     states = stage["states"]
@@ -115,10 +122,28 @@ def _stage_lines(stage: dict[str, Any], paint: Paint, verbose: bool) -> list[str
     return lines
 
 
+def _queue_notes(queue: dict[str, Any]) -> list[str]:
+    """What the queue's ETA rests on, and what keeps queued items back."""
+    notes = []
+    if eta := queue["eta"]:
+        notes.append(
+            f"ETA from {eta['items']:,} queued, {eta['concurrency']} at a time, at the median"
+            f" {format_duration(eta['median_s'])} of the last {eta['runs']:,} ok runs"
+        )
+    for waiting in queue["waiting"]:
+        notes.append(f"{waiting['items']:,} queued wait: {waiting['why']}")
+    return notes
+
+
 def _state_children(state: dict[str, Any], stage: dict[str, Any]) -> list[tuple]:
     """(text, counts or None, colour, [(text, counts)]) for the rows under one state."""
     if state["state"] == ItemState.RUNNING:
         return [(_running_line(run), None, "cyan", []) for run in stage["running"]]
+    if state.get("reasons"):
+        return [
+            (f"{reason['reason']} · {_wake(reason)}", reason, "cyan", [])
+            for reason in state["reasons"]
+        ]
     if not state["groups"]:
         return [
             (escape_controls(channel["name"]), channel, "cyan", []) for channel in state["channels"]
@@ -131,16 +156,34 @@ def _state_children(state: dict[str, Any], stage: dict[str, Any]) -> list[tuple]
             labels.append((f"Other ({group['other']['more']} more)", group["other"]))
         if group["name"] == "Ignored":
             children += [(text, counts, colour, []) for text, counts in labels]
+        elif [text for text, _ in labels] == [group["name"]]:  # "Unknown" says it all
+            children.append((group["name"], group, colour, []))
         else:
             children.append((group["name"], group, colour, labels))
     return children
+
+
+def _wake(waiting: dict[str, Any]) -> str:
+    """When deferred items wake: 'until 09:00' within a day, 'until Mon 09:00' within a
+    week, else 'until 23 Nov 09:00'."""
+    if waiting["wakes_at"] is None or not waiting["wakes_in_s"]:
+        return "due now"
+    shape = "%d %b %H:%M"
+    if waiting["wakes_in_s"] < 6 * DAY_S:
+        shape = "%H:%M" if waiting["wakes_in_s"] < DAY_S else "%a %H:%M"
+    return "until " + time.strftime(shape, time.localtime(waiting["wakes_at"]))
 
 
 def _running_line(run: dict[str, Any]) -> str:
     progress = f" {run['progress'] * 100:.0f}%" if finite(run["progress"]) is not None else ""
     message = f" {escape_controls(run['message'])}" if run["message"] else ""
     elapsed = format_duration(run["elapsed_s"])
-    return f"{escape_controls(run['key'])}#{run['attempt']}{progress}{message} ({elapsed})"
+    left = (
+        f", ~{format_duration(run['eta_s'])} left at its progress rate"
+        if run["eta_s"] is not None
+        else ""
+    )
+    return f"{escape_controls(run['key'])}#{run['attempt']}{progress}{message} ({elapsed}{left})"
 
 
 def _counted(text: str, counts: dict, colour: str, paint: Paint, note: str = "") -> str:
@@ -274,6 +317,14 @@ def run_detail(run: Any) -> list[str]:
     return lines
 
 
+def _live(run: dict[str, Any]) -> str:
+    """A running attempt's last reported progress and message."""
+    if run["status"] != "running":
+        return ""
+    progress = f" {run['progress'] * 100:.0f}%" if run.get("progress") is not None else ""
+    return progress + (f" {run['message']}" if run.get("message") else "")
+
+
 def format_time(epoch: float | None, seconds: bool = False) -> str:
     if epoch is None:
         return "-"
@@ -301,11 +352,11 @@ def format_duration(seconds: float | None) -> str:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 120:
         return f"{seconds:.1f}s"
-    if seconds < 120 * 60:
+    if seconds < 7200:
         return f"{seconds / 60:.1f}m"
-    if seconds < 48 * 3600:
+    if seconds < 2 * DAY_S:
         return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
+    return f"{seconds / DAY_S:.1f}d"
 
 
 def _cut(text: str, width: int) -> str:
@@ -322,7 +373,10 @@ def describe_hold(hold: Any) -> str:
     since = time.strftime("%H:%M", time.localtime(created)) if valid_time(created) else "?"
     what = "paused" if get("kind") == "pause" else get("reason")
     by = f" by {get('created_by')}" if get("kind") == "pause" and get("created_by") else ""
-    return f"{escape_controls(str(get('target')))} — {what}{by} since {since}"
+    lifts = ""
+    if get("kind") == "halt" and get("scope") == "pipeline" and get("probe_at"):  # a budget's
+        lifts = f", lifts {time.strftime('%a %H:%M', time.localtime(get('probe_at')))}"
+    return f"{escape_controls(str(get('target')))} — {what}{by} since {since}{lifts}"
 
 
 def story_lines(story: dict[str, Any]) -> list[str]:
@@ -339,7 +393,8 @@ def story_lines(story: dict[str, Any]) -> list[str]:
         verdict = f" [{run['group']} · {run['label']}]" if run["label"] else ""
         lines.append(
             f"  {format_time(run['started_at'])}  {run['stage']}#{run['attempt']}"
-            f"  {run['status']}{verdict}  {format_duration(run['duration_s'])}  run {run['id'][:8]}"
+            f"  {run['status']}{verdict}{_live(run)}  {format_duration(run['duration_s'])}"
+            f"  run {run['id'][:8]}"
         )
         if run["error"]:
             lines.append(f"      {first_line(run['error'])}")

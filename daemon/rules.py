@@ -30,6 +30,7 @@ A rules file looks like::
       - when: budget            # a pipeline's summed `cost` today passes a cap
         pipelines: [outreach]
         budget: 50
+        timezone: Europe/London # whose day (default: this host's); the halt lifts at midnight
 
 Patterns are case-insensitive and mean what Python's `re` says; each is matched with a
 time budget (see `patterns`), so no pattern can stall the daemon. A rule's id is
@@ -44,6 +45,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipewarden import packs
 from pipewarden._yaml import Node, load_bytes, read_file
@@ -53,7 +55,7 @@ from pipewarden.types import Group
 
 _FILE_KEYS = {"pipelines", "stages", "rules", "halts"}
 _HALT_KEYS = {"when", "channels", "stages", "pipelines", "count", "within", "last", "budget",
-              "probe_after", "labels"}  # fmt: skip
+              "probe_after", "labels", "timezone"}  # fmt: skip
 HALT_KINDS = ("same_label", "all_failed", "budget")
 _RULE_KEYS = {
     "match", "exception", "group", "label", "category", "type", "pipelines", "stages",
@@ -108,6 +110,7 @@ class HaltRule:
     budget: float = 0.0  # budget: the cap on a day's summed cost
     probe_after_s: float | None = None
     labels: tuple[str, ...] = ()  # same_label: only these labels count (empty: every label)
+    timezone: ZoneInfo | None = None  # budget: whose day it is (None: this host's local time)
 
     def watches_channel(self, channel: str) -> bool:
         return not self.channels or channel in self.channels
@@ -178,6 +181,12 @@ def _load_halt(node: Node, pipelines: tuple[str, ...]) -> HaltRule:
     for stage in stages:
         if "/" not in stage:
             raise entries["stages"].error(f"stages are written 'pipeline/stage', not '{stage}'")
+    if "timezone" in entries and when != "budget":
+        raise entries["timezone"].error("only a 'budget' halt has a timezone (its day's)")
+    if "probe_after" in entries and when == "budget":
+        raise entries["probe_after"].error(
+            "a 'budget' halt lifts itself when its day is over", "remove 'probe_after'"
+        )
     count = 0
     if "count" in entries:
         count = entries["count"].integer("count", 1)
@@ -198,7 +207,18 @@ def _load_halt(node: Node, pipelines: tuple[str, ...]) -> HaltRule:
             entries["probe_after"].duration("probe_after") if "probe_after" in entries else None
         ),
         labels=entries["labels"].text_list("labels") if "labels" in entries else (),
+        timezone=_zone(entries["timezone"]) if "timezone" in entries else None,
     )
+
+
+def _zone(node: Node) -> ZoneInfo:
+    name = node.text("timezone")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise node.error(
+            f"unknown time zone '{name}'", "write an IANA name such as Europe/London"
+        ) from None
 
 
 def _load_rule(node: Node, pipelines: tuple[str, ...], stages: tuple[str, ...]) -> Rule:

@@ -2,11 +2,13 @@
 
 One loop, woken by events rather than polling: a finished run, an enqueue or a
 hold change (the CLI sends SIGUSR1), a stop request, or the moment the next retry,
-deferral or probe comes due. Each pass, in one transaction: write what finished,
-let the guard raise halts on it, defer items of channels outside business hours,
-and claim what fits in the free slots of stages that are not held (run rows are
-committed before any worker starts). Notifications go to the outbox; the notifier
-delivers them off the loop.
+deferral or probe comes due (or a budget's day is over). Each pass, in one
+transaction: write what finished, let the guard raise halts on it, lift budget halts
+whose day is over, defer items of channels outside business hours, and claim what
+fits in the free slots of stages that are not held (run rows are committed before
+any worker starts). Live progress is written on a timer of its own, at most once a
+second, since the loop may sleep for as long as an attempt runs. Notifications go
+to the outbox; the notifier delivers them off the loop.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ IDLE_CHECK_S = 0.5  # with --until-idle, how often a quiet loop re-checks for du
 TIMEOUT_WINDOW_S = 600.0  # watchdog timeouts are counted over this window to notify
 CLOSED_LABEL = "Outside business hours"
 NOTIFY_AT_STOP_S = 5.0  # at shutdown, how long queued notifications may take to go out
+PROGRESS_WRITE_S = 1.0  # live progress reaches the store at most this often
 
 
 @dataclass
@@ -118,6 +121,8 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: list[FinishedRun] = []
         self._progress: dict[str, tuple[float | None, str | None]] = {}
+        self._progress_timer: asyncio.TimerHandle | None = None  # the next progress write
+        self._progress_written = float("-inf")  # monotonic time of the last one
         self._probes: dict[str, int] = {}  # run id -> the hold it probes
         self._holds = _Holds(frozenset(), frozenset(), frozenset(), (), ())
         self._wake = asyncio.Event()
@@ -146,7 +151,8 @@ class Scheduler:
             now = self.clock.now()
             with self.store.transaction():  # what finished and what starts: one commit
                 self.flush()  # first: a halt it raises must stop this very pass's claims
-                self._holds = _Holds.from_rows(self.store.active_holds(), now)
+                holds = self._lift_budget_halts(self.store.active_holds(), now)
+                self._holds = _Holds.from_rows(holds, now)
                 if self.claiming:
                     self._defer_closed_channels(now)
                     self._dispatch(now)
@@ -172,6 +178,8 @@ class Scheduler:
             await asyncio.wait(leftover)
         with self.store.transaction():
             self.flush()
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
         await self.notifier.flush(self.clock.now(), timeout_s=NOTIFY_AT_STOP_S)
         await asyncio.gather(*(slot.executor.stop() for slot in (*self._slots, *self._retired)))
 
@@ -289,6 +297,19 @@ class Scheduler:
         )
         _log_run(slot.stage, claimed, new_run, decision)
 
+    def _lift_budget_halts(self, holds: list[Hold], now: float) -> list[Hold]:
+        """A budget's halt lifts itself when its day is over; returns the holds still on."""
+        active = []
+        for hold in holds:
+            lifts_at = self.guard.budget_lifts_at(hold)
+            if lifts_at is None or lifts_at > now:
+                active.append(hold)
+                continue
+            self.store.clear_holds(hold.target, ("halt",), "a new budget day", now)
+            log.info("a new budget day: the halt on pipeline %s is lifted", hold.target)
+            self.notifier.halt_resolved(hold, "A new budget day began", now)
+        return active
+
     def _start_probe(self, hold: Hold, now: float) -> None:
         """After a halt's cool-down, let exactly one item through to test the water."""
         for slot in self._slots:
@@ -353,6 +374,25 @@ class Scheduler:
         self.events.publish(
             "run_progress", run_id=run_id, progress=progress.fraction, message=progress.message
         )
+        # The loop may sleep for as long as the attempt runs: progress is written on a
+        # timer of its own, so `status` and the page see it within a second.
+        if self._progress_timer is None:
+            delay = self._progress_written + PROGRESS_WRITE_S - self.clock.monotonic()
+            self._progress_timer = asyncio.get_running_loop().call_later(
+                max(0.0, delay), self._write_progress
+            )
+
+    def _write_progress(self) -> None:
+        self._progress_timer = None
+        self._progress_written = self.clock.monotonic()
+        progress, self._progress = self._progress, {}
+        if not progress:  # a loop pass wrote it first
+            return
+        try:
+            self.store.finish([], progress)
+        except Exception as exc:  # live progress must never take the loop down
+            log.warning("live progress not written (kept for the next write): %s", exc)
+            self._progress = {**progress, **self._progress}
 
     def _add_finished(self, run: FinishedRun, key: str, attempt: int) -> None:
         self._finished.append(run)
@@ -479,10 +519,7 @@ class Scheduler:
         if decision.run_status is RunStatus.OK:
             self.store.clear_holds(hold.target, ("halt",), "probe (one item went through)", now)
             log.info("probe passed: halt on %s %s cleared", hold.scope, hold.target)
-            self.notifier.notify(
-                "halt_cleared", f"cleared:{hold.id}", f"pipewarden: {hold.target} flows again",
-                f"A probe item went through after the halt ({hold.reason}).", now,
-            )  # fmt: skip
+            self.notifier.halt_resolved(hold, "A probe item went through", now)
             return
         cooldown = (hold.cooldown_s or 60.0) * 2
         self.store.update_hold(
@@ -531,9 +568,8 @@ class Scheduler:
 
     def _notify_run(self, run: FinishedRun, now: float) -> None:
         if run.item_state is ItemState.FAILED:
-            self.notifier.notify(
-                "failure", f"failure:{run.run_id}",
-                f"{run.pipeline}/{run.stage} failed: {run.label or 'Unknown'}",
+            self.notifier.failure(
+                run.run_id, f"{run.pipeline}/{run.stage} failed: {run.label or 'Unknown'}",
                 _one_line(run.error), now,
             )  # fmt: skip
         if run.status is RunStatus.TIMED_OUT:

@@ -900,6 +900,31 @@ class Store:
             )
         }
 
+    def deferred_reasons(
+        self, pipeline: str, stage: str, since_24h: float, since_1h: float
+    ) -> list[tuple[str | None, int, int, int, float | None]]:
+        """(label, items, changed in 24h, in 1h, soonest wake) of the stage's deferred items.
+
+        The trigger-kept counts do not keep a deferred item's label: the labels and counts
+        come from the covering index the Δ columns use, and each label's soonest wake from
+        the claim index, read in wake order up to its first item of that label.
+        """
+        labels = self._conn.execute(
+            "SELECT last_label, COUNT(*), SUM(updated_at >= ?), SUM(updated_at >= ?)"
+            " FROM items INDEXED BY items_label_recent"
+            " WHERE state = 'deferred' AND pipeline = ? AND stage = ? GROUP BY last_label",
+            (since_24h, since_1h, pipeline, stage),
+        ).fetchall()
+        return [
+            (label, total, d24 or 0, d1 or 0, self._conn.execute(
+                "SELECT ready_at FROM items INDEXED BY items_claim WHERE pipeline = ?"
+                " AND stage = ? AND state = 'deferred' AND last_label IS ?"
+                " ORDER BY ready_at LIMIT 1",
+                (pipeline, stage, label),
+            ).fetchone()[0])
+            for label, total, d24, d1 in labels
+        ]  # fmt: skip
+
     def running_runs(self) -> list[Run]:
         return list(
             self.Run.select().where(self.Run.status == "running").order_by(self.Run.started_at)

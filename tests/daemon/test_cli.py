@@ -75,7 +75,7 @@ def test_status_and_runs_after_a_run(project: Project):
         "▸ capture                                              2       +2       +2",
         "  ├─ done                                              1       +1       +1",
         "  └─ failed                                            1       +1       +1",
-        "     └─ Retriable                                      1       +1       +1",
+        "     └─ Retries exhausted                              1       +1       +1",
         "        └─ Permission denied                           1       +1       +1",
     ]
     as_json = json.loads(project.cli("status", "--json").stdout)
@@ -140,7 +140,7 @@ def test_the_demo_shows_runs_retries_a_watchdog_kill_and_the_tree(tmp_path: Path
     assert project.item("outreach", "cafe-oslo.no/sms").state == "deferred"
     assert project.item("outreach", "toy-store.dk/form").state == "queued"  # behind the halt
     status = project.cli("status").stdout
-    assert "        ├─ Permission denied" in status or "        └─ Permission denied" in status
+    assert "     ├─ Retries exhausted" in status and "     │  └─ Permission denied" in status
     assert "halted: form — 3× Cloudflare blocked within 10m since " in status
 
 

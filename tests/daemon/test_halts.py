@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 import time
+from datetime import datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+import pytest
 from conftest import REPO, HttpReceiver, Project, wait_until
 from freezegun import freeze_time
+from pipewarden.clock import Clock
+from pipewarden.config import load_config
+from pipewarden.daemon import Daemon
+from pipewarden.errors import ConfigError
 from pipewarden.guard import Guard
 from pipewarden.rules import HaltRule, load_rules
 from pipewarden.store import FinishedRun, Store
@@ -244,3 +253,123 @@ def test_pause_and_resume_a_channel(project: Project, http_receiver: HttpReceive
     assert "paused: sms — paused by " in project.cli("status").stdout
     project.cli("resume", "--channel", "sms")
     wait_until(lambda: states(project, "sms").get("done") == 2, "sms to flow after resume")
+
+
+TOKYO = ZoneInfo("Asia/Tokyo")
+
+
+def tokyo(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=TOKYO).timestamp()
+
+
+def test_a_budget_day_is_the_budget_zones_and_its_halt_lifts_at_that_midnight(tmp_path: Path):
+    store = Store(tmp_path)
+    rule = HaltRule("r.yaml:1", "budget", pipelines=("outreach",), budget=1.0, timezone=TOKYO)
+    guard = Guard(store, (rule,), {"outreach": ["send"]})
+    with freeze_time("2026-11-21 14:30:00") as frozen:  # 23:30 in Tokyo, 14:30 on this host
+        run = failed_run(store, "sms", "x", status=RunStatus.OK, cost=0.9)
+        assert guard.check([run], time.time(), []) == []
+        frozen.tick(3600)  # 00:30 in Tokyo: a new budget day, though not on this host
+        run = failed_run(store, "sms", "x", status=RunStatus.OK, cost=0.9)
+        assert guard.check([run], time.time(), []) == []
+        run = failed_run(store, "sms", "x", status=RunStatus.OK, cost=0.2)
+        (halt,) = guard.check([run], time.time(), [])
+    assert halt.reason == "budget spent: 1.10 of 1.00 today (Asia/Tokyo)"
+    assert guard.budget_lifts_at(halt) == halt.probe_at == tokyo("2026-11-23 00:00")
+    # A halt raised before halts knew when they lift: the end of its day, by its rule's zone.
+    store.update_hold(halt.id, probe_at=None)
+    assert guard.budget_lifts_at(store.Hold.get_by_id(halt.id)) == tokyo("2026-11-23 00:00")
+
+
+def test_a_budget_halt_with_a_timezone_or_probe_is_checked_where_it_is_written(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("halts:\n  - {when: budget, budget: 5, timezone: Mars/Olympus}\n")
+    with pytest.raises(ConfigError, match="unknown time zone 'Mars/Olympus'") as error:
+        load_rules([bad])
+    assert str(error.value).startswith(f"{bad}:2:")
+    bad.write_text("halts:\n  - {when: budget, budget: 5, probe_after: 1h}\n")
+    with pytest.raises(ConfigError, match="lifts itself when its day is over"):
+        load_rules([bad])
+
+
+class ShiftedClock(Clock):
+    """Wall time set by the test, going on at the real pace from there."""
+
+    def __init__(self, now: float):
+        self.set(now)
+
+    def set(self, now: float) -> None:
+        self.offset = now - time.time()
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+
+BILLED = """
+def send(data):
+    return {"ok": True, "cost": data["cost"]}
+"""
+
+
+# Apprise, imported in this process here, imports imghdr (deprecated in Python 3.11).
+@pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
+def test_a_budget_halt_lifts_itself_when_the_day_rolls_over_and_says_so(
+    project: Project, http_receiver: HttpReceiver
+):
+    project.write("sender.py", BILLED)
+    project.write(
+        "budget.yaml",
+        "halts:\n  - {when: budget, pipelines: [outreach], budget: 1, timezone: Asia/Tokyo}\n",
+    )
+    project.configure(
+        """
+        outreach:
+          stages:
+            - {name: send, python: "sender:send", concurrency: 1}
+        """,
+        extra=f"notify:\n  targets: [{{url: '{http_receiver.url}', tags: [budget]}}]\n",
+        rules=("budget.yaml",),
+    )
+    for key, cost in (("a", 2.0), ("b", 0.5)):
+        project.cli("enqueue", "outreach", key, "--data", f'{{"cost": {cost}}}')
+    config = load_config(project.config_path)
+    # Days ahead of the enqueue (so its items are due), a minute before midnight in Tokyo.
+    midnight = datetime.combine(datetime.now(TOKYO).date() + timedelta(days=3), dtime(), TOKYO)
+    clock = ShiftedClock(midnight.timestamp() - 60)
+    daemon = Daemon(config, load_rules(config.rule_paths, config.path.parent), clock)
+
+    async def scenario() -> None:
+        running = asyncio.create_task(daemon.run(watch_files=False))
+        await until(lambda: project.item("outreach", "a").state == "done", "a to spend it")
+        assert project.item("outreach", "b").state == "queued"  # held back by the halt
+        # The test's clock jumps to a second before midnight; woken, the loop arms its
+        # timer for the rollover from the new time (real time needs no such wake-up).
+        clock.set(midnight.timestamp() - 1)
+        daemon.wake()
+        await until(lambda: project.item("outreach", "b").state == "done", "the new day")
+        daemon.request_stop("test done")
+        assert await running == 0
+
+    asyncio.run(scenario())
+    assert http_receiver.titles() == [
+        "pipewarden: outreach halted", "pipewarden: outreach flows again",
+    ]  # fmt: skip
+    resolved = http_receiver.bodies[1]["message"]
+    assert resolved.startswith("A new budget day began; it was halted for ")
+    assert resolved.endswith(
+        "s (budget spent: 2.00 of 1.00 today (Asia/Tokyo)). Its queued items run again."
+    )
+    store = project.store()
+    (hold,) = store.Hold.select()
+    store.close()
+    assert (hold.cleared_by, hold.cleared_at >= midnight.timestamp()) == (
+        "a new budget day", True,
+    )  # fmt: skip
+
+
+async def until(predicate, what: str, timeout: float = 20.0) -> None:
+    """wait_until for a test that shares the daemon's event loop."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from email import message_from_bytes
+from email.header import decode_header, make_header
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -32,7 +33,7 @@ class SmtpReceiver:
         return f"mailto://127.0.0.1:{self.port}?from=pipewarden@example.com&to=ops@example.com"
 
     def subjects(self) -> list[str]:
-        return [str(message["Subject"]) for message in self.messages]
+        return [str(make_header(decode_header(m["Subject"]))) for m in self.messages]
 
 
 @pytest.fixture
@@ -98,9 +99,12 @@ def test_terminal_failures_arrive_as_one_digest_by_json_and_by_mail(
     project.start_daemon("--until-idle")
 
     wait_until(lambda: http_receiver.titles() and smtp_receiver.subjects(), "both deliveries")
-    assert http_receiver.titles() == ["pipewarden: 3 failures"]
-    assert smtp_receiver.subjects() == ["pipewarden: 3 failures"]
-    assert http_receiver.bodies[0]["message"].count("outreach/send failed: Opted out") == 3
+    title = "pipewarden: 3 failures — Opted out on sms"
+    assert http_receiver.titles() == [title] and smtp_receiver.subjects() == [title]
+    head, error = http_receiver.bodies[0]["message"].splitlines()
+    assert head.startswith("• 3× Opted out on sms (outreach/send) — e.g. ")
+    assert sorted(head.split("e.g. ")[1].split(", ")) == ["a", "b", "c"]
+    assert error == "  last error: RuntimeError: sms: recipient opted out"
 
 
 def test_a_notification_waits_for_a_receiver_that_is_down_and_arrives_exactly_once(
@@ -125,14 +129,116 @@ def test_a_notification_waits_for_a_receiver_that_is_down_and_arrives_exactly_on
     receiver = HttpReceiver(port)
     try:
         wait_until(lambda: all(row.sent_at for row in outbox()), "delivery once it is back")
-        assert sorted(receiver.titles()) == ["pipewarden: 2 failures", "pipewarden: sms halted"]
+        digest = "pipewarden: 2 failures — Opted out on sms"
+        assert sorted(receiver.titles()) == [digest, "pipewarden: sms halted"]
         project.cli("halts", "clear", "sms")
         wait_until(lambda: "pipewarden: sms flows again" in receiver.titles(), "the next one")
         assert receiver.titles()[2] == "pipewarden: sms flows again"
-        assert receiver.titles().count("pipewarden: 2 failures") == 1  # nothing was sent twice
+        assert receiver.titles().count(digest) == 1  # nothing was sent twice
     finally:
         receiver.close()
 
     visible = project.daemon_log() + project.cli("status", "--json").stdout
     visible += json.dumps([[r.target, r.last_error] for r in outbox()])
     assert SECRET not in visible and url not in visible
+
+
+BURST = """
+def send(data):
+    raise RuntimeError("Resend: 429 Too Many Requests (rate limit exceeded)")
+"""
+
+
+def burst_config(project: Project, url: str) -> None:
+    project.write("sender.py", BURST)
+    project.configure(
+        """
+        outreach:
+          stages:
+            - name: send
+              python: "sender:send"
+              channel: "{data.contact_method}"
+              concurrency: 8
+              retry: {max_attempts: 1}
+        """,
+        extra=f"notify:\n  digest_wait: 10m\n  targets: [{{url: '{url}'}}]\ndrain_grace: 5s\n",
+    )
+
+
+def enqueue_file(project: Project, items: list[tuple[str, str]]) -> None:
+    lines = "".join(
+        json.dumps({"key": key, "data": {"contact_method": channel}}) + "\n"
+        for key, channel in items
+    )
+    project.write("items.jsonl", lines)
+    project.cli("enqueue", "outreach", "--file", "items.jsonl")
+
+
+def test_a_burst_of_1282_identical_failures_is_one_short_message(
+    project: Project, http_receiver: HttpReceiver
+):
+    burst_config(project, http_receiver.url)
+    # A channel the shipped reputation guard does not watch: every item fails.
+    enqueue_file(project, [(f"n-{n:04d}", "newsletter") for n in range(1282)])
+    assert project.start_daemon("--until-idle").wait(120) == 0
+
+    wait_until(lambda: http_receiver.bodies, "the digest")
+    (message,) = http_receiver.bodies
+    assert message["title"] == "pipewarden: 1,282 failures — Rate limited on newsletter"
+    head, error = message["message"].splitlines()
+    assert head.startswith("• 1,282× Rate limited on newsletter (outreach/send) — e.g. n-")
+    assert head.endswith(" (+1,279 more)") and head.count("n-") == 3
+    assert (
+        error == "  last error: RuntimeError: Resend: 429 Too Many Requests (rate limit exceeded)"
+    )
+
+
+def test_a_digest_of_many_groups_is_capped_and_says_how_many_more(
+    project: Project, http_receiver: HttpReceiver
+):
+    burst_config(project, http_receiver.url)
+    items = [(f"k-{n:02d}", f"list-{n:02d}") for n in range(45)]
+    items += [(f"k-00-{n}", "list-00") for n in range(3)]  # the largest group: listed first
+    enqueue_file(project, items)
+    assert project.start_daemon("--until-idle").wait(60) == 0
+
+    wait_until(lambda: http_receiver.bodies, "the digest")
+    (message,) = http_receiver.bodies
+    assert message["title"] == "pipewarden: 48 failures — Rate limited on list-00 and 44 more"
+    lines = message["message"].splitlines()
+    assert len(lines) <= 40
+    assert lines[0].startswith("• 4× Rate limited on list-00 (outreach/send) — e.g. ")
+    assert lines[0].endswith(" (+1 more)")
+    assert lines[-1] == "… and 26 more groups (26 failures)"
+    assert len([line for line in lines if line.startswith("• ")]) == 19
+
+
+def test_a_halt_a_person_clears_is_followed_by_its_all_clear(
+    project: Project, http_receiver: HttpReceiver
+):
+    project.write("sender.py", FAILING)
+    project.write(
+        "halts.yaml", "halts:\n  - {when: same_label, channels: [sms], count: 2, within: 1h}\n"
+    )
+    project.configure(
+        """
+        outreach:
+          stages:
+            - {name: send, python: "sender:send", channel: "{data.contact_method}"}
+        """,
+        # told of halts only: the all-clear belongs with them all the same
+        extra=f"notify:\n  targets: [{{url: '{http_receiver.url}', tags: [halt]}}]\n",
+        rules=("halts.yaml",),
+    )
+    enqueue(project, "a", "b", "c")
+    project.start_daemon()
+    wait_until(lambda: "pipewarden: sms halted" in http_receiver.titles(), "the halt")
+
+    project.cli("halts", "clear", "sms")
+    wait_until(lambda: "pipewarden: sms flows again" in http_receiver.titles(), "the all-clear")
+    titles = http_receiver.titles()
+    assert titles[:2] == ["pipewarden: sms halted", "pipewarden: sms flows again"]
+    resolved = http_receiver.bodies[1]
+    assert resolved["message"].startswith("Cleared by ")
+    assert "(api from 127.0.0.1); it was halted for " in resolved["message"]
+    assert resolved["message"].endswith("(2× Opted out within 1h). Its queued items run again.")

@@ -91,6 +91,22 @@ def test_the_page_shows_a_run_appear_and_finish_live(project: Project, browser, 
     page.screenshot(path=str(tmp_path / "done.png"), full_page=True)
 
 
+def test_a_page_opened_mid_run_shows_its_progress_in_the_tree(project: Project, browser):
+    url = start(project)
+    (project.root / "hold-beta").touch()
+    project.cli(
+        "enqueue", "outreach", "beta", "--data", '{"name": "beta", "contact_method": "sms"}'
+    )
+    wait_until(lambda: "beta#1 50% halfway there" in project.cli("status").stdout, "progress")
+
+    page = browser.new_page()
+    page.goto(url)  # after the progress event: the page learns it from /api/status
+    page.locator("#tree tr.run", has_text="beta#1 50% halfway there (").wait_for()
+    page.locator("#live tr.run", has_text="beta").get_by_text("halfway there").wait_for()
+    (project.root / "hold-beta").unlink()
+    page.locator("#live tr.run", has_text="beta").locator(".status", has_text="ok").wait_for()
+
+
 def test_clear_on_a_halt_removes_the_halt_in_the_daemon(project: Project, browser):
     url = start(project)
     project.cli(

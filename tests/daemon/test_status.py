@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import Project
+from conftest import Project, wait_until
 from freezegun import freeze_time
 from pipewarden.config import load_config
 from pipewarden.render import Paint, status_tree
 from pipewarden.status import status_snapshot
 
 HOUR = 3600
+
+
+def counted(text: str) -> str:
+    """A tree row of one item: its text, then Total, Δ24h and Δ1h."""
+    return text + " " * max(1, 46 - len(text)) + "         1       +1       +1"
 
 
 def put(store, pipeline, stage, key, state, age_s, label=None, group=None, channel=None):
@@ -82,7 +87,7 @@ def test_the_tree_counts_totals_and_deltas_and_folds_small_labels(project: Proje
         "▸ capture                                             15       +9       +6",
         "  ├─ done                                             10       +7       +4",
         "  └─ failed                                            5       +2       +2",
-        "     ├─ Retriable                                      3       +2       +2",
+        "     ├─ Retries exhausted                              3       +2       +2",
         "     │  └─ Browser launch conflict                     3       +2       +2",
         "     └─ Terminal                                       2       +0       +0",
         "        └─ Permanent HTTP error                        2       +0       +0",
@@ -110,3 +115,87 @@ def test_colours_only_on_request(project: Project):
     assert "\x1b[90m  └─ ignored\x1b[0m" in coloured  # expected filters: grey
     plain = project.cli("status").stdout  # not a terminal: no colour codes at all
     assert "\x1b[" not in plain and "▸ capture" in plain
+
+
+FILER = """
+def capture(data):
+    if data.get("locked"):
+        raise RuntimeError("EACCES: permission denied, open '/mnt/store/shot.png'")
+    if data.get("gone"):
+        raise RuntimeError("HTTP 404 Not Found. Cannot capture")
+    if data.get("odd"):
+        raise RuntimeError("the flux capacitor is misaligned")
+    return {}
+
+
+def publish(data):
+    if data.get("flaky"):
+        raise RuntimeError("the flux capacitor is misaligned")
+    if data.get("later"):
+        return {"defer": "1h"}
+    return {}
+"""
+
+
+def test_the_tree_files_items_where_a_person_looks_for_them(project: Project):
+    closed_day = time.strftime("%a", time.gmtime(time.time() + 2 * 86400)).lower()
+    project.write("filer.py", FILER)
+    project.configure(
+        """
+        sites:
+          stages:
+            - {name: capture, python: "filer:capture", retry: {max_attempts: 2, backoff: 10ms}}
+            - name: publish
+              python: "filer:publish"
+              channel: "{data.via}"
+              retry: {max_attempts: 3, backoff: 1h}
+        """,
+        extra=f"channels:\n  print: {{days: {closed_day}, hours: '09:00-17:00'}}\n",
+    )
+    items = {"locked": {"locked": True}, "gone": {"gone": True}, "odd": {"odd": True},
+             "flaky": {"flaky": True, "via": "web"}, "later": {"later": True, "via": "web"},
+             "paper": {"via": "print"}}  # fmt: skip
+    project.write("items.jsonl", "".join(json.dumps({"key": k, "data": d}) + "\n"
+                                         for k, d in items.items()))  # fmt: skip
+    project.cli("enqueue", "sites", "--file", "items.jsonl")
+    daemon = project.start_daemon()
+    settled = {"locked": "failed", "gone": "failed", "odd": "failed", "flaky": "retrying",
+               "later": "deferred", "paper": "deferred"}  # fmt: skip
+    wait_until(
+        lambda: {k: project.item("sites", k).state for k in items} == settled, "items to settle"
+    )
+    daemon.terminate()
+    daemon.wait(15)
+
+    def until(key: str) -> str:
+        ready_at = project.item("sites", key).ready_at
+        shape = "%H:%M" if ready_at - time.time() < 86400 else "%a %H:%M"
+        return time.strftime(shape, time.localtime(ready_at))
+
+    lines = project.cli("status").stdout.splitlines()
+    assert lines[lines.index(next(x for x in lines if x.startswith("▸ capture"))) :] == [
+        "▸ capture                                              3       +3       +3",
+        "  └─ failed                                            3       +3       +3",
+        "     ├─ Retries exhausted                              1       +1       +1",
+        "     │  └─ Permission denied                           1       +1       +1",
+        "     ├─ Terminal                                       1       +1       +1",
+        "     │  └─ Permanent HTTP error                        1       +1       +1",
+        "     └─ Unknown                                        1       +1       +1",
+        "▸ publish                                              3       +3       +3",
+        "  ├─ retrying                                          1       +1       +1",
+        "  │  └─ Unknown                                        1       +1       +1",
+        "  └─ deferred                                          2       +2       +2",
+        counted(f"     ├─ Deferred by the worker · until {until('later')}"),
+        counted(f"     └─ Outside business hours · until {until('paper')}"),
+    ]
+    (capture, publish) = json.loads(project.cli("status", "--json").stdout)["pipelines"][0][
+        "stages"
+    ]  # --json carries the same structure
+    assert [g["name"] for g in capture["states"][0]["groups"]] == [
+        "Retries exhausted", "Terminal", "Unknown",
+    ]  # fmt: skip
+    (deferred,) = [s for s in publish["states"] if s["state"] == "deferred"]
+    assert [(r["reason"], r["total"]) for r in deferred["reasons"]] == [
+        ("Deferred by the worker", 1), ("Outside business hours", 1),
+    ]  # fmt: skip
+    assert deferred["reasons"][1]["wakes_at"] == project.item("sites", "paper").ready_at
