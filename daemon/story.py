@@ -48,7 +48,7 @@ def _run(run: Any) -> dict[str, Any]:
         "started_at": finite(run.started_at), "duration_s": finite(run.duration_s),
         "error": run.error,
         "group": run.group_name, "label": run.label, "rule": run.rule_id,
-        "progress": run.progress, "message": run.message,
+        "progress": finite(run.progress), "message": run.message,
     }  # fmt: skip
 
 
