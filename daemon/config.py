@@ -258,6 +258,11 @@ def _calendar_part(node: Node | None, what: str, parse: Callable[[str], T], fix:
 
 def _load_holidays(node: Node, what: str) -> Callable[[date], bool]:
     """`{country: GB, subdiv: ENG}` -> whether a date is a public holiday there."""
+    if not isinstance(node.value, dict):
+        raise node.error(
+            f"holidays of {what} must be a mapping, not '{node.value}'",
+            "write e.g. holidays: {country: GB, subdiv: ENG} (subdiv is optional)",
+        )
     fields = node.mapping(f"holidays of {what}", {"country", "subdiv"}, frozenset({"country"}))
     try:
         import holidays  # an optional extra: only a config naming holidays pays for it

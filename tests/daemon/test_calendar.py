@@ -191,6 +191,7 @@ def test_the_config_reads_overnight_split_listed_and_holiday_hours(tmp_path: Pat
         ("hours: 09:00-17:00\nholidays: {country: GB, subdiv: XYZ}", (8, 37),
          "GB has no subdivision 'XYZ' — known: ENG, NIR, SCT, WLS"),
         ("hours: 09:00-17:00\nholidays: {contry: GB}", (8, 16), "unknown key 'contry'"),
+        ("hours: 09:00-17:00\nholidays: GB", (8, 15), "holidays of channel 'sms' must be a mappi"),
     ],
 )  # fmt: skip
 def test_a_malformed_calendar_is_one_line_with_its_position_and_what_to_write(
