@@ -17,7 +17,9 @@ used as a key, a duplicate key, a tag pipewarden does not read.
 from __future__ import annotations
 
 import difflib
+import math
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,20 +27,59 @@ from typing import Any
 from pipewarden.errors import ConfigError
 from pipewarden.limits import MIB, SETTINGS_DEPTH_MAX, SETTINGS_FILE_MAX
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+DURATION_MAX_CHARS = 64
+_FLOAT_MAX = sys.float_info.max
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*")
+_UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_UNIT_NAMES = {
+    "ms": "ms", "msec": "ms",
+    "s": "s", "sec": "s", "secs": "s", "second": "s", "seconds": "s",
+    "m": "m", "min": "m", "mins": "m", "minute": "m", "minutes": "m",
+    "h": "h", "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
+    "d": "d", "day": "d", "days": "d",
+    "w": "w", "week": "w", "weeks": "w",
+}  # fmt: skip
 
 
 def parse_duration(text: str | float | int) -> float:
-    """'90s', '2h', '1.5m', '250ms' or a bare number of seconds -> seconds."""
+    """'1h30m', '2w', '1d12h', '90s', '250ms', '1.5m', '2 hours' or a number of seconds -> seconds.
+
+    Parts run from the largest unit down, each unit once ('30m1h' and '1h30' are refused, as
+    typos); a number alone is seconds. NaN and infinity are refused; a negative number is
+    returned for the caller to refuse with its own bounds. Anything else is a ValueError.
+    """
     if isinstance(text, bool):
         raise ValueError(text)
     if isinstance(text, int | float):
-        return float(text)
-    match = _DURATION.match(text)
-    if not match:
+        seconds = float(text) if abs(text) < _FLOAT_MAX else math.inf  # float(10**400) raises
+    elif isinstance(text, str):
+        seconds = _duration_text_seconds(text)
+    else:
         raise ValueError(text)
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(text)
+    return seconds
+
+
+def _duration_text_seconds(text: str) -> float:
+    if len(text) > DURATION_MAX_CHARS:  # a worker's reply may be long: not worth reading
+        raise ValueError(text[:DURATION_MAX_CHARS])
+    parts, position = [], 0
+    while position < len(text) or not parts:  # part by part: no backtracking over the text
+        match = _DURATION_PART.match(text, position)
+        if match is None:
+            raise ValueError(text)
+        parts.append((float(match.group(1)), match.group(2)))
+        position = match.end()
+    if len(parts) == 1 and parts[0][1] == "":
+        return parts[0][0]
+    seconds, previous = 0.0, math.inf
+    for number, name in parts:
+        unit = _UNIT_SECONDS.get(_UNIT_NAMES.get(name, ""))
+        if unit is None or unit >= previous:
+            raise ValueError(text)
+        seconds, previous = seconds + number * unit, unit
+    return seconds
 
 
 def load_file(path: Path, shown: str | None = None) -> Node:
@@ -406,7 +447,7 @@ class Node:
         except (ValueError, TypeError):
             raise self.error(
                 f"{what} must be a duration, not {_describe(self.value)}",
-                "write e.g. 30s, 5m, 2h or a number of seconds",
+                "write e.g. 30s, 5m, 2h, 1h30m, 2w or a number of seconds",
             ) from None
         if seconds < 0:
             raise self.error(f"{what} must not be negative")

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -161,7 +162,7 @@ _TOP_KEYS = {
     "state_dir", "rules", "pipelines", "defaults", "drain_grace", "channels", "notify", "api",
     "retention",
 }  # fmt: skip
-_CHANNEL_KEYS = {"days", "hours", "timezone"}
+_CHANNEL_KEYS = {"days", "hours", "timezone", "holidays"}
 _NOTIFY_KEYS = {"targets", "digest_wait", "repeat_interval", "timeouts_per_10m", "retry_backoff"}
 _STAGE_KEYS = {
     "name", "command", "python", "mode", "concurrency", "timeout", "grace", "cwd", "env",
@@ -224,19 +225,9 @@ def _load_api(node: Node, base: Path) -> ApiSettings:
 def _load_channels(node: Node) -> Iterator[tuple[str, BusinessHours]]:
     for name, entry in node.entries("channels"):
         fields = entry.mapping(f"channel '{name}'", _CHANNEL_KEYS, frozenset({"hours"}))
-        days_node = fields.get("days")
-        try:
-            days = parse_days(days_node.text("days")) if days_node else frozenset(range(5))
-        except ValueError:
-            raise days_node.error(  # type: ignore[union-attr]
-                f"days of channel '{name}' must be like mon-fri or mon,wed,fri"
-            ) from None
-        try:
-            opens, closes = parse_hours(fields["hours"].text("hours"))
-        except ValueError:
-            raise fields["hours"].error(
-                f"hours of channel '{name}' must be like 09:00-17:00 (opening before closing)"
-            ) from None
+        what = f"channel '{name}'"
+        days = _calendar_part(fields.get("days"), f"days of {what}", parse_days, _DAYS_FIX)
+        windows = _calendar_part(fields["hours"], f"hours of {what}", parse_hours, _HOURS_FIX)
         zone = fields["timezone"].text("timezone") if "timezone" in fields else "UTC"
         try:
             timezone = ZoneInfo(zone)
@@ -244,7 +235,64 @@ def _load_channels(node: Node) -> Iterator[tuple[str, BusinessHours]]:
             raise fields["timezone"].error(
                 f"unknown time zone '{zone}'", "write an IANA name such as Europe/London"
             ) from None
-        yield name, BusinessHours(days, opens, closes, timezone)
+        closed_on = _load_holidays(fields["holidays"], what) if "holidays" in fields else None
+        yield name, BusinessHours(days or frozenset(range(5)), windows, timezone, closed_on)
+
+
+_DAYS_FIX = "write e.g. mon-fri, mon,wed,fri, fri-mon or a list of days"
+_HOURS_FIX = (
+    "write e.g. 09:00-17:00, 22:00-06:00 (over midnight), 09:00-12:00,13:00-17:00 or 00:00-24:00"
+)
+
+
+def _calendar_part(node: Node | None, what: str, parse: Callable[[str], T], fix: str) -> T | None:
+    """Days or hours: one text or a list of texts, parsed as their parts joined by commas."""
+    if node is None:
+        return None
+    if not isinstance(node.value, str | list):
+        raise node.error(f"{what} must be text or a list of text, not '{node.value}'", fix)
+    try:
+        return parse(",".join(node.text_list(what)))
+    except ValueError as exc:
+        raise node.error(f"{what}: {exc}", fix) from None
+    except ConfigError as exc:  # an entry that is not text: say what text would do
+        raise ConfigError(exc.path, exc.line, exc.column, exc.problem, fix) from None
+
+
+def _load_holidays(node: Node, what: str) -> Callable[[date], bool]:
+    """`{country: GB, subdiv: ENG}` -> whether a date is a public holiday there."""
+    if isinstance(node.value, str | int | float | bool) or node.value is None:
+        raise node.error(
+            f"holidays of {what} must be a mapping, not '{node.value}'",
+            "write e.g. holidays: {country: GB, subdiv: ENG} (subdiv is optional)",
+        )
+    fields = node.mapping(f"holidays of {what}", {"country", "subdiv"}, frozenset({"country"}))
+    try:
+        import holidays  # an optional extra: only a config naming holidays pays for it
+    except ImportError:
+        raise node.error(
+            f"holidays of {what} need the 'holidays' package, which is not installed",
+            "pip install 'pipewarden[holidays]' (or: pip install holidays) where pipewarden runs",
+        ) from None
+    supported: dict[str, list[str]] = holidays.list_supported_countries()
+    country = fields["country"].text(f"holidays country of {what}").upper()
+    if country not in supported:
+        raise fields["country"].error(
+            f"holidays of {what}: no holidays known for '{country}'",
+            "write its ISO 3166 code, such as GB, US or DE",
+        )
+    subdiv_node = fields.get("subdiv")
+    subdiv = subdiv_node.text(f"holidays subdiv of {what}") if subdiv_node else None
+    if subdiv is not None:  # 'eng' is ENG: the package's codes are case-sensitive
+        subdiv = {known.upper(): known for known in supported[country]}.get(subdiv.upper(), subdiv)
+    try:
+        calendar = holidays.country_holidays(country, subdiv=subdiv)
+    except NotImplementedError:  # the country is known: its subdivision is not
+        known = ", ".join(supported[country]) or "none: leave subdiv out"
+        raise (subdiv_node or node).error(
+            f"holidays of {what}: {country} has no subdivision '{subdiv}'", f"known: {known}"
+        ) from None
+    return calendar.__contains__
 
 
 def _load_notify(node: Node) -> NotifySettings:

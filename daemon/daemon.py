@@ -80,7 +80,7 @@ class Daemon:
         self._trouble_flush_due = False
         self._background: set[asyncio.Task[None]] = set()
         self.events = EventBus()
-        self.observers: list[Any] = []  # told of finished runs and deliveries (metrics)
+        self.observers: list[Any] = []  # told of finished runs, deliveries, reloads (metrics)
         self.systemd = SystemdNotifier()
 
     # -- what the API needs of the running daemon ---------------------------------------
@@ -93,6 +93,10 @@ class Daemon:
     def notifier(self) -> Notifier:
         assert self._scheduler is not None, "the daemon is not running"
         return self._scheduler.notifier
+
+    @property
+    def in_flight(self) -> int:
+        return self._scheduler.in_flight if self._scheduler is not None else 0
 
     def wake(self) -> None:
         if self._scheduler is not None:
@@ -301,6 +305,8 @@ class Daemon:
         assert self._store is not None
         now = self.clock.now()
         self.events.publish("reload", ok=ok, why=why, error=error, version=self.rules.version)
+        for observer in self.observers:
+            observer.reloaded(ok, now)
         record = {
             "ok": ok, "at": now, "why": why, "error": error, "version": self.rules.version,
             "rules": len(self.rules.rules), "warnings": list(self.rules.warnings),

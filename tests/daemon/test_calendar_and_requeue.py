@@ -16,7 +16,7 @@ from pipewarden.daemon import Daemon
 from pipewarden.rules import load_rules
 
 LONDON = ZoneInfo("Europe/London")
-OFFICE = BusinessHours(parse_days("mon-fri"), *parse_hours("09:00-17:00"), LONDON)
+OFFICE = BusinessHours(parse_days("mon-fri"), parse_hours("09:00-17:00"), LONDON)
 
 
 def at(text: str) -> float:
@@ -90,6 +90,41 @@ def test_an_sms_enqueued_on_saturday_waits_deferred_and_is_sent_on_monday_at_nin
     (sent,) = project.runs("bakery/sms")
     assert (sent.status, sent.started_at) == ("ok", at("2026-11-23 09:00"))
     assert project.item("outreach", "bakery/sms").state == "done"
+
+
+def test_an_sms_enqueued_on_christmas_eve_evening_waits_for_the_first_working_day(
+    project: Project,
+):
+    project.write("sender.py", "def send(data):\n    return {'sent': True}\n")
+    project.configure(
+        "outreach:\n  stages:\n    - {name: send, python: 'sender:send', channel: sms}\n",
+        extra="channels:\n  sms: {days: mon-fri, hours: '09:00-12:00,13:00-17:00',"
+        " timezone: Europe/London, holidays: {country: GB, subdiv: ENG}}\n",
+    )
+    christmas_eve = at("2026-12-24 18:00")
+    stage = load_config(project.config_path).pipeline("outreach").stages[0]
+    store = project.store()
+    store.enqueue("outreach", "send", [("bakery", {})], christmas_eve, stage.channel_for)
+    store.close()
+
+    run_daemon(project, SettableClock(christmas_eve))
+
+    waiting = project.item("outreach", "bakery")
+    # Christmas on Friday, the weekend, Boxing Day observed on Monday: Tuesday at nine.
+    assert (waiting.state, waiting.ready_at) == ("deferred", at("2026-12-29 09:00"))
+    assert project.runs("bakery") == []
+
+
+def test_a_worker_deferring_by_a_compound_duration_waits_that_long(project: Project):
+    project.write("later.py", "import json\nprint(json.dumps({'defer': '1h30m'}))\n")
+    project.configure("sites:\n  stages:\n    - {name: wait, command: [python3, later.py]}\n")
+    project.cli("enqueue", "sites", "k")
+    project.start_daemon("--until-idle").wait(30)
+
+    item = project.item("sites", "k")
+    (run,) = project.runs("k")
+    assert (item.state, run.status) == ("deferred", "deferred")
+    assert abs(item.ready_at - run.finished_at - 5400) < 5
 
 
 LAUNCHER = """
