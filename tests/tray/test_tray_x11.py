@@ -125,9 +125,15 @@ def test_clicking_a_halt_in_the_tray_menu_clears_it_in_the_daemon(
 
         wait_until(open_menu, "the menu to open")
         shot = tmp_path / "tray-menu.png"
-        subprocess.run(["import", "-window", "root", str(shot)], env=x_session, check=True)
-        with Image.open(shot) as screen:  # the icon is drawn red: a channel is halted
-            assert screen.convert("RGB").getpixel((x + width // 2, y + 6)) == COLOURS["red"][:3]
+
+        def icon_colour() -> tuple[int, int, int]:
+            subprocess.run(["import", "-window", "root", str(shot)], env=x_session, check=True)
+            with Image.open(shot) as screen:
+                return screen.convert("RGB").getpixel((x + width // 2, y + 6))
+
+        # The icon is drawn red (a channel is halted); the tray host may paint it a moment
+        # after the window's title changed, so look until it shows.
+        wait_until(lambda: icon_colour() == COLOURS["red"][:3], "the tray icon drawn red", 5.0)
 
         # Down selects "Halts" (the pipeline lines are not selectable), Right opens it.
         subprocess.run(["xdotool", "key", "Down", "Right"], env=x_session, check=True)
