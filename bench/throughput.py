@@ -11,6 +11,7 @@ run's end, so interpreter start-up is not in it. Every item must end `done` with
 from __future__ import annotations
 
 import argparse
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,8 @@ def main() -> int:
             'python: "bench_worker:noop"' if args.mode == "pool" else f"command: {COMMAND_WORKER}"
         )
         (root / "config.yaml").write_text(
-            "rules: [rules.yaml]\npipelines:\n  bench:\n    stages:\n"
+            f"rules: [rules.yaml]\napi: {{port: {free_port()}}}\n"
+            "pipelines:\n  bench:\n    stages:\n"
             f"      - {{name: noop, {worker}, mode: {args.mode},"
             f" concurrency: {args.concurrency}}}\n"
         )
@@ -74,6 +76,13 @@ def main() -> int:
         f" {wall:.2f}s wall with start-up)"
     )
     return 0
+
+
+def free_port() -> int:
+    """A port nothing listens on, so the bench never meets another daemon's API."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":
