@@ -21,12 +21,17 @@ DELAY_MAX_S = 366 * 86400.0  # the longest retry_after or defer a worker may ask
 INTERNAL_FAILURES_MAX = 3  # runs ended by internal errors before the item fails
 
 
-def cut(text: str | None, limit: int) -> str | None:
-    """`text` within `limit` UTF-8 bytes, keeping its end (where errors usually are)."""
+def cut(text: str | None, limit: int, dropped: int = 0) -> str | None:
+    """`text` within `limit` UTF-8 bytes, note included, keeping its end (where errors
+    usually are); `dropped` counts bytes already left out before `text`."""
     if text is None:
         return None
     raw = text.encode("utf-8", errors="surrogateescape")
-    if len(raw) <= limit:
+    if len(raw) <= limit and not dropped:
         return text
-    kept = raw[len(raw) - limit :].decode("utf-8", errors="ignore")
-    return f"… {len(raw) - limit} bytes cut\n{kept}"
+    room = limit - _CUT_NOTE_MAX
+    kept = raw[len(raw) - room :] if len(raw) > room else raw
+    return f"… {dropped + len(raw) - len(kept)} bytes cut\n" + kept.decode("utf-8", errors="ignore")
+
+
+_CUT_NOTE_MAX = len("… 99999999999999999999 bytes cut\n".encode())

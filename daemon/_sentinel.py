@@ -1,0 +1,40 @@
+"""The daemon's dead man's switch: when the daemon ends, however it ends, its workers end.
+
+    python -m pipewarden._sentinel INSTANCE
+
+Started by the daemon with a pipe on stdin that only the daemon holds. The read returns
+when the daemon is gone, kill -9 included, and then every process carrying
+PIPEWARDEN_DAEMON=INSTANCE, or in a session such a process leads, gets SIGKILL: a dead
+daemon's workers stop within milliseconds, not at its next start. After a clean stop it
+finds nothing left and exits.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+from pipewarden.containment import MARK_DAEMON, find_marked
+from pipewarden.processes import signal_pids
+
+ROUNDS = 50  # kill, then look again: a process may fork while it is being killed
+PAUSE_S = 0.02
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m pipewarden._sentinel INSTANCE", file=sys.stderr)
+        return 2
+    sys.stdin.buffer.read()  # returns at EOF: the daemon has closed it, or is gone
+    for _ in range(ROUNDS):
+        doomed = find_marked(MARK_DAEMON, argv[1])
+        if not doomed:
+            break
+        signal_pids(doomed, signal.SIGKILL)
+        time.sleep(PAUSE_S)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
