@@ -39,9 +39,9 @@ from pathlib import Path
 from pipewarden.processes import (
     Child,
     Identity,
+    OwnChildren,
     ProcStat,
     all_pids,
-    children,
     descendants,
     environ,
     gone,
@@ -88,6 +88,7 @@ class Containment:
         self._session = os.getsid(0)
         self._sentinel: subprocess.Popen[bytes] | None = None
         self._subreaper_before: int | None = None
+        self._own_children = OwnChildren()
 
     # -- the daemon's life ------------------------------------------------------------
     def enable(self, state_dir: Path, on_started: StartedCallback | None = None) -> None:
@@ -211,7 +212,7 @@ class Containment:
         """
         found = []
         spared = self._sentinel.pid if self._sentinel is not None else None
-        for pid in children(os.getpid(), main_thread_only=True):
+        for pid in self._own_children():
             if pid in self._workers or pid == spared:
                 continue
             stat = proc_stat(pid)

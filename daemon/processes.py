@@ -81,15 +81,10 @@ def all_pids() -> list[int]:
         return []
 
 
-def children(pid: int, main_thread_only: bool = False) -> list[int]:
-    """The children of `pid`, from /proc/PID/task/TID/children (one small read per thread).
-
-    Orphans re-parented to a subreaper, and children forked by its event loop, are all
-    children of its main thread: `main_thread_only` makes that one read.
-    """
-    tids = [pid] if main_thread_only else _threads(pid)
+def children(pid: int) -> list[int]:
+    """The children of `pid`, from /proc/PID/task/TID/children (one small read per thread)."""
     found: list[int] = []
-    for tid in tids:
+    for tid in _threads(pid):
         try:
             with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
                 found += [int(child) for child in handle.read().split()]
@@ -99,6 +94,29 @@ def children(pid: int, main_thread_only: bool = False) -> list[int]:
         except OSError:
             continue
     return found
+
+
+class OwnChildren:
+    """This process's children (of its main thread: its workers and the orphans it
+    adopted as a subreaper), re-read through one file kept open: a single pread, cheap
+    enough to ask after every item."""
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._fd = -1
+
+    def __call__(self) -> list[int]:
+        pid = os.getpid()
+        if pid != self._pid:
+            try:
+                self._fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN
+                return _children_by_scan(pid)
+            self._pid = pid
+        size = 4096
+        while len(raw := os.pread(self._fd, size, 0)) == size:
+            size *= 4
+        return [int(child) for child in raw.split()]
 
 
 def _threads(pid: int) -> list[int]:

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,11 +123,24 @@ def _finish(report: WorkerReport, output: str | None, child: Child) -> WorkerRep
     return report
 
 
-async def _until(*waits: Awaitable[Any]) -> None:
-    """Until the first of `waits` is done, cancelling none of them (a watchdog may cancel
-    this wait; the futures must live on)."""
-    futures = [asyncio.ensure_future(wait) for wait in waits]
-    await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+async def _until(*futures: asyncio.Future[Any]) -> None:
+    """Until the first of `futures` is done, cancelling none of them (a watchdog may
+    cancel this wait; the futures must live on)."""
+    if any(future.done() for future in futures):
+        return
+    woken = asyncio.get_running_loop().create_future()
+
+    def wake(_: asyncio.Future[Any]) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(wake)
+    try:
+        await woken
+    finally:
+        for future in futures:
+            future.remove_done_callback(wake)
 
 
 async def _drained(stdout: StdoutReader, stderr: StderrReader) -> None:
