@@ -15,8 +15,9 @@ descendants, and the orphans that are its worker's (same session, or its mark) â
 SIGTERM, then SIGKILL after the stage's grace, and is reaped. A pool worker keeps its
 own children across items (a browser kept warm); what escaped it ends with the attempt.
 A sweep every second reaps orphans that exited and kills those no running attempt
-claims. When the daemon dies, its sentinel (`_sentinel.py`) kills everything carrying
-its instance; at the next start, `kill_leftovers` finds anything still left by the
+claims. When the daemon dies, its sentinel (`_sentinel.py`), told of every worker's
+process group as it starts, kills those groups and everything carrying the daemon's
+instance; at the next start, `kill_leftovers` finds anything still left by the
 store's mark and by the process groups recorded on interrupted runs (matched by start
 time, so a reused pid is never hit), before any item is requeued.
 """
@@ -105,6 +106,8 @@ class Containment:
             env={k: v for k, v in os.environ.items() if k not in MARKS},
             start_new_session=True,  # a Ctrl-C or a killed process group leaves it standing
         )
+        assert self._sentinel.stdin is not None
+        os.set_blocking(self._sentinel.stdin.fileno(), False)
 
     def disable(self) -> None:
         """Stop the sentinel (it finds nothing left) and give the subreaper flag back."""
@@ -133,6 +136,7 @@ class Containment:
     def track(self, child: Child, worker_id: str, run_id: str) -> None:
         """A worker started for `run_id`: known from now on, and recorded on the run."""
         self._workers[child.pid] = _Worker(worker_id, child.identity, run_id)
+        self._tell_sentinel("+", child.identity)
         if self.on_started is not None:
             try:
                 self.on_started(run_id, child.identity)
@@ -144,7 +148,16 @@ class Containment:
         self._workers[child.pid].run_id = run_id
 
     def untrack(self, child: Child) -> None:
-        self._workers.pop(child.pid, None)
+        if self._workers.pop(child.pid, None) is not None:
+            self._tell_sentinel("-", child.identity)
+
+    def _tell_sentinel(self, sign: str, worker: Identity) -> None:
+        """One short write; if the pipe is ever full, the sentinel's scan finds the worker."""
+        if self._sentinel is not None:
+            assert self._sentinel.stdin is not None
+            line = f"{sign}{worker.pgid} {worker.start}\n".encode()
+            with contextlib.suppress(BlockingIOError, BrokenPipeError):
+                os.write(self._sentinel.stdin.fileno(), line)
 
     async def end(self, child: Child, grace_s: float, whole: bool = True) -> int:
         """Stop what is left of an attempt: SIGTERM, SIGKILL after `grace_s`, reaped.
