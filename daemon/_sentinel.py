@@ -5,9 +5,10 @@
 Started by the daemon with a pipe on stdin that only the daemon holds, on which the
 daemon writes "+PGID START" when a worker starts and "-PGID START" when it is gone. The
 pipe's end comes when the daemon is gone, kill -9 included: then the process groups of
-the workers still running (their leader still the same process) get SIGKILL at once, and every process carrying PIPEWARDEN_DAEMON=INSTANCE,
-or in a session such a process leads, right after: a dead daemon's workers stop within
-milliseconds, not at its next start. After a clean stop it finds nothing left and exits.
+the workers still running (their leader still the same process) get SIGKILL at once,
+and every process carrying PIPEWARDEN_DAEMON=INSTANCE, or in a session such a process
+leads, right after: a dead daemon's workers stop within milliseconds, not at its next
+start. After a clean stop it finds nothing left and exits.
 """
 
 from __future__ import annotations
