@@ -259,8 +259,11 @@ class Child:
             self.exited.set_result(code)
 
 
-def spawn_child(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> Child:
-    """Start a worker in a new session with three pipes; raises OSError if it cannot start."""
+def spawn(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> Child:
+    """Start a worker in a new session with three pipes; raises OSError if it cannot start.
+
+    The caller makes it known (containment) before anything else, then `attach`es its
+    pipes: until then a sweep could take it for an orphan."""
     popen = subprocess.Popen(
         list(argv),
         stdin=subprocess.PIPE,
@@ -277,20 +280,3 @@ def spawn_child(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> Child:
         popen.kill()
         popen.wait()
         raise
-
-
-async def spawn(
-    argv: Sequence[str],
-    cwd: Path,
-    env: dict[str, str],
-    stdout: asyncio.Protocol,
-    stderr: asyncio.Protocol,
-) -> Child:
-    child = spawn_child(argv, cwd, env)
-    try:
-        await child.attach(stdout, stderr)
-    except BaseException:
-        signal_group(child.pid, signal.SIGKILL)
-        child.close()
-        raise
-    return child

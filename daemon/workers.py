@@ -169,13 +169,12 @@ class ProcessWorker:
     async def run(self, job: Job, on_progress: ProgressCallback) -> WorkerReport:
         stage = self.stage
         stdout, stderr = StdoutReader(), StderrReader()
-        child = await spawn(
-            worker_argv(stage), stage.cwd, worker_env(stage, job.run_id, job), stdout, stderr
-        )
+        child = spawn(worker_argv(stage), stage.cwd, worker_env(stage, job.run_id, job))
         containment.track(child, job.run_id, job.run_id)
         reply = stdout.begin(on_progress)
         timed_out = False
         try:
+            await child.attach(stdout, stderr)
             timed_out = await self._talk(child, job, reply)
         finally:  # success, failure, timeout or shutdown: nothing of the attempt lives on
             final = await containment.end(child, stage.grace_s)
@@ -222,12 +221,14 @@ class PoolWorker:
         await self._discard(self.stage.grace_s)  # dead or out of step: what is left of it goes
         self._stdout, self._stderr = StdoutReader(), StderrReader()
         worker_id = uuid.uuid4().hex
-        child = await spawn(
-            worker_argv(self.stage), self.stage.cwd, worker_env(self.stage, worker_id),
-            self._stdout, self._stderr,
-        )  # fmt: skip
+        child = spawn(worker_argv(self.stage), self.stage.cwd, worker_env(self.stage, worker_id))
         containment.track(child, worker_id, job.run_id)  # recorded once, on the run it starts for
         self._child = child
+        try:
+            await child.attach(self._stdout, self._stderr)
+        except BaseException:
+            await self._discard(self.stage.grace_s)
+            raise
         return child
 
     async def run(self, job: Job, on_progress: ProgressCallback) -> WorkerReport:
