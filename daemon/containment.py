@@ -138,10 +138,7 @@ class Containment:
         self._workers[child.pid] = _Worker(worker_id, child.identity, run_id)
         self._tell_sentinel("+", child.identity)
         if self.on_started is not None:
-            try:
-                self.on_started(run_id, child.identity)
-            except Exception as exc:  # a record for recovery only: the attempt goes on
-                log.warning("could not record worker pid %d on run %s: %s", child.pid, run_id, exc)
+            self.on_started(run_id, child.identity)
 
     def attempt(self, child: Child, run_id: str | None) -> None:
         """A pool worker takes an item (a run id) or waits for one (None)."""

@@ -552,14 +552,14 @@ class Store:
                 ],
             )  # fmt: skip
 
-    def record_process(self, run_id: str, pid: int, pgid: int, start: int) -> None:
-        """The worker process of a running run, recorded as it starts (one small commit):
-        if the daemon dies, the next one can still find it."""
+    def record_processes(self, started: Sequence[tuple[str, int, int, int]]) -> None:
+        """(run id, pid, pgid, start time) of worker processes just started, in one commit:
+        if the daemon dies, the next one can still find them."""
         with self._write():
-            self._conn.execute(
+            self._conn.executemany(
                 "UPDATE runs SET pid = ?, pgid = ?, proc_start = ? WHERE id = ?"
                 " AND status = 'running'",
-                (pid, pgid, start, run_id),
+                [(pid, pgid, start, run_id) for run_id, pid, pgid, start in started],
             )
 
     def running_processes(self) -> list[tuple[int, int, int]]:

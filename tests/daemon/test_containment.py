@@ -364,7 +364,8 @@ def test_after_kill_9_the_restart_kills_the_old_worker_before_its_item_runs_agai
 ):
     daemon, first_run, pids = start_side_effect(project)
     kill_leftovers += pids
-    start = int(proc_field(pids[0], 22))
+    (row,) = wait_until(lambda: [r for r in project.runs("sms") if r.pgid], "the pid recorded")
+    assert (row.pid, row.pgid, row.proc_start) == (pids[0], pids[0], int(proc_field(pids[0], 22)))
     if (sentinel := sentinel_of(daemon.pid)) is not None:
         os.kill(sentinel, signal.SIGKILL)  # so only the restart can act
     daemon.send_signal(signal.SIGKILL)
@@ -377,8 +378,6 @@ def test_after_kill_9_the_restart_kills_the_old_worker_before_its_item_runs_agai
     log = project.daemon_log()
     assert "after an unclean stop: killed 2 leftover process(es)" in log
     assert log.index("killed 2 leftover") < log.index("recovered run")
-    first = project.runs("sms")[0]  # recorded as the worker started, before any kill
-    assert (first.pid, first.pgid, first.proc_start) == (pids[0], pids[0], start)
 
 
 def test_a_killed_daemons_workers_die_with_it(project: Project, kill_leftovers: list[int]):
@@ -406,9 +405,11 @@ def test_recovery_kills_a_recorded_group_only_while_its_leader_is_the_same_proce
         store.enqueue("sites", "work", [("a", {}), ("b", {})], time.time())
         claimed = store.claim("sites", "work", 2, time.time(), new_run)
         (_, run_a), (_, run_b) = claimed
-        store.record_process(run_a.run_id, same.pid, same.pid, int(proc_field(same.pid, 22)))
-        # A pid the system gave to another process since: the start time tells them apart.
-        store.record_process(run_b.run_id, reused.pid, reused.pid, 1)
+        start = int(proc_field(same.pid, 22))
+        # b: a pid the system gave to another process since: the start time tells them apart.
+        store.record_processes(
+            [(run_a.run_id, same.pid, same.pid, start), (run_b.run_id, reused.pid, reused.pid, 1)]
+        )
         store.close()
 
         assert project.start_daemon("--until-idle").wait(30) == 0
