@@ -3,7 +3,7 @@
     python -m pipewarden._sentinel INSTANCE
 
 Started by the daemon with a pipe on stdin that only the daemon holds, on which the
-daemon writes "+PGID START" when a worker starts and "-PGID START" when it is gone. The
+daemon writes "+PGID START" once a worker runs and "-PGID START" when it is gone. The
 pipe's end comes when the daemon is gone, kill -9 included: then the process groups of
 the workers still running (their leader still the same process) get SIGKILL at once,
 and every process carrying PIPEWARDEN_DAEMON=INSTANCE, or in a session such a process

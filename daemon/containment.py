@@ -15,9 +15,10 @@ descendants, and the orphans that are its worker's (same session, or its mark) â
 SIGTERM, then SIGKILL after the stage's grace, and is reaped. A pool worker keeps its
 own children across items (a browser kept warm); what escaped it ends with the attempt.
 A sweep every second reaps orphans that exited and kills those no running attempt
-claims. When the daemon dies, its sentinel (`_sentinel.py`), told of every worker's
-process group as it starts, kills those groups and everything carrying the daemon's
-instance; at the next start, `kill_leftovers` finds anything still left by the
+claims. Within ANNOUNCE_AFTER_S of its start a worker is recorded on its run and told
+to the sentinel (`_sentinel.py`), several in one go; when the daemon dies, the sentinel
+kills those process groups and everything carrying the daemon's instance; at the next
+start, `kill_leftovers` finds anything still left by the
 store's mark and by the process groups recorded on interrupted runs (matched by start
 time, so a reused pid is never hit), before any item is requeued.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -60,18 +62,20 @@ MARK_RUN = "PIPEWARDEN_RUN_ID"
 MARKS = (MARK_DAEMON, MARK_STATE_DIR, MARK_WORKER, MARK_RUN)
 
 KILL_WAIT_S = 2.0  # how long SIGKILLed processes may take to be gone
+ANNOUNCE_AFTER_S = 0.05  # new workers are recorded (one commit) and told to the sentinel
 SWEEP_EVERY_S = 1.0
 SENTINEL_STOP_S = 2.0
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 
-StartedCallback = Callable[[str, Identity], None]  # (run id, worker process)
+StartedCallback = Callable[[list[tuple[str, int, int, int]]], None]  # run, pid, pgid, start
 
 
 @dataclass
 class _Worker:
     worker_id: str
-    identity: Identity
+    child: Child
     run_id: str | None  # the attempt in flight; None while a pool worker waits for one
+    announced: bool = False  # recorded on its run, and the sentinel told
 
 
 class Containment:
@@ -90,6 +94,8 @@ class Containment:
         self._sentinel: subprocess.Popen[bytes] | None = None
         self._subreaper_before: int | None = None
         self._own_children = OwnChildren()
+        self._unannounced: list[_Worker] = []
+        self._announcing: asyncio.TimerHandle | None = None
 
     # -- the daemon's life ------------------------------------------------------------
     def enable(self, state_dir: Path, on_started: StartedCallback | None = None) -> None:
@@ -111,6 +117,10 @@ class Containment:
 
     def disable(self) -> None:
         """Stop the sentinel (it finds nothing left) and give the subreaper flag back."""
+        if self._announcing is not None:
+            self._announcing.cancel()
+            self._announcing = None
+        self._unannounced = []
         sentinel, self._sentinel = self._sentinel, None
         if sentinel is not None:
             assert sentinel.stdin is not None
@@ -134,19 +144,39 @@ class Containment:
         return marks
 
     def track(self, child: Child, worker_id: str, run_id: str) -> None:
-        """A worker started for `run_id`: known from now on, and recorded on the run."""
-        self._workers[child.pid] = _Worker(worker_id, child.identity, run_id)
-        self._tell_sentinel("+", child.identity)
-        if self.on_started is not None:
-            self.on_started(run_id, child.identity)
+        """A worker started for `run_id`: known from now on; recorded on the run and told
+        to the sentinel within ANNOUNCE_AFTER_S, with others started meanwhile."""
+        worker = self._workers[child.pid] = _Worker(worker_id, child, run_id)
+        self._unannounced.append(worker)
+        if self._announcing is None:
+            self._announcing = asyncio.get_running_loop().call_later(
+                ANNOUNCE_AFTER_S, self._announce
+            )
 
     def attempt(self, child: Child, run_id: str | None) -> None:
         """A pool worker takes an item (a run id) or waits for one (None)."""
         self._workers[child.pid].run_id = run_id
 
     def untrack(self, child: Child) -> None:
-        if self._workers.pop(child.pid, None) is not None:
+        worker = self._workers.pop(child.pid, None)
+        if worker is not None and worker.announced:
             self._tell_sentinel("-", child.identity)
+
+    def _announce(self) -> None:
+        self._announcing = None
+        started, self._unannounced = self._unannounced, []
+        started = [worker for worker in started if self._workers.get(worker.child.pid) is worker]
+        for worker in started:
+            worker.announced = True
+            self._tell_sentinel("+", worker.child.identity)
+        if self.on_started is None or not started:
+            return
+        try:
+            self.on_started(
+                [(w.run_id, *dataclasses.astuple(w.child.identity)) for w in started if w.run_id]
+            )
+        except Exception as exc:  # a record for recovery only: the attempts go on
+            log.warning("could not record %d worker process(es): %s", len(started), exc)
 
     def _tell_sentinel(self, sign: str, worker: Identity) -> None:
         """One short write; if the pipe is ever full, the sentinel's scan finds the worker."""
@@ -165,11 +195,11 @@ class Containment:
         """
         worker = self._workers[child.pid]
         doomed = self._remains(worker, child, whole)
-        if not doomed and not (whole and signal_group(child.identity.pgid, 0)):
+        if not doomed and not (whole and signal_group(child.pgid, 0)):
             return 0
         for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILL_WAIT_S)):
             if whole:
-                signal_group(child.identity.pgid, signum)
+                signal_group(child.pgid, signum)
             signal_pids(doomed, signum)
             if await self._all_gone(child, doomed, whole, wait_s):
                 return signum
@@ -192,8 +222,7 @@ class Containment:
         while True:
             self._reap_orphans()
             if all(gone(pid) for pid in doomed) and (
-                not whole
-                or (child.returncode is not None and not signal_group(child.identity.pgid, 0))
+                not whole or (child.returncode is not None and not signal_group(child.pgid, 0))
             ):
                 return True
             if time.monotonic() >= deadline:
@@ -237,7 +266,7 @@ class Containment:
 
     def _of(self, worker: _Worker, pid: int, stat: ProcStat) -> bool:
         """Whether an orphan is this worker's: in its session or group, or carrying its mark."""
-        if worker.identity.pgid in (stat.session, stat.pgrp):
+        if worker.child.pgid in (stat.session, stat.pgrp):
             return True
         marks = environ(pid)
         return (marks.get(MARK_WORKER), marks.get(MARK_DAEMON)) == (worker.worker_id, self.instance)

@@ -37,7 +37,6 @@ from pipewarden.store import Store
 log = logging.getLogger("pipewarden.daemon")
 
 RECOVERED_REASON = "daemon stopped while running"
-RECORD_EVERY_S = 0.05  # worker processes started are recorded on their runs this soon
 DAEMON_META = "daemon"  # {"stopped_cleanly": bool}: was the last stop a clean one?
 PRUNE_EVERY_S = 3600.0
 
@@ -77,8 +76,6 @@ class Daemon:
         self.events = EventBus()
         self.observers: list[Any] = []  # told of finished runs and deliveries (metrics)
         self.systemd = SystemdNotifier()
-        self._started: list[tuple[str, int, int, int]] = []  # worker processes to record
-        self._record_timer: asyncio.TimerHandle | None = None
 
     # -- what the API needs of the running daemon ---------------------------------------
     @property
@@ -111,7 +108,7 @@ class Daemon:
         store = self._store = Store(self.config.state_dir)
         try:
             notifier = Notifier(store, self.config.notify, self.clock)
-            containment.enable(self.config.state_dir, self._started_process)
+            containment.enable(self.config.state_dir, store.record_processes)
             await self._kill_leftovers(store)
             self._recover(store, notifier)
             scheduler = self._scheduler = Scheduler(
@@ -158,8 +155,6 @@ class Daemon:
             return 0
         finally:
             self._remove_signal_handlers()
-            if self._record_timer is not None:
-                self._record_timer.cancel()
             containment.disable()
             store.close()
             lock.release()
@@ -276,22 +271,6 @@ class Daemon:
         self._background.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("background task failed: %s: %s", type(error).__name__, error)
-
-    def _started_process(self, run_id: str, process: Identity) -> None:
-        """Record a worker process on its run soon, several in one commit (not one each)."""
-        self._started.append((run_id, process.pid, process.pgid, process.start))
-        if self._record_timer is None:
-            self._record_timer = asyncio.get_running_loop().call_later(
-                RECORD_EVERY_S, self._record_started
-            )
-
-    def _record_started(self) -> None:
-        self._record_timer = None
-        started, self._started = self._started, []
-        try:
-            self.store.record_processes(started)
-        except Exception as exc:  # a record for recovery only: the attempts go on
-            log.warning("could not record %d worker process(es): %s", len(started), exc)
 
     async def _kill_leftovers(self, store: Store) -> None:
         """After an unclean stop, before any item is requeued: nothing the dead daemon

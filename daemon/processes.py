@@ -191,7 +191,7 @@ class StdinProtocol(asyncio.BaseProtocol):
 
 
 class Child:
-    """A running worker: its identity, its pipes, and a future resolved with its exit code.
+    """A running worker: its pipes, its identity, and a future resolved with its exit code.
 
     The exit is seen through a pidfd and the process is reaped at once; its process group
     outlives it as long as a member does, so signalling the group afterwards stays safe.
@@ -200,14 +200,26 @@ class Child:
     def __init__(self, popen: subprocess.Popen[bytes]):
         self._popen = popen
         self.pid = popen.pid
-        stat = proc_stat(self.pid)
-        self.identity = Identity(self.pid, self.pid, stat.start if stat else 0)
+        self.pgid = popen.pid  # a new session: its own process group
+        self._start: int | None = None
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pidfd = os.pidfd_open(self.pid)
         asyncio.get_running_loop().add_reader(self._pidfd, self._reap)
         self.stdin: asyncio.WriteTransport | None = None
         self._stdin_protocol = StdinProtocol()
         self._readers: list[asyncio.BaseTransport] = []
+
+    @property
+    def identity(self) -> Identity:
+        """Read when first asked, not at spawn: reading /proc/PID/stat of a process still
+        loading its program waits for it (about a millisecond, on the event loop)."""
+        if self._start is None:
+            self._remember_start()
+        return Identity(self.pid, self.pgid, self._start or 0)
+
+    def _remember_start(self) -> None:
+        stat = proc_stat(self.pid)
+        self._start = stat.start if stat is not None else 0
 
     @property
     def returncode(self) -> int | None:
@@ -247,6 +259,8 @@ class Child:
 
     def _reap(self) -> None:
         asyncio.get_running_loop().remove_reader(self._pidfd)
+        if self._start is None:  # a zombie's stat: there while it is unreaped, and quick
+            self._remember_start()
         try:
             result = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
         finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -118,8 +119,7 @@ def _with_reply(report: WorkerReport, returncode: int | None, stderr: str | None
 
 def _finish(report: WorkerReport, output: str | None, child: Child) -> WorkerReport:
     report.output = [output] if output else []
-    report.pid, report.pgid = child.pid, child.identity.pgid
-    report.proc_start = child.identity.start
+    report.pid, report.pgid, report.proc_start = dataclasses.astuple(child.identity)
     return report
 
 
