@@ -193,6 +193,8 @@ class Containment:
         item, or a pool worker being replaced); otherwise only what escaped a pool worker
         that lives on. Returns the signal that it took (0: nothing was left).
         """
+        if not whole and not self._orphans():  # after each pool item: the usual answer
+            return 0
         worker = self._workers[child.pid]
         doomed = self._remains(worker, child, whole)
         if not doomed and not (whole and signal_group(child.pgid, 0)):

@@ -113,7 +113,15 @@ class StdoutReader(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self._split(data, 0)
+        if (  # the usual read: one whole message, nothing pending
+            self._state == _START
+            and data[:1] == b"{"
+            and data.find(b"\n") == len(data) - 1
+            and len(data) <= PARSE_ON_LOOP_MAX
+        ):
+            self._handle(data, _parse(data))
+        else:
+            self._split(data, 0)
 
     def eof_received(self) -> None:
         if self._state != _START:  # a last line without its newline
@@ -183,7 +191,7 @@ class StdoutReader(asyncio.Protocol):
         elif self._transport is not None:
             self._transport.resume_reading()
 
-    def _handle(self, line: bytearray, parsed: Parsed) -> None:
+    def _handle(self, line: bytes | bytearray, parsed: Parsed) -> None:
         if isinstance(parsed, Progress):
             if self._on_progress is not None:
                 self._on_progress(parsed)
@@ -198,7 +206,7 @@ class StdoutReader(asyncio.Protocol):
         return True
 
 
-def _parse(line: bytearray) -> Parsed:
+def _parse(line: bytes | bytearray) -> Parsed:
     try:
         parsed = parse_line(line)  # type: ignore[arg-type]
     except Exception as exc:  # e.g. RecursionError on a line nested too deep: a bad reply

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
@@ -119,7 +118,8 @@ def _with_reply(report: WorkerReport, returncode: int | None, stderr: str | None
 
 def _finish(report: WorkerReport, output: str | None, child: Child) -> WorkerReport:
     report.output = [output] if output else []
-    report.pid, report.pgid, report.proc_start = dataclasses.astuple(child.identity)
+    identity = child.identity
+    report.pid, report.pgid, report.proc_start = identity.pid, identity.pgid, identity.start
     return report
 
 
