@@ -15,10 +15,10 @@ descendants, and the orphans that are its worker's (same session, or its mark) â
 SIGTERM, then SIGKILL after the stage's grace, and is reaped. A pool worker keeps its
 own children across items (a browser kept warm); what escaped it ends with the attempt.
 A sweep every second reaps orphans that exited and kills those no running attempt
-claims. Within ANNOUNCE_AFTER_S of its start a worker is recorded on its run and told
-to the sentinel (`_sentinel.py`), several in one go; when the daemon dies, the sentinel
-kills those process groups and everything carrying the daemon's instance; at the next
-start, `kill_leftovers` finds anything still left by the
+claims. The sentinel (`_sentinel.py`) is told of every worker's process group as it
+starts; when the daemon dies, it kills those groups and everything carrying the
+daemon's instance. Within RECORD_AFTER_S of its start (several in one commit) a worker
+is recorded on its run, and at the next start, `kill_leftovers` finds anything still left by the
 store's mark and by the process groups recorded on interrupted runs (matched by start
 time, so a reused pid is never hit), before any item is requeued.
 """
@@ -62,7 +62,7 @@ MARK_RUN = "PIPEWARDEN_RUN_ID"
 MARKS = (MARK_DAEMON, MARK_STATE_DIR, MARK_WORKER, MARK_RUN)
 
 KILL_WAIT_S = 2.0  # how long SIGKILLed processes may take to be gone
-ANNOUNCE_AFTER_S = 0.05  # new workers are recorded (one commit) and told to the sentinel
+RECORD_AFTER_S = 0.05  # new workers are recorded on their runs this soon, in one commit
 SWEEP_EVERY_S = 1.0
 SENTINEL_STOP_S = 2.0
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
@@ -75,7 +75,6 @@ class _Worker:
     worker_id: str
     child: Child
     run_id: str | None  # the attempt in flight; None while a pool worker waits for one
-    announced: bool = False  # recorded on its run, and the sentinel told
 
 
 class Containment:
@@ -94,8 +93,8 @@ class Containment:
         self._sentinel: subprocess.Popen[bytes] | None = None
         self._subreaper_before: int | None = None
         self._own_children = OwnChildren()
-        self._unannounced: list[_Worker] = []
-        self._announcing: asyncio.TimerHandle | None = None
+        self._unrecorded: list[_Worker] = []
+        self._recording: asyncio.TimerHandle | None = None
 
     # -- the daemon's life ------------------------------------------------------------
     def enable(self, state_dir: Path, on_started: StartedCallback | None = None) -> None:
@@ -117,10 +116,10 @@ class Containment:
 
     def disable(self) -> None:
         """Stop the sentinel (it finds nothing left) and give the subreaper flag back."""
-        if self._announcing is not None:
-            self._announcing.cancel()
-            self._announcing = None
-        self._unannounced = []
+        if self._recording is not None:
+            self._recording.cancel()
+            self._recording = None
+        self._unrecorded = []
         sentinel, self._sentinel = self._sentinel, None
         if sentinel is not None:
             assert sentinel.stdin is not None
@@ -144,31 +143,26 @@ class Containment:
         return marks
 
     def track(self, child: Child, worker_id: str, run_id: str) -> None:
-        """A worker started for `run_id`: known from now on; recorded on the run and told
-        to the sentinel within ANNOUNCE_AFTER_S, with others started meanwhile."""
+        """A worker started for `run_id`: known from now on, told to the sentinel, and
+        recorded on the run within RECORD_AFTER_S, with others started meanwhile."""
         worker = self._workers[child.pid] = _Worker(worker_id, child, run_id)
-        self._unannounced.append(worker)
-        if self._announcing is None:
-            self._announcing = asyncio.get_running_loop().call_later(
-                ANNOUNCE_AFTER_S, self._announce
-            )
+        self._tell_sentinel("+", child.pgid)
+        self._unrecorded.append(worker)
+        if self._recording is None:
+            self._recording = asyncio.get_running_loop().call_later(RECORD_AFTER_S, self._record)
 
     def attempt(self, child: Child, run_id: str | None) -> None:
         """A pool worker takes an item (a run id) or waits for one (None)."""
         self._workers[child.pid].run_id = run_id
 
     def untrack(self, child: Child) -> None:
-        worker = self._workers.pop(child.pid, None)
-        if worker is not None and worker.announced:
-            self._tell_sentinel("-", child.identity)
+        if self._workers.pop(child.pid, None) is not None:
+            self._tell_sentinel("-", child.pgid)
 
-    def _announce(self) -> None:
-        self._announcing = None
-        started, self._unannounced = self._unannounced, []
+    def _record(self) -> None:
+        self._recording = None
+        started, self._unrecorded = self._unrecorded, []
         started = [worker for worker in started if self._workers.get(worker.child.pid) is worker]
-        for worker in started:
-            worker.announced = True
-            self._tell_sentinel("+", worker.child.identity)
         if self.on_started is None or not started:
             return
         try:
@@ -178,13 +172,12 @@ class Containment:
         except Exception as exc:  # a record for recovery only: the attempts go on
             log.warning("could not record %d worker process(es): %s", len(started), exc)
 
-    def _tell_sentinel(self, sign: str, worker: Identity) -> None:
+    def _tell_sentinel(self, sign: str, pgid: int) -> None:
         """One short write; if the pipe is ever full, the sentinel's scan finds the worker."""
         if self._sentinel is not None:
             assert self._sentinel.stdin is not None
-            line = f"{sign}{worker.pgid} {worker.start}\n".encode()
             with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                os.write(self._sentinel.stdin.fileno(), line)
+                os.write(self._sentinel.stdin.fileno(), f"{sign}{pgid}\n".encode())
 
     async def end(self, child: Child, grace_s: float, whole: bool = True) -> int:
         """Stop what is left of an attempt: SIGTERM, SIGKILL after `grace_s`, reaped.

@@ -20,6 +20,8 @@ DATA_MAX = 8 * MIB  # an item's data, as JSON
 DELAY_MAX_S = 366 * 86400.0  # the longest retry_after or defer a worker may ask for
 INTERNAL_FAILURES_MAX = 3  # runs ended by internal errors before the item fails
 
+_CUT_NOTE_MAX = len("… 99999999999999999999 bytes cut\n".encode())  # within the limit
+
 
 def cut(text: str | None, limit: int, dropped: int = 0) -> str | None:
     """`text` within `limit` UTF-8 bytes, note included, keeping its end (where errors
@@ -32,6 +34,3 @@ def cut(text: str | None, limit: int, dropped: int = 0) -> str | None:
     room = limit - _CUT_NOTE_MAX
     kept = raw[len(raw) - room :] if len(raw) > room else raw
     return f"… {dropped + len(raw) - len(kept)} bytes cut\n" + kept.decode("utf-8", errors="ignore")
-
-
-_CUT_NOTE_MAX = len("… 99999999999999999999 bytes cut\n".encode())
