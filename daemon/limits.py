@@ -14,6 +14,7 @@ REPLY_LINE_MAX = 16 * MIB  # one protocol line from a worker; longer is a protoc
 OUTPUT_KEPT = 64 * KIB  # a run's kept stdout (lines that are not protocol messages)
 STDERR_KEPT = 64 * KIB  # a run's stderr tail
 TRACEBACK_KEPT = 64 * KIB  # a run's traceback (the worker's, or its stderr tail)
+MESSAGE_KEPT = 1 * KIB  # a run's latest progress message
 ERROR_TEXT_MAX = 8 * KIB  # a run's error text
 KEY_MAX = 1 * KIB  # an item key, in UTF-8 bytes
 DATA_MAX = 8 * MIB  # an item's data, as JSON

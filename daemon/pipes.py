@@ -5,7 +5,8 @@ gathered first. The daemon holds at most one protocol line (REPLY_LINE_MAX), the
 output (OUTPUT_KEPT) and the stderr tail (STDERR_KEPT) per worker. A stdout line is a
 protocol message only if it starts with "{" (see protocol.py); any other line streams
 straight into the kept output. A "{" line over REPLY_LINE_MAX is a protocol error for
-the attempt, never an ok. A long line is parsed in a thread, with reading paused.
+the attempt, never an ok. A long line is parsed in a thread, with reading paused. A
+progress message is kept to MESSAGE_KEPT.
 
 Undecodable bytes are kept readable as backslash escapes (`\\xff`).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from pipewarden.limits import MIB, OUTPUT_KEPT, REPLY_LINE_MAX, STDERR_KEPT, cut
+from pipewarden.limits import MESSAGE_KEPT, MIB, OUTPUT_KEPT, REPLY_LINE_MAX, STDERR_KEPT, cut
 from pipewarden.protocol import Progress, Verdict, WorkerReport, parse_line
 
 PARSE_ON_LOOP_MAX = 1 * MIB  # longer lines are parsed in a thread (a dense 16 MiB: ~0.2 s)
@@ -194,7 +195,7 @@ class StdoutReader(asyncio.Protocol):
     def _handle(self, line: bytes | bytearray, parsed: Parsed) -> None:
         if isinstance(parsed, Progress):
             if self._on_progress is not None:
-                self._on_progress(parsed)
+                self._on_progress(Progress(parsed.fraction, cut(parsed.message, MESSAGE_KEPT)))
         elif parsed is None or not self._deliver(parsed):
             self.output.add(line)  # plain output, or a reply nobody is waiting for
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Project, process_gone, wait_until
-from pipewarden.limits import OUTPUT_KEPT, REPLY_LINE_MAX, TRACEBACK_KEPT
+from pipewarden.limits import MESSAGE_KEPT, OUTPUT_KEPT, REPLY_LINE_MAX, TRACEBACK_KEPT
 from pipewarden.store import NewRun
 
 
@@ -300,6 +300,27 @@ def test_fifty_megabytes_of_output_keep_64_kib_each_and_the_daemon_stays_small(p
     assert run.error == "last words \\xff\\xfe"
     assert run.output.startswith("… ") and run.output.endswith("x\nlast output")
     assert run.traceback.startswith("… ") and run.traceback.endswith("e\nlast words \\xff\\xfe")
+
+
+def test_a_progress_message_is_kept_within_its_limit(project: Project):
+    project.write(
+        "chatty.py",
+        """
+        import json, sys
+        sys.stdin.readline()
+        print(json.dumps({"progress": 0.5, "message": "m" * 1_000_000 + " halfway"}))
+        print(json.dumps({"ok": True}))
+        """,
+    )
+    one_stage(project, "command: [python3, chatty.py]")
+    project.cli("enqueue", "sites", "a")
+    project.start_daemon()
+
+    (run,) = wait_until(lambda: finished(project, "a"), "the run to end")
+
+    assert run.status == "ok"
+    assert len(run.message.encode()) <= MESSAGE_KEPT
+    assert run.message.startswith("… ") and run.message.endswith("m halfway")
 
 
 def test_binary_stderr_is_kept_readable(project: Project):
