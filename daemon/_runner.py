@@ -11,6 +11,11 @@ Raising an exception fails the attempt with its type, message and traceback. A
 returned dict holding "ok", "defer", "defer_until" or "ignore" is passed on as a
 protocol reply as it is, e.g. `return {"defer": "1h"}` or `{"ignore": "reason"}`.
 
+Per item, PIPEWARDEN_RUN_ID, PIPEWARDEN_ITEM, PIPEWARDEN_ATTEMPT and TRACEPARENT are set
+in the environment, so what the function starts is marked with its run (see
+containment.py). The runner dies with the daemon (PR_SET_PDEATHSIG): a worker of a
+killed daemon does no more work.
+
 Standard library only: this module is imported in every worker process.
 """
 
@@ -20,6 +25,7 @@ import importlib
 import inspect
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -46,6 +52,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or ":" not in argv[1]:
         print("usage: python -m pipewarden._runner module:function", file=sys.stderr)
         return 2
+    _die_with_parent()
     # The protocol owns the real stdout; everything else that writes to fd 1 (the user's
     # prints, a library's banner, a subprocess) lands on stderr and cannot corrupt it.
     protocol_out = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
@@ -60,6 +67,14 @@ def main(argv: list[str]) -> int:
         message = json.loads(line)
         _send(protocol_out, _call(function, message, wants_context, protocol_out))
     return 0
+
+
+def _die_with_parent() -> None:
+    """SIGKILL when the daemon that started this worker dies, however it dies (one that
+    dies while this process starts up is the sentinel's to handle)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
 
 
 def _load(target: str) -> Callable[..., Any]:
@@ -90,6 +105,9 @@ def _call(function: Callable[..., Any], message: dict[str, Any], wants_context: 
     data = message.get("data") or {}
     # W3C trace context for this item: the user's own tracing (OpenTelemetry) picks it up.
     os.environ["TRACEPARENT"] = message.get("traceparent", "")
+    os.environ["PIPEWARDEN_RUN_ID"] = message.get("run", "")
+    os.environ["PIPEWARDEN_ITEM"] = message.get("item", "")
+    os.environ["PIPEWARDEN_ATTEMPT"] = str(message.get("attempt", 1))
     try:
         result = function(data, Context(message, out)) if wants_context else function(data)
     except KeyboardInterrupt:

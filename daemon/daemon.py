@@ -1,6 +1,8 @@
 """The daemon's life: lock the state dir, recover from an unclean stop, run, drain.
 
-Signal handlers only set flags or wake the loop; the loop acts and says why.
+At start the daemon becomes a child subreaper (see containment.py). After an unclean
+stop it first kills what the dead daemon's workers left running, then requeues their
+items. Signal handlers only set flags or wake the loop; the loop acts and says why.
 SIGTERM / SIGINT: stop claiming, let in-flight runs finish within the drain grace,
 interrupt and requeue the rest, exit 0. SIGUSR1: something was enqueued, look now.
 """
@@ -21,11 +23,13 @@ from pipewarden import reload as reload_module
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
 from pipewarden.config import Config
+from pipewarden.containment import containment
 from pipewarden.errors import PipewardenError
 from pipewarden.events import EventBus
 from pipewarden.guard import Guard, stages_by_pipeline
 from pipewarden.lock import DaemonLock
 from pipewarden.notifier import Notifier
+from pipewarden.processes import Identity
 from pipewarden.rules import Rule, RuleSet
 from pipewarden.scheduler import Scheduler
 from pipewarden.sdnotify import SystemdNotifier
@@ -34,6 +38,7 @@ from pipewarden.store import Store
 log = logging.getLogger("pipewarden.daemon")
 
 RECOVERED_REASON = "daemon stopped while running"
+DAEMON_META = "daemon"  # {"stopped_cleanly": bool}: was the last stop a clean one?
 PRUNE_EVERY_S = 3600.0
 WATCH_RETRY_S = 1.0  # a failed file watcher starts again after this, doubling up to the max
 WATCH_RETRY_MAX_S = 10.0
@@ -118,6 +123,8 @@ class Daemon:
         store = self._store = Store(self.config.state_dir)
         try:
             notifier = Notifier(store, self.config.notify, self.clock)
+            containment.enable(self.config.state_dir, store.record_processes)
+            await self._kill_leftovers(store)
             self._recover(store, notifier)
             scheduler = self._scheduler = Scheduler(
                 self.config,
@@ -146,6 +153,7 @@ class Daemon:
             self.systemd.ready(self.summary())
             self._spawn(self.systemd.watchdog(self.summary))
             self._spawn(self._keep_the_books())
+            self._spawn(containment.keep_sweeping())
             await scheduler.run(self._stop, until_idle=until_idle)
             self._stop.set()  # ends the file watcher too
             reason = (
@@ -157,10 +165,12 @@ class Daemon:
             for task in self._background:
                 task.cancel()  # the watchdog pings; the file watcher ends with the stop event
             await asyncio.gather(*self._background, return_exceptions=True)
+            store.set_meta(DAEMON_META, {"stopped_cleanly": True})
             log.info("stopped cleanly")
             return 0
         finally:
             self._remove_signal_handlers()
+            containment.disable()
             store.close()
             lock.release()
 
@@ -355,6 +365,21 @@ class Daemon:
         self._background.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("background task failed: %s: %s", type(error).__name__, error)
+
+    async def _kill_leftovers(self, store: Store) -> None:
+        """After an unclean stop, before any item is requeued: nothing the dead daemon
+        started may still run beside the requeued copy of its work."""
+        previous = store.get_meta(DAEMON_META)
+        store.set_meta(DAEMON_META, {"stopped_cleanly": False})
+        interrupted = [Identity(*row) for row in store.running_processes()]
+        if (previous is None or previous.get("stopped_cleanly")) and not interrupted:
+            return
+        killed = await containment.kill_leftovers(interrupted)
+        log.log(
+            logging.WARNING if killed else logging.INFO,
+            "after an unclean stop: killed %d leftover process(es) of the previous daemon's"
+            " workers", killed,
+        )  # fmt: skip
 
     def _recover(self, store: Store, notifier: Notifier) -> None:
         hold = {

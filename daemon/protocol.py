@@ -55,6 +55,8 @@ class WorkerReport:
     exit_code: int | None = None
     signal: int | None = None
     pid: int | None = None
+    pgid: int | None = None
+    proc_start: int | None = None  # the worker's start time, /proc/PID/stat field 22
     output: list[str] = field(default_factory=list)
     progress: float | None = None
     message: str | None = None

@@ -497,6 +497,8 @@ class Scheduler:
             exit_code=report.exit_code,
             signal=report.signal,
             pid=report.pid,
+            pgid=report.pgid,
+            proc_start=report.proc_start,
             error=decision.error,
             error_type=report.error_type,
             traceback=report.traceback,

@@ -89,6 +89,8 @@ class Run(pw.Model):
     trace_id = pw.TextField(null=True)
     progress = pw.FloatField(null=True)  # schema 2
     message = pw.TextField(null=True)  # schema 2
+    pgid = pw.IntegerField(null=True)  # schema 6: the worker's process group
+    proc_start = pw.IntegerField(null=True)  # schema 6: its start time (/proc/PID/stat 22)
 
     class Meta:
         table_name = "runs"
@@ -252,6 +254,10 @@ _MIGRATIONS: list[list[str]] = [
         "DROP INDEX items_by_label",
     ],
     _COUNTS_MIGRATION,
+    [  # 6: the worker process of each run, so a restart can kill what a dead daemon left
+        "ALTER TABLE runs ADD COLUMN pgid INTEGER",
+        "ALTER TABLE runs ADD COLUMN proc_start INTEGER",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -308,6 +314,8 @@ class FinishedRun:
     exit_code: int | None = None
     signal: int | None = None
     pid: int | None = None
+    pgid: int | None = None
+    proc_start: int | None = None
     error: str | None = None
     error_type: str | None = None
     traceback: str | None = None
@@ -334,7 +342,8 @@ class Recovered:
 
 
 _RUN_END_COLUMNS = (
-    "status", "finished_at", "duration_s", "exit_code", "signal", "pid", "error", "error_type",
+    "status", "finished_at", "duration_s", "exit_code", "signal", "pid", "pgid", "proc_start",
+    "error", "error_type",
     "traceback", "output", "group_name", "label", "category", "type", "rule_id",
     "rules_version", "rows_out", "cost", "progress", "message",
 )  # fmt: skip
@@ -542,6 +551,23 @@ class Store:
                     for f in finished
                 ],
             )  # fmt: skip
+
+    def record_processes(self, started: Sequence[tuple[str, int, int, int]]) -> None:
+        """(run id, pid, pgid, start time) of worker processes just started, in one commit:
+        if the daemon dies, the next one can still find them."""
+        with self._write():
+            self._conn.executemany(
+                "UPDATE runs SET pid = ?, pgid = ?, proc_start = ? WHERE id = ?"
+                " AND status = 'running'",
+                [(pid, pgid, start, run_id) for run_id, pid, pgid, start in started],
+            )
+
+    def running_processes(self) -> list[tuple[int, int, int]]:
+        """(pid, pgid, start time) of the worker processes of runs left `running`."""
+        return self._conn.execute(
+            "SELECT pid, pgid, proc_start FROM runs INDEXED BY runs_by_status"
+            " WHERE status = 'running' AND pgid IS NOT NULL AND proc_start IS NOT NULL"
+        ).fetchall()
 
     def recover_interrupted(
         self, now: float, hold_stages: set[tuple[str, str]], reason: str

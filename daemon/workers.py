@@ -1,10 +1,13 @@
 """Running one attempt: a fresh process per item, or a pool of long-lived processes.
 
-Both speak the protocol in `protocol.py` and both run under the watchdog: at the
-stage's timeout the worker's whole process group gets SIGTERM, then SIGKILL after
-the grace, and the attempt ends `timed_out`. A pool worker that is killed or dies is
-replaced by a fresh one for the next item. Whatever way an attempt ends, the
-report carries an error text when it did not succeed.
+Both speak the protocol in `protocol.py` and both run under the watchdog, which covers
+the whole attempt, the wait for the process included: at the stage's timeout the
+worker's whole process group gets SIGTERM, then SIGKILL after the grace, and the
+attempt ends `timed_out`. The reply counts the moment it arrives; a child still holding
+the pipes cannot change it. However an attempt ends, `containment` stops what is left
+of it. A pool worker that is killed, dies or gets out of step is replaced by a fresh
+one for the next item. Whatever way an attempt ends, the report carries an error text
+when it did not succeed, and its stderr tail when it failed, timed out or was killed.
 """
 
 from __future__ import annotations
@@ -12,20 +15,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pipewarden.config import Stage
-from pipewarden.processes import StderrTail, describe_signal, spawn, terminate_tree
-from pipewarden.protocol import Progress, Verdict, WorkerReport, parse_line, request_line
+from pipewarden.containment import MARKS, containment
+from pipewarden.limits import TRACEBACK_KEPT, cut
+from pipewarden.pipes import StderrReader, StdoutReader, last_line
+from pipewarden.processes import Child, describe_signal, spawn
+from pipewarden.protocol import Progress, Verdict, WorkerReport, request_line
 
-STDERR_TAIL_LINES = 30  # kept on a failed run
-OUTPUT_LINES_KEPT = 50  # non-protocol stdout lines kept on a run
 STOP_GRACE_S = 2.0  # grace for an idle pool worker at shutdown
+PIPE_DRAIN_S = 1.0  # once a worker's processes are gone, how long its pipes may take to close
 
 ProgressCallback = Callable[[Progress], None]
+_JOB_VARIABLES = ("PIPEWARDEN_ITEM", "PIPEWARDEN_ATTEMPT", "TRACEPARENT")
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,10 @@ class Job:
     def traceparent(self) -> str:
         return f"00-{self.trace_id}-{self.run_id[:16]}-01"
 
+    @property
+    def request(self) -> bytes:
+        return request_line(self.key, self.run_id, self.attempt, self.data, self.traceparent)
+
 
 def worker_argv(stage: Stage) -> list[str]:
     if stage.python:
@@ -48,76 +60,94 @@ def worker_argv(stage: Stage) -> list[str]:
     return list(stage.command)
 
 
-def worker_env(stage: Stage, job: Job | None = None) -> dict[str, str]:
-    env = dict(os.environ)
+def worker_env(stage: Stage, worker_id: str, job: Job | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (*MARKS, *_JOB_VARIABLES)}
     env.update(stage.env)
     env["PYTHONUNBUFFERED"] = "1"
     env["PIPEWARDEN_PIPELINE"] = stage.pipeline
     env["PIPEWARDEN_STAGE"] = stage.name
+    env.update(containment.env(worker_id, job.run_id if job else None))
     if job is not None:
         env["PIPEWARDEN_ITEM"] = job.key
-        env["PIPEWARDEN_RUN_ID"] = job.run_id
         env["PIPEWARDEN_ATTEMPT"] = str(job.attempt)
         env["TRACEPARENT"] = job.traceparent
     return env
 
 
-def timeout_report(stage: Stage, final_signal: int, pid: int) -> WorkerReport:
+def timeout_report(stage: Stage, final_signal: int, stderr: str | None) -> WorkerReport:
     how = (
-        "stopped by SIGTERM"
-        if final_signal != 9
-        else f"killed by SIGKILL after {stage.grace_s:g}s grace"
+        f"killed by SIGKILL after {stage.grace_s:g}s grace"
+        if final_signal == signal.SIGKILL
+        else "stopped by SIGTERM"
     )
     return WorkerReport(
         Verdict.ERROR,
         error=f"Timed out after {stage.timeout_s:g}s ({how})",
         error_type="TimeoutError",
         exception_types=("TimeoutError",),
+        traceback=cut(stderr, TRACEBACK_KEPT),
         timed_out=True,
-        signal=final_signal,
-        pid=pid,
+        signal=final_signal or signal.SIGTERM,
     )
 
 
-def exit_report(returncode: int, stderr: list[str], pid: int, replied: bool) -> WorkerReport:
+def exit_report(returncode: int, stderr: str | None, replied: bool) -> WorkerReport:
     """An attempt whose worker ended without a result line."""
-    tail = "\n".join(stderr[-STDERR_TAIL_LINES:]) or None
+    tail = cut(stderr, TRACEBACK_KEPT)
     if returncode < 0:
         signum = -returncode
         error = f"worker exited with signal {signum} ({describe_signal(signum)})"
-        return WorkerReport(Verdict.ERROR, error=error, signal=signum, pid=pid, traceback=tail)
+        return WorkerReport(Verdict.ERROR, error=error, signal=signum, traceback=tail)
     if returncode == 0 and not replied:
-        return WorkerReport(Verdict.OK, exit_code=0, pid=pid)
-    last_line = next((line.strip() for line in reversed(stderr) if line.strip()), "")
-    error = last_line or f"exit code {returncode}, no output"
-    return WorkerReport(Verdict.ERROR, error=error, exit_code=returncode, pid=pid, traceback=tail)
+        return WorkerReport(Verdict.OK, exit_code=0)
+    error = last_line(stderr) or f"exit code {returncode}, no output"
+    return WorkerReport(Verdict.ERROR, error=error, exit_code=returncode, traceback=tail)
 
 
-async def _read_reply(
-    stdout: asyncio.StreamReader, on_progress: ProgressCallback, output: list[str]
-) -> WorkerReport | None:
-    """Read lines until a result arrives (returned) or the stream ends (None)."""
-    while True:
-        try:
-            raw = await stdout.readline()
-        except ValueError:
-            output.append("[a stdout line longer than the limit was dropped]")
-            continue
-        if not raw:
-            return None
-        parsed = parse_line(raw)
-        if isinstance(parsed, WorkerReport):
-            return parsed
-        if isinstance(parsed, Progress):
-            on_progress(parsed)
-        elif len(output) < OUTPUT_LINES_KEPT:
-            output.append(parsed)
-
-
-def _finish(report: WorkerReport, output: list[str], pid: int) -> WorkerReport:
-    report.output = output
-    report.pid = pid
+def _with_reply(report: WorkerReport, returncode: int | None, stderr: str | None) -> WorkerReport:
+    """A result line from the worker, with how the process ended and, on failure, stderr."""
+    if returncode is not None and returncode >= 0:
+        report.exit_code = returncode
+    elif returncode is not None:
+        report.signal = -returncode
+    if report.verdict is Verdict.ERROR and report.traceback is None:
+        report.traceback = stderr
+    report.traceback = cut(report.traceback, TRACEBACK_KEPT)
     return report
+
+
+def _finish(report: WorkerReport, output: str | None, child: Child) -> WorkerReport:
+    report.output = [output] if output else []
+    identity = child.identity
+    report.pid, report.pgid, report.proc_start = identity.pid, identity.pgid, identity.start
+    return report
+
+
+async def _until(*futures: asyncio.Future[Any]) -> None:
+    """Until the first of `futures` is done, cancelling none of them (a watchdog may
+    cancel this wait; the futures must live on)."""
+    if any(future.done() for future in futures):
+        return
+    woken = asyncio.get_running_loop().create_future()
+
+    def wake(_: asyncio.Future[Any]) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(wake)
+    try:
+        await woken
+    finally:
+        for future in futures:
+            future.remove_done_callback(wake)
+
+
+async def _drained(stdout: StdoutReader, stderr: StderrReader) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(PIPE_DRAIN_S):
+            await stdout.closed.wait()
+            await stderr.closed.wait()
 
 
 class ProcessWorker:
@@ -137,123 +167,134 @@ class ProcessWorker:
         """Nothing lives between attempts."""
 
     async def run(self, job: Job, on_progress: ProgressCallback) -> WorkerReport:
-        proc = await spawn(worker_argv(self.stage), self.stage.cwd, worker_env(self.stage, job))
-        tail = StderrTail()
-        stderr_task = asyncio.create_task(tail.consume(proc.stderr))  # type: ignore[arg-type]
-        output: list[str] = []
+        stage = self.stage
+        stdout, stderr = StdoutReader(), StderrReader()
+        child = spawn(worker_argv(stage), stage.cwd, worker_env(stage, job.run_id, job))
+        containment.track(child, job.run_id, job.run_id)
+        reply = stdout.begin(on_progress)
+        timed_out = False
+        try:
+            await child.attach(stdout, stderr)
+            timed_out = await self._talk(child, job, reply)
+        finally:  # success, failure, timeout or shutdown: nothing of the attempt lives on
+            final = await containment.end(child, stage.grace_s)
+            await _drained(stdout, stderr)
+            child.close()
+            containment.untrack(child)
+        output, tail = stdout.end(), stderr.tail.text()
+        if reply.done():
+            report = _with_reply(reply.result(), child.returncode, tail)
+        elif timed_out:
+            report = timeout_report(stage, final, tail)
+        else:
+            assert child.returncode is not None
+            report = exit_report(child.returncode, tail, replied=False)
+        return _finish(report, output, child)
+
+    async def _talk(self, child: Child, job: Job, reply: asyncio.Future[WorkerReport]) -> bool:
+        """Until the worker exits, its reply perhaps first; True if the watchdog fired first."""
+        assert child.stdin is not None
+        child.stdin.write(job.request)
+        child.close_stdin()
         try:
             async with asyncio.timeout(self.stage.timeout_s):
-                return await self._talk(proc, job, on_progress, tail, output)
+                await _until(reply, child.exited)
+                await _until(child.exited)  # a worker that replied still has until the timeout
         except TimeoutError:
-            final = await terminate_tree(proc, self.stage.grace_s)
-            return _finish(timeout_report(self.stage, final, proc.pid), output, proc.pid)
-        except asyncio.CancelledError:
-            await terminate_tree(proc, self.stage.grace_s)
-            raise
-        finally:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(tail.closed.wait(), 1.0)
-            stderr_task.cancel()
-
-    async def _talk(
-        self,
-        proc: asyncio.subprocess.Process,
-        job: Job,
-        on_progress: ProgressCallback,
-        tail: StderrTail,
-        output: list[str],
-    ) -> WorkerReport:
-        assert proc.stdin and proc.stdout
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.write(
-                request_line(job.key, job.run_id, job.attempt, job.data, job.traceparent)
-            )
-            await proc.stdin.drain()
-            proc.stdin.close()
-        reply = await _read_reply(proc.stdout, on_progress, output)
-        if reply is not None:  # keep reading: later lines are output, and EOF means exit
-            while raw := await proc.stdout.readline():
-                if isinstance(parsed := parse_line(raw), str) and len(output) < OUTPUT_LINES_KEPT:
-                    output.append(parsed)
-        returncode = await proc.wait()
-        await tail.closed.wait()
-        if reply is None:
-            reply = exit_report(returncode, tail.since(0), proc.pid, replied=False)
-        else:
-            reply.exit_code = returncode
-            if reply.verdict is Verdict.ERROR and reply.traceback is None:
-                reply.traceback = "\n".join(tail.since(0)[-STDERR_TAIL_LINES:]) or None
-        return _finish(reply, output, proc.pid)
+            return not reply.done()
+        return False
 
 
 class PoolWorker:
-    """One long-lived process reading items one after another; restarted when it dies."""
+    """One long-lived process reading items one after another; replaced when it dies."""
 
     def __init__(self, stage: Stage):
         self.stage = stage
-        self._proc: asyncio.subprocess.Process | None = None
-        self._tail = StderrTail()
-        self._stderr_task: asyncio.Task[None] | None = None
+        self._child: Child | None = None
+        self._stdout = StdoutReader()
+        self._stderr = StderrReader()
 
-    async def _ensure_started(self) -> asyncio.subprocess.Process:
-        if self._proc is None or self._proc.returncode is not None:
-            self._proc = await spawn(
-                worker_argv(self.stage), self.stage.cwd, worker_env(self.stage)
-            )
-            self._tail = StderrTail()
-            self._stderr_task = asyncio.create_task(self._tail.consume(self._proc.stderr))  # type: ignore[arg-type]
-        return self._proc
-
-    async def run(self, job: Job, on_progress: ProgressCallback) -> WorkerReport:
-        proc = await self._ensure_started()
-        assert proc.stdin and proc.stdout
-        mark = self._tail.mark()
-        output: list[str] = []
+    async def _ensure_started(self, job: Job) -> Child:
+        child = self._child
+        if child is not None and child.returncode is None and not self._stdout.out_of_step:
+            return child
+        await self._discard(self.stage.grace_s)  # dead or out of step: what is left of it goes
+        self._stdout, self._stderr = StdoutReader(), StderrReader()
+        worker_id = uuid.uuid4().hex
+        child = spawn(worker_argv(self.stage), self.stage.cwd, worker_env(self.stage, worker_id))
+        containment.track(child, worker_id, job.run_id)  # recorded once, on the run it starts for
+        self._child = child
         try:
-            proc.stdin.write(
-                request_line(job.key, job.run_id, job.attempt, job.data, job.traceparent)
-            )
-            async with asyncio.timeout(self.stage.timeout_s):
-                await proc.stdin.drain()
-                reply = await _read_reply(proc.stdout, on_progress, output)
-        except TimeoutError:
-            final = await self._discard(self.stage.grace_s)
-            return _finish(timeout_report(self.stage, final, proc.pid), output, proc.pid)
-        except (BrokenPipeError, ConnectionResetError):
-            reply = None
-        except asyncio.CancelledError:
+            await child.attach(self._stdout, self._stderr)
+        except BaseException:
             await self._discard(self.stage.grace_s)
             raise
-        if reply is None:  # the worker died mid-item: say how, from its exit and stderr
-            returncode = await proc.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tail.closed.wait(), 1.0)
-            self._proc = None
-            report = exit_report(returncode, self._tail.since(mark), proc.pid, replied=True)
+        return child
+
+    async def run(self, job: Job, on_progress: ProgressCallback) -> WorkerReport:
+        child = await self._ensure_started(job)
+        containment.attempt(child, job.run_id)
+        stdout, stderr = self._stdout, self._stderr
+        reply = stdout.begin(on_progress)
+        mark = stderr.tail.total
+        try:
+            timed_out = await self._talk(child, job, reply)
+        except asyncio.CancelledError:
+            stdout.end()
+            await self._discard(self.stage.grace_s)
+            raise
+        if reply.done() and child.returncode is None:  # it lives on; what escaped it goes
+            await containment.end(child, self.stage.grace_s, whole=False)
+            containment.attempt(child, None)
+            report = _with_reply(reply.result(), None, stderr.tail.text(mark))
+            return _finish(report, stdout.end(), child)
+        final = await self._discard(self.stage.grace_s)  # timed out, or died mid-item
+        output, tail = stdout.end(), stderr.tail.text(mark)
+        if reply.done():
+            report = _with_reply(reply.result(), child.returncode, tail)
+        elif timed_out:
+            report = timeout_report(self.stage, final, tail)
+        else:
+            assert child.returncode is not None
+            report = exit_report(child.returncode, tail, replied=True)
             if report.verdict is Verdict.OK:  # exit 0 without a reply is still a lost item
                 report = WorkerReport(
                     Verdict.ERROR, error="worker exited before replying", exit_code=0
                 )
-            return _finish(report, output, proc.pid)
-        if reply.verdict is Verdict.ERROR and reply.traceback is None:
-            reply.traceback = "\n".join(self._tail.since(mark)[-STDERR_TAIL_LINES:]) or None
-        return _finish(reply, output, proc.pid)
+        return _finish(report, output, child)
+
+    async def _talk(self, child: Child, job: Job, reply: asyncio.Future[WorkerReport]) -> bool:
+        """Until the reply or the worker's end; True if the watchdog fired first."""
+        try:
+            async with asyncio.timeout(self.stage.timeout_s):
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    await child.send(job.request)  # one that closed its stdin is waited for
+                await _until(reply, child.exited)
+        except TimeoutError:
+            return not reply.done()
+        return False
 
     async def _discard(self, grace_s: float) -> int:
-        proc, self._proc = self._proc, None
-        if proc is None:
+        """End the worker and everything it started; returns the signal that took."""
+        child, self._child = self._child, None
+        if child is None:
             return 0
-        return await terminate_tree(proc, grace_s)
+        final = await containment.end(child, grace_s)
+        await _drained(self._stdout, self._stderr)
+        child.close()
+        containment.untrack(child)
+        return final
 
     async def stop(self) -> None:
         """Close stdin (a protocol worker exits at EOF) and make sure the tree is gone."""
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
+        child = self._child
+        if child is None:
             return
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError, AttributeError):
-            proc.stdin.close()  # type: ignore[union-attr]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+        if child.returncode is None:
+            child.close_stdin()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_GRACE_S):
+                    await _until(child.exited)
         await self._discard(STOP_GRACE_S)
 
 
