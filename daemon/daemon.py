@@ -116,7 +116,7 @@ class Daemon:
         try:
             notifier = Notifier(store, self.config.notify, self.clock)
             self._recover(store, notifier)
-            self._code = reload_module.stage_code(self.config)
+            self._code = await asyncio.to_thread(reload_module.stage_code, self.config)
             scheduler = self._scheduler = Scheduler(
                 self.config,
                 store,

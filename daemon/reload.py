@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipewarden.config import Config, Stage, load_config
+from pipewarden.limits import MIB
 from pipewarden.rules import RuleSet, load_rules
 
 log = logging.getLogger("pipewarden.reload")
@@ -33,6 +34,7 @@ DEBOUNCE_MS = 50  # editors write a file in several steps; wait this long for qu
 CATCH_UP_MS = 1000  # a watch started again reloads at most this long after it is in place
 RULE_SUFFIXES = (".yaml", ".yml")
 CODE_FILES_MAX = 500  # a stage's source files followed at most: a reload stays quick
+CODE_FILE_READ_MAX = 4 * MIB  # bigger files are known by size and time, not read
 
 
 @dataclass(frozen=True)
@@ -81,16 +83,21 @@ def _source_files(stage: Stage, root: Path) -> set[Path]:
     worker imports them (its cwd for a `python:` stage, a script's own folder)."""
     if stage.python:
         return _followed([stage.python.partition(":")[0]], stage.cwd.resolve(), root)
-    scripts = []
-    for arg in stage.command or ():
-        path = (stage.cwd / arg).resolve() if arg and "\0" not in arg else None
-        if path is not None and path.is_relative_to(root) and path.is_file():
-            scripts.append(path)
+    scripts = [path for arg in stage.command or () if (path := _script(arg, stage.cwd, root))]
     files = set(scripts)
     for script in scripts:
         if script.suffix == ".py":
             files |= _followed(_imports(script, ""), script.parent, root)
     return files
+
+
+def _script(arg: str, cwd: Path, root: Path) -> Path | None:
+    """The file under `root` a command's argument names, if it names one."""
+    try:
+        path = (cwd / arg).resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
+    except (OSError, RuntimeError, ValueError):  # a name too long, a symlink loop, a NUL
+        return None
 
 
 def _followed(modules: list[str], search: Path, root: Path) -> set[Path]:
@@ -167,7 +174,12 @@ def _absolute(module: str | None, level: int, package: str) -> str | None:
 
 
 def _file_hash(path: Path) -> str:
+    """What the file holds, as a hash; a big one (a command's data file, not its code) by its
+    size and time of change, so a reload never reads gigabytes."""
     try:
+        stat = path.stat()
+        if stat.st_size > CODE_FILE_READ_MAX:
+            return f"{stat.st_size} bytes, changed {stat.st_mtime_ns}"
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     except OSError as exc:  # gone or unreadable since it was found: that, too, is its state
         return f"unreadable: {exc.strerror}"
@@ -220,6 +232,7 @@ async def watch(
             changed == current().path
             or changed in folders
             or (changed.suffix in RULE_SUFFIXES and changed.parent in required)
+            or any(changed in stage.files for stage in code().values())
             # any module there: one a changed file now imports may be new
             or (changed.suffix == ".py" and changed.parent in sources)
         )

@@ -828,8 +828,10 @@ class Store:
         with self._write():
             found = self._held(pipeline, keys)
             changed = [key for _, key in found]
-            given = list(dict.fromkeys(keys or ()))
-            not_held = self._states(pipeline, [k for k in given if k not in set(changed)])
+            done = set(changed)
+            not_held = self._states(
+                pipeline, [k for k in dict.fromkeys(keys or ()) if k not in done]
+            )
             if dry_run or not found:
                 return HeldChange(changed, not_held)
             if fail_reason is None:
