@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 from pipewarden import control
 from pipewarden.auth import LOGIN_CODE_TTL_S, SESSION_TTL_S, Gate, GateMiddleware, own_origins
-from pipewarden.errors import PipewardenError
+from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.inputs import items_field
 from pipewarden.limits import API_RUNS_MAX
 from pipewarden.metrics import Metrics
@@ -38,6 +38,7 @@ from pipewarden.render import run_as_dict
 from pipewarden.schema import Param, RequestTooLarge, Schema, body, query
 from pipewarden.socket_api import PEER, bind_unix_socket, protocol_for
 from pipewarden.status import hold_as_dict, status_snapshot
+from pipewarden.store import HeldChange
 from pipewarden.story import item_story
 from pipewarden.types import RunStatus
 from starlette.applications import Starlette
@@ -166,6 +167,11 @@ RETRY_BODY: Schema = {
     "since_s": Param(float, None, above=0), "dry_run": Param(bool, False),
     "force": Param(bool, False),
 }  # fmt: skip
+RELEASE_BODY: Schema = {
+    "pipeline": Param(str), "keys": Param(list, None), "all_held": Param(bool, False),
+    "dry_run": Param(bool, False),
+}  # fmt: skip
+FAIL_BODY: Schema = {**RELEASE_BODY, "reason": Param(str)}
 SESSION_BODY: Schema = {"code": Param(str)}
 
 # The page is public (it holds no data and no secret), but no other site may frame it.
@@ -269,7 +275,34 @@ def _build_app(api: ApiServer) -> Starlette:
         data = await body(request, RETRY_BODY)
         count = control.retry(daemon.store, daemon.config, data, daemon.clock.now())
         changed()
-        return JSONResponse({"label": data["label"], "items": count, "dry_run": data["dry_run"]})
+        return JSONResponse({"label": data["label"], "items": count, "dry_run": data["dry_run"],
+                             "held": control.held_count(daemon.store, data)})  # fmt: skip
+
+    def held_keys(data: dict) -> list[str] | None:
+        if data["all_held"] == (data["keys"] is not None):
+            raise UsageError("give 'keys' or 'all_held': true (one of them)")
+        return data["keys"]
+
+    def held_answer(data: dict, change: HeldChange, verb: str) -> Response:
+        if change.changed and not data["dry_run"]:
+            changed()
+        return JSONResponse(
+            {"pipeline": data["pipeline"], verb: change.changed, "dry_run": data["dry_run"],
+             "not_held": change.not_held}
+        )  # fmt: skip
+
+    async def release(request: Request) -> Response:
+        data = await body(request, RELEASE_BODY)
+        change = control.release(daemon.store, daemon.config, data["pipeline"], held_keys(data),
+                                 who(request), daemon.clock.now(), data["dry_run"])  # fmt: skip
+        return held_answer(data, change, "released")
+
+    async def fail(request: Request) -> Response:
+        data = await body(request, FAIL_BODY)
+        change = control.fail(daemon.store, daemon.config, data["pipeline"], held_keys(data),
+                              data["reason"], who(request), daemon.clock.now(),
+                              data["dry_run"])  # fmt: skip
+        return held_answer(data, change, "failed")
 
     async def events(request: Request) -> Response:
         query(request, NOTHING)
@@ -340,6 +373,8 @@ def _build_app(api: ApiServer) -> Starlette:
         Route("/api/reload", reload, methods=["POST"]),
         Route("/api/enqueue", enqueue, methods=["POST"]),
         Route("/api/retry", retry, methods=["POST"]),
+        Route("/api/release", release, methods=["POST"]),
+        Route("/api/fail", fail, methods=["POST"]),
         Route("/api/events", events),
     ]
     middleware = [

@@ -85,11 +85,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     enqueue.add_argument("pipeline")
     enqueue.add_argument("key", nargs="?", help="the item's key, unique in its pipeline")
-    enqueue.add_argument("--data", help="the item's data as a JSON object")
-    enqueue.add_argument("--file", help='a JSON-lines file of {"key": ..., "data": {...}}')
+    enqueue.add_argument(
+        "--data", help="the item's data as a JSON object; for a known key it replaces the item's"
+        " data (it does not merge). Without --data a known item keeps the data it has",
+    )  # fmt: skip
+    enqueue.add_argument(
+        "--file", help='a JSON-lines file of {"key": ..., "data": {...}}; a line without'
+        " \"data\" keeps a known item's data, one with it replaces that data",
+    )  # fmt: skip
     enqueue.add_argument(
         "--force", action="store_true",
-        help="start known items again and redo every stage, even where the input already succeeded",
+        help="start known items again and redo every stage to the end, even where the input"
+        " already succeeded",
     )  # fmt: skip
 
     status = command("status", _cmd_status, "what is stuck and why, at a glance", common, as_json)
@@ -162,6 +169,19 @@ def _build_parser() -> argparse.ArgumentParser:
     retry.add_argument(
         "--force", action="store_true", help="redo work whose input already succeeded"
     )
+
+    for name, handler, what in (
+        ("release", _cmd_release, "put held items back in the queue, at the attempt they were"
+         " held at (their side effects may happen again)"),
+        ("fail", _cmd_fail, "end held items as failed, with the reason given"),
+    ):  # fmt: skip
+        sub = command(name, handler, what, common, as_json)
+        sub.add_argument("pipeline")
+        sub.add_argument("keys", nargs="*", metavar="KEY", help="the held items' keys")
+        sub.add_argument("--all-held", action="store_true", help="every held item of the pipeline")
+        sub.add_argument("--dry-run", action="store_true", help="list them, change nothing")
+        if name == "fail":
+            sub.add_argument("--reason", required=True, help="why they fail, as their error text")
 
     init = commands.add_parser("init", help="write a commented config, rules and a worker")
     init.set_defaults(handler=_cmd_init)
@@ -285,18 +305,33 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         store.close()
         if result["new"] or result["restarted"]:
             _told(daemon, "enqueued")  # wakes a daemon that runs without its API
+    result = {"pipeline": pipeline.name, **result}
     if args.json:
-        _print_json({"pipeline": pipeline.name, **result})
+        _print_json(result)
         return EXIT_OK
     first = f"{pipeline.name}/{pipeline.stages[0].name}"
-    parts = [f"enqueued {len(result['new'])} new item(s) into {first}"]
-    if result["restarted"]:
-        how = "every stage redone: --force" if args.force else "stages already done are skipped"
-        parts.append(f"{len(result['restarted'])} known item(s) started again ({how})")
-    if result["unchanged"]:
-        parts.append(f"{len(result['unchanged'])} still queued or running (left as they are)")
-    print("; ".join(parts))
+    print("; ".join([f"enqueued {len(result['new'])} new item(s) into {first}",
+                     *_known_items(result, args.force)]))  # fmt: skip
     return EXIT_OK
+
+
+def _known_items(result: dict[str, Any], force: bool) -> list[str]:
+    """What enqueueing did to keys already known: started again (with which data), or not."""
+    parts = []
+    if restarted := len(result["restarted"]):
+        how = "every stage redone: --force" if force else "stages already done are skipped"
+        replaced, kept = len(result["data_replaced"]), restarted - len(result["data_replaced"])
+        data = [f"{replaced} with the data given, which replaces theirs"] if replaced else []
+        data += [f"{kept} with the data they had (none given)"] if kept else []
+        parts.append(f"{restarted} known item(s) started again ({how}): {', '.join(data)}")
+    if result["unchanged"]:
+        parts.append(
+            f"{len(result['unchanged'])} still queued or running (left as they are, data too)"
+        )
+    if held := result["held"]:
+        hint = f"`pipewarden release {result['pipeline']} KEY...` or `pipewarden fail`"
+        parts.append(f"{len(held)} held for a person (left as they are: {hint})")
+    return parts
 
 
 def _items_to_enqueue(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
@@ -308,8 +343,8 @@ def _items_to_enqueue(args: argparse.Namespace) -> list[tuple[str, dict[str, Any
         if args.data:
             raise UsageError("--data goes with KEY; in --file each line carries its own data")
         return _read_items_file(Path(args.file))
-    data: Any = {}
-    if args.data:
+    data: Any = None  # none given: a known item keeps its own
+    if args.data is not None:
         try:
             data = json.loads(args.data)
         except ValueError as exc:
@@ -338,8 +373,8 @@ def _read_items_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
             raise ConfigError(path, number, 1, 'each line must be {"key": "...", "data": {...}}')
         if problem := key_problem(entry["key"]):
             raise ConfigError(path, number, 1, f"'key' {problem}")
-        data = entry.get("data", {})
-        if problem := data_problem(data):
+        data = entry.get("data")  # none (or null): a known item keeps its own
+        if data is not None and (problem := data_problem(data)):
             raise ConfigError(path, number, 1, f"'data' {problem}")
         items.append((entry["key"], data))
     return items
@@ -547,6 +582,8 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         _print_json(result)
     elif result["ok"]:
         print(f"reloaded: rules version {result['version']} ({result['rules']} rules)")
+        for change in result.get("changes") or ["nothing changed"]:
+            print(f"  {change}")
     else:
         print(f"reload failed: {result['error']}", file=sys.stderr)
         print(f"the last good rules (version {result['version']}) stay in force", file=sys.stderr)
@@ -573,21 +610,103 @@ def _cmd_retry(args: argparse.Namespace) -> int:
             ) from None
     daemon = _daemon_api(config)
     if daemon.running:
-        count = daemon.post("/api/retry", request)["items"]
+        answer = daemon.post("/api/retry", request)
+        count, held = answer["items"], answer["held"]
     else:
         store = _open_store(config)
         count = control.retry(store, config, request, time.time())
+        held = control.held_count(store, request)
         store.close()
     scope = "".join(f" in {v}" for v in (args.pipeline, args.stage) if v)
     if args.json:
-        _print_json({"label": args.label, "items": count, "dry_run": args.dry_run})
-    elif args.dry_run:
+        _print_json({"label": args.label, "items": count, "dry_run": args.dry_run, "held": held})
+        return EXIT_OK
+    if args.dry_run:
         print(f"would requeue {count} failed or retrying item(s) labelled '{args.label}'{scope}")
     elif count:
         print(_told(daemon, f"requeued {count} item(s) labelled '{args.label}'{scope}"))
     else:
         print(f"no failed or retrying item is labelled '{args.label}'{scope}")
+    if held:  # retry never repeats a side effect a stage said must not repeat
+        print(
+            f"{held} held item(s) labelled '{args.label}'{scope} wait for a person: let them go"
+            " with `pipewarden release PIPELINE KEY...` (or --all-held), or end them with"
+            " `pipewarden fail PIPELINE KEY... --reason TEXT`"
+        )
     return EXIT_OK
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    return _change_held(args, "release")
+
+
+def _cmd_fail(args: argparse.Namespace) -> int:
+    return _change_held(args, "fail")
+
+
+def _change_held(args: argparse.Namespace, command: str) -> int:
+    """`release` and `fail`: held items by key (or all of a pipeline's), by the API when a
+    daemon runs, else on the store."""
+    import time
+
+    from pipewarden import control
+
+    if bool(args.keys) == args.all_held:
+        raise UsageError(f"{command} takes KEY... or --all-held (one of them)")
+    verb = "released" if command == "release" else "failed"
+    config = _config(args)
+    pipeline = config.pipeline(args.pipeline).name
+    keys = None if args.all_held else args.keys
+    request: dict[str, Any] = {"pipeline": pipeline, "keys": keys, "all_held": args.all_held,
+                               "dry_run": args.dry_run}  # fmt: skip
+    if command == "fail":
+        request["reason"] = control.fail_reason(args.reason)
+    daemon = _daemon_api(config)
+    if daemon.running:
+        answer = daemon.post(f"/api/{command}", request)
+        changed, not_held = answer[verb], answer["not_held"]
+    else:
+        store = _open_store(config)
+        try:
+            if command == "release":
+                change = control.release(store, config, pipeline, keys, _who(), time.time(),
+                                         args.dry_run)  # fmt: skip
+            else:
+                change = control.fail(store, config, pipeline, keys, args.reason, _who(),
+                                      time.time(), args.dry_run)  # fmt: skip
+        finally:
+            store.close()
+        changed, not_held = change.changed, change.not_held
+    if args.json:
+        _print_json({"pipeline": pipeline, verb: changed, "dry_run": args.dry_run,
+                     "not_held": not_held})  # fmt: skip
+    else:
+        print("\n".join(_held_lines(daemon, pipeline, verb, changed, not_held, args.dry_run)))
+    return EXIT_FAILURE if not_held else EXIT_OK
+
+
+def _held_lines(
+    daemon: DaemonApi, pipeline: str, verb: str, changed: list[str],
+    not_held: dict[str, str | None], dry_run: bool,
+) -> list[str]:  # fmt: skip
+    from pipewarden.inputs import shown
+
+    what = {"released": "back in the queue at the attempt they were held at",
+            "failed": "failed, with the reason given"}[verb]  # fmt: skip
+    names = ", ".join(shown(key) for key in changed[:10])
+    names += f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+    if dry_run:
+        lines = [f"would have {verb} {len(changed)} held item(s) of {pipeline}"
+                 + (f": {names}" if changed else "")]  # fmt: skip
+    elif changed:
+        lines = [_told(daemon, f"{verb} {len(changed)} held item(s) of {pipeline} ({what}):"
+                       f" {names}")]  # fmt: skip
+    else:
+        lines = [f"no held item of {pipeline} was {verb}"]
+    for key, state in not_held.items():
+        why = f"it is {state}" if state else "no such item"
+        lines.append(f"not held: {shown(key)} ({why})")
+    return lines
 
 
 def _cmd_why(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""What a person can change: enqueue, pause, resume, clear a halt, requeue by label.
+"""What a person can change: enqueue, pause, resume, clear a halt, requeue by label,
+release or fail held items.
 
 One implementation for both ways in: the API calls these inside the running daemon,
 and the CLI calls them on the store directly when no daemon runs.
@@ -6,22 +7,27 @@ and the CLI calls them on the store directly when no daemon runs.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pipewarden.config import Config
 from pipewarden.errors import PipewardenError, UsageError
-from pipewarden.inputs import check_item, field
+from pipewarden.inputs import check_item, escape_controls, field, key_problem, shown
+from pipewarden.limits import KEY_MAX
 from pipewarden.notifier import Notifier
-from pipewarden.store import Enqueued, Hold, Store
+from pipewarden.store import Enqueued, HeldChange, Hold, Store
+
+log = logging.getLogger("pipewarden.control")
 
 SCOPES = ("channel", "stage", "pipeline")
+REASON_MAX = KEY_MAX  # a reason to fail held items: one line, as long as any name the API takes
 
 
 def enqueue(
     store: Store,
     config: Config,
     pipeline: str,
-    items: list[tuple[str, dict]],
+    items: list[tuple[str, dict | None]],
     now: float,
     force: bool = False,
 ) -> Enqueued:
@@ -29,6 +35,7 @@ def enqueue(
 
     Every way in (a KEY, a file, the API) ends here, so every item is checked here:
     a bad key or data refuses the whole batch with the reason, before anything is added.
+    Data None is none given: a known item keeps its own; data given replaces it.
     """
     first = config.pipeline(pipeline).stages[0]
     checked = [check_item(key, data) for key, data in items]
@@ -88,3 +95,65 @@ def retry(store: Store, config: Config, request: dict[str, Any], now: float) -> 
         label, now, pipeline, stage, now - since_s if since_s else None,
         field(request, "dry_run", bool, False), field(request, "force", bool, False),
     )  # fmt: skip
+
+
+def release(
+    store: Store, config: Config, pipeline: str, keys: list[str] | None, who: str, now: float,
+    dry_run: bool = False,
+) -> HeldChange:  # fmt: skip
+    """Held items (`keys`, or None for all of the pipeline's) back in the queue, at the
+    attempt they were held at: a person has decided their side effects may happen again."""
+    change = store.change_held(_pipeline(config, pipeline), _keys(keys), now, dry_run=dry_run)
+    if change.changed and not dry_run:
+        log.info("%s released %d held item(s) of %s", who, len(change.changed), pipeline)
+    return change
+
+
+def fail(
+    store: Store, config: Config, pipeline: str, keys: list[str] | None, reason: str,
+    who: str, now: float, dry_run: bool = False,
+) -> HeldChange:  # fmt: skip
+    """Held items (`keys`, or None for all of the pipeline's) end failed with `reason`."""
+    text = fail_reason(reason)
+    change = store.change_held(
+        _pipeline(config, pipeline), _keys(keys), now, fail_reason=text, dry_run=dry_run
+    )
+    if change.changed and not dry_run:
+        log.info("%s failed %d held item(s) of %s: %s", who, len(change.changed), pipeline, text)
+    return change
+
+
+def fail_reason(reason: str) -> str:
+    """The reason held items fail with, as kept: one line of text, or UsageError."""
+    text = reason.strip()
+    if not text:
+        raise UsageError("--reason must say why they fail (nothing fails without a text)")
+    if escape_controls(text) != text:
+        raise UsageError(f"--reason holds a control character ('{shown(text)}'): write one line")
+    if len(text.encode("utf-8", errors="surrogateescape")) > REASON_MAX:
+        raise UsageError(f"--reason is over {REASON_MAX:,} bytes: say it shorter")
+    return text
+
+
+def held_count(store: Store, request: dict[str, Any]) -> int:
+    """Held items with a `retry` request's label, which `retry` leaves to a person."""
+    return store.held_count(
+        field(request, "label", str), field(request, "pipeline", str, None),
+        field(request, "stage", str, None),
+    )  # fmt: skip
+
+
+def _pipeline(config: Config, name: str) -> str:
+    return config.pipeline(name).name
+
+
+def _keys(keys: list[str] | None) -> list[str] | None:
+    if keys is None:
+        return None
+    if not keys:
+        raise UsageError("name the items' keys, or take every held item with --all-held")
+    for key in keys:
+        if problem := key_problem(key):
+            where = f"key '{shown(key)}'" if isinstance(key, str) else "key"
+            raise UsageError(f"{where} {problem}")
+    return keys

@@ -79,6 +79,7 @@ class Daemon:
         self._stop_reason = ""
         self._scheduler: Scheduler | None = None
         self._store: Store | None = None
+        self._code: dict[str, reload_module.StageCode] = {}  # the stages' code as last loaded
         self._reload_lock = asyncio.Lock()
         self._troubles: dict[str, dict[str, Any]] = {}  # rule id -> what `status` shows of it
         self._trouble_saved = 0.0
@@ -126,6 +127,7 @@ class Daemon:
             containment.enable(self.config.state_dir, store.record_processes)
             await self._kill_leftovers(store)
             self._recover(store, notifier)
+            self._code = await asyncio.to_thread(reload_module.stage_code, self.config)
             scheduler = self._scheduler = Scheduler(
                 self.config,
                 store,
@@ -135,6 +137,7 @@ class Daemon:
                 self.clock,
                 detect_code_ref(self.config.path.parent),
                 self.events,
+                code=self._code,
             )
             scheduler.observers = self.observers
             notifier.on_result = self._delivered
@@ -240,7 +243,7 @@ class Daemon:
 
     async def _reload(self, why: str) -> dict[str, Any]:
         try:
-            config, rules, classifier = await asyncio.to_thread(self._load, why)
+            config, rules, classifier, code = await asyncio.to_thread(self._load, why)
         except PipewardenError as exc:
             log.error("reload failed (%s): %s — the last good rules stay in force", why, exc)
             return self._record_reload(ok=False, why=why, error=str(exc))
@@ -253,26 +256,28 @@ class Daemon:
             config = replace(config, state_dir=self.config.state_dir)
         assert self._scheduler is not None and self._store is not None
         try:
-            changes = self._scheduler.apply(
-                config, classifier, Guard(self._store, rules.halts, stages_by_pipeline(config))
-            )
+            guard = Guard(self._store, rules.halts, stages_by_pipeline(config))
+            changes = self._scheduler.apply(config, classifier, guard, code)
         except Exception as exc:
             log.exception("reload failed (%s) while applying it", why)
             return self._record_reload(ok=False, why=why, error=_internal(exc, "while applying"))
         if rules.version != self.rules.version:
             self._troubles = {}  # what the old rules ran into is no longer news
-        self.config, self.rules = config, rules
+        self.config, self.rules, self._code = config, rules, code
         for warning in rules.warnings:
             log.warning("rules: %s", warning)
         for setting in needs_restart:
             log.warning("reload: %s needs a restart to change; left as it was", setting)
         log.info("reloaded (%s): %s", why, "; ".join(changes) or "nothing changed")
-        return self._record_reload(ok=True, why=why, needs_restart=needs_restart)
+        return self._record_reload(ok=True, why=why, needs_restart=needs_restart, changes=changes)
 
-    def _load(self, why: str) -> tuple[Config, RuleSet, Classifier]:
-        """Parse, validate and compile everything (blocking: it runs in a thread)."""
+    def _load(
+        self, why: str
+    ) -> tuple[Config, RuleSet, Classifier, dict[str, reload_module.StageCode]]:
+        """Parse, validate and compile everything, and read the stages' code (blocking: it
+        runs in a thread)."""
         config, rules = reload_module.load_all(self.config.path, self._state_dir_override)
-        return config, rules, self._classifier(rules, config)
+        return config, rules, self._classifier(rules, config), reload_module.stage_code(config)
 
     def _classifier(self, rules: RuleSet, config: Config) -> Classifier:
         """A classifier for these rules, its prefilters built, its trouble kept for status."""
@@ -309,8 +314,9 @@ class Daemon:
             )
 
     def _record_reload(
-        self, ok: bool, why: str, error: str | None = None, needs_restart: list[str] | None = None
-    ) -> dict[str, Any]:
+        self, ok: bool, why: str, error: str | None = None, needs_restart: list[str] | None = None,
+        changes: list[str] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         """What `pipewarden status` shows of the rules' health, and notify a failure."""
         assert self._store is not None
         now = self.clock.now()
@@ -320,7 +326,7 @@ class Daemon:
         record = {
             "ok": ok, "at": now, "why": why, "error": error, "version": self.rules.version,
             "rules": len(self.rules.rules), "warnings": list(self.rules.warnings),
-            "needs_restart": needs_restart or [],
+            "needs_restart": needs_restart or [], "changes": changes or [],
         }  # fmt: skip
         self._store.set_meta("reload", record)
         if ok:
@@ -341,7 +347,9 @@ class Daemon:
         delay, catch_up, last_problem = WATCH_RETRY_S, False, ""
         while not self._stop.is_set():
             try:
-                await reload_module.watch(lambda: self.config, self.reload, self._stop, catch_up)
+                await reload_module.watch(
+                    lambda: self.config, self.reload, self._stop, catch_up, lambda: self._code
+                )
                 delay, last_problem = WATCH_RETRY_S, ""  # returned: its folders changed, or stop
             except Exception as exc:
                 problem = f"{type(exc).__name__}: {exc}"

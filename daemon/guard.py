@@ -5,7 +5,9 @@ stage and end time), not counters in memory: a restart forgets nothing, and a ha
 is a row in the store that survives it. A halt never fails or loses an item; the
 halted items simply stay queued until a person, or a successful probe, clears it. A
 budget's halt lifts itself when its day is over in the budget's time zone: the new
-day's budget is fresh.
+day's budget is fresh. A window starts again where a halt on its target was last
+cleared: a cleared halt comes back only after the rule's whole threshold of new
+failures (or new cost), not on the next failure.
 """
 
 from __future__ import annotations
@@ -78,13 +80,17 @@ class Guard:
         kept = {(pipeline, rule.timezone) for rule in budgets for pipeline in batch
                 if not rule.pipelines or pipeline in rule.pipelines}  # fmt: skip
         for pipeline, zone in kept:
-            day = start_of_day(now, zone)
+            start = self._budget_start(pipeline, zone, now)
             known = self._spent.get((pipeline, zone))
-            if known is None or known[0] != day:  # the store already holds this batch
-                total = self.store.cost_since(pipeline, self.stages.get(pipeline, []), day)
+            if known is None or known[0] != start:  # the store already holds this batch
+                total = self.store.cost_since(pipeline, self.stages.get(pipeline, []), start)
             else:
                 total = known[1] + batch[pipeline]
-            self._spent[(pipeline, zone)] = (day, total)
+            self._spent[(pipeline, zone)] = (start, total)
+
+    def _budget_start(self, pipeline: str, zone: ZoneInfo | None, now: float) -> float:
+        """Where the budget's count starts: its day's midnight, or a later clear of its halt."""
+        return max(start_of_day(now, zone), self.store.halt_cleared_at("pipeline", pipeline) or 0)
 
     def _candidates(
         self, rule: HaltRule, failures: list[FinishedRun], finished: Iterable[FinishedRun]
@@ -112,27 +118,29 @@ class Guard:
     def _evaluate(
         self, rule: HaltRule, scope: str, target: str, detail: str, now: float
     ) -> Hold | None:
+        cleared = self.store.halt_cleared_at(scope, target)  # failures before it are answered
         if rule.when == "same_label":
-            count, errors = self.store.label_failures(
-                target, detail, now - rule.within_s, SAMPLES_KEPT
-            )
+            since = max(now - rule.within_s, cleared or float("-inf"))
+            count, errors = self.store.label_failures(target, detail, since, SAMPLES_KEPT)
             if count < rule.count:
                 return None
             reason = f"{count}× {detail} within {_duration(rule.within_s)}"
             return self._raise(rule, scope, target, reason, now, detail, count, errors)
         if rule.when == "all_failed":
             pipeline, stage = target.split("/", 1)
-            last = self.store.last_run_statuses(pipeline, stage, rule.count)
+            last = self.store.last_run_statuses(pipeline, stage, rule.count, since=cleared)
             if len(last) < rule.count or any(status not in FAILED for status, _ in last):
                 return None
             reason = f"the last {rule.count} runs all failed"
             errors = [error or "" for _, error in last]
             return self._raise(rule, scope, target, reason, now, None, rule.count, errors)
-        spent = self._spent.get((target, rule.timezone), (0.0, 0.0))[1]
+        start, spent = self._spent.get((target, rule.timezone), (0.0, 0.0))
         if spent <= rule.budget:
             return None
         zone = f" ({rule.timezone.key})" if rule.timezone else ""
-        reason = f"budget spent: {spent:.2f} of {rule.budget:.2f} today{zone}"
+        cleared = start != start_of_day(now, rule.timezone)
+        when = "since its halt was cleared" if cleared else "today"
+        reason = f"budget spent: {spent:.2f} of {rule.budget:.2f} {when}{zone}"
         return self._raise(rule, scope, target, reason, now, None, None, [])
 
     def _raise(

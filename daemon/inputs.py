@@ -103,12 +103,14 @@ def data_problem(data: Any) -> str | None:
     return None
 
 
-def check_item(key: Any, data: Any) -> tuple[str, dict[str, Any]]:
-    """One item to enqueue, or UsageError naming the key and what is wrong."""
+def check_item(key: Any, data: Any) -> tuple[str, dict[str, Any] | None]:
+    """One item to enqueue, or UsageError naming the key and what is wrong.
+
+    Data None is none given (a known item keeps its own)."""
     if problem := key_problem(key):
         where = f"key '{shown(key)}'" if isinstance(key, str) else "key"
         raise UsageError(f"{where} {problem}")
-    if problem := data_problem(data):
+    if data is not None and (problem := data_problem(data)):
         raise UsageError(f"data of '{shown(key)}' {problem}")
     return key, data
 
@@ -145,15 +147,16 @@ def _finite(number: float) -> bool:
         return False
 
 
-def items_field(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The `items` of an enqueue request: a list of {"key": "...", "data": {...}}."""
+def items_field(body: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+    """The `items` of an enqueue request: a list of {"key": "...", "data": {...}}; an entry
+    without data (or with null) gives none, and a known item keeps its own."""
     items = []
     for index, entry in enumerate(field(body, "items", list)):
         where = f"items[{index}]"
         if not isinstance(entry, dict):
             raise UsageError(f"'{where}' must be an object with a key, not {_json_kind(entry)}")
         key = field(entry, "key", str, where=f"{where}.")
-        data = field(entry, "data", dict, {}, where=f"{where}.")
+        data = field(entry, "data", dict, None, where=f"{where}.")
         try:
             items.append(check_item(key, data))
         except UsageError as exc:

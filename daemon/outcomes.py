@@ -118,6 +118,20 @@ def skipped(pipeline: Pipeline, stage: Stage, attempt: int, now: float, earlier:
     )  # fmt: skip
 
 
+def probe_failed(decision: Decision, attempt: int, now: float) -> Decision:
+    """A halt's probe that failed: its item waits in the queue behind the halt without
+    spending the attempt, whatever the failure would otherwise have done to it."""
+    if decision.run_status not in (RunStatus.FAILED, RunStatus.TIMED_OUT) or (
+        decision.item_state not in (ItemState.FAILED, ItemState.RETRYING)
+    ):
+        return decision
+    note = "back in the queue: the halt's probe failed (no attempt spent; the halt stays)"
+    return Decision(
+        decision.run_status, ItemState.QUEUED, decision.item_stage, attempt - 1, now,
+        decision.error, decision.classification, note,
+    )  # fmt: skip
+
+
 def _advance(
     pipeline: Pipeline, stage: Stage, attempt: int, now: float, status: RunStatus = RunStatus.OK
 ) -> Decision:

@@ -75,6 +75,8 @@ def health_lines(snapshot: dict[str, Any], paint: Paint) -> list[str]:
             f"rules: version {reload['version']} ({reload['rules']} rules),"
             f" loaded {format_time(reload['at'])}{restart}"
         )
+        lines += [f"  reloaded {format_time(reload['at'])}: {escape_controls(change)}"
+                  for change in reload.get("changes", ())]  # fmt: skip
     else:
         failed = f"rules: reload failed at {format_time(reload['at'])} — {reload['error']}"
         lines.append(paint(failed, "red") + f" (version {reload['version']} still in force)")
@@ -317,6 +319,17 @@ def run_detail(run: Any) -> list[str]:
     return lines
 
 
+def _probe_line(run: dict[str, Any], holds: list[dict[str, Any]]) -> str:
+    """What a run that probed a halt found, and what became of its item."""
+    target = next((h["target"] for h in holds if h["id"] == run["probe_of"]), "a halted target")
+    head = f"probe of the halt on {escape_controls(str(target))}"
+    if run["status"] == "ok":
+        return f"{head}: it went through, so the halt was cleared"
+    if run["status"] in ("failed", "timed_out"):
+        return f"{head}: it failed, so the halt stays; its item waits, no attempt spent"
+    return f"{head}: it told nothing ({run['status']}); the halt stays"
+
+
 def _live(run: dict[str, Any]) -> str:
     """A running attempt's last reported progress and message."""
     if run["status"] != "running":
@@ -400,6 +413,8 @@ def story_lines(story: dict[str, Any]) -> list[str]:
             lines.append(f"      {first_line(run['error'])}")
         if run["rule"]:
             lines.append(f"      classified by {run['rule']}")
+        if run.get("probe_of") is not None:
+            lines.append(f"      {_probe_line(run, story['holds'])}")
     if story["backoff_s"]:
         delays = ", ".join(format_duration(d) for d in story["backoff_s"])
         lines += ["", f"retry policy at {story['stage']}: {story['max_attempts']} attempts,"

@@ -32,8 +32,17 @@ from pipewarden.guard import FAILED, Guard
 from pipewarden.inputs import encode_json
 from pipewarden.limits import DATA_MAX, INTERNAL_FAILURES_MAX
 from pipewarden.notifier import Notifier
-from pipewarden.outcomes import Decision, decide, internal_failure, interrupted, skipped
+from pipewarden.outcomes import (
+    INTERNAL,
+    Decision,
+    decide,
+    internal_failure,
+    interrupted,
+    probe_failed,
+    skipped,
+)
 from pipewarden.protocol import Progress, Verdict, WorkerReport, error_text
+from pipewarden.reload import StageCode
 from pipewarden.render import describe_hold
 from pipewarden.store import Claimed, FinishedRun, Hold, NewRun, Store
 from pipewarden.types import ItemState, RunStatus
@@ -54,10 +63,17 @@ class _StageSlot:
     stage: Stage
     executor: object
     in_flight: int = 0
+    replaces: _StageSlot | None = None  # a retired slot whose last attempts still run
+
+    @property
+    def busy(self) -> int:
+        """Attempts of this stage under way, those of the slots it replaced included."""
+        return self.in_flight + (self.replaces.busy if self.replaces else 0)
 
     @property
     def free(self) -> int:
-        return self.executor.capacity - self.in_flight
+        # The stage's concurrency holds across a swap: new workers start as old ones finish.
+        return self.executor.capacity - self.busy
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,7 @@ class Scheduler:
         code_ref: str | None,
         events: EventBus | None = None,
         rng: random.Random | None = None,
+        code: dict[str, StageCode] | None = None,
     ):
         self.config = config
         self.events = events or EventBus()
@@ -110,6 +127,7 @@ class Scheduler:
         notifier.on_delivered = self.wake
         self.clock = clock
         self.code_ref = code_ref
+        self.code = code or {}  # each stage's own source files, as of the last (re)load
         self.rng = rng or random.Random()
         self.claiming = True
         self._slots = [
@@ -263,6 +281,7 @@ class Scheduler:
         claimed = self.store.claim(
             slot.pipeline.name, stage.name, limit, now, describe, blocked, only_channel
         )
+        started, skips = [], 0
         for item, new_run in claimed:
             earlier = (
                 None
@@ -271,8 +290,9 @@ class Scheduler:
                     slot.pipeline.name, stage.name, new_run.input_fingerprint
                 )
             )
-            if earlier:  # a checkpoint: this very input already passed this stage
-                self._record_skipped(slot, item, new_run, earlier, now)
+            # A checkpoint: this very input already passed this stage.
+            if earlier and self._record_skipped(slot, item, new_run, earlier, now):
+                skips += 1
                 continue
             self.events.publish(
                 "run_started", run_id=new_run.run_id, pipeline=slot.pipeline.name,
@@ -283,19 +303,47 @@ class Scheduler:
             task = asyncio.create_task(self._attempt(slot, item, new_run))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return [new_run.run_id for _, new_run in claimed]
+            started.append(new_run.run_id)
+        if skips:  # ended in the pass that claimed them: nothing else may wake the loop
+            self.flush()
+        return started
 
     def _record_skipped(
-        self, slot: _StageSlot, claimed: Claimed, new_run: NewRun, earlier: str, now: float
-    ) -> None:
-        decision = skipped(slot.pipeline, slot.stage, claimed.attempt, now, earlier)
+        self,
+        slot: _StageSlot,
+        claimed: Claimed,
+        new_run: NewRun,
+        earlier: tuple[str, str],
+        now: float,
+    ) -> bool:
+        """End the claimed run as skipped, its item given what the earlier run merged into
+        it, so the next stage sees what it saw then. False (the stage runs) where that
+        cannot be given back."""
+        earlier_id, produced = earlier
+        try:
+            merged = json.loads(produced)
+            if not isinstance(merged, dict):
+                raise ValueError(f"it is {type(merged).__name__}, not an object")
+            data = {**claimed.data, **merged}
+            item_data = _item_data(data)
+        except ValueError as exc:
+            log.warning(
+                "%s %s: run %s's data cannot be given back (%s): the stage runs again",
+                slot.stage.qualified_name, claimed.key, earlier_id[:8], exc,
+            )  # fmt: skip
+            return False
+        decision = skipped(slot.pipeline, slot.stage, claimed.attempt, now, earlier_id)
         report = WorkerReport(Verdict.OK)
         self._add_finished(
-            self._finished_run(slot, claimed, new_run, report, decision, claimed.data, 0.0),
+            self._finished_run(
+                slot, claimed, new_run, report, decision, data, 0.0, item_data=item_data,
+                data_out=produced,
+            ),
             claimed.key,
             claimed.attempt,
-        )
+        )  # fmt: skip
         _log_run(slot.stage, claimed, new_run, decision)
+        return True
 
     def _lift_budget_halts(self, holds: list[Hold], now: float) -> list[Hold]:
         """A budget's halt lifts itself when its day is over; returns the holds still on."""
@@ -332,7 +380,8 @@ class Scheduler:
         config_hash = stage.config_hash
         # The input: the item (its key belongs to it), its data, the stage, the code.
         item = json.dumps([stage.pipeline, key, data], sort_keys=True, default=str)
-        blob = item + config_hash + (self.code_ref or "")
+        code = self.code.get(stage.qualified_name)
+        blob = item + config_hash + (self.code_ref or "") + (code.digest if code else "")
         return NewRun(
             run_id=uuid.uuid4().hex,
             item_id=item_id,
@@ -367,7 +416,8 @@ class Scheduler:
         self._add_finished(finished, claimed.key, claimed.attempt)
         _log_run(slot.stage, claimed, new_run, decision)
         if new_run.run_id in self._probes:
-            self._finish_probe(self._probes.pop(new_run.run_id), decision, self.clock.now())
+            hold_id = self._probes.pop(new_run.run_id)
+            self._finish_probe(hold_id, claimed, decision, self.clock.now())
 
     def _record_progress(self, run_id: str, progress: Progress) -> None:
         self._progress[run_id] = (progress.fraction, progress.message)
@@ -424,11 +474,17 @@ class Scheduler:
         decision = decide(
             slot.pipeline, stage, claimed.attempt, report, classification, now, self.rng
         )
+        if new_run.run_id in self._probes:  # a failed probe spends no attempt: the item waits
+            decision = probe_failed(decision, claimed.attempt, now)
         data = {**claimed.data, **report.data} if report.data else claimed.data
         duration = self.clock.monotonic() - started
+        item_data = _item_data(data)
+        # What an ok run merged into its item: a checkpoint gives it back when it skips.
+        data_out = encode_json(report.data or {}) if decision.run_status is RunStatus.OK else None
         finished = self._finished_run(
-            slot, claimed, new_run, report, decision, data, duration, item_data=_item_data(data)
-        )
+            slot, claimed, new_run, report, decision, data, duration, item_data=item_data,
+            data_out=data_out,
+        )  # fmt: skip
         return _storable(finished), decision
 
     def _internal_failure(
@@ -472,12 +528,11 @@ class Scheduler:
         duration_s: float,
         channel: str | None = None,  # the item's channel at its next stage, when known
         item_data: str | None = None,  # `data` as checked JSON, when it may have changed
+        data_out: str | None = None,  # JSON: what an ok (or skipped) run merged into the item
     ) -> FinishedRun:
         c = decision.classification
-        # `--force` holds while the item retries at this stage, and ends when it moves on.
-        retrying_here = decision.item_stage == slot.stage.name and decision.item_state in (
-            ItemState.RETRYING, ItemState.DEFERRED, ItemState.QUEUED, ItemState.HELD,
-        )  # fmt: skip
+        # `--force` holds until the item is through: every stage after this one is redone too.
+        forced_on = decision.item_state not in (ItemState.DONE, ItemState.FAILED, ItemState.IGNORED)
         return FinishedRun(
             run_id=new_run.run_id,
             item_id=claimed.item_id,
@@ -493,7 +548,7 @@ class Scheduler:
             item_attempt=decision.item_attempt,
             item_ready_at=decision.ready_at,
             item_channel=channel or slot.pipeline.stage(decision.item_stage).channel_for(data),
-            item_force=claimed.force and retrying_here,
+            item_force=claimed.force and forced_on,
             exit_code=report.exit_code,
             signal=report.signal,
             pid=report.pid,
@@ -512,9 +567,15 @@ class Scheduler:
             rows_out=report.rows_out,
             cost=report.cost,
             progress=1.0 if decision.run_status is RunStatus.OK else None,
+            data_out=data_out,
+            probe_of=self._probes.get(new_run.run_id),
         )
 
-    def _finish_probe(self, hold_id: int, decision: Decision, now: float) -> None:
+    def _finish_probe(self, hold_id: int, claimed: Claimed, decision: Decision, now: float) -> None:
+        """A probe that went through clears its halt. One that failed keeps it, doubles the
+        cool-down, and its item waits in the queue without spending an attempt. One that
+        tells nothing of the channel (ignored, deferred, an internal error) keeps the halt
+        and its cool-down."""
         hold = self.store.Hold.get_by_id(hold_id)
         if hold.cleared_at is not None:
             return
@@ -523,13 +584,22 @@ class Scheduler:
             log.info("probe passed: halt on %s %s cleared", hold.scope, hold.target)
             self.notifier.halt_resolved(hold, "A probe item went through", now)
             return
-        cooldown = (hold.cooldown_s or 60.0) * 2
+        failed = decision.run_status in FAILED and decision.classification is not INTERNAL
+        cooldown = (hold.cooldown_s or 60.0) * (2 if failed else 1)
         self.store.update_hold(
             hold.id, probe_at=now + cooldown, cooldown_s=cooldown, probe_run_id=None
         )
-        log.warning(
-            "probe failed: %s %s stays halted; next probe in %gs", hold.scope, hold.target, cooldown
-        )
+        if failed:
+            log.warning(
+                "probe failed: %s %s stays halted; its item %s is back in the queue"
+                " (attempt %d not spent); next probe in %gs",
+                hold.scope, hold.target, claimed.key, claimed.attempt, cooldown,
+            )  # fmt: skip
+        else:
+            log.info(
+                "probe told nothing (%s): %s %s stays halted; next probe in %gs",
+                decision.run_status, hold.scope, hold.target, cooldown,
+            )  # fmt: skip
 
     def _record_interrupted(
         self,
@@ -587,16 +657,38 @@ class Scheduler:
                 )  # fmt: skip
 
     # -- live configuration -----------------------------------------------------------
-    def apply(self, config: Config, classifier: Classifier, guard: Guard) -> list[str]:
-        """Swap in reloaded settings; returns what changed, for the log."""
+    def apply(
+        self,
+        config: Config,
+        classifier: Classifier,
+        guard: Guard,
+        code: dict[str, StageCode] | None = None,
+    ) -> list[str]:
+        """Swap in reloaded settings (and the stages' code); returns what changed, for the
+        log and `status`."""
         changes: list[str] = []
         if classifier.version != self.classifier.version:
             changes.append(f"rules {self.classifier.version} -> {classifier.version}")
+        code = self.code if code is None else code
         current = {slot.stage.qualified_name: slot for slot in self._slots}
         slots = []
         for pipeline in config.pipelines.values():
             for stage in pipeline.stages:
                 slot = current.pop(stage.qualified_name, None)
+                edited = self._edited(stage, code, config) if slot is not None else []
+                if slot is not None and edited and stage.mode == "pool":
+                    self._retired.append(slot)
+                    slots.append(_StageSlot(pipeline, stage, executor_for(stage), replaces=slot))
+                    changes.append(
+                        f"stage {stage.qualified_name} replaced: {', '.join(edited)} changed —"
+                        " its pool workers finish their current item, then new ones run it"
+                    )
+                    continue
+                if edited:  # a fresh process per attempt: the next one runs the new code
+                    changes.append(
+                        f"stage {stage.qualified_name}: {', '.join(edited)} changed — its next"
+                        " attempt runs it"
+                    )
                 if slot is not None and slot.stage == stage:
                     slot.pipeline = pipeline
                     slots.append(slot)
@@ -610,20 +702,32 @@ class Scheduler:
                 if slot is not None:
                     self._retired.append(slot)
                 changes.append(f"stage {stage.qualified_name} {'replaced' if slot else 'added'}")
-                slots.append(_StageSlot(pipeline, stage, executor_for(stage)))
+                slots.append(_StageSlot(pipeline, stage, executor_for(stage), replaces=slot))
         for name, slot in current.items():
             self._retired.append(slot)
             changes.append(f"stage {name} removed (its items wait)")
         self._slots = slots
-        self.config, self.classifier, self.guard = config, classifier, guard
+        self.config, self.classifier, self.guard, self.code = config, classifier, guard, code
         self.notifier.settings = config.notify
         self.wake()
         return changes
+
+    def _edited(self, stage: Stage, code: dict[str, StageCode], config: Config) -> list[str]:
+        """The stage's source files that changed since the code in force was loaded."""
+        new = code.get(stage.qualified_name)
+        old = self.code.get(stage.qualified_name)
+        root = config.path.parent.resolve()
+        if new is None:
+            return old.edited(None, root) if old else []
+        return new.edited(old, root)
 
     async def _stop_retired(self) -> None:
         idle = [slot for slot in self._retired if slot.in_flight == 0]
         if idle:
             self._retired = [slot for slot in self._retired if slot.in_flight > 0]
+            for slot in (*self._slots, *self._retired):
+                if any(slot.replaces is gone for gone in idle):
+                    slot.replaces = None
             await asyncio.gather(*(slot.executor.stop() for slot in idle))
 
 

@@ -91,6 +91,8 @@ class Run(pw.Model):
     message = pw.TextField(null=True)  # schema 2
     pgid = pw.IntegerField(null=True)  # schema 6: the worker's process group
     proc_start = pw.IntegerField(null=True)  # schema 6: its start time (/proc/PID/stat 22)
+    data_out = pw.TextField(null=True)  # schema 7: what an ok run merged into its item (JSON)
+    probe_of = pw.IntegerField(null=True)  # schema 7: the halt (holds.id) this run probed
 
     class Meta:
         table_name = "runs"
@@ -258,6 +260,10 @@ _MIGRATIONS: list[list[str]] = [
         "ALTER TABLE runs ADD COLUMN pgid INTEGER",
         "ALTER TABLE runs ADD COLUMN proc_start INTEGER",
     ],
+    [  # 7: what each ok run merged into its item (a checkpoint gives it back), and probes
+        "ALTER TABLE runs ADD COLUMN data_out TEXT",
+        "ALTER TABLE runs ADD COLUMN probe_of INTEGER",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -268,6 +274,8 @@ class Enqueued:
     new: list[str]  # keys not known before
     restarted: list[str]  # finished items started again at the first stage
     unchanged: list[str]  # still queued, running or waiting: left as they were
+    held: list[str]  # held for a person (release or fail them): left as they were
+    data_replaced: list[str]  # of `restarted`, those whose data the data given replaced
 
 
 @dataclass(frozen=True)
@@ -330,6 +338,16 @@ class FinishedRun:
     cost: float | None = None
     progress: float | None = None
     message: str | None = None
+    data_out: str | None = None  # JSON: what an ok run merged into the item
+    probe_of: int | None = None  # the halt this run probed
+
+
+@dataclass(frozen=True)
+class HeldChange:
+    """What `release` or `fail` did to held items."""
+
+    changed: list[str]  # the keys released (or failed)
+    not_held: dict[str, str | None]  # of the keys given, those not held: key -> state (None: none)
 
 
 @dataclass(frozen=True)
@@ -345,7 +363,7 @@ _RUN_END_COLUMNS = (
     "status", "finished_at", "duration_s", "exit_code", "signal", "pid", "pgid", "proc_start",
     "error", "error_type",
     "traceback", "output", "group_name", "label", "category", "type", "rule_id",
-    "rules_version", "rows_out", "cost", "progress", "message",
+    "rules_version", "rows_out", "cost", "data_out", "probe_of", "progress", "message",
 )  # fmt: skip
 _FINISH_RUN_SQL = (
     f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _RUN_END_COLUMNS[:-2])}, "
@@ -355,6 +373,7 @@ _FINISH_ITEM_SQL = (
     "UPDATE items SET stage = ?, state = ?, data = ?, attempt = ?, ready_at = ?, channel = ?, "
     "force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ? WHERE id = ?"
 )
+FAILED_BY_A_PERSON = "Failed by a person"  # the label of a held item a person failed
 _CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE_STATES)
 _PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
 
@@ -429,27 +448,30 @@ class Store:
         self,
         pipeline: str,
         stage: str,
-        items: Sequence[tuple[str, dict[str, Any]]],
+        items: Sequence[tuple[str, dict[str, Any] | None]],
         now: float,
         channel_for: Any = None,  # Callable[[dict], str]: the stage's channel for an item
         force: bool = False,
     ) -> Enqueued:
         """Add items at `stage`, by key: new ones are queued, finished ones start again.
 
-        An item that is done, failed or ignored starts again at `stage` with the data given;
-        the stages its input already passed are skipped (checkpoints). One still queued,
-        running or waiting is left as it is. With `force`, every item not running starts
-        again and its work is done again, checkpoints or not.
+        An item that is done, failed or ignored starts again at `stage`; data given (not
+        None) replaces its data, and without it the item keeps the data it has. The stages
+        its input already passed are skipped (checkpoints). One still queued, running or
+        waiting (held for a person included) is left as it is, data and all. With
+        `force`, every item not running starts again and its work is done again,
+        checkpoints or not.
         """
         restartable = "('done', 'failed', 'ignored')" if not force else "('done', 'failed',"
         restartable += "" if not force else " 'ignored', 'queued', 'retrying', 'deferred', 'held')"
-        result = Enqueued([], [], [])
+        result = Enqueued([], [], [], [], [])
         with self.db.atomic("IMMEDIATE"):
-            for key, data in items:
-                channel = channel_for(data) if channel_for else stage
+            for key, given in items:
                 row = self._conn.execute(
-                    "SELECT state FROM items WHERE pipeline = ? AND key = ?", (pipeline, key)
+                    "SELECT state, data FROM items WHERE pipeline = ? AND key = ?", (pipeline, key)
                 ).fetchone()
+                data = given if given is not None else json.loads(row[1]) if row else {}
+                channel = channel_for(data) if channel_for else stage
                 if row is None:
                     self._conn.execute(
                         "INSERT INTO items (pipeline, key, stage, state, data, ready_at, channel,"
@@ -459,12 +481,17 @@ class Store:
                     )  # fmt: skip
                     result.new.append(key)
                 elif self._conn.execute(
-                    "UPDATE items SET stage = ?, state = 'queued', data = ?, attempt = 0,"
-                    " ready_at = ?, channel = ?, force = ?, updated_at = ?"
+                    "UPDATE items SET stage = ?, state = 'queued', data = COALESCE(?, data),"
+                    " attempt = 0, ready_at = ?, channel = ?, force = ?, updated_at = ?"
                     f" WHERE pipeline = ? AND key = ? AND state IN {restartable}",
-                    (stage, json.dumps(data), now, channel, int(force), now, pipeline, key),
-                ).rowcount:
+                    (stage, None if given is None else json.dumps(given), now, channel,
+                     int(force), now, pipeline, key),
+                ).rowcount:  # fmt: skip
                     result.restarted.append(key)
+                    if given is not None:
+                        result.data_replaced.append(key)
+                elif row[0] == ItemState.HELD:
+                    result.held.append(key)
                 else:
                     result.unchanged.append(key)
         return result
@@ -709,15 +736,20 @@ class Store:
             self.Hold.update(**fields).where(self.Hold.id == hold_id).execute()
 
     # -- what the guard asks --------------------------------------------------------------
-    def earlier_success(self, pipeline: str, stage: str, fingerprint: str) -> str | None:
-        """The id of a run that already succeeded at this stage on the same input."""
+    def earlier_success(
+        self, pipeline: str, stage: str, fingerprint: str
+    ) -> tuple[str, str] | None:
+        """(id, data it merged into its item) of the latest run that already succeeded at
+        this stage on the same input. Runs recorded before runs kept their data (schema 7)
+        do not count: what they produced cannot be given back."""
         # INDEXED BY: left alone, the planner walks every run of the stage instead.
         row = self._conn.execute(
-            "SELECT id FROM runs INDEXED BY runs_by_fingerprint WHERE input_fingerprint = ?"
-            " AND status = 'ok' AND pipeline = ? AND stage = ? LIMIT 1",
+            "SELECT id, data_out FROM runs INDEXED BY runs_by_fingerprint"
+            " WHERE input_fingerprint = ? AND status = 'ok' AND pipeline = ? AND stage = ?"
+            " AND data_out IS NOT NULL ORDER BY finished_at DESC LIMIT 1",
             (fingerprint, pipeline, stage),
         ).fetchone()
-        return row[0] if row else None
+        return (row[0], row[1]) if row else None
 
     def internal_failures_in_a_row(self, item_id: int, current_run: str, limit: int) -> int:
         """How many of the item's latest runs (up to `limit`, not `current_run`) in a row
@@ -746,13 +778,23 @@ class Store:
         ).fetchall()
         return count, [row[0] for row in texts]
 
-    def last_run_statuses(self, pipeline: str, stage: str, count: int) -> list[tuple[str, str]]:
-        """(status, error) of the stage's last `count` finished runs, newest first."""
+    def last_run_statuses(
+        self, pipeline: str, stage: str, count: int, since: float | None = None
+    ) -> list[tuple[str, str]]:
+        """(status, error) of the stage's last `count` runs finished (after `since`),
+        newest first."""
         return self._conn.execute(
             "SELECT status, error FROM runs WHERE pipeline = ? AND stage = ?"
-            " AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
-            (pipeline, stage, count),
+            " AND finished_at IS NOT NULL AND finished_at > ? ORDER BY finished_at DESC LIMIT ?",
+            (pipeline, stage, float("-inf") if since is None else since, count),
         ).fetchall()
+
+    def halt_cleared_at(self, scope: str, target: str) -> float | None:
+        """When a halt on this target was last cleared (by a person, a probe or a new day)."""
+        return self._conn.execute(
+            "SELECT MAX(cleared_at) FROM holds WHERE scope = ? AND target = ? AND kind = 'halt'",
+            (scope, target),
+        ).fetchone()[0]
 
     def cost_since(self, pipeline: str, stages: Sequence[str], since: float) -> float:
         """The pipeline's summed run cost since `since`: one index range per stage."""
@@ -801,6 +843,68 @@ class Store:
                 f" requeues = requeues + 1, force = ? WHERE {where}",
                 (now, now, int(force), *params),
             ).rowcount
+
+    def change_held(
+        self, pipeline: str, keys: Sequence[str] | None, now: float,
+        fail_reason: str | None = None, dry_run: bool = False,
+    ) -> HeldChange:  # fmt: skip
+        """Held items back in the queue at the attempt they were held at, or, with
+        `fail_reason`, failed with it (label FAILED_BY_A_PERSON). `keys` None: every held
+        item of the pipeline."""
+        with self._write():
+            found = self._held(pipeline, keys)
+            changed = [key for _, key in found]
+            done = set(changed)
+            not_held = self._states(
+                pipeline, [k for k in dict.fromkeys(keys or ()) if k not in done]
+            )
+            if dry_run or not found:
+                return HeldChange(changed, not_held)
+            if fail_reason is None:
+                update = "state = 'queued', ready_at = ?, updated_at = ?", (now, now)
+            else:
+                update = (
+                    "state = 'failed', ready_at = NULL, last_error = ?, last_label = ?,"
+                    " last_group = 'terminal', updated_at = ?",
+                    (fail_reason, FAILED_BY_A_PERSON, now),
+                )
+            self._conn.executemany(
+                f"UPDATE items SET {update[0]} WHERE id = ? AND state = 'held'",
+                [(*update[1], item_id) for item_id, _ in found],
+            )
+        return HeldChange(changed, not_held)
+
+    def _held(self, pipeline: str, keys: Sequence[str] | None) -> list[tuple[int, str]]:
+        if keys is None:
+            return self._conn.execute(
+                "SELECT id, key FROM items WHERE state = 'held' AND pipeline = ? ORDER BY id",
+                (pipeline,),
+            ).fetchall()
+        rows = []
+        for key in dict.fromkeys(keys):
+            rows += self._conn.execute(
+                "SELECT id, key FROM items WHERE pipeline = ? AND key = ? AND state = 'held'",
+                (pipeline, key),
+            ).fetchall()
+        return rows
+
+    def _states(self, pipeline: str, keys: Sequence[str]) -> dict[str, str | None]:
+        states: dict[str, str | None] = {}
+        for key in keys:
+            row = self._conn.execute(
+                "SELECT state FROM items WHERE pipeline = ? AND key = ?", (pipeline, key)
+            ).fetchone()
+            states[key] = row[0] if row else None
+        return states
+
+    def held_count(self, label: str, pipeline: str | None = None, stage: str | None = None) -> int:
+        """Held items whose last label is `label` (a `retry` by label does not take them)."""
+        where, params = "state = 'held' AND last_label = ?", [label]
+        for column, value in (("pipeline", pipeline), ("stage", stage)):
+            if value is not None:
+                where += f" AND {column} = ?"
+                params.append(value)
+        return self._conn.execute(f"SELECT COUNT(*) FROM items WHERE {where}", params).fetchone()[0]
 
     def stuck_items(self, min_requeues: int) -> list[tuple[str, str, str, int]]:
         """(pipeline, stage, label, count): requeued by hand that often, and failing still."""

@@ -3,6 +3,7 @@ and what happens next."""
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from pipewarden.config import Config
@@ -11,7 +12,9 @@ from pipewarden.outcomes import backoff_schedule
 from pipewarden.render import describe_hold, finite, format_duration, format_time, valid_time
 from pipewarden.status import hold_as_dict
 from pipewarden.store import Store
-from pipewarden.types import ItemState
+from pipewarden.types import ItemState, RunStatus
+
+PROBE_FAILED = (RunStatus.FAILED, RunStatus.TIMED_OUT)
 
 
 def item_story(config: Config, store: Store, pipeline: str, key: str, now: float) -> dict:
@@ -38,7 +41,7 @@ def item_story(config: Config, store: Store, pipeline: str, key: str, now: float
         "backoff_s": backoff_schedule(stage.retry) if stage else [],
         "max_attempts": stage.retry.max_attempts if stage else None,
         "holds": holds,
-        "next": _next_step(item, holds, stage, now),
+        "next": _next_step(item, holds, stage, now, runs[-1] if runs else None),
     }
 
 
@@ -48,7 +51,7 @@ def _run(run: Any) -> dict[str, Any]:
         "started_at": finite(run.started_at), "duration_s": finite(run.duration_s),
         "error": run.error,
         "group": run.group_name, "label": run.label, "rule": run.rule_id,
-        "progress": finite(run.progress), "message": run.message,
+        "progress": finite(run.progress), "message": run.message, "probe_of": run.probe_of,
     }  # fmt: skip
 
 
@@ -59,11 +62,11 @@ def _stage_or_none(config: Config, pipeline: str, stage: str) -> Any:
         return None
 
 
-def _next_step(item: Any, holds: list[dict], stage: Any, now: float) -> str:
+def _next_step(item: Any, holds: list[dict], stage: Any, now: float, last_run: Any) -> str:
     waiting = item.state in (ItemState.QUEUED, ItemState.RETRYING, ItemState.DEFERRED)
     active = [h for h in holds if h["cleared_at"] is None]
     if waiting and active:
-        return f"waits: {describe_hold(active[0])}; nothing runs until it is cleared"
+        return _behind_hold(item, active[0], last_run)
     if stage is None and item.state not in (ItemState.DONE, ItemState.FAILED, ItemState.IGNORED):
         return f"waits: stage '{item.stage}' is not in the config"
     if waiting and not valid_time(item.ready_at):  # a bad value an older version stored
@@ -76,11 +79,30 @@ def _next_step(item: Any, holds: list[dict], stage: Any, now: float) -> str:
         ItemState.RUNNING: f"running {item.stage} now",
         ItemState.RETRYING: f"attempt {item.attempt + 1} of {attempts} at {item.stage} {when}",
         ItemState.DEFERRED: f"runs {item.stage} {when} (deferred, not failed)",
-        ItemState.HELD: "held: interrupted at a stage whose side effects must not repeat;"
-        " a person decides (requeue it or let it go)",
+        ItemState.HELD: f"held for a person ({item.last_label or 'Interrupted'}) at"
+        f" {item.stage}, whose side effects must not repeat: `{_held_command(item, 'release')}`"
+        f" runs it again (attempt {item.attempt + 1}), or"
+        f" `{_held_command(item, 'fail')} --reason TEXT` ends it",
         ItemState.DONE: "nothing: done",
         ItemState.IGNORED: f"nothing: ignored ({item.last_label or 'expected filter'})",
         ItemState.FAILED: f"nothing: failed ({item.last_label or 'Unknown'}); to try again:"
         f' pipewarden retry --label "{item.last_label or "Unknown"}"',
     }
     return steps.get(item.state, item.state)
+
+
+def _held_command(item: Any, command: str) -> str:
+    return f"pipewarden {command} {shlex.quote(item.pipeline)} {shlex.quote(item.key)}"
+
+
+def _behind_hold(item: Any, hold: dict, last_run: Any) -> str:
+    """What keeps a waiting item back, and what a failed probe did with it."""
+    text = f"waits: {describe_hold(hold)}; nothing runs until it is cleared"
+    if hold["kind"] == "halt" and hold["scope"] != "pipeline" and valid_time(hold["probe_at"]):
+        text += f" or a probe passes (the next at {format_time(hold['probe_at'])})"
+    if last_run is not None and last_run.probe_of is not None and last_run.status in PROBE_FAILED:
+        text += (
+            f"; its last run was a probe of the halt and failed: it waits in the queue,"
+            f" attempt {last_run.attempt} not spent"
+        )
+    return text

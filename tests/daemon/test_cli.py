@@ -39,7 +39,8 @@ def test_enqueue_reports_what_was_new(project: Project):
     )
     again = project.cli("enqueue", "sites", "--file", "items.jsonl", "--json")
     assert json.loads(again.stdout) == {
-        "pipeline": "sites", "new": [], "restarted": [], "unchanged": ["a", "b"],
+        "pipeline": "sites", "new": [], "restarted": [], "unchanged": ["a", "b"], "held": [],
+        "data_replaced": [],
     }  # fmt: skip
 
 
