@@ -68,9 +68,10 @@ def test_no_created_series_and_a_skipped_run_stays_out_of_the_durations(project:
     scraper = start(project)
     project.cli("enqueue", "sites", "k")
     wait_until(lambda: project.item("sites", "k").state == "done", "the first run")
-    project.write("items.jsonl", '{"key": "k"}\n{"key": "new"}\n')
+    # k again with the data it first had (none): the same input, so its stage is skipped.
+    project.write("items.jsonl", '{"key": "k", "data": {}}\n{"key": "new"}\n')
     again = project.cli("enqueue", "sites", "--file", "items.jsonl")
-    assert "1 known item(s) started again" in again.stdout  # k's input: its stage is skipped
+    assert "1 known item(s) started again" in again.stdout
     wait_until(lambda: project.item("sites", "new").state == "done", "the new item's run")
 
     def counted() -> bool:
