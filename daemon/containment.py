@@ -105,12 +105,19 @@ class Containment:
         self._session = os.getsid(0)
         self._subreaper_before = _get_subreaper()
         _set_subreaper(1)
-        self._sentinel = subprocess.Popen(
-            [sys.executable, "-m", "pipewarden._sentinel", self.instance],
-            stdin=subprocess.PIPE,
-            env={k: v for k, v in os.environ.items() if k not in MARKS},
-            start_new_session=True,  # a Ctrl-C or a killed process group leaves it standing
-        )
+        try:
+            self._sentinel = subprocess.Popen(
+                [sys.executable, "-m", "pipewarden._sentinel", self.instance],
+                stdin=subprocess.PIPE,
+                env={k: v for k, v in os.environ.items() if k not in MARKS},
+                start_new_session=True,  # a Ctrl-C or a killed process group leaves it standing
+            )
+        except OSError as exc:  # e.g. an interpreter this user may run but not start again
+            log.warning(
+                "cannot start the sentinel (%s): if this daemon is killed, its workers are"
+                " found and killed when it starts again, not at once", exc,
+            )  # fmt: skip
+            return
         assert self._sentinel.stdin is not None
         os.set_blocking(self._sentinel.stdin.fileno(), False)
 
