@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import uuid
@@ -54,10 +55,27 @@ class Job:
 
 
 def worker_argv(stage: Stage) -> list[str]:
-    if stage.python:
+    if stage.python:  # the runner dies with the daemon by itself (PR_SET_PDEATHSIG)
         return [sys.executable, "-m", "pipewarden._runner", stage.python]
     assert stage.command is not None
-    return list(stage.command)
+    command = list(stage.command)
+    # A command dies with the daemon too: util-linux's setpriv sets PR_SET_PDEATHSIG and
+    # execs it in place (same pid), so a kill -9 of the daemon ends it in the kernel, before
+    # it can do its side effect beside the requeued copy. Where the command cannot be found,
+    # it is started bare, so the error says so (not setpriv's exit 127).
+    if _SETPRIV is not None and _runnable(command[0], stage):
+        return [_SETPRIV, "--pdeathsig", "KILL", "--", *command]
+    return command
+
+
+_SETPRIV = shutil.which("setpriv")
+
+
+def _runnable(program: str, stage: Stage) -> bool:
+    if "/" in program:
+        return os.access(stage.cwd / program, os.X_OK)
+    path = dict(stage.env).get("PATH", os.environ.get("PATH"))
+    return shutil.which(program, path=path) is not None
 
 
 def worker_env(stage: Stage, worker_id: str, job: Job | None = None) -> dict[str, str]:
