@@ -371,14 +371,15 @@ def test_a_session_is_the_tokens_and_ends():
 
 
 def test_only_the_daemons_own_origin_and_same_origin_fetches_pass():
-    origins = own_origins(8765)
-    passes = [{}, {"origin": "http://127.0.0.1:8765"}, {"origin": "http://localhost:8765"},
+    port = 50123  # nothing listens: the origin rules are pure
+    origins = own_origins(port)
+    passes = [{}, {"origin": f"http://127.0.0.1:{port}"}, {"origin": f"http://localhost:{port}"},
               {"sec-fetch-site": "same-origin"}, {"sec-fetch-site": "none"}]  # fmt: skip
     for headers in passes:
         assert foreign_site(headers, origins) is None, headers
-    refused = [{"origin": "null"}, {"origin": "http://127.0.0.1:8766"},
-               {"origin": "http://127.0.0.1:8765.evil.example"}, {"origin": ""},
-               {"origin": "http://127.0.0.1:8765", "sec-fetch-site": "same-site"},
+    refused = [{"origin": "null"}, {"origin": f"http://127.0.0.1:{port + 1}"},
+               {"origin": f"http://127.0.0.1:{port}.evil.example"}, {"origin": ""},
+               {"origin": f"http://127.0.0.1:{port}", "sec-fetch-site": "same-site"},
                {"sec-fetch-site": "cross-site"}]  # fmt: skip
     for headers in refused:
         assert foreign_site(headers, origins), headers
