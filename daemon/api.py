@@ -22,13 +22,15 @@ import json
 import os
 import secrets
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import peewee
 import uvicorn
-from pipewarden import control
+from pipewarden import control, faults
 from pipewarden.auth import LOGIN_CODE_TTL_S, SESSION_TTL_S, Gate, GateMiddleware, own_origins
 from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.inputs import items_field
@@ -210,8 +212,10 @@ def _build_app(api: ApiServer) -> Starlette:
             q["verbose"],
             daemon_running=True,
         )
+        fault = daemon.outage.fault
         snapshot["daemon"] = {"running": True, "pid": os.getpid(),
-                              "state_dir": str(daemon.config.state_dir)}  # fmt: skip
+                              "state_dir": str(daemon.config.state_dir),
+                              "store_fault": str(fault) if fault else None}  # fmt: skip
         return JSONResponse(snapshot)
 
     async def runs(request: Request) -> Response:
@@ -381,9 +385,16 @@ def _build_app(api: ApiServer) -> Starlette:
         Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS),
         Middleware(GateMiddleware, gate=api.gate),
     ]
-    return Starlette(
-        routes=routes, middleware=middleware, exception_handlers={PipewardenError: _refused}
-    )
+
+    async def store_trouble(request: Request, exc: Exception) -> Response:
+        """The store failing under a request (full, read-only, damaged): its line, 503."""
+        if (fault := faults.fault_of(exc, daemon.outage.path)) is None:
+            raise exc
+        return JSONResponse({"error": str(fault)}, status_code=503)
+
+    handlers = {PipewardenError: _refused, faults.StoreFault: store_trouble}
+    handlers |= {sqlite3.Error: store_trouble, peewee.PeeweeException: store_trouble}
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
 
 
 async def _refused(request: Request, exc: Exception) -> Response:

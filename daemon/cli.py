@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and something is wrong (a run not found, a daemon error)
-EXIT_USAGE = 2  # bad arguments, config or rules
+EXIT_USAGE = 2  # bad arguments, config or rules, a damaged store
+
+_stores_opened: list[Path] = []  # an error of the store a command reads is told by its path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except PipewardenError as exc:
         print(f"pipewarden: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return getattr(exc, "exit_code", EXIT_FAILURE)  # a damaged store: EXIT_USAGE
     except UnicodeEncodeError as exc:  # an argument in bytes that are not UTF-8 (a key, ...)
         from pipewarden.inputs import shown
 
@@ -49,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except BrokenPipeError:  # `pipewarden runs tail | head`
         return EXIT_OK
+    except Exception as exc:  # the store failing under a command (full, damaged): one line
+        from pipewarden.faults import fault_of
+
+        if not _stores_opened or (fault := fault_of(exc, _stores_opened[-1])) is None:
+            raise
+        print(f"pipewarden: {fault}", file=sys.stderr)
+        return fault.exit_code
 
 
 # -- argument parsing ------------------------------------------------------------------
@@ -199,6 +208,7 @@ def _build_parser() -> argparse.ArgumentParser:
     command("vacuum", _cmd_vacuum, "give the space of deleted rows back to the disk", common)
     backup = command("backup", _cmd_backup, "a consistent copy of the store, while it runs", common)
     backup.add_argument("path", help="where to write the copy")
+    command("migrate", _cmd_migrate, "upgrade the store to this version's schema", common)
     export = commands.add_parser("export", help="export records")
     export_commands = export.add_subparsers(title="commands", metavar="COMMAND")
     export_runs = export_commands.add_parser(
@@ -253,13 +263,17 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(find_config_path(args.config), args.state_dir)
 
 
-def _open_store(config: Config, must_exist: bool = False) -> Store | None:
+def _open_store(config: Config, must_exist: bool = False, read_only: bool = False) -> Store | None:
+    """The config's store (None if it `must_exist` and does not); `read_only`: a command
+    that only reads opens it so, and never migrates it."""
     from pipewarden.client import store_exists
     from pipewarden.store import STORE_FILE, Store
 
-    if not store_exists(config, config.state_dir / STORE_FILE) and must_exist:
+    path = config.state_dir / STORE_FILE
+    if not store_exists(config, path) and must_exist:
         return None
-    return Store(config.state_dir)
+    _stores_opened.append(path)
+    return Store(config.state_dir, read_only=read_only)
 
 
 def _print_json(value: Any) -> None:
@@ -274,9 +288,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipewarden import logs
     from pipewarden.daemon import Daemon
     from pipewarden.rules import load_rules
+    from pipewarden.store import STORE_FILE
 
     logs.configure()
     config = _config(args)
+    _stores_opened.append(config.state_dir / STORE_FILE)
     rules = load_rules(config.rule_paths, config.path.parent)
     daemon = Daemon(config, rules, state_dir_override=args.state_dir)
     return asyncio.run(daemon.run(until_idle=args.until_idle))
@@ -384,6 +400,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import os
     import time
 
+    from pipewarden import faults
     from pipewarden.lock import running_daemon_pid
     from pipewarden.render import Paint, status_tree
     from pipewarden.status import status_snapshot
@@ -397,17 +414,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
                                                             if args.pipeline else {})}  # fmt: skip
         snapshot = daemon.get("/api/status", query)
     else:
-        store = _open_store(config, must_exist=True)
+        store = _open_store(config, must_exist=True, read_only=True)
         pid = running_daemon_pid(config.state_dir)
         snapshot = status_snapshot(
             config, store, time.time(), args.pipeline, args.verbose, daemon_running=pid is not None
         )
         if store:
             store.close()
+        fault = faults.check_files(store.path) or faults.disk_full(store.path) if store else None
         snapshot["daemon"] = {
             "running": pid is not None,
             "pid": pid,
             "state_dir": str(config.state_dir),
+            "store_fault": str(fault) if fault else None,
         }
     if args.json:
         _print_json(snapshot)
@@ -421,7 +440,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def render_daemon_line(snapshot: dict[str, Any]) -> str:
     daemon = snapshot["daemon"]
     state = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
-    return f"daemon: {state} · state {daemon['state_dir']}"
+    line = f"daemon: {state} · state {daemon['state_dir']}"
+    if fault := daemon.get("store_fault"):  # what the daemon waits out: above all the rest
+        line += f"\n{fault}"
+    return line
 
 
 def _cmd_item(args: argparse.Namespace) -> int:
@@ -431,7 +453,7 @@ def _cmd_item(args: argparse.Namespace) -> int:
 
     config = _config(args)
     config.pipeline(args.pipeline)
-    store = _open_store(config, must_exist=True)
+    store = _open_store(config, must_exist=True, read_only=True)
     item = store.item(args.pipeline, args.key) if store else None
     if item is None:
         raise PipewardenError(f"no item '{args.key}' in pipeline '{args.pipeline}'")
@@ -472,7 +494,7 @@ def _cmd_halts(args: argparse.Namespace) -> int:
     if daemon.via_socket:  # the store may be the daemon's own: ask the daemon
         holds = daemon.get("/api/halts")
     else:
-        store = _open_store(config, must_exist=True)
+        store = _open_store(config, must_exist=True, read_only=True)
         holds = [hold_as_dict(hold) for hold in store.active_holds()] if store else []
         if store:
             store.close()
@@ -716,7 +738,7 @@ def _cmd_why(args: argparse.Namespace) -> int:
     from pipewarden.story import item_story
 
     config = _config(args)
-    store = _open_store(config, must_exist=True)
+    store = _open_store(config, must_exist=True, read_only=True)
     if store is None:
         raise PipewardenError("nothing has been enqueued yet")
     try:
@@ -876,8 +898,17 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     store = _open_store(_config(args), must_exist=True)
     if store is None:
         raise PipewardenError("there is no store to back up yet")
-    store.backup(target)
-    store.close()
+    try:
+        store.backup(target)
+    except sqlite3.Error as exc:  # a damaged store is its own line; else the copy's disk
+        from pipewarden.faults import fault_of
+
+        target.unlink(missing_ok=True)
+        if (fault := fault_of(exc, store.path)) is not None and not fault.passing:
+            raise fault from None
+        raise PipewardenError(f"cannot write the backup {target}: {exc}") from None
+    finally:
+        store.close()
     check = sqlite3.connect(target)
     try:
         result = check.execute("PRAGMA integrity_check").fetchone()[0]
@@ -890,12 +921,28 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from pipewarden.store import SCHEMA_VERSION
+
+    config = _config(args)
+    store = _open_store(config, must_exist=True)
+    if store is None:
+        print(f"no store at {config.state_dir}: nothing to migrate (the first start makes one)")
+        return EXIT_OK
+    store.close()
+    if store.found_schema == SCHEMA_VERSION:
+        print(f"store {store.path}: schema {SCHEMA_VERSION} already")
+    else:
+        print(f"store {store.path}: migrated from schema {store.found_schema} to {SCHEMA_VERSION}")
+    return EXIT_OK
+
+
 def _cmd_export_runs(args: argparse.Namespace) -> int:
     import csv
     import time
 
     since = time.time() - _duration_arg(args.since, "--since") if args.since else None
-    store = _open_store(_config(args), must_exist=True)
+    store = _open_store(_config(args), must_exist=True, read_only=True)
     rows = store.export_runs(since) if store else iter(())
     out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
     try:
@@ -923,7 +970,7 @@ def _cmd_export_runs(args: argparse.Namespace) -> int:
 def _cmd_runs_tail(args: argparse.Namespace) -> int:
     from pipewarden.render import run_as_dict, runs_table
 
-    store = _open_store(_config(args), must_exist=True)
+    store = _open_store(_config(args), must_exist=True, read_only=True)
     runs = store.recent_runs(args.n, args.stage, args.status, args.pipeline) if store else []
     if args.json:
         _print_json([run_as_dict(run) for run in runs])
@@ -939,7 +986,7 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
     prefix = args.run_id.strip().lower()
     if len(prefix) < 4:
         raise UsageError("give at least 4 characters of the run id")
-    store = _open_store(_config(args), must_exist=True)
+    store = _open_store(_config(args), must_exist=True, read_only=True)
     matches = store.runs_with_prefix(prefix) if store else []
     if not matches:
         raise PipewardenError(f"no run with id starting '{prefix}' (see `pipewarden runs tail`)")

@@ -16,9 +16,11 @@ import os
 import signal
 import subprocess
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pipewarden import faults
 from pipewarden import reload as reload_module
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
@@ -33,12 +35,11 @@ from pipewarden.processes import Identity
 from pipewarden.rules import Rule, RuleSet
 from pipewarden.scheduler import Scheduler
 from pipewarden.sdnotify import SystemdNotifier
-from pipewarden.store import Store
+from pipewarden.store import STORE_FILE, Store
 
 log = logging.getLogger("pipewarden.daemon")
 
 RECOVERED_REASON = "daemon stopped while running"
-DAEMON_META = "daemon"  # {"stopped_cleanly": bool}: was the last stop a clean one?
 PRUNE_EVERY_S = 3600.0
 WATCH_RETRY_S = 1.0  # a failed file watcher starts again after this, doubling up to the max
 WATCH_RETRY_MAX_S = 10.0
@@ -88,11 +89,16 @@ class Daemon:
         self.events = EventBus()
         self.observers: list[Any] = []  # told of finished runs, deliveries, reloads (metrics)
         self.systemd = SystemdNotifier()
+        self.outage = faults.Outage(
+            config.state_dir / STORE_FILE, lambda status: self.systemd.send(f"STATUS={status}")
+        )
 
     # -- what the API needs of the running daemon ---------------------------------------
     @property
     def store(self) -> Store:
         assert self._store is not None, "the daemon is not running"
+        if fault := faults.check_files(self._store.path, self._store.file_id):
+            raise fault  # read-only or gone: a read could kill the daemon (SIGBUS on -shm)
         return self._store
 
     @property
@@ -121,12 +127,17 @@ class Daemon:
         lock = DaemonLock(self.config.state_dir)
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock.acquire()
-        store = self._store = Store(self.config.state_dir)
+        store = self._store = await self.outage.wait_out(lambda: Store(self.config.state_dir))
+        self.outage.relieve = partial(faults.make_room, store)
+        umask = os.umask(0o077)  # what the daemon and its workers write: their user's alone
         try:
+            stopped_cleanly = await self.outage.wait_out(
+                lambda: faults.check_after_unclean_stop(store)
+            )
             notifier = Notifier(store, self.config.notify, self.clock)
             containment.enable(self.config.state_dir, store.record_processes)
-            await self._kill_leftovers(store)
-            self._recover(store, notifier)
+            await self._kill_leftovers(store, stopped_cleanly is False)
+            await self.outage.wait_out(lambda: self._recover(store, notifier))
             self._code = await asyncio.to_thread(reload_module.stage_code, self.config)
             scheduler = self._scheduler = Scheduler(
                 self.config,
@@ -139,7 +150,7 @@ class Daemon:
                 self.events,
                 code=self._code,
             )
-            scheduler.observers = self.observers
+            scheduler.observers, scheduler.outage = self.observers, self.outage
             notifier.on_result = self._delivered
             self._install_signal_handlers(scheduler)
             self._record_reload(ok=True, why="start")
@@ -157,25 +168,35 @@ class Daemon:
             self._spawn(self.systemd.watchdog(self.summary))
             self._spawn(self._keep_the_books())
             self._spawn(containment.keep_sweeping())
-            await scheduler.run(self._stop, until_idle=until_idle)
+            damaged = None
+            try:
+                await scheduler.run(self._stop, until_idle=until_idle)
+            except Exception as exc:  # a damaged store: stop as on SIGTERM, then say so
+                if (damaged := faults.fault_of(exc, store.path)) is None:
+                    raise
+                self.request_stop("the store is damaged")
             self._stop.set()  # ends the file watcher too
             reason = (
                 f"daemon stopping ({self._stop_reason or 'done'}): interrupted after drain grace"
             )
-            await scheduler.drain(self.config.drain_grace_s, reason)
+            recorded = await scheduler.drain(self.config.drain_grace_s, reason)
             if api is not None:
                 await api.stop()
             for task in self._background:
                 task.cancel()  # the watchdog pings; the file watcher ends with the stop event
             await asyncio.gather(*self._background, return_exceptions=True)
-            store.set_meta(DAEMON_META, {"stopped_cleanly": True})
-            log.info("stopped cleanly")
+            if damaged is not None:
+                raise damaged
+            if recorded:
+                faults.mark_clean_stop(store)
+                log.info("stopped cleanly")
             return 0
         finally:
             self._remove_signal_handlers()
             containment.disable()
             store.close()
             lock.release()
+            os.umask(umask)
 
     async def _start_api(self) -> Any:
         if not self.config.api.enabled:
@@ -201,10 +222,11 @@ class Daemon:
     async def _keep_the_books(self) -> None:
         """Prune runs past the retention, hourly, a small batch at a time."""
         while True:
-            if self.config.retention_s:
+            if self.config.retention_s and (store := self._store) is not None:
                 older_than = self.clock.now() - self.config.retention_s
                 total = 0
-                while deleted := self.store.prune_batch(older_than):
+                prune = partial(store.prune_batch, older_than)
+                while deleted := faults.unless_waiting(store, prune):  # else: in an hour
                     total += deleted
                     await asyncio.sleep(0)  # let the scheduler in between batches
                 if total:
@@ -214,6 +236,9 @@ class Daemon:
     def summary(self) -> str:
         """One line for systemd's STATUS=: what runs, what waits, what is halted."""
         assert self._scheduler is not None and self._store is not None
+        store = self._store  # not to be touched while it is read-only or gone (SIGBUS)
+        if fault := self.outage.fault or faults.check_files(store.path, store.file_id):
+            return f"{fault} · {self._scheduler.in_flight} running"
         totals: dict[str, int] = {}
         for (_, _, state), count in self._store.item_totals().items():
             totals[state] = totals.get(state, 0) + count
@@ -308,9 +333,9 @@ class Daemon:
         self._trouble_flush_due = False
         if self._store is not None:
             self._trouble_saved = now
-            self._store.set_meta(
-                "rules_trouble",
-                {"version": self.rules.version, "rules": list(self._troubles.values())},
+            troubles = {"version": self.rules.version, "rules": list(self._troubles.values())}
+            faults.unless_waiting(
+                self._store, lambda: self._store.set_meta("rules_trouble", troubles)
             )
 
     def _record_reload(
@@ -328,7 +353,7 @@ class Daemon:
             "rules": len(self.rules.rules), "warnings": list(self.rules.warnings),
             "needs_restart": needs_restart or [], "changes": changes or [],
         }  # fmt: skip
-        self._store.set_meta("reload", record)
+        faults.unless_waiting(self._store, lambda: self._store.set_meta("reload", record))
         if ok:
             self._save_troubles(now)
         if not ok and self._scheduler is not None:
@@ -374,13 +399,11 @@ class Daemon:
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("background task failed: %s: %s", type(error).__name__, error)
 
-    async def _kill_leftovers(self, store: Store) -> None:
+    async def _kill_leftovers(self, store: Store, unclean: bool) -> None:
         """After an unclean stop, before any item is requeued: nothing the dead daemon
         started may still run beside the requeued copy of its work."""
-        previous = store.get_meta(DAEMON_META)
-        store.set_meta(DAEMON_META, {"stopped_cleanly": False})
         interrupted = [Identity(*row) for row in store.running_processes()]
-        if (previous is None or previous.get("stopped_cleanly")) and not interrupted:
+        if not unclean and not interrupted:
             return
         killed = await containment.kill_leftovers(interrupted)
         log.log(

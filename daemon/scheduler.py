@@ -9,11 +9,17 @@ fits in the free slots of stages that are not held (run rows are committed befor
 any worker starts). Live progress is written on a timer of its own, at most once a
 second, since the loop may sleep for as long as an attempt runs. Notifications go
 to the outbox; the notifier delivers them off the loop.
+
+A pass the store cannot take (a full disk, a read-only or vanished store) leaves
+nothing behind, in the store or in memory: what finished waits for the next try, no
+claim of it starts a worker, and claiming stops until a write goes through again
+(see faults.Outage).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,9 +27,12 @@ import math
 import random
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
+from pipewarden import faults
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
 from pipewarden.config import Config, Pipeline, Stage
@@ -145,6 +154,7 @@ class Scheduler:
         self._holds = _Holds(frozenset(), frozenset(), frozenset(), (), ())
         self._wake = asyncio.Event()
         self._interrupt_reason = "daemon stopping: interrupted"
+        self.outage = faults.Outage(store.path)  # the daemon's own, which tells systemd
 
     # -- the loop ---------------------------------------------------------------------
     def wake(self) -> None:
@@ -167,13 +177,10 @@ class Scheduler:
         while not stop.is_set():
             self._wake.clear()
             now = self.clock.now()
-            with self.store.transaction():  # what finished and what starts: one commit
-                self.flush()  # first: a halt it raises must stop this very pass's claims
-                holds = self._lift_budget_halts(self.store.active_holds(), now)
-                self._holds = _Holds.from_rows(holds, now)
-                if self.claiming:
-                    self._defer_closed_channels(now)
-                    self._dispatch(now)
+            if not self._in_one_commit(partial(self._pass, now)):  # kept; tried again soon
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.outage.retry_in)
+                continue
             self.notifier.tick(now)
             await self._stop_retired()
             if until_idle and not self.in_flight and self._nothing_left():
@@ -181,8 +188,12 @@ class Scheduler:
                 return
             await self._sleep(self._seconds_until_due(until_idle))
 
-    async def drain(self, grace_s: float, reason: str) -> None:
-        """Stop claiming, give in-flight runs `grace_s` to finish, then interrupt the rest."""
+    async def drain(self, grace_s: float, reason: str) -> bool:
+        """Stop claiming, give in-flight runs `grace_s` to finish, then interrupt the rest.
+
+        True when every finished run is recorded; the runs of those that are not stay
+        `running` in the store, and the next start requeues their items.
+        """
         self.claiming = False
         if self.in_flight:
             log.info("waiting up to %gs for %d running attempt(s)", grace_s, self.in_flight)
@@ -194,30 +205,108 @@ class Scheduler:
         if leftover:
             self._interrupt_reason = reason
             await asyncio.wait(leftover)
-        with self.store.transaction():
-            self.flush()
+        with contextlib.suppress(faults.StoreFault):  # damaged: the daemon says so as it exits
+            self._in_one_commit(self.flush)
         if self._progress_timer is not None:
             self._progress_timer.cancel()
-        await self.notifier.flush(self.clock.now(), timeout_s=NOTIFY_AT_STOP_S)
+        if self._finished:
+            log.error(
+                "%d finished run(s) not recorded: the next start requeues their items",
+                len(self._finished),
+            )
+        else:
+            await self.notifier.flush(self.clock.now(), timeout_s=NOTIFY_AT_STOP_S)
         await asyncio.gather(*(slot.executor.stop() for slot in (*self._slots, *self._retired)))
+        return not self._finished
 
-    def flush(self) -> None:
-        """Write finished runs and progress; let the guard and the notifier see them."""
+    def _pass(self, now: float) -> list[FinishedRun]:
+        """Write what finished, raise and lift halts, claim what fits; returns what it wrote."""
+        written = self.flush()  # first: a halt it raises must stop this very pass's claims
+        holds = self._lift_budget_halts(self.store.active_holds(), now)
+        self._holds = _Holds.from_rows(holds, now)
+        if self.claiming and self.outage.fault is None:
+            self._defer_closed_channels(now)
+            self._dispatch(now)
+            written += self.flush()  # skipped runs end in the pass that claimed them
+        return written
+
+    def _in_one_commit(self, write: Callable[[], list[FinishedRun]]) -> bool:
+        """`write()` in one transaction; False when the store cannot take it (the outage
+        says so). A damaged store is raised."""
+        fault = self._commit(write)
+        if fault is not None and fault.kind == faults.FULL and faults.make_room(self.store):
+            fault = self._commit(write)  # the WAL held the space: checkpointed, once more
+        if fault is not None:
+            self.outage.failed(fault)
+            return False
+        self.outage.over()
+        return True
+
+    def _commit(self, write: Callable[[], list[FinishedRun]]) -> faults.StoreFault | None:
+        """`write()` committed and the observers told of the runs it wrote; or the fault
+        that stopped it, the pass undone in memory as the rollback undid it in the store."""
+        undo = self._undo_point()
+        try:
+            if fault := faults.check_files(self.store.path, self.store.file_id):
+                raise fault  # a write now would vanish, or kill the daemon (SIGBUS)
+            with self.store.transaction():
+                written = write()
+        except Exception as exc:
+            if (fault := faults.fault_of(exc, self.store.path)) is None:
+                raise
+            undo()
+            if not fault.passing:
+                raise fault from None
+            return fault
+        for observer in self.observers if written else ():
+            observer.runs_finished(written)
+        return None
+
+    def _undo_point(self) -> Callable[[], None]:
+        """What a pass changes in memory, and how to put it back when its commit fails.
+
+        The pass never awaits, so nothing else changes these meanwhile; a task it created
+        has not started, and cancelled now it never runs a worker. (Its `run_started`
+        events are out: the page may show such a start until it reads the status again.)
+        """
+        finished, progress, probes, holds = (
+            list(self._finished), dict(self._progress), dict(self._probes), self._holds,
+        )  # fmt: skip
+        in_flight = [(slot, slot.in_flight) for slot in self._slots]
+        tasks, guard = set(self._tasks), self.guard
+
+        def undo() -> None:
+            for task in self._tasks - tasks:
+                task.cancel()
+            for slot, count in in_flight:
+                slot.in_flight = count
+            self._finished, self._progress, self._probes, self._holds = (
+                finished, progress, probes, holds,
+            )  # fmt: skip
+            # A new guard: the old one counted the batch's costs into its day's spending.
+            self.guard = Guard(self.store, guard.rules, guard.stages)
+
+        return undo
+
+    def flush(self) -> list[FinishedRun]:
+        """Write finished runs and progress; let the guard and the notifier see them.
+
+        Returns the runs written, for the observers once the caller's transaction commits.
+        """
         if not (self._finished or self._progress):
-            return
+            return []
         finished, self._finished = self._finished, []
         progress, self._progress = self._progress, {}
         self.store.finish(finished, progress)
         if not finished:
-            return
-        for observer in self.observers:
-            observer.runs_finished(finished)
+            return []
         now = self.clock.now()
         if any(run.status in FAILED or run.cost for run in finished):
             for hold in self.guard.check(finished, now, self.store.active_holds()):
                 self._notify_halt(hold, now)
         for run in finished:
             self._notify_run(run, now)
+        return finished
 
     async def _sleep(self, delay: float | None) -> None:
         """Until woken (a run ended, an enqueue, a stop) or until `delay` has passed."""
@@ -281,7 +370,7 @@ class Scheduler:
         claimed = self.store.claim(
             slot.pipeline.name, stage.name, limit, now, describe, blocked, only_channel
         )
-        started, skips = [], 0
+        started = []
         for item, new_run in claimed:
             earlier = (
                 None
@@ -292,7 +381,6 @@ class Scheduler:
             )
             # A checkpoint: this very input already passed this stage.
             if earlier and self._record_skipped(slot, item, new_run, earlier, now):
-                skips += 1
                 continue
             self.events.publish(
                 "run_started", run_id=new_run.run_id, pipeline=slot.pipeline.name,
@@ -304,8 +392,6 @@ class Scheduler:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             started.append(new_run.run_id)
-        if skips:  # ended in the pass that claimed them: nothing else may wake the loop
-            self.flush()
         return started
 
     def _record_skipped(
@@ -434,6 +520,8 @@ class Scheduler:
 
     def _write_progress(self) -> None:
         self._progress_timer = None
+        if self.outage.fault is not None:  # kept for the pass that commits next
+            return
         self._progress_written = self.clock.monotonic()
         progress, self._progress = self._progress, {}
         if not progress:  # a loop pass wrote it first

@@ -18,7 +18,7 @@ from pipewarden import packs
 from pipewarden.config import Config, find_config_path, load_config
 from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.rules import load_rules
-from pipewarden.store import STORE_FILE
+from pipewarden.store import SCHEMA_VERSION, STORE_FILE
 
 STARTER_CONFIG = """\
 # pipewarden config. Durations take a unit: 250ms, 30s, 5m, 2h, 1d.
@@ -158,17 +158,44 @@ def _state_dir(config: Config) -> Iterator[Finding]:
         yield Finding(False, f"api token: {token} is readable by others", f"chmod 600 {token}")
     store = folder / STORE_FILE
     if store.exists():
-        connection = sqlite3.connect(store)
+        yield from _store(store)
+
+
+def _store(path: Path) -> Iterator[Finding]:
+    """Its integrity (PRAGMA quick_check, read-only: doctor changes nothing), its schema and
+    who may read its files."""
+    from pipewarden import faults
+
+    schema = SCHEMA_VERSION
+    try:
+        faults.refuse_emptied(path)
+        connection = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
         try:
-            result = connection.execute("PRAGMA quick_check").fetchone()[0]
+            if not (problem := faults.quick_check(connection, path)):
+                schema = connection.execute("PRAGMA user_version").fetchone()[0]
         finally:
             connection.close()
-        if result == "ok":
-            yield Finding(True, f"store: {store} passes its integrity check")
-        else:
-            yield Finding(
-                False, f"store: {store}: {result}", "restore a backup (pipewarden backup)"
-            )
+    except sqlite3.Error as exc:  # locked, unreadable, ...: said, never a traceback
+        fault = faults.fault_of(exc, path)
+        if fault is None or fault.passing:
+            yield Finding(False, f"store: {path} cannot be checked ({exc})")
+            return
+        problem = fault.detail
+    except faults.StoreFault as fault:  # emptied
+        problem = fault.detail
+    if problem:
+        yield Finding(False, f"store {path} is damaged ({problem})",
+                      "restore a backup (pipewarden backup) or move it aside")  # fmt: skip
+        return
+    yield Finding(True, f"store: {path} passes its integrity check")
+    if schema < SCHEMA_VERSION:
+        older = f"store: schema {schema}, older than this pipewarden's ({SCHEMA_VERSION})"
+        yield Finding(False, older, "start the daemon or run `pipewarden migrate`")
+    for suffix in ("", "-wal", "-shm"):
+        file = path.with_name(path.name + suffix)
+        if file.exists() and (mode := stat.S_IMODE(file.stat().st_mode)) & 0o077:
+            yield Finding(False, f"store: {file} is open to others ({mode:o})",
+                          f"chmod 600 {file}")  # fmt: skip
 
 
 def _rule_trouble(config: Config) -> Iterator[Finding]:

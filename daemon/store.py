@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import peewee as pw
+from pipewarden import faults
 from pipewarden.errors import StoreError
 from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES, ItemState, RunStatus
 
@@ -140,6 +142,31 @@ class Outbox(pw.Model):
 
     class Meta:
         table_name = "outbox"
+
+
+class _Database(pw.SqliteDatabase):
+    def rollback(self) -> None:
+        # SQLite ends a transaction itself on a full disk or an I/O error: a ROLLBACK then
+        # fails ("no transaction is active") and would hide the error that mattered.
+        if self.connection().in_transaction:
+            super().rollback()
+
+
+def _create(path: Path) -> None:
+    """A new store appears whole: made under another name (mode 0600, WAL) and linked into
+    place, so a store file of 0 bytes is one that lost its content, never one half made."""
+    draft = path.with_name(f"{path.name}.new-{os.getpid()}")
+    os.close(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    try:
+        connection = sqlite3.connect(draft)
+        try:
+            connection.execute("PRAGMA journal_mode = wal")  # writes the first page
+        finally:
+            connection.close()
+        with contextlib.suppress(FileExistsError):  # another process made it first: theirs
+            os.link(draft, path)
+    finally:
+        draft.unlink()
 
 
 def _bound(model: type[pw.Model], db: pw.Database) -> Any:
@@ -379,33 +406,75 @@ _PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
 
 
 class Store:
-    def __init__(self, state_dir: Path):
+    """The store, opened for writing (migrated to this version's schema first) or, with
+    `read_only`, for reading only: nothing is written, and an older schema is refused."""
+
+    def __init__(self, state_dir: Path, read_only: bool = False):
         self.state_dir = state_dir
         self.path = state_dir / STORE_FILE
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise StoreError(f"cannot create state dir {state_dir}: {exc.strerror}") from None
-        self.db = pw.SqliteDatabase(
-            str(self.path),
-            pragmas={
+        if not read_only:
+            try:
+                state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise StoreError(f"cannot create state dir {state_dir}: {exc.strerror}") from None
+        faults.refuse_emptied(self.path)
+        pragmas: dict[str, Any] = {"foreign_keys": 1, "busy_timeout": BUSY_TIMEOUT_MS}
+        if not read_only:
+            pragmas |= {
                 "journal_mode": "wal",
                 "synchronous": "normal",  # WAL + NORMAL: a killed daemon loses no commit
-                "foreign_keys": 1,
-                "busy_timeout": BUSY_TIMEOUT_MS,
                 "wal_autocheckpoint": WAL_CHECKPOINT_PAGES,
-            },
-            autoconnect=True,
-        )
+            }
+        where = f"{self.path.absolute().as_uri()}?mode=ro" if read_only else str(self.path)
+        self.db = _Database(where, pragmas=pragmas, autoconnect=True, uri=read_only)
         # Each Store binds its own model classes, so two stores never share a database.
         self.Item: type[Item] = _bound(Item, self.db)
         self.Run: type[Run] = _bound(Run, self.db)
         self.Hold: type[Hold] = _bound(Hold, self.db)
         self.Outbox: type[Outbox] = _bound(Outbox, self.db)
         try:
-            self.migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+            if not read_only and not self.path.exists():
+                _create(self.path)
+            elif not read_only and (fault := faults.check_files(self.path)):
+                raise fault  # SQLite would open it read-only, and stay so once it is writable
+            self.found_schema = self.schema_version()
+            if read_only:
+                self._check_schema(self.found_schema)
+            else:
+                self.migrate()
+            self._enter_every_table()
+            found = os.stat(self.path)
+        except StoreError:
+            self.db.close()
+            raise
+        except OSError as exc:
+            self.db.close()
+            fault = faults.os_fault(exc, self.path)
+            raise fault or StoreError(f"cannot open store {self.path}: {exc.strerror}") from None
+        except (sqlite3.Error, pw.PeeweeException) as exc:
+            self.db.close()
+            fault = faults.fault_of(exc, self.path)
+            raise fault or StoreError(f"cannot open store {self.path}: {exc}") from None
+        self.file_id = (found.st_dev, found.st_ino)  # the file opened: see faults.check_files
+
+    def _check_schema(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema {version}, newer than this pipewarden "
+                f"({SCHEMA_VERSION}) — upgrade pipewarden"
+            )
+        if version < SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema {version}; this pipewarden reads schema"
+                f" {SCHEMA_VERSION} — start the daemon or run `pipewarden migrate`"
+            )
+
+    def _enter_every_table(self) -> None:
+        """Read into every table once: a damaged schema or table root is found at the open,
+        whatever a command goes on to read."""
+        tables = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        for (table,) in tables.fetchall():
+            self._conn.execute(f'SELECT * FROM "{table}" NOT INDEXED LIMIT 1').fetchall()
 
     def close(self) -> None:
         self.db.close()
@@ -433,10 +502,7 @@ class Store:
             with self.db.atomic("IMMEDIATE"):
                 current = self.schema_version()
                 if current > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.path} has schema {current}, newer than this pipewarden "
-                        f"({SCHEMA_VERSION}) — upgrade pipewarden"
-                    )
+                    self._check_schema(current)
                 if current == SCHEMA_VERSION:
                     return
                 for statement in _MIGRATIONS[current]:
