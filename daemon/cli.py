@@ -18,7 +18,7 @@ from pipewarden.errors import ConfigError, PipewardenError, UsageError
 if TYPE_CHECKING:
     from pipewarden.client import DaemonApi
     from pipewarden.config import Config
-    from pipewarden.store import Store
+    from pipewarden.store import Storage
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and something is wrong (a run not found, a daemon error)
@@ -263,17 +263,19 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(find_config_path(args.config), args.state_dir)
 
 
-def _open_store(config: Config, must_exist: bool = False, read_only: bool = False) -> Store | None:
+def _open_store(
+    config: Config, must_exist: bool = False, read_only: bool = False
+) -> Storage | None:
     """The config's store (None if it `must_exist` and does not); `read_only`: a command
     that only reads opens it so, and never migrates it."""
     from pipewarden.client import store_exists
-    from pipewarden.store import STORE_FILE, Store
+    from pipewarden.store import STORE_FILE, open_store
 
     path = config.state_dir / STORE_FILE
     if not store_exists(config, path) and must_exist:
         return None
     _stores_opened.append(path)
-    return Store(config.state_dir, read_only=read_only)
+    return open_store(config.state_dir, read_only=read_only)
 
 
 def _print_json(value: Any) -> None:
@@ -753,9 +755,8 @@ def _cmd_why(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _pipeline_of(store: Store, key: str) -> str:
-    pipelines = [row[0] for row in store.db.connection().execute(
-        "SELECT pipeline FROM items WHERE key = ?", (key,))]  # fmt: skip
+def _pipeline_of(store: Storage, key: str) -> str:
+    pipelines = store.pipelines_of(key)
     if not pipelines:
         raise PipewardenError(f"no item '{key}' (see `pipewarden status`)")
     if len(pipelines) > 1:

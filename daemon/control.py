@@ -15,7 +15,7 @@ from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.inputs import check_item, escape_controls, field, key_problem, shown
 from pipewarden.limits import KEY_MAX
 from pipewarden.notifier import Notifier
-from pipewarden.store import Enqueued, HeldChange, Hold, Store
+from pipewarden.store import Enqueued, HeldChange, Hold, Storage
 
 log = logging.getLogger("pipewarden.control")
 
@@ -24,14 +24,14 @@ REASON_MAX = KEY_MAX  # a reason to fail held items: one line, as long as any na
 
 
 def enqueue(
-    store: Store,
+    store: Storage,
     config: Config,
     pipeline: str,
     items: list[tuple[str, dict | None]],
     now: float,
     force: bool = False,
 ) -> Enqueued:
-    """Add items at the pipeline's first stage (see `Store.enqueue`).
+    """Add items at the pipeline's first stage (see `Storage.enqueue`).
 
     Every way in (a KEY, a file, the API) ends here, so every item is checked here:
     a bad key or data refuses the whole batch with the reason, before anything is added.
@@ -59,7 +59,7 @@ def hold_target(config: Config, scope: str, target: str) -> str:
     raise UsageError(f"scope must be one of {', '.join(SCOPES)}, with a target")
 
 
-def pause(store: Store, config: Config, scope: str, target: str, who: str, now: float) -> bool:
+def pause(store: Storage, config: Config, scope: str, target: str, who: str, now: float) -> bool:
     """Pause a channel, stage or pipeline; False if it was already paused."""
     target = hold_target(config, scope, target)
     added = store.add_hold(
@@ -69,12 +69,12 @@ def pause(store: Store, config: Config, scope: str, target: str, who: str, now: 
     return added is not None
 
 
-def resume(store: Store, config: Config, scope: str, target: str, who: str, now: float) -> bool:
+def resume(store: Storage, config: Config, scope: str, target: str, who: str, now: float) -> bool:
     """Resume a paused channel, stage or pipeline; False if it was not paused."""
     return bool(store.clear_holds(hold_target(config, scope, target), ("pause",), who, now))
 
 
-def clear_halt(store: Store, notifier: Notifier, target: str, who: str, now: float) -> list[Hold]:
+def clear_halt(store: Storage, notifier: Notifier, target: str, who: str, now: float) -> list[Hold]:
     """Clear the halts on `target` and tell the people who were told of them."""
     cleared = store.clear_holds(target, ("halt",), who, now)
     if not cleared:
@@ -84,7 +84,7 @@ def clear_halt(store: Store, notifier: Notifier, target: str, who: str, now: flo
     return cleared
 
 
-def retry(store: Store, config: Config, request: dict[str, Any], now: float) -> int:
+def retry(store: Storage, config: Config, request: dict[str, Any], now: float) -> int:
     """Requeue failed and retrying items with a label (see `pipewarden retry`)."""
     label = field(request, "label", str)
     pipeline, stage = field(request, "pipeline", str, None), field(request, "stage", str, None)
@@ -98,7 +98,7 @@ def retry(store: Store, config: Config, request: dict[str, Any], now: float) -> 
 
 
 def release(
-    store: Store, config: Config, pipeline: str, keys: list[str] | None, who: str, now: float,
+    store: Storage, config: Config, pipeline: str, keys: list[str] | None, who: str, now: float,
     dry_run: bool = False,
 ) -> HeldChange:  # fmt: skip
     """Held items (`keys`, or None for all of the pipeline's) back in the queue, at the
@@ -110,7 +110,7 @@ def release(
 
 
 def fail(
-    store: Store, config: Config, pipeline: str, keys: list[str] | None, reason: str,
+    store: Storage, config: Config, pipeline: str, keys: list[str] | None, reason: str,
     who: str, now: float, dry_run: bool = False,
 ) -> HeldChange:  # fmt: skip
     """Held items (`keys`, or None for all of the pipeline's) end failed with `reason`."""
@@ -135,7 +135,7 @@ def fail_reason(reason: str) -> str:
     return text
 
 
-def held_count(store: Store, request: dict[str, Any]) -> int:
+def held_count(store: Storage, request: dict[str, Any]) -> int:
     """Held items with a `retry` request's label, which `retry` leaves to a person."""
     return store.held_count(
         field(request, "label", str), field(request, "pipeline", str, None),

@@ -35,7 +35,7 @@ from pipewarden.processes import Identity
 from pipewarden.rules import Rule, RuleSet
 from pipewarden.scheduler import Scheduler
 from pipewarden.sdnotify import SystemdNotifier
-from pipewarden.store import STORE_FILE, Store
+from pipewarden.store import STORE_FILE, Storage, open_store
 
 log = logging.getLogger("pipewarden.daemon")
 
@@ -79,7 +79,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._scheduler: Scheduler | None = None
-        self._store: Store | None = None
+        self._store: Storage | None = None
         self._code: dict[str, reload_module.StageCode] = {}  # the stages' code as last loaded
         self._reload_lock = asyncio.Lock()
         self._troubles: dict[str, dict[str, Any]] = {}  # rule id -> what `status` shows of it
@@ -95,9 +95,9 @@ class Daemon:
 
     # -- what the API needs of the running daemon ---------------------------------------
     @property
-    def store(self) -> Store:
+    def store(self) -> Storage:
         assert self._store is not None, "the daemon is not running"
-        if fault := faults.check_files(self._store.path, self._store.file_id):
+        if fault := self._store.unwritable():
             raise fault  # read-only or gone: a read could kill the daemon (SIGBUS on -shm)
         return self._store
 
@@ -127,7 +127,7 @@ class Daemon:
         lock = DaemonLock(self.config.state_dir)
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock.acquire()
-        store = self._store = await self.outage.wait_out(lambda: Store(self.config.state_dir))
+        store = self._store = await self.outage.wait_out(lambda: open_store(self.config.state_dir))
         self.outage.relieve = partial(faults.make_room, store)
         umask = os.umask(0o077)  # what the daemon and its workers write: their user's alone
         try:
@@ -237,7 +237,7 @@ class Daemon:
         """One line for systemd's STATUS=: what runs, what waits, what is halted."""
         assert self._scheduler is not None and self._store is not None
         store = self._store  # not to be touched while it is read-only or gone (SIGBUS)
-        if fault := self.outage.fault or faults.check_files(store.path, store.file_id):
+        if fault := self.outage.fault or store.unwritable():
             return f"{fault} · {self._scheduler.in_flight} running"
         totals: dict[str, int] = {}
         for (_, _, state), count in self._store.item_totals().items():
@@ -399,7 +399,7 @@ class Daemon:
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("background task failed: %s: %s", type(error).__name__, error)
 
-    async def _kill_leftovers(self, store: Store, unclean: bool) -> None:
+    async def _kill_leftovers(self, store: Storage, unclean: bool) -> None:
         """After an unclean stop, before any item is requeued: nothing the dead daemon
         started may still run beside the requeued copy of its work."""
         interrupted = [Identity(*row) for row in store.running_processes()]
@@ -412,7 +412,7 @@ class Daemon:
             " workers", killed,
         )  # fmt: skip
 
-    def _recover(self, store: Store, notifier: Notifier) -> None:
+    def _recover(self, store: Storage, notifier: Notifier) -> None:
         hold = {
             (p.name, s.name)
             for p in self.config.pipelines.values()

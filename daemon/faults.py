@@ -222,7 +222,7 @@ def mark_clean_stop(store: Store) -> None:
 def unless_waiting(store: Store, write: Callable[[], T]) -> T | None:
     """`write()`, for a write that can wait for the next one: a full, read-only or vanished
     store skips it (None), and the scheduler's loop is what says so. Other errors are raised."""
-    if check_files(store.path, store.file_id):
+    if store.unwritable():
         return None
     try:
         return write()

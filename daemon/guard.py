@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from pipewarden.config import Config
 from pipewarden.rules import HaltRule
-from pipewarden.store import FinishedRun, Hold, Store
+from pipewarden.store import FinishedRun, Hold, Storage
 from pipewarden.types import RunStatus
 
 log = logging.getLogger("pipewarden.guard")
@@ -33,7 +33,7 @@ def stages_by_pipeline(config: Config) -> dict[str, list[str]]:
 
 
 class Guard:
-    def __init__(self, store: Store, rules: tuple[HaltRule, ...], stages: dict[str, list[str]]):
+    def __init__(self, store: Storage, rules: tuple[HaltRule, ...], stages: dict[str, list[str]]):
         self.store = store
         self.rules = rules
         self.stages = stages  # pipeline -> its stage names: a budget sums its costs per stage

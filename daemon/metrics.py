@@ -56,7 +56,7 @@ class _StoreCollector:
         yield self._oldest_ready()
         yield GaugeMetricFamily(
             "pipewarden_outbox_unsent", "Notifications not yet delivered (the outbox backlog)",
-            value=store.Outbox.select().where(store.Outbox.sent_at.is_null()).count(),
+            value=store.outbox_backlog(),
         )  # fmt: skip
         yield GaugeMetricFamily(
             "pipewarden_attempts_in_flight", "Attempts running now", value=self.daemon.in_flight

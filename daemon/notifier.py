@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pipewarden.clock import Clock
 from pipewarden.config import NotifySettings, NotifyTarget
 from pipewarden.render import format_duration
-from pipewarden.store import Hold, Outbox, Store
+from pipewarden.store import Hold, Outbox, Storage
 
 log = logging.getLogger("pipewarden.notifier")
 
@@ -44,7 +44,7 @@ class Delivery:
 
 
 class Notifier:
-    def __init__(self, store: Store, settings: NotifySettings, clock: Clock | None = None):
+    def __init__(self, store: Storage, settings: NotifySettings, clock: Clock | None = None):
         self.store = store
         self.settings = settings
         self.clock = clock or Clock()
@@ -62,12 +62,9 @@ class Notifier:
         since = now - self.settings.repeat_interval_s
         for target in self.settings.targets:
             wanted = target.wants(event) or bool(told_of and target.wants(told_of))
-            if not wanted or self._sent_recently(key, target.id, since):
+            if not wanted or self.store.sent_recently(key, target.id, since):
                 continue
-            self.store.Outbox.create(
-                key=key, event=event, target=target.id, title=title, body=body,
-                created_at=now, due_at=due, next_try_at=due,
-            )  # fmt: skip
+            self.store.add_notification(key, event, target.id, title, body, now, due)
             queued += 1
         return queued
 
@@ -85,29 +82,14 @@ class Notifier:
             now, told_of,
         )  # fmt: skip
 
-    def _sent_recently(self, key: str, target: str, since: float) -> bool:
-        outbox = self.store.Outbox
-        return (
-            outbox.select()
-            .where((outbox.key == key) & (outbox.target == target) & (outbox.created_at >= since))
-            .exists()
-        )
+    @property
+    def delivering(self) -> bool:
+        """A delivery is under way: it wakes the scheduler (`on_delivered`) when it ends."""
+        return self._sending is not None and not self._sending.done()
 
     def next_due(self) -> float | None:
         """When the next undelivered notification is due (None: nothing waits)."""
-        known = [target.id for target in self.settings.targets]
-        if not known:
-            return None
-        # Plain SQL: asked on every scheduler pass.
-        return (
-            self.store.db.connection()
-            .execute(
-                "SELECT MIN(next_try_at) FROM outbox WHERE sent_at IS NULL"
-                f" AND target IN ({', '.join('?' * len(known))})",
-                known,
-            )
-            .fetchone()[0]
-        )
+        return self.store.next_notification_due([target.id for target in self.settings.targets])
 
     def tick(self, now: float, stopping: bool = False) -> None:
         """Start delivering what is due, unless a delivery is still under way.
@@ -124,11 +106,7 @@ class Notifier:
             self._sending = asyncio.create_task(self._deliver(due))
 
     def _due(self, now: float, stopping: bool) -> dict[str, list[Outbox]]:
-        outbox = self.store.Outbox
-        ready = (outbox.next_try_at <= now) | (stopping & (outbox.attempts == 0))
-        rows = (
-            outbox.select().where(outbox.sent_at.is_null() & ready).order_by(outbox.id).limit(500)
-        )
+        rows = self.store.due_notifications(now, stopping)
         by_target: dict[str, list[Outbox]] = defaultdict(list)
         known = {target.id for target in self.settings.targets}
         for row in rows:
@@ -139,13 +117,8 @@ class Notifier:
         for target, due in by_target.items():
             taken = {row.id for row in due}
             due += [
-                row
-                for row in outbox.select().where(
-                    outbox.sent_at.is_null() & (outbox.target == target)
-                    & outbox.event.in_(list(DIGEST_EVENTS))
-                )
-                if row.id not in taken
-            ]  # fmt: skip
+                row for row in self.store.unsent(target, list(DIGEST_EVENTS)) if row.id not in taken
+            ]
         return by_target
 
     async def _deliver(self, due: dict[str, list[Outbox]]) -> None:
@@ -160,12 +133,9 @@ class Notifier:
 
     def _record(self, rows: list[Outbox], result: Delivery, now: float) -> None:
         self.on_result(result.ok)
-        outbox = self.store.Outbox
         ids = [row.id for row in rows]
         if result.ok:
-            outbox.update(sent_at=now, attempts=outbox.attempts + 1).where(
-                outbox.id.in_(ids)
-            ).execute()
+            self.store.mark_sent(ids, now)
             return
         attempts = rows[0].attempts + 1
         delay = min(MAX_RETRY_BACKOFF_S, self.settings.retry_backoff_s * 2 ** (attempts - 1))
@@ -173,9 +143,7 @@ class Notifier:
             "notification to %s failed (attempt %d, next try in %gs): %s",
             result.target, attempts, delay, result.error,
         )  # fmt: skip
-        outbox.update(attempts=attempts, next_try_at=now + delay, last_error=result.error).where(
-            outbox.id.in_(ids)
-        ).execute()
+        self.store.mark_failed(ids, attempts, now + delay, result.error)
 
     async def flush(self, now: float, timeout_s: float) -> None:
         """At shutdown: send what waits (digests included) within `timeout_s`."""
@@ -195,17 +163,7 @@ class Notifier:
     def _failures(self, rows: list[Outbox]) -> list[Failure]:
         """What each digest row is about, from its run (the row's own text if it is gone)."""
         run_ids = [row.key.removeprefix(_FAILURE_KEY) for row in rows]
-        facts: dict[str, tuple] = {}
-        for start in range(0, len(run_ids), 500):  # within SQLite's bound on parameters
-            chunk = run_ids[start : start + 500]
-            facts.update(
-                (row[0], row[1:])
-                for row in self.store.db.connection().execute(
-                    "SELECT id, pipeline, stage, channel, label, item_key FROM runs"
-                    f" WHERE id IN ({', '.join('?' * len(chunk))})",
-                    chunk,
-                )
-            )
+        facts = self.store.run_facts(run_ids)
         failures = []
         for row, run_id in zip(rows, run_ids, strict=True):
             if run_id in facts:

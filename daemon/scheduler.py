@@ -53,7 +53,7 @@ from pipewarden.outcomes import (
 from pipewarden.protocol import Progress, Verdict, WorkerReport, error_text
 from pipewarden.reload import StageCode
 from pipewarden.render import describe_hold
-from pipewarden.store import Claimed, FinishedRun, Hold, NewRun, Store
+from pipewarden.store import Claimed, FinishedRun, Hold, NewRun, Storage
 from pipewarden.types import ItemState, RunStatus
 from pipewarden.workers import Job, executor_for
 
@@ -116,7 +116,7 @@ class Scheduler:
     def __init__(
         self,
         config: Config,
-        store: Store,
+        store: Storage,
         classifier: Classifier,
         guard: Guard,
         notifier: Notifier,
@@ -247,7 +247,7 @@ class Scheduler:
         that stopped it, the pass undone in memory as the rollback undid it in the store."""
         undo = self._undo_point()
         try:
-            if fault := faults.check_files(self.store.path, self.store.file_id):
+            if fault := self.store.unwritable():
                 raise fault  # a write now would vanish, or kill the daemon (SIGBUS)
             with self.store.transaction():
                 written = write()
@@ -316,17 +316,41 @@ class Scheduler:
             timer.cancel()
 
     def _seconds_until_due(self, until_idle: bool) -> float | None:
+        """How long the loop may sleep: until an item that can run now comes due, a probe
+        or a notification is due. Work that waits behind a hold or a full stage wakes it
+        through `wake()` (a clear, a finished run), so it costs nothing meanwhile."""
         now = self.clock.now()
+        holds = self._holds
         candidates = []
-        open_stages = [(s.pipeline.name, s.stage.name) for s in self._slots if s.free > 0]
-        if open_stages and (due := self.store.next_ready_at(open_stages)) is not None:
+        open_stages = [
+            (s.pipeline.name, s.stage.name)
+            for s in self._slots
+            if s.free > 0 and not holds.blocks(s)
+        ]
+        blocked = sorted(holds.channels)
+        if open_stages and (due := self.store.next_ready_at(open_stages, blocked)) is not None:
             candidates.append(max(0.01, due - now))
-        candidates += [max(0.01, t - now) for t in self._holds.probe_times]
-        if (due := self.notifier.next_due()) is not None:
+        candidates += [max(0.01, t - now) for t in holds.probe_times if t > now]
+        for probe in holds.probes:  # due, but no item to probe with yet: when one is ready
+            if (due := self._next_probe_item(probe)) is not None:
+                candidates.append(max(0.01, due - now))
+        if not self.notifier.delivering and (due := self.notifier.next_due()) is not None:
             candidates.append(max(0.05, due - now))
         if until_idle and not self.in_flight:
             candidates.append(IDLE_CHECK_S)
         return min(candidates) if candidates else None
+
+    def _next_probe_item(self, hold: Hold) -> float | None:
+        """When an item that could probe `hold` is ready (None: none waits)."""
+        free = [s for s in self._slots if s.free > 0]
+        if hold.scope == "stage":
+            stages = [(s.pipeline.name, s.stage.name) for s in free
+                      if s.stage.qualified_name == hold.target]  # fmt: skip
+            return (
+                self.store.next_ready_at(stages, sorted(self._holds.channels)) if stages else None
+            )
+        stages = [(s.pipeline.name, s.stage.name) for s in free if not self._holds.blocks(s)]
+        return self.store.next_ready_at(stages, only_channel=hold.target) if stages else None
 
     def _nothing_left(self) -> bool:
         holds = self._holds
@@ -664,8 +688,8 @@ class Scheduler:
         cool-down, and its item waits in the queue without spending an attempt. One that
         tells nothing of the channel (ignored, deferred, an internal error) keeps the halt
         and its cool-down."""
-        hold = self.store.Hold.get_by_id(hold_id)
-        if hold.cleared_at is not None:
+        hold = self.store.hold(hold_id)
+        if hold is None or hold.cleared_at is not None:
             return
         if decision.run_status is RunStatus.OK:
             self.store.clear_holds(hold.target, ("halt",), "probe (one item went through)", now)

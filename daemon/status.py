@@ -26,7 +26,7 @@ from typing import Any
 
 from pipewarden.config import Config, Stage
 from pipewarden.render import finite
-from pipewarden.store import Store
+from pipewarden.store import Storage
 from pipewarden.types import ItemState
 
 NOT_IN_CONFIG = " (not in the config)"
@@ -67,7 +67,7 @@ class _Seen:
     """What one snapshot reads from the store, once, for all its stages."""
 
     config: Config
-    store: Store | None
+    store: Storage | None
     now: float
     states: list
     labels: list
@@ -79,7 +79,7 @@ class _Seen:
 
 def status_snapshot(
     config: Config,
-    store: Store | None,
+    store: Storage | None,
     now: float,
     only: str | None = None,
     verbose: bool = False,
@@ -275,7 +275,7 @@ def _eta(seen: _Seen, stage: Stage, ready: int) -> dict[str, Any] | None:
             "median_s": median, "runs": len(recent)}  # fmt: skip
 
 
-def telemetry(store: Store, pipeline: str, stage: str, now: float) -> dict[str, Any]:
+def telemetry(store: Storage, pipeline: str, stage: str, now: float) -> dict[str, Any]:
     """Success rate and p50/p95 duration over the last hour and the last day."""
     result = {}
     for window, seconds in (("1h", HOUR_S), ("24h", DAY_S)):
@@ -297,7 +297,7 @@ def _percentile(ordered: list[float], fraction: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def daemon_health(store: Store | None, holds: list) -> dict[str, Any]:
+def daemon_health(store: Storage | None, holds: list) -> dict[str, Any]:
     """The rules' last reload, the active halts and pauses, and items stuck on one error."""
     if store is None:
         return {"rules": None, "holds": [], "stuck": []}
@@ -312,7 +312,7 @@ def daemon_health(store: Store | None, holds: list) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _rules_health(store: Store) -> dict[str, Any] | None:
+def _rules_health(store: Storage) -> dict[str, Any] | None:
     """The last reload, and the rules in force that gave up on a message (`trouble`)."""
     reload = store.get_meta("reload")
     if reload is not None:

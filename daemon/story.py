@@ -11,13 +11,13 @@ from pipewarden.errors import PipewardenError
 from pipewarden.outcomes import backoff_schedule
 from pipewarden.render import describe_hold, finite, format_duration, format_time, valid_time
 from pipewarden.status import hold_as_dict
-from pipewarden.store import Store
+from pipewarden.store import Storage
 from pipewarden.types import ItemState, RunStatus
 
 PROBE_FAILED = (RunStatus.FAILED, RunStatus.TIMED_OUT)
 
 
-def item_story(config: Config, store: Store, pipeline: str, key: str, now: float) -> dict:
+def item_story(config: Config, store: Storage, pipeline: str, key: str, now: float) -> dict:
     item = store.item(pipeline, key)
     if item is None:
         raise PipewardenError(f"no item '{key}' in pipeline '{pipeline}'")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from pipewarden.errors import StoreError
-from pipewarden.store import _MIGRATIONS, SCHEMA_VERSION, STORE_FILE, Store
+from pipewarden.store import SCHEMA_VERSION, STORE_FILE, Store
+from pipewarden.store.sqlite.schema import MIGRATIONS
 
 
 def test_a_new_store_is_wal_with_foreign_keys_and_the_latest_schema(tmp_path: Path):
@@ -24,7 +25,7 @@ def test_a_new_store_is_wal_with_foreign_keys_and_the_latest_schema(tmp_path: Pa
 
 def test_a_version_1_store_is_upgraded_in_place_keeping_its_rows(tmp_path: Path):
     conn = sqlite3.connect(tmp_path / STORE_FILE)
-    for statement in _MIGRATIONS[0]:
+    for statement in MIGRATIONS[0]:
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
     conn.execute(

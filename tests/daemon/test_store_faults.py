@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from conftest import Project, wait_until
-from pipewarden.store import _MIGRATIONS, SCHEMA_VERSION, STORE_FILE
+from pipewarden.store import SCHEMA_VERSION, STORE_FILE
+from pipewarden.store.sqlite.schema import MIGRATIONS
 from test_systemd import NotifySocket
 
 FILES = (STORE_FILE, f"{STORE_FILE}-wal", f"{STORE_FILE}-shm")
@@ -395,7 +396,7 @@ def schema_4_store(project: Project) -> Path:
     project.state_dir.mkdir()
     path = project.state_dir / STORE_FILE
     connection = sqlite3.connect(path)
-    for step in _MIGRATIONS[:4]:
+    for step in MIGRATIONS[:4]:
         for statement in step:
             connection.execute(statement)
     connection.execute("PRAGMA user_version = 4")

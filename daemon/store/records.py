@@ -1,0 +1,101 @@
+"""What the scheduler, the guard and the CLI exchange with the store: plain records, the
+same whichever backend keeps them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipewarden.types import ItemState, RunStatus
+
+FAILED_BY_A_PERSON = "Failed by a person"  # the label of a held item a person failed
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    new: list[str]  # keys not known before
+    restarted: list[str]  # finished items started again at the first stage
+    unchanged: list[str]  # still queued, running or waiting: left as they were
+    held: list[str]  # held for a person (release or fail them): left as they were
+    data_replaced: list[str]  # of `restarted`, those whose data the data given replaced
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """What the scheduler knows of a run before its worker starts."""
+
+    run_id: str
+    item_id: int
+    channel: str
+    input_fingerprint: str
+    config_hash: str
+    code_ref: str | None
+    trace_id: str
+
+
+@dataclass(frozen=True)
+class Claimed:
+    item_id: int
+    key: str
+    data: dict[str, Any]
+    attempt: int  # this run's attempt number (1 for the first)
+    force: bool = False  # a person asked for the work to be done again
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run's end and the item's next state, written together."""
+
+    run_id: str
+    item_id: int
+    status: RunStatus
+    pipeline: str
+    stage: str
+    channel: str | None
+    finished_at: float
+    duration_s: float
+    item_stage: str
+    item_state: ItemState
+    item_data: str  # JSON
+    item_attempt: int
+    item_ready_at: float | None
+    item_channel: str | None  # the channel at item_stage
+    item_force: bool = False  # kept while the item retries at the same stage
+    exit_code: int | None = None
+    signal: int | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    proc_start: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+    traceback: str | None = None
+    output: str | None = None
+    group_name: str | None = None
+    label: str | None = None
+    category: str | None = None
+    type: str | None = None
+    rule_id: str | None = None
+    rules_version: str | None = None
+    rows_out: int | None = None
+    cost: float | None = None
+    progress: float | None = None
+    message: str | None = None
+    data_out: str | None = None  # JSON: what an ok run merged into the item
+    probe_of: int | None = None  # the halt this run probed
+
+
+@dataclass(frozen=True)
+class HeldChange:
+    """What `release` or `fail` did to held items."""
+
+    changed: list[str]  # the keys released (or failed)
+    not_held: dict[str, str | None]  # of the keys given, those not held: key -> state (None: none)
+
+
+@dataclass(frozen=True)
+class Recovered:
+    run_id: str
+    pipeline: str
+    stage: str
+    item_key: str
+    held: bool

@@ -1,0 +1,72 @@
+"""Keeping the books: daemon facts, pruning, backups, exports."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipewarden.store.sqlite.base import Connected
+
+PRUNE_BATCH = 2000  # runs deleted per transaction when pruning
+
+
+class Books(Connected):
+    """The meta table and the store file as a whole."""
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._write():
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    def get_meta(self, key: str) -> Any:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def prune_batch(self, older_than: float, limit: int = PRUNE_BATCH) -> int:
+        """Delete up to `limit` finished runs that ended before `older_than`.
+
+        Never a run in flight, and never an item's latest run (its story's last chapter).
+        Small batches, so the daemon's loop and other writers wait only briefly.
+        """
+        with self._write():
+            deleted = self._conn.execute(
+                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs INDEXED BY runs_recent"
+                " WHERE started_at < ? AND finished_at IS NOT NULL AND finished_at < ?"
+                " AND status != 'running'"
+                # a newer run of the same item exists (runs_by_item answers it), so this
+                # one is not the item's latest
+                " AND EXISTS (SELECT 1 FROM runs AS newer WHERE newer.item_id = runs.item_id"
+                " AND newer.started_at > runs.started_at)"
+                " LIMIT ?)",
+                (older_than, older_than, limit),
+            ).rowcount
+            self._conn.execute(
+                "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", (older_than,)
+            )
+        return deleted
+
+    def backup(self, target: Path) -> None:
+        """A consistent copy while others write: SQLite's online backup, from one snapshot."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        destination = sqlite3.connect(target)
+        try:
+            self._conn.backup(destination)
+        finally:
+            destination.close()
+
+    def vacuum(self) -> None:
+        self._conn.execute("VACUUM")
+
+    def export_runs(self, since: float | None) -> Iterator[dict[str, Any]]:
+        cursor = self._conn.execute(
+            "SELECT * FROM runs WHERE started_at >= ? ORDER BY started_at", (since or 0.0,)
+        )
+        columns = [column[0] for column in cursor.description]
+        for row in cursor:
+            yield dict(zip(columns, row, strict=True))

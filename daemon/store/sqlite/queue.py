@@ -1,0 +1,283 @@
+"""The queue: enqueue, the scheduler's claims and finishes, and recovery after a crash.
+
+The hot path (claim and finish) is plain SQL run in batches inside one transaction,
+because per-row ORM saves cannot keep up with a busy pool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pipewarden.store.records import Claimed, Enqueued, FinishedRun, NewRun, Recovered
+from pipewarden.store.sqlite.base import Connected
+from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES, ItemState, RunStatus
+
+_RUN_END_COLUMNS = (
+    "status", "finished_at", "duration_s", "exit_code", "signal", "pid", "pgid", "proc_start",
+    "error", "error_type",
+    "traceback", "output", "group_name", "label", "category", "type", "rule_id",
+    "rules_version", "rows_out", "cost", "data_out", "probe_of", "progress", "message",
+)  # fmt: skip
+_FINISH_RUN_SQL = (
+    f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _RUN_END_COLUMNS[:-2])}, "
+    "progress = COALESCE(?, progress), message = COALESCE(?, message) WHERE id = ?"
+)
+_FINISH_ITEM_SQL = (
+    "UPDATE items SET stage = ?, state = ?, data = ?, attempt = ?, ready_at = ?, channel = ?, "
+    "force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ? WHERE id = ?"
+)
+_CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE_STATES)
+_PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
+
+
+class Queue(Connected):
+    """Items in, claims out, runs ended: what the scheduler does on every pass."""
+
+    def enqueue(
+        self,
+        pipeline: str,
+        stage: str,
+        items: Sequence[tuple[str, dict[str, Any] | None]],
+        now: float,
+        channel_for: Any = None,  # Callable[[dict], str]: the stage's channel for an item
+        force: bool = False,
+    ) -> Enqueued:
+        """Add items at `stage`, by key: new ones are queued, finished ones start again.
+
+        An item that is done, failed or ignored starts again at `stage`; data given (not
+        None) replaces its data, and without it the item keeps the data it has. The stages
+        its input already passed are skipped (checkpoints). One still queued, running or
+        waiting (held for a person included) is left as it is, data and all. With
+        `force`, every item not running starts again and its work is done again,
+        checkpoints or not.
+        """
+        restartable = "('done', 'failed', 'ignored')" if not force else "('done', 'failed',"
+        restartable += "" if not force else " 'ignored', 'queued', 'retrying', 'deferred', 'held')"
+        result = Enqueued([], [], [], [], [])
+        with self.db.atomic("IMMEDIATE"):
+            for key, given in items:
+                row = self._conn.execute(
+                    "SELECT state, data FROM items WHERE pipeline = ? AND key = ?", (pipeline, key)
+                ).fetchone()
+                data = given if given is not None else json.loads(row[1]) if row else {}
+                channel = channel_for(data) if channel_for else stage
+                if row is None:
+                    self._conn.execute(
+                        "INSERT INTO items (pipeline, key, stage, state, data, ready_at, channel,"
+                        " force, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (pipeline, key, stage, ItemState.QUEUED, json.dumps(data), now, channel,
+                         int(force), now, now),
+                    )  # fmt: skip
+                    result.new.append(key)
+                elif self._conn.execute(
+                    "UPDATE items SET stage = ?, state = 'queued', data = COALESCE(?, data),"
+                    " attempt = 0, ready_at = ?, channel = ?, force = ?, updated_at = ?"
+                    f" WHERE pipeline = ? AND key = ? AND state IN {restartable}",
+                    (stage, None if given is None else json.dumps(given), now, channel,
+                     int(force), now, pipeline, key),
+                ).rowcount:  # fmt: skip
+                    result.restarted.append(key)
+                    if given is not None:
+                        result.data_replaced.append(key)
+                elif row[0] == ItemState.HELD:
+                    result.held.append(key)
+                else:
+                    result.unchanged.append(key)
+        return result
+
+    def claim(
+        self,
+        pipeline: str,
+        stage: str,
+        limit: int,
+        now: float,
+        describe: Any,  # Callable[[int, str, dict], NewRun]: fills a run's fields per item
+        blocked_channels: Sequence[str] = (),
+        only_channel: str | None = None,
+    ) -> list[tuple[Claimed, NewRun]]:
+        """Mark up to `limit` ready items running and write their run rows, atomically.
+
+        The run rows are committed before any worker starts, so a crash at any later
+        point leaves a `running` row for `recover_interrupted` to find. Items of a
+        blocked (halted, paused) channel are left queued; `only_channel` picks a probe.
+        """
+        where, params = "", [pipeline, stage, now]
+        if blocked_channels:
+            where += f" AND channel NOT IN ({', '.join('?' * len(blocked_channels))})"
+            params += list(blocked_channels)
+        if only_channel is not None:
+            where += " AND channel = ?"
+            params.append(only_channel)
+        with self._write():
+            rows = self._conn.execute(
+                f"SELECT id, key, data, attempt, force FROM items WHERE pipeline = ? AND stage = ?"
+                f" AND state IN ({_CLAIMABLE}) AND ready_at <= ?{where}"
+                " ORDER BY ready_at, id LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            claimed: list[tuple[Claimed, NewRun]] = []
+            for item_id, key, data_json, attempt, force in rows:
+                data = json.loads(data_json)
+                item = Claimed(item_id, key, data, attempt + 1, bool(force))
+                claimed.append((item, describe(item_id, key, data)))
+            self._conn.executemany(
+                "UPDATE items SET state = 'running', attempt = ?, channel = ?, last_run_id = ?,"
+                " updated_at = ? WHERE id = ?",
+                [(c.attempt, r.channel, r.run_id, now, c.item_id) for c, r in claimed],
+            )
+            self._conn.executemany(
+                "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel,"
+                " status, started_at, input_fingerprint, code_ref, config_hash, rows_in,"
+                " trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?)",
+                [
+                    (r.run_id, pipeline, stage, c.item_id, c.key, c.attempt, r.channel, now,
+                     r.input_fingerprint, r.code_ref, r.config_hash, r.trace_id)
+                    for c, r in claimed
+                ],
+            )  # fmt: skip
+        return claimed
+
+    def finish(
+        self, finished: Iterable[FinishedRun], progress: dict[str, tuple[float | None, str | None]]
+    ) -> None:
+        """Write finished runs, their items' next states and live progress in one commit."""
+        finished = list(finished)
+        with self._write():
+            if progress:
+                self._conn.executemany(
+                    "UPDATE runs SET progress = COALESCE(?, progress),"
+                    " message = COALESCE(?, message) WHERE id = ? AND status = 'running'",
+                    [(p, m, run_id) for run_id, (p, m) in progress.items()],
+                )
+            if not finished:
+                return
+            self._conn.executemany(
+                _FINISH_RUN_SQL,
+                [(*(getattr(f, c) for c in _RUN_END_COLUMNS), f.run_id) for f in finished],
+            )
+            self._conn.executemany(
+                _FINISH_ITEM_SQL,
+                [
+                    (f.item_stage, f.item_state, f.item_data, f.item_attempt, f.item_ready_at,
+                     f.item_channel, int(f.item_force), f.error, f.label, f.group_name,
+                     f.finished_at, f.item_id)
+                    for f in finished
+                ],
+            )  # fmt: skip
+
+    def record_processes(self, started: Sequence[tuple[str, int, int, int]]) -> None:
+        """(run id, pid, pgid, start time) of worker processes just started, in one commit:
+        if the daemon dies, the next one can still find them."""
+        with self._write():
+            self._conn.executemany(
+                "UPDATE runs SET pid = ?, pgid = ?, proc_start = ? WHERE id = ?"
+                " AND status = 'running'",
+                [(pid, pgid, start, run_id) for run_id, pid, pgid, start in started],
+            )
+
+    def running_processes(self) -> list[tuple[int, int, int]]:
+        """(pid, pgid, start time) of the worker processes of runs left `running`."""
+        return self._conn.execute(
+            "SELECT pid, pgid, proc_start FROM runs INDEXED BY runs_by_status"
+            " WHERE status = 'running' AND pgid IS NOT NULL AND proc_start IS NOT NULL"
+        ).fetchall()
+
+    def recover_interrupted(
+        self, now: float, hold_stages: set[tuple[str, str]], reason: str
+    ) -> list[Recovered]:
+        with self._write():
+            # A probe cut short by the stop is simply due again.
+            self._conn.execute(
+                "UPDATE holds SET probe_run_id = NULL WHERE cleared_at IS NULL"
+                " AND probe_run_id IS NOT NULL"
+            )
+            return self._recover_runs(now, hold_stages, reason)
+
+    def _recover_runs(
+        self, now: float, hold_stages: set[tuple[str, str]], reason: str
+    ) -> list[Recovered]:
+        """After an unclean stop: end orphaned runs as interrupted and put their items back.
+
+        The attempt is not counted against the item; a stage marked `on_interrupt: hold`
+        holds its items for a person instead, since its side effects must not repeat.
+        """
+        recovered: list[Recovered] = []
+        with self._write():
+            rows = self._conn.execute(
+                "SELECT r.id, r.pipeline, r.stage, r.item_key, r.item_id, r.attempt, r.started_at"
+                " FROM runs r WHERE r.status = 'running'"
+            ).fetchall()
+            for run_id, pipeline, stage, key, item_id, attempt, started_at in rows:
+                held = (pipeline, stage) in hold_stages
+                self._conn.execute(
+                    "UPDATE runs SET status = ?, finished_at = ?, duration_s = ?, error = ?,"
+                    " group_name = 'retriable', label = 'Interrupted', category = 'daemon',"
+                    " type = 'interrupted' WHERE id = ?",
+                    (RunStatus.INTERRUPTED, now, max(0.0, now - started_at), reason, run_id),
+                )
+                self._conn.execute(
+                    "UPDATE items SET state = ?, attempt = ?, ready_at = ?, last_error = ?,"
+                    " last_label = 'Interrupted', updated_at = ?"
+                    " WHERE id = ? AND state = 'running' AND last_run_id = ?",
+                    (ItemState.HELD if held else ItemState.QUEUED, attempt - 1, now, reason, now,
+                     item_id, run_id),
+                )  # fmt: skip
+                recovered.append(Recovered(run_id, pipeline, stage, key, held))
+        return recovered
+
+    def next_ready_at(
+        self,
+        stages: Sequence[tuple[str, str]],
+        blocked_channels: Sequence[str] = (),
+        only_channel: str | None = None,
+    ) -> float | None:
+        """The earliest time an item of these stages becomes claimable, leaving out the
+        items of blocked channels (or, with `only_channel`, those of any other)."""
+        where, params = "", []
+        if blocked_channels:
+            where += f" AND channel NOT IN ({', '.join('?' * len(blocked_channels))})"
+            params += list(blocked_channels)
+        if only_channel is not None:
+            where += " AND channel = ?"
+            params.append(only_channel)
+        soonest: float | None = None
+        for pipeline, stage in stages:
+            for state in CLAIMABLE_STATES:  # one index seek each; an IN list made it a scan
+                (ready_at,) = self._conn.execute(
+                    "SELECT MIN(ready_at) FROM items INDEXED BY items_claim"
+                    f" WHERE pipeline = ? AND stage = ? AND state = ?{where}",
+                    (pipeline, stage, state, *params),
+                ).fetchone()
+                if ready_at is not None and (soonest is None or ready_at < soonest):
+                    soonest = ready_at
+        return soonest
+
+    def pending_count(
+        self,
+        blocked_channels: Iterable[str] = (),
+        blocked_stages: Iterable[str] = (),
+        blocked_pipelines: Iterable[str] = (),
+    ) -> int:
+        """Items with work still ahead: queued, running or retrying, and not held back.
+
+        Deferred items and those of halted or paused channels, stages and pipelines wait
+        for a time or a person, so they do not count.
+        """
+        where, params = "", []
+        for expression, values in (
+            ("channel", list(blocked_channels)),
+            ("pipeline || '/' || stage", list(blocked_stages)),
+            ("pipeline", list(blocked_pipelines)),
+        ):
+            if values:
+                where += f" AND {expression} NOT IN ({', '.join('?' * len(values))})"
+                params += values
+        # From the trigger-kept counts: a few hundred rows, however large the store.
+        return self._conn.execute(
+            f"SELECT COALESCE(SUM(n), 0) FROM item_counts WHERE state IN ({_PENDING}){where}",
+            params,
+        ).fetchone()[0]

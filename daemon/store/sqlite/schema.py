@@ -1,0 +1,151 @@
+"""The SQLite schema: every migration step, in order, and how a new store file is made.
+
+Times are UNIX seconds (UTC) as REAL, which keeps delta queries simple and fast. The
+schema has a version (`PRAGMA user_version`); `SqliteStore.migrate` upgrades an older
+file in place, one step at a time. A step never changes once shipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+
+# The status tree's totals, kept by triggers in the same transaction as every item write,
+# so `pipewarden status` reads a few hundred rows instead of counting a million items.
+# Labels count only where the status tree shows them (retrying, failed, ignored).
+_COUNT_KEY = {
+    "new": "NEW.pipeline, NEW.stage, NEW.state, COALESCE(NEW.channel, ''), "
+    "CASE WHEN NEW.state IN ('retrying', 'failed', 'ignored') THEN COALESCE(NEW.last_group, '') "
+    "ELSE '' END, CASE WHEN NEW.state IN ('retrying', 'failed', 'ignored') "
+    "THEN COALESCE(NEW.last_label, '') ELSE '' END",
+}
+_COUNT_KEY["old"] = _COUNT_KEY["new"].replace("NEW.", "OLD.")
+_COUNT_MATCH = (
+    "pipeline = OLD.pipeline AND stage = OLD.stage AND state = OLD.state"
+    " AND channel = COALESCE(OLD.channel, '') AND grp = CASE WHEN OLD.state IN"
+    " ('retrying', 'failed', 'ignored') THEN COALESCE(OLD.last_group, '') ELSE '' END"
+    " AND label = CASE WHEN OLD.state IN ('retrying', 'failed', 'ignored')"
+    " THEN COALESCE(OLD.last_label, '') ELSE '' END"
+)
+_COUNT_ADD = (
+    f"INSERT INTO item_counts VALUES ({_COUNT_KEY['new']}, 1) ON CONFLICT DO UPDATE SET n = n + 1;"
+)
+_COUNTS_MIGRATION = [  # 5: item counts for the status tree, and the indexes it reads
+    """CREATE TABLE item_counts (
+        pipeline TEXT NOT NULL, stage TEXT NOT NULL, state TEXT NOT NULL, channel TEXT NOT NULL,
+        grp TEXT NOT NULL, label TEXT NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (pipeline, stage, state, channel, grp, label)) WITHOUT ROWID""",
+    f"INSERT INTO item_counts SELECT {_COUNT_KEY['new'].replace('NEW.', '')}, COUNT(*)"
+    " FROM items GROUP BY 1, 2, 3, 4, 5, 6",
+    f"CREATE TRIGGER items_counted_insert AFTER INSERT ON items BEGIN {_COUNT_ADD} END",
+    f"CREATE TRIGGER items_counted_delete AFTER DELETE ON items BEGIN"
+    f" UPDATE item_counts SET n = n - 1 WHERE {_COUNT_MATCH}; END",
+    f"""CREATE TRIGGER items_counted_update AFTER UPDATE OF pipeline, stage, state, channel,
+        last_group, last_label ON items WHEN ({_COUNT_KEY["old"]}) IS NOT ({_COUNT_KEY["new"]})
+        BEGIN UPDATE item_counts SET n = n - 1 WHERE {_COUNT_MATCH}; {_COUNT_ADD} END""",
+    "DROP INDEX items_status",
+    "DROP INDEX items_labels",
+    "CREATE INDEX items_state_recent ON items (pipeline, stage, state, channel, updated_at)",
+    """CREATE INDEX items_label_recent ON items
+        (state, pipeline, stage, last_group, last_label, updated_at)""",
+    # Partial: only items a person requeued are in it, so ordinary writes never touch it.
+    "CREATE INDEX items_requeues ON items (requeues, state) WHERE requeues > 0",
+    # Set by `enqueue --force` / `retry --force`: redo work whose input already succeeded.
+    "ALTER TABLE items ADD COLUMN force INTEGER NOT NULL DEFAULT 0",
+    # pending_count and the like use items_label_recent, which leads with state too.
+    "DROP INDEX items_state",
+    # Covering `cost` too, so a budget's daily sum never touches the table.
+    "DROP INDEX runs_by_stage_end",
+    "CREATE INDEX runs_by_stage_end ON runs (pipeline, stage, finished_at, cost)",
+]
+
+# Each step upgrades the schema by one version; a step never changes once shipped.
+# Each step upgrades the schema by one version; a step never changes once shipped.
+MIGRATIONS: list[list[str]] = [
+    [  # 1: items and runs
+        """CREATE TABLE items (
+            id INTEGER PRIMARY KEY, pipeline TEXT NOT NULL, key TEXT NOT NULL,
+            stage TEXT NOT NULL, state TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}',
+            attempt INTEGER NOT NULL DEFAULT 0, ready_at REAL, channel TEXT,
+            last_run_id TEXT, last_error TEXT, last_label TEXT, last_group TEXT,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL, UNIQUE (pipeline, key))""",
+        "CREATE INDEX items_claim ON items (pipeline, stage, state, ready_at)",
+        "CREATE INDEX items_state ON items (state, updated_at)",
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, stage TEXT NOT NULL,
+            item_id INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+            item_key TEXT NOT NULL, attempt INTEGER NOT NULL, channel TEXT,
+            status TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL,
+            duration_s REAL, exit_code INTEGER, signal INTEGER, pid INTEGER,
+            error TEXT, error_type TEXT, traceback TEXT, output TEXT,
+            group_name TEXT, label TEXT, category TEXT, type TEXT, rule_id TEXT,
+            rules_version TEXT, input_fingerprint TEXT, code_ref TEXT, config_hash TEXT,
+            rows_in INTEGER, rows_out INTEGER, cost REAL, trace_id TEXT)""",
+        "CREATE INDEX runs_recent ON runs (started_at)",
+        "CREATE INDEX runs_by_stage ON runs (pipeline, stage, started_at)",
+        "CREATE INDEX runs_by_status ON runs (status, started_at)",
+        "CREATE INDEX runs_by_fingerprint ON runs (input_fingerprint)",
+        "CREATE INDEX runs_by_item ON runs (item_id, started_at)",
+    ],
+    [  # 2: live progress reported by workers
+        "ALTER TABLE runs ADD COLUMN progress REAL",
+        "ALTER TABLE runs ADD COLUMN message TEXT",
+    ],
+    [  # 3: halts and pauses, the notification outbox, daemon facts, bulk requeues
+        """CREATE TABLE holds (
+            id INTEGER PRIMARY KEY, scope TEXT NOT NULL, target TEXT NOT NULL,
+            kind TEXT NOT NULL, rule TEXT, reason TEXT NOT NULL, label TEXT, count INTEGER,
+            samples TEXT, created_at REAL NOT NULL, created_by TEXT,
+            cleared_at REAL, cleared_by TEXT,
+            probe_at REAL, cooldown_s REAL, probe_run_id TEXT)""",
+        "CREATE UNIQUE INDEX holds_active ON holds (scope, target, kind) WHERE cleared_at IS NULL",
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY, key TEXT NOT NULL, event TEXT NOT NULL,
+            target TEXT NOT NULL, title TEXT NOT NULL, body TEXT NOT NULL,
+            created_at REAL NOT NULL, due_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            next_try_at REAL NOT NULL, sent_at REAL, last_error TEXT)""",
+        "CREATE INDEX outbox_pending ON outbox (sent_at, next_try_at)",
+        "CREATE INDEX outbox_by_key ON outbox (key, target, created_at)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "ALTER TABLE items ADD COLUMN requeues INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX items_by_channel ON items (channel, state, ready_at)",
+        "CREATE INDEX items_by_label ON items (last_label, state)",
+        "CREATE INDEX runs_by_channel_label ON runs (channel, label, finished_at)",
+        "CREATE INDEX runs_by_stage_end ON runs (pipeline, stage, finished_at)",
+    ],
+    [  # 4: covering indexes, so the status tree counts a million items from the index alone
+        "CREATE INDEX items_status ON items (pipeline, stage, state, channel, updated_at)",
+        """CREATE INDEX items_labels ON items
+            (state, pipeline, stage, last_group, last_label, updated_at)""",
+        "DROP INDEX items_by_label",
+    ],
+    _COUNTS_MIGRATION,
+    [  # 6: the worker process of each run, so a restart can kill what a dead daemon left
+        "ALTER TABLE runs ADD COLUMN pgid INTEGER",
+        "ALTER TABLE runs ADD COLUMN proc_start INTEGER",
+    ],
+    [  # 7: what each ok run merged into its item (a checkpoint gives it back), and probes
+        "ALTER TABLE runs ADD COLUMN data_out TEXT",
+        "ALTER TABLE runs ADD COLUMN probe_of INTEGER",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def create(path: Path) -> None:
+    """A new store appears whole: made under another name (mode 0600, WAL) and linked into
+    place, so a store file of 0 bytes is one that lost its content, never one half made."""
+    draft = path.with_name(f"{path.name}.new-{os.getpid()}")
+    os.close(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    try:
+        connection = sqlite3.connect(draft)
+        try:
+            connection.execute("PRAGMA journal_mode = wal")  # writes the first page
+        finally:
+            connection.close()
+        with contextlib.suppress(FileExistsError):  # another process made it first: theirs
+            os.link(draft, path)
+    finally:
+        draft.unlink()
