@@ -1,0 +1,106 @@
+"""One attempt, a part of the scheduler: the worker run under its stage's executor (which
+holds the watchdog), its live progress, and what a stop that cuts it short records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pipewarden.config import Stage
+from pipewarden.outcomes import (
+    Decision,
+    interrupted,
+)
+from pipewarden.protocol import Progress, Verdict, WorkerReport
+from pipewarden.slots import StageSlot
+from pipewarden.store import Claimed, NewRun
+from pipewarden.types import ItemState
+from pipewarden.workers import Job
+
+log = logging.getLogger("pipewarden.scheduler")
+PROGRESS_WRITE_S = 1.0  # live progress reaches the store at most this often
+
+
+class Attempts:
+    """The scheduler's attempts (see scheduler.Scheduler for the state it shares)."""
+
+    async def _attempt(self, slot: StageSlot, claimed: Claimed, new_run: NewRun) -> None:
+        job = Job(new_run.run_id, claimed.key, claimed.attempt, claimed.data, new_run.trace_id)
+        started = self.clock.monotonic()
+        try:
+            report = await slot.executor.run(job, lambda p: self._record_progress(job.run_id, p))
+        except asyncio.CancelledError:
+            self._record_interrupted(slot, claimed, new_run, started)
+            raise
+        except Exception as exc:  # the worker could not even start (missing command, ...)
+            report = WorkerReport(Verdict.ERROR, error=f"cannot start worker: {exc}")
+        finally:
+            slot.in_flight -= 1
+            self._wake.set()
+        try:
+            finished, decision = self._judge(slot, claimed, new_run, report, started)
+        except Exception as exc:  # a bad value or a bug here must not lose or spin the item
+            log.exception("recording run %s failed", job.run_id)
+            finished, decision = self._internal_failure(
+                slot, claimed, new_run, report, started, exc
+            )
+        self._add_finished(finished, claimed.key, claimed.attempt)
+        log_run(slot.stage, claimed, new_run, decision)
+        if new_run.run_id in self._probes:
+            hold_id = self._probes.pop(new_run.run_id)
+            self._finish_probe(hold_id, claimed, decision, self.clock.now())
+
+    def _record_progress(self, run_id: str, progress: Progress) -> None:
+        self._progress[run_id] = (progress.fraction, progress.message)
+        self.events.publish(
+            "run_progress", run_id=run_id, progress=progress.fraction, message=progress.message
+        )
+        # The loop may sleep for as long as the attempt runs: progress is written on a
+        # timer of its own, so `status` and the page see it within a second.
+        if self._progress_timer is None:
+            delay = self._progress_written + PROGRESS_WRITE_S - self.clock.monotonic()
+            self._progress_timer = asyncio.get_running_loop().call_later(
+                max(0.0, delay), self._write_progress
+            )
+
+    def _record_interrupted(
+        self,
+        slot: StageSlot,
+        claimed: Claimed,
+        new_run: NewRun,
+        started: float,
+    ) -> None:
+        now = self.clock.now()
+        decision = interrupted(slot.stage, claimed.attempt, now, self._interrupt_reason)
+        report = WorkerReport(Verdict.ERROR, error=decision.error)
+        duration = self.clock.monotonic() - started
+        self._add_finished(
+            self._finished_run(slot, claimed, new_run, report, decision, claimed.data, duration),
+            claimed.key,
+            claimed.attempt,
+        )
+        log.warning(
+            "%s %s#%d interrupted: %s -> %s",
+            slot.stage.qualified_name, claimed.key, claimed.attempt, decision.error, decision.note,
+        )  # fmt: skip
+
+
+def log_run(stage: Stage, claimed: Claimed, new_run: NewRun, decision: Decision) -> None:
+    c = decision.classification
+    head = f"{stage.qualified_name} {claimed.key}#{claimed.attempt} run={new_run.run_id[:8]}"
+    if c is None:
+        log.info("%s %s %s", head, decision.run_status, decision.note)
+        return
+    level = logging.WARNING if decision.item_state is ItemState.FAILED else logging.INFO
+    rule = f" ({c.rule_id})" if c.rule_id else ""
+    log.log(
+        level,
+        "%s %s [%s · %s]%s: %s -> %s",
+        head, decision.run_status, c.group, c.label, rule, one_line(decision.error), decision.note,
+    )  # fmt: skip
+
+
+def one_line(text: str | None, limit: int = 160) -> str:
+    line = text.strip().splitlines()[0] if text and text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -1,0 +1,150 @@
+"""Stage slots, a part of the scheduler: each stage's executor and what it has in flight,
+the holds that keep work back this pass, and how a reload swaps slots without losing an
+attempt (a pool whose code changed finishes its items, then new workers take over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from pipewarden.classifier import Classifier
+from pipewarden.config import Config, Pipeline, Stage
+from pipewarden.guard import Guard
+from pipewarden.reload import StageCode
+from pipewarden.store import Hold
+from pipewarden.workers import executor_for
+
+log = logging.getLogger("pipewarden.scheduler")
+
+
+@dataclass
+class StageSlot:
+    pipeline: Pipeline
+    stage: Stage
+    executor: object
+    in_flight: int = 0
+    replaces: StageSlot | None = None  # a retired slot whose last attempts still run
+
+    @property
+    def busy(self) -> int:
+        """Attempts of this stage under way, those of the slots it replaced included."""
+        return self.in_flight + (self.replaces.busy if self.replaces else 0)
+
+    @property
+    def free(self) -> int:
+        # The stage's concurrency holds across a swap: new workers start as old ones finish.
+        return self.executor.capacity - self.busy
+
+
+@dataclass(frozen=True)
+class Holds:
+    """Which work the active holds keep back this pass."""
+
+    channels: frozenset[str]
+    stages: frozenset[str]  # "pipeline/stage"
+    pipelines: frozenset[str]
+    probes: tuple[Hold, ...]  # halts whose cool-down has passed: one item may go through
+    probe_times: tuple[float, ...]  # when the others' next probes are due
+
+    @classmethod
+    def from_rows(cls, holds: list[Hold], now: float) -> Holds:
+        def targets(scope: str) -> frozenset[str]:
+            return frozenset(h.target for h in holds if h.scope == scope)
+
+        probes = tuple(
+            h for h in holds
+            if h.kind == "halt" and h.probe_at is not None and h.probe_at <= now
+            and h.probe_run_id is None and h.scope in ("channel", "stage")
+        )  # fmt: skip
+        probe_times = tuple(h.probe_at for h in holds if h.probe_at is not None)
+        return cls(targets("channel"), targets("stage"), targets("pipeline"), probes, probe_times)
+
+    def blocks(self, slot: StageSlot) -> bool:
+        return slot.pipeline.name in self.pipelines or slot.stage.qualified_name in self.stages
+
+
+class LiveConfig:
+    """Reloaded settings swapped in (see scheduler.Scheduler for the state it shares)."""
+
+    def apply(
+        self,
+        config: Config,
+        classifier: Classifier,
+        guard: Guard,
+        code: dict[str, StageCode] | None = None,
+    ) -> list[str]:
+        """Swap in reloaded settings (and the stages' code); returns what changed, for the
+        log and `status`."""
+        changes: list[str] = []
+        if classifier.version != self.classifier.version:
+            changes.append(f"rules {self.classifier.version} -> {classifier.version}")
+        code = self.code if code is None else code
+        current = {slot.stage.qualified_name: slot for slot in self._slots}
+        slots = []
+        for pipeline in config.pipelines.values():
+            for stage in pipeline.stages:
+                slot = current.pop(stage.qualified_name, None)
+                edited = self._edited(stage, code, config) if slot is not None else []
+                if slot is not None and edited and stage.mode == "pool":
+                    self._retired.append(slot)
+                    slots.append(StageSlot(pipeline, stage, executor_for(stage), replaces=slot))
+                    changes.append(
+                        f"stage {stage.qualified_name} replaced: {', '.join(edited)} changed —"
+                        " its pool workers finish their current item, then new ones run it"
+                    )
+                    continue
+                if edited:  # a fresh process per attempt: the next one runs the new code
+                    changes.append(
+                        f"stage {stage.qualified_name}: {', '.join(edited)} changed — its next"
+                        " attempt runs it"
+                    )
+                if slot is not None and slot.stage == stage:
+                    slot.pipeline = pipeline
+                    slots.append(slot)
+                    continue
+                if slot is not None and _only_limits_changed(slot.stage, stage):
+                    slot.pipeline, slot.stage = pipeline, stage
+                    slot.executor.reconfigure(stage)  # takes effect from the next item
+                    slots.append(slot)
+                    changes.append(f"stage {stage.qualified_name} updated")
+                    continue
+                if slot is not None:
+                    self._retired.append(slot)
+                changes.append(f"stage {stage.qualified_name} {'replaced' if slot else 'added'}")
+                slots.append(StageSlot(pipeline, stage, executor_for(stage), replaces=slot))
+        for name, slot in current.items():
+            self._retired.append(slot)
+            changes.append(f"stage {name} removed (its items wait)")
+        self._slots = slots
+        self.config, self.classifier, self.guard, self.code = config, classifier, guard, code
+        self.notifier.settings = config.notify
+        self.wake()
+        return changes
+
+    def _edited(self, stage: Stage, code: dict[str, StageCode], config: Config) -> list[str]:
+        """The stage's source files that changed since the code in force was loaded."""
+        new = code.get(stage.qualified_name)
+        old = self.code.get(stage.qualified_name)
+        root = config.path.parent.resolve()
+        if new is None:
+            return old.edited(None, root) if old else []
+        return new.edited(old, root)
+
+    async def _stop_retired(self) -> None:
+        idle = [slot for slot in self._retired if slot.in_flight == 0]
+        if idle:
+            self._retired = [slot for slot in self._retired if slot.in_flight > 0]
+            for slot in (*self._slots, *self._retired):
+                if any(slot.replaces is gone for gone in idle):
+                    slot.replaces = None
+            await asyncio.gather(*(slot.executor.stop() for slot in idle))
+
+
+def _only_limits_changed(old: Stage, new: Stage) -> bool:
+    """True when a pool can keep its processes: only limits and policies differ."""
+    same_worker = ("command", "python", "mode", "cwd", "env")
+    return all(getattr(old, f) == getattr(new, f) for f in same_worker) and (
+        old.concurrency == new.concurrency or old.mode == "process"
+    )

@@ -1,0 +1,94 @@
+"""The scheduler's loop stepped by a test at times it chooses: each step claims, records
+and retries exactly as the running daemon does, with real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from conftest import Project
+from pipewarden.classifier import Classifier
+from pipewarden.clock import Clock
+from pipewarden.config import load_config
+from pipewarden.guard import Guard, stages_by_pipeline
+from pipewarden.notifier import Notifier
+from pipewarden.rules import load_rules
+from pipewarden.scheduler import Scheduler
+from pipewarden.store import open_store
+
+WORKER = """
+def work(data, ctx):
+    if ctx.attempt == 1:
+        raise ConnectionResetError("connection reset by peer")
+    return {"fetched": True}
+"""
+START = 1_900_000_000.0  # the test's wall time: a day in 2030
+
+
+class SetClock(Clock):
+    """Wall time set by the test; monotonic time stays real for durations."""
+
+    def __init__(self, now: float):
+        self.wall = now
+
+    def now(self) -> float:
+        return self.wall
+
+
+async def settled(scheduler: Scheduler, timeout: float = 20.0) -> None:
+    """Until every attempt the last step started has ended (its worker is a real process)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while scheduler.in_flight:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("the attempts did not end")
+        await asyncio.sleep(0.01)
+
+
+def test_stepping_the_loop_claims_finishes_and_retries_at_the_chosen_times(project: Project):
+    project.write("w.py", WORKER)
+    project.configure(
+        "sites:\n  stages:\n    - name: fetch\n      python: 'w:work'\n"
+        "      retry: {max_attempts: 3, backoff: 60s, jitter: 0}\n"
+    )
+    config = load_config(project.config_path)
+    rules = load_rules(config.rule_paths, config.path.parent)
+    store = open_store(config.state_dir)
+    clock = SetClock(START)
+    store.enqueue("sites", "fetch", [("a.example", {})], START)
+    notifier = Notifier(store, config.notify, clock)
+    guard = Guard(store, rules.halts, stages_by_pipeline(config))
+    classifier = Classifier(rules)
+    scheduler = Scheduler(config, store, classifier, guard, notifier, clock, None,
+                          rng=random.Random(1))  # fmt: skip
+
+    async def steps() -> None:
+        assert await scheduler.step()  # claims: the run row is written before the worker runs
+        assert store.item("sites", "a.example").state == "running"
+        await settled(scheduler)  # judged as it ended, at START: due again at START + 60
+        clock.wall = START + 5
+        assert await scheduler.step()  # records the failure
+        item = store.item("sites", "a.example")
+        assert (item.state, item.ready_at, item.last_label) == (
+            "retrying",
+            START + 60,
+            "Connection dropped",
+        )
+        clock.wall = START + 59
+        assert await scheduler.step()  # not due yet: nothing is claimed
+        assert store.item("sites", "a.example").state == "retrying"
+        clock.wall = START + 65
+        assert await scheduler.step()  # due: the second attempt starts
+        await settled(scheduler)
+        assert await scheduler.step()
+        await scheduler.drain(1.0, "test done")
+
+    try:
+        asyncio.run(steps())
+        item = store.item("sites", "a.example")
+        assert (item.state, item.attempt) == ("done", 2)
+        runs = store.item_runs(item.id)
+        assert [(r.attempt, r.status, r.started_at) for r in runs] == [
+            (1, "failed", START), (2, "ok", START + 65),
+        ]  # fmt: skip
+    finally:
+        store.close()
