@@ -38,6 +38,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         target.add_argument("--channel", help="e.g. sms")
         target.add_argument("--stage", help="pipeline/stage, e.g. sites/capture")
         target.add_argument("--pipeline", help="e.g. outreach")
+        if name == "pause":
+            sub.add_argument(
+                "--force", action="store_true",
+                help="pause a channel no item has had yet (else refused as a typo)",
+            )  # fmt: skip
 
 
 def _cmd_halts(args: argparse.Namespace) -> int:
@@ -116,14 +121,18 @@ def _pause_or_resume(args: argparse.Namespace, action: str) -> int:
     request = _hold_request(args)
     scope, target = request["scope"], control.hold_target(config, **request)
     daemon = daemon_api(config)
+    known_only = not getattr(args, "force", False)  # a typo'd channel is refused
     if daemon.running:
-        answer = daemon.post(f"/api/{action}", {"scope": scope, "target": target})
+        body = {"scope": scope, "target": target, "known_only": known_only}
+        answer = daemon.post(f"/api/{action}", body)
         changed = not answer["already"] if action == "pause" else answer["was_paused"]
     else:
         store = open_store(config)
-        change = control.pause if action == "pause" else control.resume
-        changed = change(store, config, scope, target, who(), time.time())
-        store.close()
+        try:
+            change = control.pause if action == "pause" else control.resume
+            changed = change(store, config, scope, target, who(), time.time(), known_only)
+        finally:
+            store.close()
     if args.json:
         print_json({"action": action, "scope": scope, "target": target, "changed": changed})
     elif not changed:

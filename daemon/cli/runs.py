@@ -15,6 +15,17 @@ from pipewarden.cli.shared import (
     print_json,
 )
 from pipewarden.errors import PipewardenError, UsageError
+from pipewarden.types import RunStatus
+
+RUN_STATUSES = tuple(status.value for status in RunStatus)
+
+
+def _run_status(text: str) -> str:
+    if text not in RUN_STATUSES:
+        raise argparse.ArgumentTypeError(
+            f"no status '{text}' — known statuses: {', '.join(RUN_STATUSES)}"
+        )
+    return text
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -23,9 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
     tail.add_argument("--pipeline")
     tail.add_argument("--stage")
-    tail.add_argument(
-        "--status", help="ok, failed, timed_out, interrupted, ignored, deferred, running"
-    )
+    tail.add_argument("--status", type=_run_status, help=", ".join(RUN_STATUSES))
     show = add_command(
         runs_commands, "show", _cmd_runs_show, "everything about one run", COMMON, AS_JSON
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipewarden.cli.shared import (
     AS_JSON,
@@ -22,6 +22,9 @@ from pipewarden.cli.shared import (
 )
 from pipewarden.errors import PipewardenError, UsageError
 
+if TYPE_CHECKING:
+    from pipewarden.config import Config
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     run = add_command(commands, "run", _cmd_run, "run the daemon in the foreground", COMMON)
@@ -36,6 +39,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     status.add_argument(
         "-v", "--verbose", action="store_true", help="with each stage's success rate and p50/p95"
     )
+    check = add_command(
+        commands, "check", _cmd_check,
+        "one line and an exit code for monitoring: 0 ok, 1 warning, 2 critical",
+        COMMON, AS_JSON,
+    )  # fmt: skip
+    check.add_argument("--pipeline", help="only this pipeline")
     add_command(commands, "open", _cmd_open, "open the live web page, signed in", COMMON)
     add_command(
         commands, "tray", _cmd_tray, "the tray icon: health at a glance, halts cleared in a click",
@@ -70,36 +79,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     import os
-    import time
 
-    from pipewarden import faults
-    from pipewarden.lock import running_daemon_pid
     from pipewarden.render import Paint, status_tree
-    from pipewarden.status import status_snapshot
 
     config = load_config(args)
     if args.pipeline:
         config.pipeline(args.pipeline)
-    daemon = daemon_api(config)
-    if daemon.via_socket:  # the store may be the daemon's own: ask the daemon
-        query = {"verbose": "1" if args.verbose else "0", **({"pipeline": args.pipeline}
-                                                            if args.pipeline else {})}  # fmt: skip
-        snapshot = daemon.get("/api/status", query)
-    else:
-        store = open_store(config, must_exist=True, read_only=True)
-        pid = running_daemon_pid(config.state_dir)
-        snapshot = status_snapshot(
-            config, store, time.time(), args.pipeline, args.verbose, daemon_running=pid is not None
-        )
-        if store:
-            store.close()
-        fault = faults.check_files(store.path) or faults.disk_full(store.path) if store else None
-        snapshot["daemon"] = {
-            "running": pid is not None,
-            "pid": pid,
-            "state_dir": str(config.state_dir),
-            "store_fault": str(fault) if fault else None,
-        }
+    snapshot = status_of(config, args.pipeline, args.verbose)
     if args.json:
         print_json(snapshot)
         return EXIT_OK
@@ -107,6 +93,52 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(render_daemon_line(snapshot))
     print("\n".join(status_tree(snapshot, paint, args.verbose)))
     return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Like status, but its exit code is the verdict: a monitor runs it, not a person."""
+    from pipewarden.check import verdict
+
+    config = load_config(args)
+    if args.pipeline:
+        config.pipeline(args.pipeline)
+    result = verdict(status_of(config, args.pipeline, verbose=True))
+    if args.json:
+        print_json(result)
+    else:
+        print(result["line"])
+    return result["code"]
+
+
+def status_of(config: Config, pipeline: str | None, verbose: bool) -> dict[str, Any]:
+    """The status snapshot with the daemon's line: from the daemon where the store may be
+    its own (a socket), else read from the store."""
+    import time
+
+    from pipewarden import faults
+    from pipewarden.lock import running_daemon_pid
+    from pipewarden.status import status_snapshot
+
+    daemon = daemon_api(config)
+    if daemon.via_socket:  # the store may be the daemon's own: ask the daemon
+        query = {"verbose": "1" if verbose else "0", **({"pipeline": pipeline}
+                                                       if pipeline else {})}  # fmt: skip
+        return daemon.get("/api/status", query)
+    store = open_store(config, must_exist=True, read_only=True)
+    pid = running_daemon_pid(config.state_dir)
+    snapshot = status_snapshot(
+        config, store, time.time(), pipeline, verbose, daemon_running=pid is not None
+    )
+    if store:
+        store.close()
+    fault = faults.check_files(store.path) or faults.disk_full(store.path) if store else None
+    snapshot["daemon"] = {
+        "running": pid is not None,
+        "pid": pid,
+        "state_dir": str(config.state_dir),
+        "store_fault": str(fault) if fault else None,
+    }
+    return snapshot
 
 
 def render_daemon_line(snapshot: dict[str, Any]) -> str:
