@@ -18,6 +18,7 @@ from pipewarden.cli.shared import (
     load_config,
     open_store,
     print_json,
+    terminal_width,
     told,
     who,
 )
@@ -209,7 +210,7 @@ def _cmd_item(args: argparse.Namespace) -> int:
         return EXIT_OK
     print("\n".join(item_detail(item, time.time())))
     print()
-    print("\n".join(runs_table(runs)))
+    print("\n".join(runs_table(runs, terminal_width())))
     return EXIT_OK
 
 

@@ -124,3 +124,15 @@ def duration_arg(text: str, option: str) -> float:
         return parse_duration(text)
     except ValueError:
         raise UsageError(f"{option} takes a duration such as 30d or 12h, not '{text}'") from None
+
+
+def terminal_width() -> int | None:
+    """The terminal's columns; where output is not a terminal, $COLUMNS if set, else None
+    (never cut: a pipe or a file gets every character)."""
+    import os
+    import shutil
+
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else None

@@ -4,8 +4,13 @@ options before the command, a group's own help."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 
-from conftest import Project
+from conftest import Project, wait_until
 from pipewarden import __version__
 
 CONFIG = """
@@ -124,3 +129,125 @@ def test_check_finds_failures_rising_and_a_growing_backlog():
     )
     keeping_up = snapshot_with([{"state": "queued", "total": 50, "d24": 50, "d1": 30}], queue, 40)
     assert verdict(keeping_up)["code"] == 0
+
+
+class Followed:
+    """`pipewarden runs tail -f` in the background, its lines collected as they come."""
+
+    def __init__(self, project: Project, *args: str, env: dict[str, str] | None = None):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipewarden", "runs", "tail", "-f", *args],
+            cwd=project.root, env={**project.env(), **(env or {})},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(10)
+        self.reader.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return code
+
+
+FOLLOWED = """
+sites:
+  stages:
+    - {name: find, python: "steps:find"}
+    - {name: capture, python: "steps:capture", retry: {max_attempts: 1}}
+"""
+FOLLOWED_STEPS = """
+def find(data):
+    return {"found": True}
+
+def capture(data):
+    raise RuntimeError("EACCES: permission denied, open '/run/media/store/shots/x.png'")
+"""
+
+
+def follow_a_run_that_starts_after_it(project: Project) -> None:
+    followed = Followed(project, "--since", "1h")
+    try:
+        wait_until(lambda: followed.lines, "the header")
+        assert followed.lines == [followed.lines[0]] and followed.lines[0].startswith("RUN ")
+        project.cli("enqueue", "sites", "dentist-austin.com/emergency-care")
+        wait_until(lambda: len(followed.lines) >= 3, "both runs of the item")
+    finally:
+        code = followed.stop()
+    find, capture = followed.lines[1:3]
+    assert "sites/find" in find and "dentist-austin.com/emergency-care" in find and " ok " in find
+    assert capture.endswith(
+        "[Permission denied] RuntimeError: EACCES: permission denied,"
+        " open '/run/media/store/shots/x.png'"
+    )  # a pipe: nothing is cut
+    assert code == 0
+
+
+def test_runs_tail_follow_gets_a_run_from_the_daemons_events(project: Project):
+    project.write("steps.py", FOLLOWED_STEPS)
+    project.configure(FOLLOWED)
+    project.start_daemon()
+    follow_a_run_that_starts_after_it(project)
+
+
+def test_runs_tail_follow_polls_the_store_where_no_api_streams_events(project: Project):
+    project.write("steps.py", FOLLOWED_STEPS)
+    project.configure(FOLLOWED, extra="api: {enabled: false}\ndrain_grace: 5s")
+    project.config_path.write_text(
+        project.config_path.read_text().replace(f"api: {{port: {project.api_port}}}\n", "")
+    )
+    project.start_daemon()
+    follow_a_run_that_starts_after_it(project)
+
+
+def test_runs_tail_fits_the_terminal_and_cuts_nothing_in_a_pipe(project: Project):
+    project.write("steps.py", FOLLOWED_STEPS)
+    project.configure(FOLLOWED)
+    project.cli("enqueue", "sites", "dentist-austin.com/emergency-care")
+    assert project.start_daemon("--until-idle").wait(30) == 0
+    piped = project.cli("runs", "tail").stdout.splitlines()
+    assert "dentist-austin.com/emergency-care" in piped[1]
+    assert piped[2].endswith("open '/run/media/store/shots/x.png'")
+    for columns in (72, 100, 140):  # at 72 the key gives way too, but the line fits
+        shown = tty_output(project, ["runs", "tail"], columns)
+        assert all(len(line) <= columns for line in shown), shown
+        assert any("[Permission denied] RuntimeError" in line for line in shown)
+        key = "dentist-austin.com/emergency-care" if columns > 72 else "dentist-austin.co…"
+        assert sum(key in line for line in shown) == 2, shown
+
+
+def tty_output(project: Project, args: list[str], columns: int) -> list[str]:
+    """What `pipewarden ARGS` prints on a terminal `columns` wide (a pty)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {**project.env(), "NO_COLOR": "1"}
+    env.pop("COLUMNS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "pipewarden", *args], cwd=project.root,
+                            env=env, stdin=follower, stdout=follower, stderr=follower)  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(30) == 0
+    return b"".join(chunks).decode().replace("\r\n", "\n").splitlines()
