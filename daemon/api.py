@@ -162,7 +162,10 @@ RUNS_QUERY: Schema = {
     "pipeline": Param(str, None),
 }
 CLEAR_BODY: Schema = {"target": Param(str)}
-HOLD_BODY: Schema = {"scope": Param(str, choices=control.SCOPES), "target": Param(str)}
+HOLD_BODY: Schema = {
+    "scope": Param(str, choices=control.SCOPES), "target": Param(str),
+    "known_only": Param(bool, False),  # a channel no item has had: refused as a typo (the CLI)
+}  # fmt: skip
 ENQUEUE_BODY: Schema = {"pipeline": Param(str), "items": Param(list), "force": Param(bool, False)}
 RETRY_BODY: Schema = {
     "label": Param(str), "pipeline": Param(str, None), "stage": Param(str, None),
@@ -253,14 +256,14 @@ def _build_app(api: ApiServer) -> Starlette:
     async def pause(request: Request) -> Response:
         data = await body(request, HOLD_BODY)
         added = control.pause(daemon.store, daemon.config, data["scope"], data["target"],
-                              who(request), daemon.clock.now())  # fmt: skip
+                              who(request), daemon.clock.now(), data["known_only"])  # fmt: skip
         changed()
         return JSONResponse({"paused": data["target"], "already": not added})
 
     async def resume(request: Request) -> Response:
         data = await body(request, HOLD_BODY)
         was = control.resume(daemon.store, daemon.config, data["scope"], data["target"],
-                             who(request), daemon.clock.now())  # fmt: skip
+                             who(request), daemon.clock.now(), data["known_only"])  # fmt: skip
         changed()
         return JSONResponse({"resumed": data["target"], "was_paused": was})
 
@@ -400,4 +403,5 @@ def _build_app(api: ApiServer) -> Starlette:
 async def _refused(request: Request, exc: Exception) -> Response:
     """A PipewardenError is the client's to fix: its text is the answer, never a traceback."""
     status = 413 if isinstance(exc, RequestTooLarge) else 400
-    return JSONResponse({"error": str(exc)}, status_code=status)
+    usage = {"usage": True} if isinstance(exc, UsageError) else {}  # the CLI exits 2 on it
+    return JSONResponse({"error": str(exc), **usage}, status_code=status)

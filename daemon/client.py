@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipewarden.errors import PipewardenError
+from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.lock import running_daemon_pid
 
 if TYPE_CHECKING:
@@ -133,7 +133,8 @@ class DaemonApi:
         except ValueError:  # not JSON: a fault in the daemon (its log says which)
             answer = {"error": f"the API answered {response.status_code}: {response.text[:200]}"}
         if response.status_code >= 400 and not (refusal_ok and response.status_code == 400):
-            raise PipewardenError(answer.get("error", f"the API answered {response.status_code}"))
+            error = answer.get("error", f"the API answered {response.status_code}")
+            raise UsageError(error) if answer.get("usage") else PipewardenError(error)
         return answer
 
     def _send(self, method: str, path: str, **options: Any) -> Any:

@@ -11,8 +11,9 @@ import logging
 from typing import Any
 
 from pipewarden.config import Config
-from pipewarden.errors import PipewardenError, UsageError
+from pipewarden.errors import UsageError
 from pipewarden.inputs import check_item, escape_controls, field, key_problem, shown
+from pipewarden.known import check_channel, listed
 from pipewarden.limits import KEY_MAX
 from pipewarden.notifier import Notifier
 from pipewarden.store import Enqueued, HeldChange, Hold, Storage
@@ -42,8 +43,11 @@ def enqueue(
     return store.enqueue(pipeline, first.name, checked, now, first.channel_for, force)
 
 
-def hold_target(config: Config, scope: str, target: str) -> str:
-    """Check a pause/resume target against the config; returns its canonical name."""
+def hold_target(
+    config: Config, scope: str, target: str, store: Storage | None = None, known_only: bool = False
+) -> str:
+    """Check a pause/resume target against the config (and, with `known_only`, a channel
+    against those the config and the store know: a typo is refused); returns its name."""
     if scope == "pipeline":
         return config.pipeline(target).name
     if scope == "stage":
@@ -55,13 +59,17 @@ def hold_target(config: Config, scope: str, target: str) -> str:
                 f"no stage '{target}': write pipeline/stage, e.g. sites/capture"
             ) from None
     if scope == "channel" and target:
-        return target
+        return check_channel(config, store, target) if known_only else target
     raise UsageError(f"scope must be one of {', '.join(SCOPES)}, with a target")
 
 
-def pause(store: Storage, config: Config, scope: str, target: str, who: str, now: float) -> bool:
-    """Pause a channel, stage or pipeline; False if it was already paused."""
-    target = hold_target(config, scope, target)
+def pause(
+    store: Storage, config: Config, scope: str, target: str, who: str, now: float,
+    known_only: bool = False,
+) -> bool:  # fmt: skip
+    """Pause a channel, stage or pipeline; False if it was already paused. With `known_only`
+    a channel no item has had yet is refused as a typo (see `hold_target`)."""
+    target = hold_target(config, scope, target, store, known_only)
     added = store.add_hold(
         {"scope": scope, "target": target, "kind": "pause", "reason": "paused by a person",
          "created_at": now, "created_by": who}
@@ -69,16 +77,21 @@ def pause(store: Storage, config: Config, scope: str, target: str, who: str, now
     return added is not None
 
 
-def resume(store: Storage, config: Config, scope: str, target: str, who: str, now: float) -> bool:
+def resume(
+    store: Storage, config: Config, scope: str, target: str, who: str, now: float,
+    known_only: bool = False,
+) -> bool:  # fmt: skip
     """Resume a paused channel, stage or pipeline; False if it was not paused."""
-    return bool(store.clear_holds(hold_target(config, scope, target), ("pause",), who, now))
+    target = hold_target(config, scope, target, store, known_only)
+    return bool(store.clear_holds(target, ("pause",), who, now))
 
 
 def clear_halt(store: Storage, notifier: Notifier, target: str, who: str, now: float) -> list[Hold]:
     """Clear the halts on `target` and tell the people who were told of them."""
     cleared = store.clear_holds(target, ("halt",), who, now)
     if not cleared:
-        raise PipewardenError(f"no active halt on '{target}' (see `pipewarden halts`)")
+        halted = sorted({hold.target for hold in store.active_holds() if hold.kind == "halt"})
+        raise UsageError(f"no active halt on '{shown(target)}' — {listed('halted now', halted)}")
     for hold in cleared:
         notifier.halt_resolved(hold, f"Cleared by {who}", now)
     return cleared

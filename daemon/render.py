@@ -5,10 +5,12 @@ Pure functions from plain data to lines, so tests assert exactly what a user see
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pipewarden.inputs import escape_controls
@@ -28,6 +30,7 @@ GROUP_COLOURS = {
     "Ignored": "grey",
 }  # fmt: skip
 DAY_S = 86400.0
+DATA_ON_ONE_LINE = 80  # an item's data longer than this is shown a key a line
 
 
 class Paint:
@@ -228,19 +231,93 @@ def _telemetry(telemetry: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def runs_table(runs: Iterable[Any]) -> list[str]:
-    header = f"{'RUN':<9}{'STARTED':<20}{'STAGE':<20}{'ITEM':<22}{'#':>2} " + (
-        f"{'STATUS':<12}{'TIME':>8}  ERROR"
-    )
-    lines = [header]
-    for run in runs:
-        stage = f"{run.pipeline}/{run.stage}"
-        lines.append(
-            f"{run.id[:8]:<9}{format_time(run.started_at):<20}{_cut(stage, 19):<20}"
-            f"{_cut(escape_controls(run.item_key), 21):<22}{run.attempt:>2} {run.status:<12}"
-            f"{format_duration(run.duration_s):>8}  {_cut(_label_and_error(run), 60)}"
+# The runs table's columns of a fixed width: RUN, #, STATUS, TIME and the gaps (STARTED
+# is 20 wide, or 12 on a narrow terminal).
+_RUN_FIXED = 9 + 3 + 12 + 8
+_ERROR_AT_LEAST = 30  # on a terminal the error keeps this much; stage and item give way
+_NAME_AT_LEAST = 8
+NARROW = 110  # below this many columns: the start without seconds, the error on a line of its own
+
+
+@dataclass(frozen=True)
+class RunColumns:
+    """How wide the runs table's STAGE, ITEM and ERROR are: as wide as their longest value,
+    cut (with …) only to fit a terminal's `width`; None: never cut (a pipe, a file). On a
+    narrow terminal the error goes on a line of its own under its run."""
+
+    stage: int
+    item: int
+    error: int | None
+    narrow: bool = False
+
+    @classmethod
+    def fitting(
+        cls, runs: Sequence[Any], width: int | None, names: Iterable[str] = (),
+        keys_at_least: int = 0,
+    ) -> RunColumns:  # fmt: skip
+        """Columns for `runs` (plus stage `names` and keys of `keys_at_least` characters
+        that rows followed later may bring)."""
+        stage = max([len("STAGE"), *map(len, names), *(len(_stage_of(r)) for r in runs)])
+        item = max([len("ITEM"), keys_at_least, *(len(escape_controls(r.item_key)) for r in runs)])
+        if width is None:
+            return cls(stage, item, None)
+        narrow = width < NARROW
+        room = width - _RUN_FIXED - (12 if narrow else 20) - 2  # 2: the gaps after the names
+        if not narrow:
+            longest_error = max([len("ERROR"), *(len(_label_and_error(r)) for r in runs)])
+            room -= 2 + min(longest_error, _ERROR_AT_LEAST)
+        if stage + item > room:  # the longer of the two gives way first
+            room = max(room, 2 * _NAME_AT_LEAST)
+            stage = max(_NAME_AT_LEAST, min(stage, room // 2, room - item))
+            item = max(_NAME_AT_LEAST, room - stage)
+        if narrow:
+            return cls(stage, item, max(len("ERROR"), width - 4), narrow=True)
+        rest = width - _RUN_FIXED - 20 - stage - item - 4
+        return cls(stage, item, max(len("ERROR"), rest))
+
+    def header(self) -> str:
+        started = f"{'STARTED':<12}" if self.narrow else f"{'STARTED':<20}"
+        return (
+            f"{'RUN':<9}{started}{'STAGE':<{self.stage + 1}}{'ITEM':<{self.item + 1}}"
+            f"{'#':>2} {'STATUS':<12}{'TIME':>8}" + ("" if self.narrow else "  ERROR")
         )
-    return lines
+
+    def row(self, run: Any) -> str:
+        """The run's line (on a narrow terminal, with its error on a second line)."""
+        error, key, stage = _label_and_error(run), escape_controls(run.item_key), _stage_of(run)
+        if self.error is not None:  # a terminal: cut to fit (else wider values push on)
+            error, key, stage = (
+                _cut(error, self.error),
+                _cut(key, self.item),
+                _cut(stage, self.stage),
+            )
+        if self.narrow:
+            started = f"{_short_time(run.started_at):<12}"
+        else:
+            started = f"{format_time(run.started_at):<20}"
+        line = (
+            f"{run.id[:8]:<9}{started}"
+            f"{stage:<{self.stage}} {key:<{self.item}} "
+            f"{run.attempt:>2} {run.status:<12}{format_duration(run.duration_s):>8}"
+        )
+        if self.narrow:
+            return line + (f"\n    {error}" if error else "")
+        return f"{line}  {error}".rstrip()
+
+
+def _short_time(epoch: float | None) -> str:
+    return format_time(epoch)[5:16] if valid_time(epoch) and epoch is not None else "-"
+
+
+def _stage_of(run: Any) -> str:
+    return f"{run.pipeline}/{run.stage}"
+
+
+def runs_table(runs: Iterable[Any], width: int | None = None) -> list[str]:
+    """The runs, a line each under a header, fitting `width` (None: never cut)."""
+    runs = list(runs)
+    columns = RunColumns.fitting(runs, width)
+    return [columns.header(), *(columns.row(run) for run in runs)]
 
 
 def item_detail(item: Any, now: float) -> list[str]:
@@ -254,7 +331,17 @@ def item_detail(item: Any, now: float) -> list[str]:
         lines.append(f"{'last label':<12}{item.last_label} ({item.last_group})")
     if item.last_error:
         lines.append(f"{'last error':<12}{first_line(item.last_error)}")
-    return lines
+    return lines + _data_lines(item.data)
+
+
+def _data_lines(stored: str | None) -> list[str]:
+    """The item's data as its stages have merged it: on one line if short, else indented."""
+    data = json.loads(stored or "{}")
+    compact = json.dumps(data, ensure_ascii=False)
+    if len(compact) <= DATA_ON_ONE_LINE:
+        return [f"{'data':<12}{escape_controls(compact)}"]
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    return ["data:", *(f"  {escape_controls(line)}" for line in text.splitlines())]
 
 
 def _next_run(item: Any, now: float) -> str:

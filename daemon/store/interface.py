@@ -169,6 +169,12 @@ class Storage(Protocol):
     def pipelines_of(self, key: str) -> list[str]:
         """The pipelines that have an item with this key."""
 
+    def item_channels(self) -> list[str]:
+        """Every channel an item has now."""
+
+    def item_labels(self) -> list[str]:
+        """Every label an item carries now."""
+
     # -- many items at once ------------------------------------------------------------------
 
     def defer_channel(self, channel: str, until: float, now: float, label: str) -> int:

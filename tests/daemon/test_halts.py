@@ -242,7 +242,7 @@ def test_a_probe_re_halts_with_a_doubled_cool_down_then_clears(
 def test_pause_and_resume_a_channel(project: Project, http_receiver: HttpReceiver):
     configure_outreach(project, http_receiver.url)
     (project.root / "sms-fixed").touch()
-    paused = project.cli("pause", "--channel", "sms")
+    paused = project.cli("pause", "--channel", "sms", "--force")  # no sms item yet
     assert "paused channel sms: its items stay queued" in paused.stdout
     enqueue(project, "sms", 2)
     enqueue(project, "email", 2)

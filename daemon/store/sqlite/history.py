@@ -141,3 +141,21 @@ class History(Connected):
         """The pipelines that have an item with this key."""
         return [row[0] for row in self._conn.execute(
             "SELECT pipeline FROM items WHERE key = ?", (key,))]  # fmt: skip
+
+    def item_channels(self) -> list[str]:
+        """Every channel an item has now."""
+        return self._distinct("channel")
+
+    def item_labels(self) -> list[str]:
+        """Every label an item carries now."""
+        return self._distinct("last_label")
+
+    def _distinct(self, column: str) -> list[str]:
+        """The distinct non-null values of items.`column`, hopping from one to the next (a
+        skip scan: one index probe per value where an index leads with the column)."""
+        sql = (
+            f"WITH RECURSIVE hop(v) AS (SELECT MIN({column}) FROM items UNION ALL"
+            f" SELECT (SELECT MIN({column}) FROM items WHERE {column} > hop.v) FROM hop"
+            " WHERE hop.v IS NOT NULL) SELECT v FROM hop WHERE v IS NOT NULL"
+        )
+        return [row[0] for row in self._conn.execute(sql)]

@@ -1,0 +1,364 @@
+"""Items: enqueue them, look one up (`item`, `why`), put them back in the queue (`retry`,
+`release`) or end them (`fail`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipewarden.cli.shared import (
+    AS_JSON,
+    COMMON,
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_command,
+    daemon_api,
+    load_config,
+    open_store,
+    print_json,
+    terminal_width,
+    told,
+    who,
+)
+from pipewarden.errors import ConfigError, PipewardenError, UsageError
+
+if TYPE_CHECKING:
+    from pipewarden.client import DaemonApi
+    from pipewarden.store import Storage
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    enqueue = add_command(
+        commands, "enqueue", _cmd_enqueue, "add items to a pipeline (idempotent on key)",
+        COMMON, AS_JSON,
+    )  # fmt: skip
+    enqueue.add_argument("pipeline")
+    enqueue.add_argument("key", nargs="?", help="the item's key, unique in its pipeline")
+    enqueue.add_argument(
+        "--data", help="the item's data as a JSON object; for a known key it replaces the item's"
+        " data (it does not merge). Without --data a known item keeps the data it has",
+    )  # fmt: skip
+    enqueue.add_argument(
+        "--file", help='a JSON-lines file of {"key": ..., "data": {...}}; a line without'
+        " \"data\" keeps a known item's data, one with it replaces that data",
+    )  # fmt: skip
+    enqueue.add_argument(
+        "--force", action="store_true",
+        help="start known items again and redo every stage to the end, even where the input"
+        " already succeeded",
+    )  # fmt: skip
+
+    why = add_command(
+        commands, "why", _cmd_why, "an item's whole story and what happens next", COMMON, AS_JSON
+    )
+    why.add_argument("key")
+    why.add_argument("--pipeline", help="needed when several pipelines have an item with this key")
+
+    item = add_command(
+        commands, "item", _cmd_item, "one item: its state, next retry and runs", COMMON, AS_JSON
+    )
+    item.add_argument("pipeline")
+    item.add_argument("key")
+
+    retry = add_command(
+        commands, "retry", _cmd_retry,
+        "put failed and retrying items with a label back in the queue", COMMON, AS_JSON,
+    )  # fmt: skip
+    retry.add_argument("--label", required=True, help='e.g. "Browser launch conflict"')
+    retry.add_argument("--pipeline")
+    retry.add_argument("--stage")
+    retry.add_argument("--since", help="only items that changed within this long, e.g. 24h")
+    retry.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    retry.add_argument(
+        "--force", action="store_true", help="redo work whose input already succeeded"
+    )
+
+    for name, handler, what in (
+        ("release", _cmd_release, "put held items back in the queue, at the attempt they were"
+         " held at (their side effects may happen again)"),
+        ("fail", _cmd_fail, "end held items as failed, with the reason given"),
+    ):  # fmt: skip
+        sub = add_command(commands, name, handler, what, COMMON, AS_JSON)
+        sub.add_argument("pipeline")
+        sub.add_argument("keys", nargs="*", metavar="KEY", help="the held items' keys")
+        sub.add_argument("--all-held", action="store_true", help="every held item of the pipeline")
+        sub.add_argument("--dry-run", action="store_true", help="list them, change nothing")
+        if name == "fail":
+            sub.add_argument("--reason", required=True, help="why they fail, as their error text")
+
+
+def _cmd_enqueue(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import asdict
+
+    from pipewarden import control
+
+    config = load_config(args)
+    pipeline = config.pipeline(args.pipeline)
+    items = _items_to_enqueue(args)
+    daemon = daemon_api(config)
+    if daemon.running:
+        result = daemon.post(
+            "/api/enqueue",
+            {"pipeline": pipeline.name, "force": args.force,
+             "items": [{"key": k, "data": d} for k, d in items]},
+        )  # fmt: skip
+    else:
+        store = open_store(config)
+        enqueued = control.enqueue(store, config, pipeline.name, items, time.time(), args.force)
+        result = asdict(enqueued)
+        store.close()
+        if result["new"] or result["restarted"]:
+            told(daemon, "enqueued")  # wakes a daemon that runs without its API
+    result = {"pipeline": pipeline.name, **result}
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    first = f"{pipeline.name}/{pipeline.stages[0].name}"
+    print("; ".join([f"enqueued {len(result['new'])} new item(s) into {first}",
+                     *_known_items(result, args.force)]))  # fmt: skip
+    return EXIT_OK
+
+
+def _known_items(result: dict[str, Any], force: bool) -> list[str]:
+    """What enqueueing did to keys already known: started again (with which data), or not."""
+    parts = []
+    if restarted := len(result["restarted"]):
+        how = "every stage redone: --force" if force else "stages already done are skipped"
+        replaced, kept = len(result["data_replaced"]), restarted - len(result["data_replaced"])
+        data = [f"{replaced} with the data given, which replaces theirs"] if replaced else []
+        data += [f"{kept} with the data they had (none given)"] if kept else []
+        parts.append(f"{restarted} known item(s) started again ({how}): {', '.join(data)}")
+    if result["unchanged"]:
+        parts.append(
+            f"{len(result['unchanged'])} still queued or running (left as they are, data too)"
+        )
+    if held := result["held"]:
+        hint = f"`pipewarden release {result['pipeline']} KEY...` or `pipewarden fail`"
+        parts.append(f"{len(held)} held for a person (left as they are: {hint})")
+    return parts
+
+
+def _items_to_enqueue(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    from pipewarden.inputs import check_item
+
+    if (args.key is None) == (args.file is None):
+        raise UsageError("enqueue takes a KEY or --file items.jsonl (one of them)")
+    if args.file:
+        if args.data:
+            raise UsageError("--data goes with KEY; in --file each line carries its own data")
+        return _read_items_file(Path(args.file))
+    data: Any = None  # none given: a known item keeps its own
+    if args.data is not None:
+        try:
+            data = json.loads(args.data)
+        except ValueError as exc:
+            raise UsageError(f"--data is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise UsageError('--data must be a JSON object, e.g. \'{"url": "https://..."}\'')
+    return [check_item(args.key, data)]
+
+
+def _read_items_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    from pipewarden.inputs import data_problem, key_problem
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    items = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(path, number, exc.colno, f"not valid JSON: {exc.msg}") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise ConfigError(path, number, 1, 'each line must be {"key": "...", "data": {...}}')
+        if problem := key_problem(entry["key"]):
+            raise ConfigError(path, number, 1, f"'key' {problem}")
+        data = entry.get("data")  # none (or null): a known item keeps its own
+        if data is not None and (problem := data_problem(data)):
+            raise ConfigError(path, number, 1, f"'data' {problem}")
+        items.append((entry["key"], data))
+    return items
+
+
+def _cmd_item(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden.render import item_detail, run_as_dict, runs_table
+
+    config = load_config(args)
+    config.pipeline(args.pipeline)
+    store = open_store(config, must_exist=True, read_only=True)
+    item = store.item(args.pipeline, args.key) if store else None
+    if item is None:
+        raise PipewardenError(f"no item '{args.key}' in pipeline '{args.pipeline}'")
+    runs = store.item_runs(item.id)
+    store.close()
+    if args.json:
+        fields = ("pipeline", "key", "stage", "state", "attempt", "ready_at", "channel",
+                  "last_error", "last_label", "last_group", "created_at", "updated_at")  # fmt: skip
+        print_json(
+            {**{name: getattr(item, name) for name in fields}, "data": json.loads(item.data),
+             "runs": [run_as_dict(run) for run in runs]}
+        )  # fmt: skip
+        return EXIT_OK
+    print("\n".join(item_detail(item, time.time())))
+    print()
+    print("\n".join(runs_table(runs, terminal_width())))
+    return EXIT_OK
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden import control
+    from pipewarden._yaml import parse_duration
+
+    config = load_config(args)
+    request: dict[str, Any] = {
+        "label": args.label, "pipeline": args.pipeline, "stage": args.stage,
+        "dry_run": args.dry_run, "force": args.force,
+    }  # fmt: skip
+    if args.since:
+        try:
+            request["since_s"] = parse_duration(args.since)
+        except ValueError:
+            raise UsageError(
+                f"--since takes a duration such as 24h or 30m, not '{args.since}'"
+            ) from None
+    daemon = daemon_api(config)
+    if daemon.running:
+        answer = daemon.post("/api/retry", request)
+        count, held = answer["items"], answer["held"]
+    else:
+        store = open_store(config)
+        count = control.retry(store, config, request, time.time())
+        held = control.held_count(store, request)
+        store.close()
+    scope = "".join(f" in {v}" for v in (args.pipeline, args.stage) if v)
+    if args.json:
+        print_json({"label": args.label, "items": count, "dry_run": args.dry_run, "held": held})
+        return EXIT_OK
+    if args.dry_run:
+        print(f"would requeue {count} failed or retrying item(s) labelled '{args.label}'{scope}")
+    elif count:
+        print(told(daemon, f"requeued {count} item(s) labelled '{args.label}'{scope}"))
+    else:
+        print(f"no failed or retrying item is labelled '{args.label}'{scope}")
+    if held:  # retry never repeats a side effect a stage said must not repeat
+        print(
+            f"{held} held item(s) labelled '{args.label}'{scope} wait for a person: let them go"
+            " with `pipewarden release PIPELINE KEY...` (or --all-held), or end them with"
+            " `pipewarden fail PIPELINE KEY... --reason TEXT`"
+        )
+    return EXIT_OK
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    return _change_held(args, "release")
+
+
+def _cmd_fail(args: argparse.Namespace) -> int:
+    return _change_held(args, "fail")
+
+
+def _change_held(args: argparse.Namespace, command: str) -> int:
+    """`release` and `fail`: held items by key (or all of a pipeline's), by the API when a
+    daemon runs, else on the store."""
+    import time
+
+    from pipewarden import control
+
+    if bool(args.keys) == args.all_held:
+        raise UsageError(f"{command} takes KEY... or --all-held (one of them)")
+    verb = "released" if command == "release" else "failed"
+    config = load_config(args)
+    pipeline = config.pipeline(args.pipeline).name
+    keys = None if args.all_held else args.keys
+    request: dict[str, Any] = {"pipeline": pipeline, "keys": keys, "all_held": args.all_held,
+                               "dry_run": args.dry_run}  # fmt: skip
+    if command == "fail":
+        request["reason"] = control.fail_reason(args.reason)
+    daemon = daemon_api(config)
+    if daemon.running:
+        answer = daemon.post(f"/api/{command}", request)
+        changed, not_held = answer[verb], answer["not_held"]
+    else:
+        store = open_store(config)
+        try:
+            if command == "release":
+                change = control.release(store, config, pipeline, keys, who(), time.time(),
+                                         args.dry_run)  # fmt: skip
+            else:
+                change = control.fail(store, config, pipeline, keys, args.reason, who(),
+                                      time.time(), args.dry_run)  # fmt: skip
+        finally:
+            store.close()
+        changed, not_held = change.changed, change.not_held
+    if args.json:
+        print_json({"pipeline": pipeline, verb: changed, "dry_run": args.dry_run,
+                     "not_held": not_held})  # fmt: skip
+    else:
+        print("\n".join(_held_lines(daemon, pipeline, verb, changed, not_held, args.dry_run)))
+    return EXIT_FAILURE if not_held else EXIT_OK
+
+
+def _held_lines(
+    daemon: DaemonApi, pipeline: str, verb: str, changed: list[str],
+    not_held: dict[str, str | None], dry_run: bool,
+) -> list[str]:  # fmt: skip
+    from pipewarden.inputs import shown
+
+    what = {"released": "back in the queue at the attempt they were held at",
+            "failed": "failed, with the reason given"}[verb]  # fmt: skip
+    names = ", ".join(shown(key) for key in changed[:10])
+    names += f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+    if dry_run:
+        lines = [f"would have {verb} {len(changed)} held item(s) of {pipeline}"
+                 + (f": {names}" if changed else "")]  # fmt: skip
+    elif changed:
+        lines = [told(daemon, f"{verb} {len(changed)} held item(s) of {pipeline} ({what}):"
+                       f" {names}")]  # fmt: skip
+    else:
+        lines = [f"no held item of {pipeline} was {verb}"]
+    for key, state in not_held.items():
+        why = f"it is {state}" if state else "no such item"
+        lines.append(f"not held: {shown(key)} ({why})")
+    return lines
+
+
+def _cmd_why(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden.render import story_lines
+    from pipewarden.story import item_story
+
+    config = load_config(args)
+    store = open_store(config, must_exist=True, read_only=True)
+    if store is None:
+        raise PipewardenError("nothing has been enqueued yet")
+    try:
+        pipeline = args.pipeline or _pipeline_of(store, args.key)
+        story = item_story(config, store, pipeline, args.key, time.time())
+    finally:
+        store.close()
+    if args.json:
+        print_json(story)
+    else:
+        print("\n".join(story_lines(story)))
+    return EXIT_OK
+
+
+def _pipeline_of(store: Storage, key: str) -> str:
+    pipelines = store.pipelines_of(key)
+    if not pipelines:
+        raise PipewardenError(f"no item '{key}' (see `pipewarden status`)")
+    if len(pipelines) > 1:
+        raise UsageError(f"'{key}' is in {', '.join(pipelines)}: add --pipeline")
+    return pipelines[0]

@@ -1,0 +1,253 @@
+"""The CLI's habits operators bring from systemctl, journalctl and the like: --version,
+options before the command, a group's own help."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from conftest import Project, wait_until
+from pipewarden import __version__
+
+CONFIG = """
+sites:
+  stages:
+    - {name: find, python: "steps:find"}
+"""
+
+
+def test_version_is_printed_and_exits_0(project: Project):
+    done = project.cli("--version")
+    assert done.stdout == f"pipewarden {__version__}\n"
+
+
+def test_global_options_are_taken_before_the_command(project: Project):
+    project.write("steps.py", "def find(data):\n    return None\n")
+    project.configure(CONFIG)
+    elsewhere = project.root / "elsewhere.yaml"
+    project.config_path.rename(elsewhere)
+    state = project.root / "state"
+    before = project.cli("--config", str(elsewhere), "--state-dir", str(state), "status")
+    assert f"state {state}" in before.stdout
+    after = project.cli("status", "--config", str(elsewhere), "--state-dir", str(state))
+    assert before.stdout == after.stdout
+    # given in both places, the one after the command wins, as it is the nearer
+    both = project.cli("--state-dir", "/nowhere", "status", "--config", str(elsewhere),
+                       "--state-dir", str(state))  # fmt: skip
+    assert f"state {state}" in both.stdout
+
+
+def test_a_command_group_alone_prints_its_own_help(project: Project):
+    for group, commands in (("runs", ("tail", "show")), ("rules", ("check", "test", "packs"))):
+        done = project.cli(group, expect=2)
+        assert done.stdout.startswith(f"usage: pipewarden {group} [-h] COMMAND ...")
+        assert all(f"    {name} " in done.stdout for name in commands)
+
+
+def configured(project: Project) -> Project:
+    project.write("steps.py", "def find(data):\n    return None\n")
+    project.configure(CONFIG.replace('"steps:find"}', '"steps:find", channel: web}'))
+    return project
+
+
+def test_typos_name_the_known_values_and_exit_2(project: Project):
+    configured(project)
+    project.cli("enqueue", "sites", "a")
+    paused = project.cli("pause", "--channel", "nosuch", expect=2)
+    assert paused.stderr == (
+        "pipewarden: no channel 'nosuch' is known — known channels: web;"
+        " to name one no item has had yet, add --force\n"
+    )
+    assert "paused channel later" in project.cli("pause", "--channel", "later", "--force").stdout
+    assert "resumed channel later" in project.cli("resume", "--channel", "later").stdout
+    project.cli("resume", "--channel", "nosuch", expect=2)
+    cleared = project.cli("halts", "clear", "nosuch", expect=2)
+    assert cleared.stderr == "pipewarden: no active halt on 'nosuch' — halted now: none yet\n"
+    tail = project.cli("runs", "tail", "--status", "bogus", expect=2)
+    assert "no status 'bogus' — known statuses: running, ok, failed, timed_out" in tail.stderr
+
+
+def test_typos_are_refused_the_same_through_a_running_daemon(project: Project):
+    configured(project)
+    project.start_daemon()
+    paused = project.cli("pause", "--channel", "nosuch", expect=2)
+    assert "no channel 'nosuch' is known — known channels: web;" in paused.stderr
+    assert project.cli("halts", "clear", "web", expect=2).stderr == (
+        "pipewarden: no active halt on 'web' — halted now: none yet\n"
+    )
+    forced = project.cli("pause", "--channel", "later", "--force")
+    assert (
+        forced.stdout
+        == "paused channel later: its items stay queued; the running daemon has been told\n"
+    )
+
+
+def test_check_says_ok_warning_or_critical_in_one_line_and_its_exit_code(project: Project):
+    configured(project)
+    down = project.cli("check", expect=2)
+    assert down.stdout == "pipewarden CRITICAL: daemon not running\n"
+    daemon = project.start_daemon()
+    ok = project.cli("check", expect=0)
+    assert ok.stdout.startswith(f"pipewarden OK: daemon running (pid {daemon.pid}), 1 pipeline(s)")
+    project.cli("pause", "--pipeline", "sites")
+    paused = project.cli("check", expect=1)
+    assert paused.stdout == "pipewarden WARNING: pipeline sites paused\n"
+    as_json = json.loads(project.cli("check", "--json", expect=1).stdout)
+    assert as_json["status"] == "warning" and as_json["code"] == 1
+    assert as_json["problems"] == [{"level": "warning", "what": "pipeline sites paused"}]
+    daemon.terminate()
+    daemon.wait(20)
+    stopped = project.cli("check", expect=2)
+    assert stopped.stdout == "pipewarden CRITICAL: daemon not running; pipeline sites paused\n"
+
+
+def snapshot_with(states: list[dict], queue: dict | None = None, runs_1h: int = 0) -> dict:
+    stage = {"name": "find", "states": states, "queue": queue,
+             "telemetry": {"1h": {"runs": runs_1h}}}  # fmt: skip
+    return {"daemon": {"running": True, "pid": 1, "store_fault": None}, "holds": [],
+            "rules": None, "pipelines": [{"name": "sites", "stages": [stage]}]}  # fmt: skip
+
+
+def test_check_finds_failures_rising_and_a_growing_backlog():
+    from pipewarden.check import verdict
+
+    rising = verdict(snapshot_with([{"state": "failed", "total": 40, "d24": 30, "d1": 8}]))
+    assert rising["line"] == (
+        "pipewarden CRITICAL: sites/find failures rising (8 in the last hour, 1.0/h before)"
+    )
+    steady = verdict(snapshot_with([{"state": "failed", "total": 400, "d24": 240, "d1": 10}]))
+    assert steady["code"] == 0
+    queue = {"queued": 50, "ready": 50, "waiting": []}
+    growing = verdict(snapshot_with([{"state": "queued", "total": 50, "d24": 50, "d1": 30}],
+                                    queue, runs_1h=12))  # fmt: skip
+    assert growing["line"] == (
+        "pipewarden WARNING: sites/find backlog growing (30 queued in the last hour, 12 run)"
+    )
+    keeping_up = snapshot_with([{"state": "queued", "total": 50, "d24": 50, "d1": 30}], queue, 40)
+    assert verdict(keeping_up)["code"] == 0
+
+
+class Followed:
+    """`pipewarden runs tail -f` in the background, its lines collected as they come."""
+
+    def __init__(self, project: Project, *args: str, env: dict[str, str] | None = None):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipewarden", "runs", "tail", "-f", *args],
+            cwd=project.root, env={**project.env(), **(env or {})},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(10)
+        self.reader.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return code
+
+
+FOLLOWED = """
+sites:
+  stages:
+    - {name: find, python: "steps:find"}
+    - {name: capture, python: "steps:capture", retry: {max_attempts: 1}}
+"""
+FOLLOWED_STEPS = """
+def find(data):
+    return {"found": True}
+
+def capture(data):
+    raise RuntimeError("EACCES: permission denied, open '/run/media/store/shots/x.png'")
+"""
+
+
+def follow_a_run_that_starts_after_it(project: Project) -> None:
+    followed = Followed(project, "--since", "1h")
+    try:
+        wait_until(lambda: followed.lines, "the header")
+        assert followed.lines == [followed.lines[0]] and followed.lines[0].startswith("RUN ")
+        project.cli("enqueue", "sites", "dentist-austin.com/emergency-care")
+        wait_until(lambda: len(followed.lines) >= 3, "both runs of the item")
+    finally:
+        code = followed.stop()
+    find, capture = followed.lines[1:3]
+    assert "sites/find" in find and "dentist-austin.com/emergency-care" in find and " ok " in find
+    assert capture.endswith(
+        "[Permission denied] RuntimeError: EACCES: permission denied,"
+        " open '/run/media/store/shots/x.png'"
+    )  # a pipe: nothing is cut
+    assert code == 0
+
+
+def test_runs_tail_follow_gets_a_run_from_the_daemons_events(project: Project):
+    project.write("steps.py", FOLLOWED_STEPS)
+    project.configure(FOLLOWED)
+    project.start_daemon()
+    follow_a_run_that_starts_after_it(project)
+
+
+def test_runs_tail_follow_polls_the_store_where_no_api_streams_events(project: Project):
+    project.write("steps.py", FOLLOWED_STEPS)
+    project.configure(FOLLOWED, extra="api: {enabled: false}\ndrain_grace: 5s")
+    project.config_path.write_text(
+        project.config_path.read_text().replace(f"api: {{port: {project.api_port}}}\n", "")
+    )
+    project.start_daemon()
+    follow_a_run_that_starts_after_it(project)
+
+
+def test_runs_tail_fits_the_terminal_and_cuts_nothing_in_a_pipe(project: Project):
+    project.write("steps.py", FOLLOWED_STEPS)
+    project.configure(FOLLOWED)
+    project.cli("enqueue", "sites", "dentist-austin.com/emergency-care")
+    assert project.start_daemon("--until-idle").wait(30) == 0
+    piped = project.cli("runs", "tail").stdout.splitlines()
+    assert "dentist-austin.com/emergency-care" in piped[1]
+    assert piped[2].endswith("open '/run/media/store/shots/x.png'")
+    for columns in (72, 100, 140):  # at 72 the key gives way too, but the line fits
+        shown = tty_output(project, ["runs", "tail"], columns)
+        assert all(len(line) <= columns for line in shown), shown
+        assert any("[Permission denied] RuntimeError" in line for line in shown)
+        key = "dentist-austin.com/emergency-care" if columns > 72 else "dentist-austin.co…"
+        assert sum(key in line for line in shown) == 2, shown
+
+
+def tty_output(project: Project, args: list[str], columns: int) -> list[str]:
+    """What `pipewarden ARGS` prints on a terminal `columns` wide (a pty)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {**project.env(), "NO_COLOR": "1"}
+    env.pop("COLUMNS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "pipewarden", *args], cwd=project.root,
+                            env=env, stdin=follower, stdout=follower, stderr=follower)  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(30) == 0
+    return b"".join(chunks).decode().replace("\r\n", "\n").splitlines()
