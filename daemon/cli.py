@@ -253,6 +253,9 @@ def _build_parser() -> argparse.ArgumentParser:
         parents=[as_json],
     )  # fmt: skip
     packs.set_defaults(handler=_cmd_rules_packs)
+    from pipewarden import templates_cli  # issue 15's commands (cheap: imports when they run)
+
+    templates_cli.register(commands)
     return parser
 
 

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,43 @@ def test_bench_says_where_the_data_is_missing(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "no Loghub-2k data" in done.stderr and "--data" in done.stderr
     assert len(done.stderr.splitlines()) == 1
+
+
+def pipewarden(*args: str, stdin: str = "", cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipewarden", *args],
+        input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd,
+    )  # fmt: skip
+
+
+def test_templates_command_prints_each_template_with_count_and_examples(tmp_path: Path) -> None:
+    stream = error_stream(seed=11)
+    log = tmp_path / "errors.log"
+    log.write_text("\n".join(text for text, _ in stream) + "\n")
+    done = pipewarden("templates", str(log))
+    assert done.returncode == 0, done.stderr
+    expected = Counter(template for _, template in stream)
+    template, count = expected.most_common(1)[0]
+    assert f"{count:>7}  #" in done.stdout and template in done.stdout
+    assert done.stdout.splitlines()[-1] == f"{len(stream)} texts, {len(expected)} templates"
+    assert "e.g. " + next(text for text, t in stream if t == template) in done.stdout
+
+
+def test_templates_json_is_one_object_per_line_in_order() -> None:
+    texts = ["database is locked", "", "HTTP 429 for https://a.example/x?1", "database is locked",
+             "HTTP 429 for https://a.example/y?2"]  # fmt: skip
+    done = pipewarden("templates", "-", "--json", stdin="\n".join(texts) + "\n")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [row["line"] for row in rows] == [1, 3, 4, 5]  # the empty line has no template
+    assert rows[0]["template_id"] == rows[2]["template_id"] != rows[1]["template_id"]
+    assert rows[1]["template"] == rows[3]["template"] == "HTTP <*> for <*>"
+
+
+def test_templates_of_a_missing_file_is_one_line(tmp_path: Path) -> None:
+    done = pipewarden("templates", str(tmp_path / "nope.log"))
+    assert done.returncode == 2
+    assert (
+        done.stderr == f"pipewarden: templates {tmp_path / 'nope.log'}: cannot read it: "
+        "No such file or directory\n"
+    )
