@@ -150,6 +150,7 @@ class Miner:
         self._tokens: dict[str, str] = {}
         self._words: dict[str, bool] = {}
         self._families: dict[tuple[str, ...], list[Cluster]] = {}
+        self._merged: list[Cluster] = []
 
     def add(self, text: str, count: int = 1) -> Cluster:
         parts = mask_tokens(text, self._tokens)
@@ -178,6 +179,11 @@ class Miner:
         parts = mask_tokens(text, self._tokens)
         leaf = self._leaf(parts, create=False)
         return self._best(leaf, parts)[0] if leaf is not None else None
+
+    def take_merges(self) -> list[Cluster]:
+        """The clusters merged into another since the last call (`current()` says where)."""
+        merged, self._merged = self._merged, []
+        return merged
 
     def live(self) -> Iterator[Cluster]:
         return (c for c in self.clusters if c.merged_into is None)
@@ -254,6 +260,7 @@ class Miner:
             target.count += cluster.count
             cluster.merged_into = target
             leaf.remove(cluster)
+            self._merged.append(cluster)
         family[:] = [target]
         return target
 
