@@ -1,7 +1,10 @@
-"""`pipewarden templates FILE|-`: the template miner over a file of error texts, one per line,
-with no daemon and no store, so anyone can check the grouping on their own logs.
+"""Issue 15's commands. `pipewarden templates FILE|-`: the template miner over a file of
+error texts, one per line, with no daemon and no store, so anyone can check the grouping on
+their own logs. `pipewarden proposals [list|show|approve|reject]`: the rules proposed for the
+frequent templates of unmatched failures, and a person's decision on each; approve writes
+the rule into a rules file of the config (the daemon's hot reload picks it up).
 
-Imports stay cheap: the miner is imported when the command runs.
+Imports stay cheap: the miner and the store are imported when a command runs.
 """
 
 from __future__ import annotations
@@ -10,10 +13,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipewarden.errors import UsageError
 
+if TYPE_CHECKING:
+    from pipewarden.config import Config
+    from pipewarden.proposals import Proposal
+    from pipewarden.store import Store
+
 EXAMPLES = 3  # distinct example texts shown under each template
+GROUPS = ("retriable", "terminal", "ignore", "defer")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -26,6 +36,48 @@ def register(commands: argparse._SubParsersAction) -> None:
         '"template": ...}',
     )  # fmt: skip
     sub.set_defaults(handler=_cmd_templates)
+    _register_proposals(commands)
+
+
+def _register_proposals(commands: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", help="config file (default: $PIPEWARDEN_CONFIG or ./config.yaml)"
+    )
+    common.add_argument(
+        "--state-dir", help="state directory (default: .pipewarden beside the config)"
+    )
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    help = "rules proposed for frequent unmatched failures: list, show, approve, reject"
+    proposals = commands.add_parser("proposals", help=help, description=help, parents=[common])
+    proposals.add_argument("--state", choices=("pending", "approved", "rejected", "superseded"),
+                           help="only proposals in this state (default: all)")  # fmt: skip
+    proposals.set_defaults(handler=_cmd_proposals_list)
+    actions = proposals.add_subparsers(title="commands", metavar="COMMAND")
+    listing = actions.add_parser("list", help="every proposal, newest last", parents=[common])
+    listing.add_argument("--state", choices=("pending", "approved", "rejected", "superseded"))
+    listing.set_defaults(handler=_cmd_proposals_list)
+    show = actions.add_parser(
+        "show", help="one proposal: regex, examples, counts", parents=[common]
+    )
+    show.add_argument("id", type=int)
+    show.set_defaults(handler=_cmd_proposals_show)
+    approve = actions.add_parser(
+        "approve", help="write the proposed rule into a rules file", parents=[common]
+    )
+    approve.add_argument("id", type=int)
+    approve.add_argument("--label", help="the rule's label (default: the one proposed)")
+    approve.add_argument("--group", choices=GROUPS, help="default: the one proposed")
+    approve.add_argument("--category", help="default: the one proposed")
+    approve.add_argument("--match", help="the regex, edited (default: the one proposed)")
+    approve.add_argument(
+        "--file", help="the rules file to add it to, one the config reads (default: the last"
+        " rules file of the config in its own folder)",
+    )  # fmt: skip
+    approve.set_defaults(handler=_cmd_proposals_approve)
+    reject = actions.add_parser("reject", help="no rule for this template", parents=[common])
+    reject.add_argument("id", type=int)
+    reject.set_defaults(handler=_cmd_proposals_reject)
 
 
 def _cmd_templates(args: argparse.Namespace) -> int:
@@ -63,3 +115,137 @@ def _read_lines(where: str) -> list[str]:
     except OSError as exc:
         raise UsageError(f"templates {where}: cannot read it: {exc.strerror}") from None
     return raw.decode("utf-8", errors="replace").splitlines()
+
+
+# -- proposals -------------------------------------------------------------------------
+def _config(args: argparse.Namespace) -> Config:
+    from pipewarden.config import find_config_path, load_config
+
+    return load_config(find_config_path(args.config), args.state_dir)
+
+
+def _store(config: Config) -> Store:
+    from pipewarden.store import Store
+
+    return Store(config.state_dir)
+
+
+def _who() -> str:
+    import getpass
+
+    return f"{getpass.getuser()} (cli)"
+
+
+def _cmd_proposals_list(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden import proposals
+
+    store = _store(_config(args))
+    try:
+        proposals.refresh(store, time.time())
+        found = proposals.listed(store, args.state)
+        if args.json:
+            print(json.dumps([p.as_dict() for p in found], indent=2))
+            return 0
+        for p in found:
+            total = proposals.counts(store, p.template_id, time.time())["all"]
+            print(f"#{p.id:<4} {p.state:<10} {total:>6}  {p.label} ({p.group}, {p.category})")
+            print(f"{'':>6}{p.template}")
+        if not found:
+            print("no proposals: a template needs 5 unmatched failures in 7 days")
+    finally:
+        store.close()
+    return 0
+
+
+def _cmd_proposals_show(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden import proposals
+
+    store = _store(_config(args))
+    try:
+        proposal = proposals.get(store, args.id)
+        counted = proposals.counts(store, proposal.template_id, time.time())
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(proposal.as_dict() | {"counts": counted}, indent=2))
+        return 0
+    _print_proposal(proposal, counted)
+    return 0
+
+
+def _print_proposal(p: Proposal, counted: dict) -> None:
+    decided = f" by {p.decided_by}" if p.decided_by else ""
+    print(f"proposal  #{p.id} ({p.state}{decided})")
+    print(f"template  {p.template}")
+    print(f"match     {p.pattern}")
+    print(f"label     {p.label}\ngroup     {p.group}\ncategory  {p.category}")
+    stages = ", ".join(f"{stage} {n}" for stage, n in counted["per_stage"].items())
+    print(f"counts    {counted['all']} in all, {counted['last_24h']} in the last 24 h ({stages})")
+    for text in p.examples:
+        print(f"e.g.      {text}")
+
+
+def _cmd_proposals_approve(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden import proposals
+    from pipewarden.rule_writer import add_rule
+
+    config = _config(args)
+    target = _rules_file(config, args.file)
+    store = _store(config)
+    try:
+        proposal = proposals.get(store, args.id)
+        if proposal.state != "pending":
+            raise UsageError(f"proposal {args.id} is {proposal.state}, not pending")
+        rule = {
+            "match": args.match or proposal.pattern,
+            "group": args.group or proposal.group,
+            "label": args.label or proposal.label,
+            "category": args.category or proposal.category,
+        }
+        added = add_rule(target, rule)
+        proposals.decide(store, args.id, "approved", _who(), time.time(), label=rule["label"],
+                         group=rule["group"], category=rule["category"], pattern=rule["match"],
+                         rules_file=str(target))  # fmt: skip
+    finally:
+        store.close()
+    print(f"{target}: added")
+    print("\n".join(added))
+    return 0
+
+
+def _cmd_proposals_reject(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden import proposals
+
+    store = _store(_config(args))
+    try:
+        proposals.decide(store, args.id, "rejected", _who(), time.time())
+    finally:
+        store.close()
+    print(f"proposal #{args.id} rejected")
+    return 0
+
+
+def _rules_file(config: Config, given: str | None) -> Path:
+    """The rules file an approved rule goes into: one the config reads, so the daemon's
+    hot reload sees it."""
+    read = [path.resolve() for path in config.rule_paths]
+    if given is not None:
+        path = Path(given).resolve()
+        if path not in read:
+            raise UsageError(
+                f"--file {given}: the config's rules do not include it, so the daemon would"
+                " never read the rule — name one of: " + ", ".join(str(p) for p in read)
+            )
+        return path
+    own = [path for path in read if path.is_relative_to(config.path.parent.resolve())]
+    if not own:
+        raise UsageError("no rules file of the config is in its folder — pass --file FILE")
+    return own[-1]

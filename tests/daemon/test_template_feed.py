@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import json
+import re
 import signal
+import time
+from typing import Any
 
 from conftest import Project, wait_until
 
@@ -64,3 +69,135 @@ def test_unmatched_failures_become_one_template_that_survives_a_restart(project:
     wait_until(lambda: failed(project, 18), "5 more failed runs")
     wait_until(lambda: templates(project)[0][2] == 17, "the same template, 17 in it")
     assert templates(project) == [(template_id, template, 17, 17)]
+
+
+MINE = """\
+# Our own rules. Keep the comments!
+pipelines: [sites]
+
+rules:
+  # Sites that block us.
+  - match: "cloudflare"   # the wall
+    group: terminal
+    label: Cloudflare wall
+    category: site
+
+  - {match: "quota exceeded", group: retriable, label: Quota, category: api}
+# the end
+"""
+
+
+def proposals(project: Project, *args: str) -> Any:
+    return json.loads(project.cli("proposals", *args, "--json").stdout)
+
+
+def test_a_frequent_template_is_proposed_and_approving_it_labels_the_next_failure(
+    project: Project,
+):
+    mine = project.write("rules/mine.yaml", MINE)
+    project.write("worker.py", WORKER)
+    project.configure(
+        "sites:\n  stages:\n    - {name: work, python: 'worker:work', retry: {max_attempts: 1}}\n",
+        rules=(str(mine),),
+    )
+    project.start_daemon()
+    enqueue(project, range(1, 7))
+    wait_until(lambda: templates(project) and templates(project)[0][2] == 6, "6 in a template")
+    (proposal,) = proposals(project)
+    assert proposal["state"] == "pending"
+    assert proposal["template"] == "RuntimeError: Widget <*> refused by <*> after <*>"
+    assert proposal["label"] == "Widget refused by after"
+    assert (proposal["group"], proposal["category"]) == ("retriable", "infrastructure")  # "refused"
+    assert len(proposal["examples"]) == 3
+    shown = proposals(project, "show", str(proposal["id"]))
+    assert shown["counts"] == {"all": 6, "last_24h": 6, "per_stage": {"sites/work": 6}}
+    # the regex matches every member, as the classifier reads them (whole error texts)
+    members = [r.error for r in project.runs() if r.label == "Unknown"]
+    assert len(members) == 6
+    assert all(re.search(proposal["pattern"], error, re.IGNORECASE) for error in members)
+
+    done = project.cli("proposals", "approve", str(proposal["id"]), "--label", "Widget refused")
+    assert f"{mine.resolve()}: added" in done.stdout
+    after = mine.read_text()
+    added = [line for line in difflib.ndiff(MINE.splitlines(), after.splitlines())
+             if line[:2] != "  "]  # fmt: skip
+    assert added == [
+        f"+   - match: '{proposal['pattern']}'",
+        "+     group: retriable",
+        "+     label: Widget refused",
+        "+     category: infrastructure",
+    ], after
+    assert proposals(project, "show", str(proposal["id"]))["state"] == "approved"
+
+    def labelled() -> bool:
+        enqueue(project, range(100 + len(project.runs()), 101 + len(project.runs())))
+        return any(r.label == "Widget refused" for r in project.runs())
+
+    wait_until(labelled, "the next such failure labelled by the new rule", timeout=1.5)
+    again = project.cli("proposals", "approve", str(proposal["id"]), expect=2)
+    assert again.stderr.startswith(f"pipewarden: proposal {proposal['id']} is approved")
+
+
+def test_a_proposal_regex_catches_its_template_and_no_other(project: Project):
+    from pipewarden import proposals as module
+
+    store = project.store()
+    now = time.time()
+    texts = {
+        1: [f"Widget {n} refused by https://a.example/{n}" for n in range(6)],
+        2: [f"Widget {n} refused by https://a.example/{n} twice" for n in range(6)],
+    }
+    store.db.execute_sql("INSERT INTO items (id, pipeline, key, stage, state, created_at,"
+                         " updated_at) VALUES (1, 'p', 'k', 's', 'failed', 0, 0)")  # fmt: skip
+    for template_id, members in texts.items():
+        store.db.execute_sql(
+            "INSERT INTO templates VALUES (?, ?, 6, ?, ?)",
+            (template_id, "<*>" if template_id == 1 else "x", now, now),
+        )
+        for n, text in enumerate(members):
+            run_id = f"{template_id}-{n}"
+            store.db.execute_sql(
+                "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status,"
+                " started_at, error) VALUES (?, 'p', 's', 1, 'k', 1, 'failed', ?, ?)",
+                (run_id, now, text),
+            )  # fmt: skip
+            store.db.execute_sql(
+                "INSERT INTO template_runs VALUES (?, ?, 'p', 's', ?)", (run_id, template_id, now)
+            )
+    # template 1 as the miner wrote it: its regex would also catch template 2's texts
+    store.db.execute_sql("UPDATE templates SET template = 'Widget <*> refused by <*>' WHERE id = 1")
+    store.db.execute_sql(
+        "UPDATE templates SET template = 'Widget <*> refused by <*> twice' WHERE id = 2"
+    )
+    module.refresh(store, now)
+    found = {p.template_id: p for p in module.listed(store)}
+    store.close()
+    assert set(found) == {2}  # 1 would catch 2's members too: not proposed
+    pattern = re.compile(found[2].pattern, re.IGNORECASE)
+    assert all(pattern.search(text) for text in texts[2])
+    assert not any(pattern.search(text) for text in texts[1])
+
+
+def test_reject_is_recorded_with_who_and_when(project: Project):
+    start(project)
+    enqueue(project, range(1, 7))
+    wait_until(lambda: templates(project) and templates(project)[0][2] == 6, "6 in a template")
+    (proposal,) = proposals(project)
+    done = project.cli("proposals", "reject", str(proposal["id"]))
+    assert done.stdout == f"proposal #{proposal['id']} rejected\n"
+    (rejected,) = proposals(project, "--state", "rejected")
+    assert rejected["decided_by"].endswith("(cli)") and rejected["decided_at"] > 0
+    missing = project.cli("proposals", "show", "999", expect=2)
+    assert missing.stderr == "pipewarden: no proposal 999 — `pipewarden proposals` lists them\n"
+
+
+def test_the_group_and_category_come_from_the_words():
+    from pipewarden.proposals import suggested_kind, suggested_label
+
+    assert suggested_kind("HTTPError: <*> Too Many Requests for <*>") == ("retriable", "rate_limit")
+    assert suggested_kind("status <*> rate limited") == ("retriable", "rate_limit")
+    assert suggested_kind("Your account has been suspended <*>") == ("terminal", "account")
+    assert suggested_kind("user <*> banned") == ("terminal", "account")
+    assert suggested_kind("page.goto: Timeout <*> exceeded") == ("retriable", "timeout")
+    assert suggested_kind("frobnicated the <*>") == ("retriable", "unclassified")
+    assert suggested_label("sqlite3.OperationalError: database is locked") == "Database is locked"
