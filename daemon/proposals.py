@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipewarden.errors import UsageError
@@ -23,6 +24,7 @@ from pipewarden.template_feed import mined_text
 from pipewarden.templates import WILDCARD
 
 if TYPE_CHECKING:
+    from pipewarden.config import Config
     from pipewarden.store import Store
 
 MIN_COUNT = 5  # members in the window before a template gets a proposal
@@ -30,6 +32,7 @@ WINDOW_S = 7 * 86400
 EXAMPLES = 3
 DAY_S = 86400
 STATES = ("pending", "approved", "rejected", "superseded")
+GROUPS = ("retriable", "terminal", "ignore", "defer")
 
 # Words that say what kind of failure it is: (pattern over the template, group, category).
 _KINDS = (
@@ -208,6 +211,54 @@ def decide(
             f"UPDATE proposals SET {assignments} WHERE id = ?", (*fields.values(), proposal_id)
         )
     return get(store, proposal_id)
+
+
+def approve(
+    store: Store,
+    config: Config,
+    proposal_id: int,
+    who: str,
+    now: float,
+    rules_file: str | None = None,
+    **edits: str | None,
+) -> tuple[Path, list[str]]:
+    """Write the proposal's rule (with a person's `edits`: label, group, category, pattern)
+    into a rules file the config reads, then mark it approved; the file and lines added."""
+    from pipewarden.rule_writer import add_rule
+
+    proposal = get(store, proposal_id)
+    if proposal.state != "pending":
+        raise UsageError(f"proposal {proposal_id} is {proposal.state}, not pending")
+    target = rules_file_for(config, rules_file)
+    chosen = {k: v for k, v in edits.items() if v}
+    rule = {
+        "match": chosen.get("pattern", proposal.pattern),
+        "group": chosen.get("group", proposal.group),
+        "label": chosen.get("label", proposal.label),
+        "category": chosen.get("category", proposal.category),
+    }
+    added = add_rule(target, rule)
+    decide(store, proposal_id, "approved", who, now, label=rule["label"], group=rule["group"],
+           category=rule["category"], pattern=rule["match"], rules_file=str(target))  # fmt: skip
+    return target, added
+
+
+def rules_file_for(config: Config, given: str | None) -> Path:
+    """The rules file an approved rule goes into: one the config reads, so the daemon's
+    hot reload sees it; by default the config's last one in its own folder."""
+    read = [path.resolve() for path in config.rule_paths]
+    if given is not None:
+        path = (config.path.parent / given).resolve()
+        if path not in read:
+            raise UsageError(
+                f"--file {given}: the config's rules do not include it, so the daemon would"
+                " never read the rule — name one of: " + ", ".join(str(p) for p in read)
+            )
+        return path
+    own = [path for path in read if path.is_relative_to(config.path.parent.resolve())]
+    if not own:
+        raise UsageError("no rules file of the config is in its folder — pass --file FILE")
+    return own[-1]
 
 
 _COLUMNS = (

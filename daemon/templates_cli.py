@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from pipewarden.store import Store
 
 EXAMPLES = 3  # distinct example texts shown under each template
-GROUPS = ("retriable", "terminal", "ignore", "defer")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -67,12 +66,16 @@ def _register_proposals(commands: argparse._SubParsersAction) -> None:
     )
     approve.add_argument("id", type=int)
     approve.add_argument("--label", help="the rule's label (default: the one proposed)")
-    approve.add_argument("--group", choices=GROUPS, help="default: the one proposed")
+    approve.add_argument(
+        "--group",
+        choices=("retriable", "terminal", "ignore", "defer"),
+        help="default: the one proposed",
+    )
     approve.add_argument("--category", help="default: the one proposed")
     approve.add_argument("--match", help="the regex, edited (default: the one proposed)")
     approve.add_argument(
-        "--file", help="the rules file to add it to, one the config reads (default: the last"
-        " rules file of the config in its own folder)",
+        "--file", help="the rules file to add it to, one the config reads, relative to the"
+        " config's folder (default: the config's last rules file in its own folder)",
     )  # fmt: skip
     approve.set_defaults(handler=_cmd_proposals_approve)
     reject = actions.add_parser("reject", help="no rule for this template", parents=[common])
@@ -193,25 +196,15 @@ def _cmd_proposals_approve(args: argparse.Namespace) -> int:
     import time
 
     from pipewarden import proposals
-    from pipewarden.rule_writer import add_rule
 
     config = _config(args)
-    target = _rules_file(config, args.file)
     store = _store(config)
     try:
-        proposal = proposals.get(store, args.id)
-        if proposal.state != "pending":
-            raise UsageError(f"proposal {args.id} is {proposal.state}, not pending")
-        rule = {
-            "match": args.match or proposal.pattern,
-            "group": args.group or proposal.group,
-            "label": args.label or proposal.label,
-            "category": args.category or proposal.category,
-        }
-        added = add_rule(target, rule)
-        proposals.decide(store, args.id, "approved", _who(), time.time(), label=rule["label"],
-                         group=rule["group"], category=rule["category"], pattern=rule["match"],
-                         rules_file=str(target))  # fmt: skip
+        edits = {"label": args.label, "group": args.group, "category": args.category,
+                 "pattern": args.match}  # fmt: skip
+        target, added = proposals.approve(
+            store, config, args.id, _who(), time.time(), args.file, **edits
+        )
     finally:
         store.close()
     print(f"{target}: added")
@@ -231,21 +224,3 @@ def _cmd_proposals_reject(args: argparse.Namespace) -> int:
         store.close()
     print(f"proposal #{args.id} rejected")
     return 0
-
-
-def _rules_file(config: Config, given: str | None) -> Path:
-    """The rules file an approved rule goes into: one the config reads, so the daemon's
-    hot reload sees it."""
-    read = [path.resolve() for path in config.rule_paths]
-    if given is not None:
-        path = Path(given).resolve()
-        if path not in read:
-            raise UsageError(
-                f"--file {given}: the config's rules do not include it, so the daemon would"
-                " never read the rule — name one of: " + ", ".join(str(p) for p in read)
-            )
-        return path
-    own = [path for path in read if path.is_relative_to(config.path.parent.resolve())]
-    if not own:
-        raise UsageError("no rules file of the config is in its folder — pass --file FILE")
-    return own[-1]

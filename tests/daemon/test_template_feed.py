@@ -22,12 +22,18 @@ def work(data, ctx):
 """
 
 
-def start(project: Project) -> None:
+def start(project: Project, rules: tuple[str, ...] = ()) -> None:
     project.write("worker.py", WORKER)
     project.configure(
-        "sites:\n  stages:\n    - {name: work, python: 'worker:work', retry: {max_attempts: 1}}\n"
+        "sites:\n  stages:\n    - {name: work, python: 'worker:work', retry: {max_attempts: 1}}\n",
+        rules=rules,
     )
+    started(project)
+
+
+def started(project: Project) -> None:
     project.start_daemon()
+    wait_until(lambda: project.cli("status", expect=None).returncode == 0, "the daemon's API")
 
 
 def enqueue(project: Project, keys: range) -> None:
@@ -64,7 +70,7 @@ def test_unmatched_failures_become_one_template_that_survives_a_restart(project:
     daemon = project._daemons[-1]
     daemon.send_signal(signal.SIGTERM)
     daemon.wait(20)
-    project.start_daemon()
+    started(project)
     enqueue(project, range(20, 25))
     wait_until(lambda: failed(project, 18), "5 more failed runs")
     wait_until(lambda: templates(project)[0][2] == 17, "the same template, 17 in it")
@@ -95,12 +101,7 @@ def test_a_frequent_template_is_proposed_and_approving_it_labels_the_next_failur
     project: Project,
 ):
     mine = project.write("rules/mine.yaml", MINE)
-    project.write("worker.py", WORKER)
-    project.configure(
-        "sites:\n  stages:\n    - {name: work, python: 'worker:work', retry: {max_attempts: 1}}\n",
-        rules=(str(mine),),
-    )
-    project.start_daemon()
+    start(project, rules=(str(mine),))
     enqueue(project, range(1, 7))
     wait_until(lambda: templates(project) and templates(project)[0][2] == 6, "6 in a template")
     (proposal,) = proposals(project)
@@ -201,3 +202,29 @@ def test_the_group_and_category_come_from_the_words():
     assert suggested_kind("page.goto: Timeout <*> exceeded") == ("retriable", "timeout")
     assert suggested_kind("frobnicated the <*>") == ("retriable", "unclassified")
     assert suggested_label("sqlite3.OperationalError: database is locked") == "Database is locked"
+
+
+def test_proposals_on_the_api_validated_like_every_route(project: Project):
+    import httpx
+
+    mine = project.write("rules/mine.yaml", MINE)
+    start(project, rules=(str(mine),))
+    token = (project.state_dir / "api.token").read_text().strip()
+    api = httpx.Client(base_url=f"http://127.0.0.1:{project.api_port}",
+                       headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+    enqueue(project, range(1, 7))
+    wait_until(lambda: templates(project) and templates(project)[0][2] == 6, "6 in a template")
+    (listed,) = wait_until(lambda: api.get("/api/proposals?state=pending").json(), "a proposal")
+    assert listed["counts"]["all"] == 6 and listed["state"] == "pending"
+    url = f"/api/proposals/{listed['id']}"
+    assert api.get(url).json()["pattern"] == listed["pattern"]
+    bad = api.post(f"{url}/approve", json={"group": "sometimes"})
+    assert bad.status_code == 400 and "'group' must be one of" in bad.json()["error"]
+    assert api.post(f"{url}/approve", json={"colour": "red"}).status_code == 400
+    assert api.get("/api/proposals/abc").status_code == 400
+    done = api.post(f"{url}/approve", json={"label": "Widget refused", "file": "rules/mine.yaml"})
+    assert done.status_code == 200, done.text
+    assert done.json()["added"][2] == "    label: Widget refused"
+    assert api.get(url).json()["decided_by"].endswith(")")  # who, as the API tells it
+    again = api.post(f"{url}/reject", json={})
+    assert again.status_code == 400 and "is approved (by " in again.json()["error"]
