@@ -210,21 +210,23 @@ def test_proposals_on_the_api_validated_like_every_route(project: Project):
     mine = project.write("rules/mine.yaml", MINE)
     start(project, rules=(str(mine),))
     token = (project.state_dir / "api.token").read_text().strip()
-    api = httpx.Client(base_url=f"http://127.0.0.1:{project.api_port}",
-                       headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
-    enqueue(project, range(1, 7))
-    wait_until(lambda: templates(project) and templates(project)[0][2] == 6, "6 in a template")
-    (listed,) = wait_until(lambda: api.get("/api/proposals?state=pending").json(), "a proposal")
-    assert listed["counts"]["all"] == 6 and listed["state"] == "pending"
-    url = f"/api/proposals/{listed['id']}"
-    assert api.get(url).json()["pattern"] == listed["pattern"]
-    bad = api.post(f"{url}/approve", json={"group": "sometimes"})
-    assert bad.status_code == 400 and "'group' must be one of" in bad.json()["error"]
-    assert api.post(f"{url}/approve", json={"colour": "red"}).status_code == 400
-    assert api.get("/api/proposals/abc").status_code == 400
-    done = api.post(f"{url}/approve", json={"label": "Widget refused", "file": "rules/mine.yaml"})
-    assert done.status_code == 200, done.text
-    assert done.json()["added"][2] == "    label: Widget refused"
-    assert api.get(url).json()["decided_by"].endswith(")")  # who, as the API tells it
-    again = api.post(f"{url}/reject", json={})
-    assert again.status_code == 400 and "is approved (by " in again.json()["error"]
+    base, headers = f"http://127.0.0.1:{project.api_port}", {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=10) as api:
+        enqueue(project, range(1, 7))
+        wait_until(lambda: templates(project) and templates(project)[0][2] == 6, "6 in a template")
+        (listed,) = wait_until(lambda: api.get("/api/proposals?state=pending").json(), "a proposal")
+        assert listed["counts"]["all"] == 6 and listed["state"] == "pending"
+        url = f"/api/proposals/{listed['id']}"
+        assert api.get(url).json()["pattern"] == listed["pattern"]
+        bad = api.post(f"{url}/approve", json={"group": "sometimes"})
+        assert bad.status_code == 400 and "'group' must be one of" in bad.json()["error"]
+        assert api.post(f"{url}/approve", json={"colour": "red"}).status_code == 400
+        assert api.get("/api/proposals/abc").status_code == 400
+        done = api.post(
+            f"{url}/approve", json={"label": "Widget refused", "file": "rules/mine.yaml"}
+        )
+        assert done.status_code == 200, done.text
+        assert done.json()["added"][2] == "    label: Widget refused"
+        assert api.get(url).json()["decided_by"].endswith(")")  # who, as the API tells it
+        again = api.post(f"{url}/reject", json={})
+        assert again.status_code == 400 and "is approved (by " in again.json()["error"]
