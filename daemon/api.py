@@ -36,6 +36,7 @@ from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.inputs import items_field
 from pipewarden.limits import API_RUNS_MAX
 from pipewarden.metrics import Metrics
+from pipewarden.proposals_api import proposal_routes
 from pipewarden.render import run_as_dict
 from pipewarden.schema import Param, RequestTooLarge, Schema, body, query
 from pipewarden.socket_api import PEER, bind_unix_socket, protocol_for
@@ -383,6 +384,7 @@ def _build_app(api: ApiServer) -> Starlette:
         Route("/api/release", release, methods=["POST"]),
         Route("/api/fail", fail, methods=["POST"]),
         Route("/api/events", events),
+        *proposal_routes(daemon, who),  # issue 15: /api/proposals...
     ]
     middleware = [
         Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS),

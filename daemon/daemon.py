@@ -36,6 +36,7 @@ from pipewarden.rules import Rule, RuleSet
 from pipewarden.scheduler import Scheduler
 from pipewarden.sdnotify import SystemdNotifier
 from pipewarden.store import STORE_FILE, Storage, open_store
+from pipewarden.template_feed import TemplateFeed
 
 log = logging.getLogger("pipewarden.daemon")
 
@@ -151,6 +152,7 @@ class Daemon:
                 code=self._code,
             )
             scheduler.observers, scheduler.outage = self.observers, self.outage
+            self.observers.append(TemplateFeed(store))  # issue 15: unmatched failures mined
             notifier.on_result = self._delivered
             self._install_signal_handlers(scheduler)
             self._record_reload(ok=True, why="start")

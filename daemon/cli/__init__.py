@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from pipewarden import __version__
-from pipewarden.cli import books, halts, items, rules, runs, service, setup
+from pipewarden.cli import books, halts, items, rules, runs, service, setup, templates
 from pipewarden.cli.shared import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -20,7 +20,7 @@ from pipewarden.cli.shared import (
 )
 from pipewarden.errors import ConfigError, PipewardenError, UsageError
 
-GROUPS = (service, items, runs, halts, rules, books, setup)
+GROUPS = (service, items, runs, halts, rules, books, setup, templates)
 
 
 def main(argv: list[str] | None = None) -> int:

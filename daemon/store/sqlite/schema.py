@@ -130,6 +130,22 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE runs ADD COLUMN data_out TEXT",
         "ALTER TABLE runs ADD COLUMN probe_of INTEGER",
     ],
+    [  # 8: templates of the failures no rule matched, and the rules proposed for them
+        """CREATE TABLE templates (
+            id INTEGER PRIMARY KEY, template TEXT NOT NULL, count INTEGER NOT NULL,
+            first_seen REAL NOT NULL, last_seen REAL NOT NULL)""",
+        """CREATE TABLE template_runs (
+            run_id TEXT PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+            template_id INTEGER NOT NULL, pipeline TEXT NOT NULL, stage TEXT NOT NULL,
+            seen_at REAL NOT NULL)""",
+        "CREATE INDEX template_runs_by_template ON template_runs (template_id, seen_at)",
+        """CREATE TABLE proposals (
+            id INTEGER PRIMARY KEY, template_id INTEGER NOT NULL, template TEXT NOT NULL,
+            state TEXT NOT NULL, pattern TEXT NOT NULL, label TEXT NOT NULL,
+            group_name TEXT NOT NULL, category TEXT NOT NULL, examples TEXT NOT NULL,
+            created_at REAL NOT NULL, decided_at REAL, decided_by TEXT, rules_file TEXT)""",
+        "CREATE INDEX proposals_by_template ON proposals (template_id, state)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,273 @@
+"""Rules proposed for frequent templates of unmatched failures, for a person to approve.
+
+A template seen at least `MIN_COUNT` times in the window gets one pending proposal: a regex
+that matches every stored member (its first line, as mined) and no stored member of another
+template, a label from the template's constant words, a group and category from the
+exception type and the words (`429`, `rate` -> retriable; `suspended`, `banned` -> terminal
+account...), and examples. A template whose text changed since (it took in more variety)
+supersedes its pending proposal with a new one. States: pending, approved, rejected,
+superseded, each decision with who and when.
+
+Queries are functions taking a Store, over the tables of migration 8 (see template_feed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipewarden.errors import UsageError
+from pipewarden.template_feed import mined_text
+from pipewarden.templates import WILDCARD
+
+if TYPE_CHECKING:
+    from pipewarden.config import Config
+    from pipewarden.store import Store
+
+MIN_COUNT = 5  # members in the window before a template gets a proposal
+WINDOW_S = 7 * 86400
+EXAMPLES = 3
+DAY_S = 86400
+STATES = ("pending", "approved", "rejected", "superseded")
+GROUPS = ("retriable", "terminal", "ignore", "defer")
+
+# Words that say what kind of failure it is: (pattern over the template, group, category).
+_KINDS = (
+    (r"\b429\b|rate.?limit|too many requests|throttl", "retriable", "rate_limit"),
+    (r"suspended|banned|disabled account|account (is )?(locked|disabled)", "terminal", "account"),
+    (r"\b40[13]\b|unauthori[sz]ed|forbidden|permission denied|access denied", "terminal", "auth"),
+    (r"\b404\b|not found|no such", "terminal", "not_found"),
+    (r"time(d)?.?out|deadline exceeded", "retriable", "timeout"),
+    (r"\b50[234]\b|unavailable|temporar|try again|reset|refused|closed|locked|busy",
+     "retriable", "infrastructure"),
+)  # fmt: skip
+_EXCEPTION = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Refused|Disconnected|Timeout)):")
+_LABEL_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+
+
+@dataclass(frozen=True)
+class Proposal:
+    id: int
+    template_id: int
+    template: str
+    state: str
+    pattern: str
+    label: str
+    group: str
+    category: str
+    examples: list[str]
+    created_at: float
+    decided_at: float | None
+    decided_by: str | None
+    rules_file: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def pattern_of(template: str) -> str:
+    """A regex (as rules read it: searched, case-insensitive) for a template's texts: its
+    constant parts literal, each `<*>` one or more characters within its token, tokens
+    apart by any run of spaces."""
+    tokens = []
+    for token in template.split():
+        parts = token.split(WILDCARD)
+        tokens.append(r"\S+?".join(re.escape(part) for part in parts))
+    return r"\s+".join(tokens)
+
+
+def suggested_kind(template: str) -> tuple[str, str]:
+    lowered = template.lower()
+    for words, group, category in _KINDS:
+        if re.search(words, lowered):
+            return group, category
+    return "retriable", "unclassified"
+
+
+def suggested_label(template: str) -> str:
+    """The template's first constant words, after the exception type: a name to start from."""
+    text = _EXCEPTION.sub("", template).strip()
+    words = [
+        w for token in text.split() if WILDCARD not in token for w in _LABEL_WORD.findall(token)
+    ]
+    label = " ".join(words[:6]) or "Unnamed failure"
+    return label[:1].upper() + label[1:]
+
+
+def refresh(store: Store, now: float, min_count: int = MIN_COUNT) -> None:
+    """Propose a rule for each template frequent enough that has none pending or decided
+    for its current text; supersede a pending one whose template has changed."""
+    conn = store.db.connection()
+    since = now - WINDOW_S
+    frequent = conn.execute(
+        "SELECT t.id, t.template FROM templates t WHERE (SELECT count(*) FROM template_runs m"
+        " WHERE m.template_id = t.id AND m.seen_at >= ?) >= ?", (since, min_count),
+    ).fetchall()  # fmt: skip
+    with store.transaction():
+        for template_id, template in frequent:
+            current = conn.execute(
+                "SELECT id, template, state FROM proposals WHERE template_id = ? AND state !="
+                " 'superseded' ORDER BY id DESC LIMIT 1", (template_id,),
+            ).fetchone()  # fmt: skip
+            if current is not None and current[1] == template:
+                continue  # proposed, approved or rejected as it is
+            if current is not None and current[2] != "pending":
+                continue  # a person decided on this template: its growth does not reopen it
+            pattern = pattern_of(template)
+            if _overlaps(store, template_id, pattern):
+                continue
+            if current is not None:
+                conn.execute(
+                    "UPDATE proposals SET state = 'superseded', decided_at = ?,"
+                    " decided_by = 'pipewarden' WHERE id = ?", (now, current[0]),
+                )  # fmt: skip
+            group, category = suggested_kind(template)
+            conn.execute(
+                "INSERT INTO proposals (template_id, template, state, pattern, label, group_name,"
+                " category, examples, created_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                (template_id, template, pattern, suggested_label(template), group, category,
+                 json.dumps(examples(store, template_id)), now),
+            )  # fmt: skip
+
+
+def _overlaps(store: Store, template_id: int, pattern: str) -> bool:
+    """Whether the pattern misses a member of its template or catches another's."""
+    compiled = re.compile(pattern, re.IGNORECASE)
+    rows = store.db.connection().execute(
+        "SELECT m.template_id, r.error FROM template_runs m JOIN runs r ON r.id = m.run_id"
+    )
+    for member_of, error in rows:
+        found = compiled.search(mined_text(error or "")) is not None
+        if found != (member_of == template_id):
+            return True
+    return False
+
+
+def examples(store: Store, template_id: int, limit: int = EXAMPLES) -> list[str]:
+    rows = store.db.connection().execute(
+        "SELECT r.error FROM template_runs m JOIN runs r ON r.id = m.run_id"
+        " WHERE m.template_id = ? ORDER BY m.seen_at DESC LIMIT 200", (template_id,),
+    )  # fmt: skip
+    found: list[str] = []
+    for (error,) in rows:
+        text = mined_text(error or "")
+        if text not in found:
+            found.append(text)
+        if len(found) == limit:
+            break
+    return found
+
+
+def counts(store: Store, template_id: int, now: float) -> dict[str, Any]:
+    """Members in all (still stored), in the last 24 h, and per pipeline/stage."""
+    conn = store.db.connection()
+    total, day = conn.execute(
+        "SELECT count(*), coalesce(sum(seen_at >= ?), 0) FROM template_runs WHERE template_id = ?",
+        (now - DAY_S, template_id),
+    ).fetchone()  # fmt: skip
+    stages = conn.execute(
+        "SELECT pipeline || '/' || stage, count(*) FROM template_runs WHERE template_id = ?"
+        " GROUP BY pipeline, stage ORDER BY count(*) DESC", (template_id,),
+    ).fetchall()  # fmt: skip
+    return {"all": total, "last_24h": day, "per_stage": dict(stages)}
+
+
+def listed(store: Store, state: str | None = None) -> list[Proposal]:
+    where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+    rows = store.db.connection().execute(
+        f"SELECT {_COLUMNS} FROM proposals {where} ORDER BY id", args
+    )
+    return [_proposal(row) for row in rows]
+
+
+def get(store: Store, proposal_id: int) -> Proposal:
+    row = (
+        store.db.connection()
+        .execute(f"SELECT {_COLUMNS} FROM proposals WHERE id = ?", (proposal_id,))
+        .fetchone()
+    )
+    if row is None:
+        raise UsageError(f"no proposal {proposal_id} — `pipewarden proposals` lists them")
+    return _proposal(row)
+
+
+def decide(
+    store: Store, proposal_id: int, state: str, who: str, now: float, **changes: str | None
+) -> Proposal:
+    """Approve or reject a pending proposal (with the label, group, pattern, file chosen)."""
+    proposal = get(store, proposal_id)
+    if proposal.state != "pending":
+        raise UsageError(
+            f"proposal {proposal_id} is {proposal.state} (by {proposal.decided_by}), not pending"
+        )
+    fields = {"state": state, "decided_at": now, "decided_by": who}
+    fields |= {("group_name" if k == "group" else k): v for k, v in changes.items() if v}
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    with store.transaction():
+        store.db.connection().execute(
+            f"UPDATE proposals SET {assignments} WHERE id = ?", (*fields.values(), proposal_id)
+        )
+    return get(store, proposal_id)
+
+
+def approve(
+    store: Store,
+    config: Config,
+    proposal_id: int,
+    who: str,
+    now: float,
+    rules_file: str | None = None,
+    **edits: str | None,
+) -> tuple[Path, list[str]]:
+    """Write the proposal's rule (with a person's `edits`: label, group, category, pattern)
+    into a rules file the config reads, then mark it approved; the file and lines added."""
+    from pipewarden.rule_writer import add_rule
+
+    proposal = get(store, proposal_id)
+    if proposal.state != "pending":
+        raise UsageError(f"proposal {proposal_id} is {proposal.state}, not pending")
+    target = rules_file_for(config, rules_file)
+    chosen = {k: v for k, v in edits.items() if v}
+    rule = {
+        "match": chosen.get("pattern", proposal.pattern),
+        "group": chosen.get("group", proposal.group),
+        "label": chosen.get("label", proposal.label),
+        "category": chosen.get("category", proposal.category),
+    }
+    added = add_rule(target, rule)
+    decide(store, proposal_id, "approved", who, now, label=rule["label"], group=rule["group"],
+           category=rule["category"], pattern=rule["match"], rules_file=str(target))  # fmt: skip
+    return target, added
+
+
+def rules_file_for(config: Config, given: str | None) -> Path:
+    """The rules file an approved rule goes into: one the config reads, so the daemon's
+    hot reload sees it; by default the config's last one in its own folder."""
+    read = [path.resolve() for path in config.rule_paths]
+    if given is not None:
+        path = (config.path.parent / given).resolve()
+        if path not in read:
+            raise UsageError(
+                f"--file {given}: the config's rules do not include it, so the daemon would"
+                " never read the rule — name one of: " + ", ".join(str(p) for p in read)
+            )
+        return path
+    own = [path for path in read if path.is_relative_to(config.path.parent.resolve())]
+    if not own:
+        raise UsageError("no rules file of the config is in its folder — pass --file FILE")
+    return own[-1]
+
+
+_COLUMNS = (
+    "id, template_id, template, state, pattern, label, group_name, category, examples,"
+    " created_at, decided_at, decided_by, rules_file"
+)
+
+
+def _proposal(row: tuple) -> Proposal:
+    values = list(row)
+    values[8] = json.loads(values[8])
+    return Proposal(*values)

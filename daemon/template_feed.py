@@ -1,0 +1,107 @@
+"""The daemon's template miner: each failure no rule matched joins its template as the
+scheduler records it, and the templates, their counts and members live in the store.
+
+An observer (the scheduler tells it of every committed batch, as it tells the metrics), so
+the run path gains nothing but a call after the commit; the templates' own write is one
+small transaction per batch that held an unmatched failure. At start the stored templates
+are given back to the miner: a restart continues the same templates, ids and counts.
+Templates are a help, not a record: a store fault while writing them is logged and the
+batch's members are left out, never a reason to stop the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import TYPE_CHECKING
+
+import peewee as pw
+from pipewarden.templates import Cluster, Miner
+from pipewarden.types import Group
+
+if TYPE_CHECKING:
+    from pipewarden.store import FinishedRun, Store
+
+log = logging.getLogger(__name__)
+
+TEXT_MAX = 2000  # characters of an error's first line the miner reads
+
+
+def mined_text(error: str) -> str:
+    """What the miner reads of an error: its first non-empty line (a Playwright error's
+    "Call log:" and a traceback's frames follow it and vary far more)."""
+    for line in error.splitlines():
+        if line.strip():
+            return line.strip()[:TEXT_MAX]
+    return ""
+
+
+def is_unmatched(run: FinishedRun) -> bool:
+    return run.group_name == Group.UNKNOWN.value and bool(run.error and run.error.strip())
+
+
+class TemplateFeed:
+    """Feeds the store's templates from unmatched failures; `daemon.observers` holds it."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.miner = Miner()
+        self._stored: dict[int, int] = {}  # miner cluster id -> templates.id
+        rows = store.db.execute_sql("SELECT id, template, count FROM templates ORDER BY id")
+        for template_id, template, count in rows.fetchall():
+            self._stored[self.miner.restore(template, count).id] = template_id
+
+    def runs_finished(self, finished: list[FinishedRun]) -> None:
+        unmatched = [run for run in finished if is_unmatched(run)]
+        if not unmatched:
+            return
+        placed = [(run, self.miner.add(mined_text(run.error or ""))) for run in unmatched]
+        stored = dict(self._stored)
+        try:
+            with self.store.transaction():
+                self._save(placed)
+        except (sqlite3.Error, pw.PeeweeException) as exc:
+            # rolled back: the ids given in it do not exist (the counts in memory may run
+            # ahead of the store's, which is harmless)
+            self._stored = stored
+            log.warning("templates: %d unmatched failure(s) not recorded: %s", len(placed), exc)
+
+    def notification(self, delivered: bool) -> None:
+        """Deliveries are not templates' business (observers hear of them all)."""
+
+    def reloaded(self, ok: bool, at: float) -> None:
+        """Nor are reloads."""
+
+    def _save(self, placed: list[tuple[FinishedRun, Cluster]]) -> None:
+        conn = self.store.db.connection()
+        for gone in self.miner.take_merges():
+            into = self._stored.get(gone.current().id)
+            was = self._stored.pop(gone.id, None)
+            if was is not None and into is not None:
+                conn.execute("UPDATE template_runs SET template_id = ? WHERE template_id = ?",
+                             (into, was))  # fmt: skip
+                conn.execute("DELETE FROM templates WHERE id = ?", (was,))
+        touched: dict[int, tuple[Cluster, float]] = {}
+        for run, cluster in placed:
+            cluster = cluster.current()
+            seen = touched[cluster.id][1] if cluster.id in touched else 0.0
+            touched[cluster.id] = (cluster, max(seen, run.finished_at))
+        for cluster, seen in touched.values():
+            template_id = self._stored.get(cluster.id)
+            if template_id is None:
+                cursor = conn.execute(
+                    "INSERT INTO templates (template, count, first_seen, last_seen) "
+                    "VALUES (?, ?, ?, ?)", (cluster.template, cluster.count, seen, seen),
+                )  # fmt: skip
+                self._stored[cluster.id] = cursor.lastrowid or 0
+            else:
+                conn.execute(
+                    "UPDATE templates SET template = ?, count = ?, last_seen = max(last_seen, ?)"
+                    " WHERE id = ?", (cluster.template, cluster.count, seen, template_id),
+                )  # fmt: skip
+        conn.executemany(
+            "INSERT OR REPLACE INTO template_runs (run_id, template_id, pipeline, stage, seen_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(run.run_id, self._stored[cluster.current().id], run.pipeline, run.stage,
+              run.finished_at) for run, cluster in placed],
+        )  # fmt: skip
