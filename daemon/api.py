@@ -112,8 +112,8 @@ class ApiServer:
         self.metrics.watch_snapshots(self.snapshots)
         self.app = _build_app(self)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-            lifespan="off",
+            self.app, host="127.0.0.1", port=port, http="httptools", log_level="warning",
+            access_log=False, lifespan="off",
         )  # fmt: skip
         self._server = _QuietServer(config)
         self._task: asyncio.Task[None] | None = None
@@ -333,17 +333,17 @@ def _build_app(api: ApiServer) -> Starlette:
         query(request, NOTHING)
         subscription = daemon.events.subscribe()
 
-        async def stream() -> AsyncIterator[str]:
+        async def stream() -> AsyncIterator[bytes]:
             # Ends when the API stops: uvicorn waits for open responses, and a page left
             # open would otherwise hold up the daemon's stop.
             closing = asyncio.ensure_future(api.closing.wait())
             try:
-                yield ": connected\n\n"
+                yield b": connected\n\n"
                 while not closing.done():
                     # One write per batch: several frames, as the page's reader expects them.
-                    text = await subscription.next(closing, KEEPALIVE_S)
+                    batch = await subscription.next(closing, KEEPALIVE_S)
                     if not closing.done():
-                        yield text or ": keep-alive\n\n"
+                        yield batch or b": keep-alive\n\n"
             finally:
                 closing.cancel()
                 daemon.events.unsubscribe(subscription)

@@ -3,8 +3,8 @@
 Publishing never blocks the scheduler and costs the same whoever listens: an event joins
 one pending list. Every BATCH_S at most (at once after a quiet spell) the list becomes
 one batch: a run's progress events coalesced to its latest, each event encoded once as
-its SSE frame, the frames joined into one text that every subscriber gets as it is, so a
-client's stream is one write per batch, not one per run. A subscriber that falls more
+its SSE frame, the frames joined and encoded once into the bytes every subscriber gets as
+they are, so a client's stream is one write per batch, not one per run. A subscriber that falls more
 than BACKLOG events behind (a client not reading) is told to reload (`resync`) instead
 of holding memory or slowing anyone down.
 """
@@ -38,12 +38,12 @@ class Subscription:
     """One client's share: the batches it has not written yet."""
 
     def __init__(self) -> None:
-        self._batches: list[str] = []
+        self._batches: list[bytes] = []
         self._events = 0
         self._resync_id = 0  # > 0: it fell behind; one resync frame replaces what it missed
         self._ready: asyncio.Future[None] | None = None
 
-    def push(self, batch: str, events: int, last_id: int) -> None:
+    def push(self, batch: bytes, events: int, last_id: int) -> None:
         self._events += events
         if self._events > BACKLOG:
             self._batches, self._events, self._resync_id = [], 0, last_id
@@ -52,8 +52,8 @@ class Subscription:
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
 
-    async def next(self, closing: asyncio.Future[Any], timeout_s: float) -> str:
-        """What to write next, as one text; "" when `timeout_s` passed or `closing` is done."""
+    async def next(self, closing: asyncio.Future[Any], timeout_s: float) -> bytes:
+        """What to write next, in one piece; b"" when `timeout_s` passed or `closing` is done."""
         if not (self._batches or self._resync_id):
             self._ready = asyncio.get_running_loop().create_future()
             await asyncio.wait((self._ready, closing), timeout=timeout_s,
@@ -61,11 +61,11 @@ class Subscription:
             self._ready.cancel()
             self._ready = None
         if closing.done():
-            return ""
+            return b""
         if self._resync_id:
-            text, self._resync_id = Event(self._resync_id, "resync").frame(), 0
-            return text
-        text = "".join(self._batches)
+            frame, self._resync_id = Event(self._resync_id, "resync").frame(), 0
+            return frame.encode()
+        text = b"".join(self._batches)
         self._batches, self._events = [], 0
         return text
 
@@ -102,7 +102,7 @@ class EventBus:
         if not events or not self._subscribers:
             return
         self.batches += 1
-        batch = "".join(event.frame() for event in events)
+        batch = "".join(event.frame() for event in events).encode()
         for subscription in self._subscribers:
             subscription.push(batch, len(events), events[-1].id)
 
