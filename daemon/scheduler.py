@@ -428,7 +428,7 @@ class Scheduler:
             claimed.key,
             claimed.attempt,
         )  # fmt: skip
-        _log_run(slot.stage, claimed, new_run, decision)
+        _log_run(self.config.log_runs, slot.stage, claimed, new_run, decision)
         return True
 
     def _lift_budget_halts(self, holds: list[Hold], now: float) -> list[Hold]:
@@ -500,7 +500,7 @@ class Scheduler:
                 slot, claimed, new_run, report, started, exc
             )
         self._add_finished(finished, claimed.key, claimed.attempt)
-        _log_run(slot.stage, claimed, new_run, decision)
+        _log_run(self.config.log_runs, slot.stage, claimed, new_run, decision)
         if new_run.run_id in self._probes:
             hold_id = self._probes.pop(new_run.run_id)
             self._finish_probe(hold_id, claimed, decision, self.clock.now())
@@ -860,8 +860,14 @@ def _item_data(data: dict[str, Any]) -> str:
     return text
 
 
-def _log_run(stage: Stage, claimed: Claimed, new_run: NewRun, decision: Decision) -> None:
+def _log_run(
+    setting: str, stage: Stage, claimed: Claimed, new_run: NewRun, decision: Decision
+) -> None:
+    """The run's log line, as `log_runs` says: every run (info), those that did not succeed
+    (failures, the default: a line per ok run cost more than the run), or none (off)."""
     c = decision.classification
+    if setting == "off" or (setting == "failures" and decision.run_status in _QUIET_STATUSES):
+        return
     head = f"{stage.qualified_name} {claimed.key}#{claimed.attempt} run={new_run.run_id[:8]}"
     if c is None:
         log.info("%s %s %s", head, decision.run_status, decision.note)
@@ -873,6 +879,10 @@ def _log_run(stage: Stage, claimed: Claimed, new_run: NewRun, decision: Decision
         "%s %s [%s · %s]%s: %s -> %s",
         head, decision.run_status, c.group, c.label, rule, _one_line(decision.error), decision.note,
     )  # fmt: skip
+
+
+# Not logged with `log_runs: failures`: the runs that did what they should, or chose to wait.
+_QUIET_STATUSES = (RunStatus.OK, RunStatus.SKIPPED, RunStatus.DEFERRED)
 
 
 def _one_line(text: str | None, limit: int = 160) -> str:
