@@ -36,7 +36,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from pathlib import Path
 
 from pipewarden.containment import MARK_STATE_DIR, find_marked
 from pipewarden.store import Store
+from ports import free_port
 
 WORKER = """
 import json, os, random, subprocess, sys, time
@@ -155,7 +155,7 @@ def _write_project(root: Path, effects: Path) -> None:
     (root / "rules.yaml").write_text("rules: []\n")
     env = f"env: {{CHAOS_EFFECTS: '{effects}'}}"
     (root / "config.yaml").write_text(
-        CONFIG.format(port=_free_port(), python=json.dumps(sys.executable), env=env)
+        CONFIG.format(port=free_port(), python=json.dumps(sys.executable), env=env)
     )
 
 
@@ -337,13 +337,6 @@ def _counts(by_status: dict[str, int]) -> str:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
-
-
-def _free_port() -> int:
-    """Never 8765: another daemon may be serving it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

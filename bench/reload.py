@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pipewarden.rules import load_rules
 from pipewarden.store import Store
+from ports import free_port
 
 
 def recorded_version(store_dir: Path) -> str | None:
@@ -39,7 +40,8 @@ def main() -> int:
         rules = root / "rules.yaml"
         rules.write_text("rules: []\n")
         (root / "config.yaml").write_text(
-            "rules: [rules.yaml]\npipelines:\n  p:\n    stages:\n      - {name: s, command: [x]}\n"
+            f"rules: [rules.yaml]\napi: {{port: {free_port()}}}\n"
+            "pipelines:\n  p:\n    stages:\n      - {name: s, command: [x]}\n"
         )
         daemon = subprocess.Popen(
             [sys.executable, "-m", "pipewarden", "run", "--config", "config.yaml"],

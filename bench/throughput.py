@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 from pipewarden.store import Store
+from ports import free_port
 
 WORKER = "def noop(data):\n    return None\n"
 # Process mode: a native worker that reads the item line and exits 0 (= ok), so the
@@ -85,13 +85,6 @@ def main() -> int:
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def free_port() -> int:
-    """A port nothing listens on, so the bench never meets another daemon's API."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """The daemon's HTTP API on 127.0.0.1: status, runs, items, halts, control, events, metrics.
 
 Starlette for routing and uvicorn to serve, inside the daemon's own event loop (so
-every handler runs on the loop's thread, like the scheduler, and shares its store).
+every handler runs on the loop's thread, like the scheduler). Reads go to a thread with a
+read-only connection of its own (`reads.py`), so they never hold up a dispatch; the
+status snapshot is computed at most once per `reads.FRESH_S` and shared by every reader,
+and the event stream is written in batches (`events.py`): watching costs almost nothing.
 Who may call it is `auth.py`'s part: every endpoint but the page's HTML, /health and the
 code exchange needs the token kept in `api.token` (0600) in the state dir, or a session
 of the page's, in an `Authorization: Bearer` header; a browser's request from another
@@ -37,11 +40,12 @@ from pipewarden.inputs import items_field
 from pipewarden.limits import API_RUNS_MAX
 from pipewarden.metrics import Metrics
 from pipewarden.proposals_api import proposal_routes
+from pipewarden.reads import Reader, SnapshotCache
 from pipewarden.render import run_as_dict
 from pipewarden.schema import Param, RequestTooLarge, Schema, body, query
 from pipewarden.socket_api import PEER, bind_unix_socket, protocol_for
 from pipewarden.status import hold_as_dict, status_snapshot
-from pipewarden.store import HeldChange
+from pipewarden.store import HeldChange, Store
 from pipewarden.story import item_story
 from pipewarden.types import RunStatus
 from starlette.applications import Starlette
@@ -53,7 +57,6 @@ from starlette.routing import Route
 
 if TYPE_CHECKING:
     from pipewarden.daemon import Daemon
-    from pipewarden.events import Event
 
 TOKEN_FILE = "api.token"
 OLD_COOKIE = "pipewarden_token"  # what versions before sessions kept the token in
@@ -105,16 +108,33 @@ class ApiServer:
         self.gate = Gate(self.token, own_origins(port), daemon.clock.now)
         self.closing = asyncio.Event()  # set when the API stops: the event streams end
         self.metrics = Metrics(daemon)
+        self.reads = Reader(daemon.config.state_dir)
+        self.snapshots = SnapshotCache(self._status_answer)
+        self.metrics.watch_snapshots(self.snapshots)
         self.app = _build_app(self)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-            lifespan="off",
+            self.app, host="127.0.0.1", port=port, http="httptools", log_level="warning",
+            access_log=False, lifespan="off",
         )  # fmt: skip
         self._server = _QuietServer(config)
         self._task: asyncio.Task[None] | None = None
         self.socket_path = daemon.config.api.socket
         self._socket_server: _QuietServer | None = None
         self._socket_task: asyncio.Task[None] | None = None
+
+    async def _status_answer(self, only: str | None, verbose: bool) -> bytes:
+        """The status snapshot as its JSON body, read and encoded in the reads thread."""
+        daemon = self.daemon
+        config, now, fault = daemon.config, daemon.clock.now(), daemon.outage.fault
+        health = {"running": True, "pid": os.getpid(), "state_dir": str(config.state_dir),
+                  "store_fault": str(fault) if fault else None}  # fmt: skip
+
+        def answer(store: Store) -> bytes:
+            snapshot = status_snapshot(config, store, now, only, verbose, daemon_running=True)
+            snapshot["daemon"] = health
+            return _json_body(snapshot)
+
+        return await self.reads.run(answer)
 
     async def start(self) -> None:
         """Bind 127.0.0.1:port (an OSError says why not), then serve on that socket."""
@@ -150,6 +170,7 @@ class ApiServer:
         if self.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+        self.reads.close()
 
 
 # What each endpoint takes, in schema.py's terms; the route's path parameters are
@@ -200,6 +221,7 @@ def _build_app(api: ApiServer) -> Starlette:
         return f"{getpass.getuser()} (api from {request.client.host if request.client else '?'})"
 
     def changed() -> None:
+        api.snapshots.invalidate()  # who changed something sees it in the next status
         daemon.wake()
 
     async def health(request: Request) -> Response:
@@ -208,42 +230,40 @@ def _build_app(api: ApiServer) -> Starlette:
 
     async def status(request: Request) -> Response:
         q = query(request, STATUS_QUERY)
-        snapshot = status_snapshot(
-            daemon.config,
-            daemon.store,
-            daemon.clock.now(),
-            q["pipeline"],
-            q["verbose"],
-            daemon_running=True,
-        )
-        fault = daemon.outage.fault
-        snapshot["daemon"] = {"running": True, "pid": os.getpid(),
-                              "state_dir": str(daemon.config.state_dir),
-                              "store_fault": str(fault) if fault else None}  # fmt: skip
-        return JSONResponse(snapshot)
+        body = await api.snapshots.get(q["pipeline"], q["verbose"])
+        return Response(body, media_type="application/json")
 
     async def runs(request: Request) -> Response:
         q = query(request, RUNS_QUERY)
-        rows = daemon.store.recent_runs(q["limit"], q["stage"], q["status"], q["pipeline"])
-        return JSONResponse([run_as_dict(run) for run in rows])
+
+        def read(store: Store) -> list[dict]:
+            rows = store.recent_runs(q["limit"], q["stage"], q["status"], q["pipeline"])
+            return [run_as_dict(run) for run in rows]
+
+        return JSONResponse(await api.reads.run(read))
 
     async def run_detail(request: Request) -> Response:
         query(request, NOTHING)
-        matches = daemon.store.runs_with_prefix(request.path_params["run_id"])
+        prefix = request.path_params["run_id"]
+        matches = await api.reads.run(
+            lambda store: [run_as_dict(run) for run in store.runs_with_prefix(prefix)]
+        )
         if len(matches) != 1:
             return JSONResponse({"error": "no such run", "matches": len(matches)}, status_code=404)
-        return JSONResponse(run_as_dict(matches[0]))
+        return JSONResponse(matches[0])
 
     async def item(request: Request) -> Response:
         query(request, NOTHING)
-        p = request.path_params
-        return JSONResponse(
-            item_story(daemon.config, daemon.store, p["pipeline"], p["key"], daemon.clock.now())
+        p, config, now = request.path_params, daemon.config, daemon.clock.now()
+        story = await api.reads.run(
+            lambda store: item_story(config, store, p["pipeline"], p["key"], now)
         )
+        return JSONResponse(story)
 
     async def halts(request: Request) -> Response:
         query(request, NOTHING)
-        return JSONResponse([hold_as_dict(hold) for hold in daemon.store.active_holds()])
+        holds = await api.reads.run(lambda store: store.active_holds())
+        return JSONResponse([hold_as_dict(hold) for hold in holds])
 
     async def clear_halt(request: Request) -> Response:
         target = (await body(request, CLEAR_BODY))["target"]
@@ -270,6 +290,7 @@ def _build_app(api: ApiServer) -> Starlette:
 
     async def reload(request: Request) -> Response:
         result = await daemon.reload(f"api ({who(request)})")  # a bad edit: 400 with why
+        api.snapshots.invalidate()
         return JSONResponse(result, status_code=200 if result["ok"] else 400)
 
     async def enqueue(request: Request) -> Response:
@@ -314,38 +335,29 @@ def _build_app(api: ApiServer) -> Starlette:
 
     async def events(request: Request) -> Response:
         query(request, NOTHING)
-        queue = daemon.events.subscribe()
+        subscription = daemon.events.subscribe()
 
-        async def stream() -> AsyncIterator[str]:
+        async def stream() -> AsyncIterator[bytes]:
             # Ends when the API stops: uvicorn waits for open responses, and a page left
             # open would otherwise hold up the daemon's stop.
             closing = asyncio.ensure_future(api.closing.wait())
-            getter: asyncio.Future[Event] | None = None
             try:
-                yield ": connected\n\n"
+                yield b": connected\n\n"
                 while not closing.done():
-                    getter = asyncio.ensure_future(queue.get())
-                    await asyncio.wait(
-                        (getter, closing), timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if not getter.done():
-                        yield ": keep-alive\n\n"
-                        continue
-                    event = getter.result()
-                    payload = json.dumps(event.data, default=str)
-                    yield f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n"
+                    # One write per batch: several frames, as the page's reader expects them.
+                    batch = await subscription.next(closing, KEEPALIVE_S)
+                    if not closing.done():
+                        yield batch or b": keep-alive\n\n"
             finally:
-                for waiter in (closing, getter):
-                    if waiter is not None:
-                        waiter.cancel()
-                daemon.events.unsubscribe(queue)
+                closing.cancel()
+                daemon.events.unsubscribe(subscription)
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})  # fmt: skip
 
     async def metrics(request: Request) -> Response:
         query(request, NOTHING)
-        content, media_type = api.metrics.render()
+        content, media_type = await api.reads.run(api.metrics.render)
         return Response(content, media_type=media_type)
 
     async def page(request: Request) -> Response:
@@ -400,6 +412,11 @@ def _build_app(api: ApiServer) -> Starlette:
     handlers = {PipewardenError: _refused, faults.StoreFault: store_trouble}
     handlers |= {sqlite3.Error: store_trouble, peewee.PeeweeException: store_trouble}
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
+
+
+def _json_body(content: object) -> bytes:
+    """What JSONResponse would send for `content`."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 async def _refused(request: Request, exc: Exception) -> Response:

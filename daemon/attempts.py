@@ -15,7 +15,7 @@ from pipewarden.outcomes import (
 from pipewarden.protocol import Progress, Verdict, WorkerReport
 from pipewarden.slots import StageSlot
 from pipewarden.store import Claimed, NewRun
-from pipewarden.types import ItemState
+from pipewarden.types import ItemState, RunStatus
 from pipewarden.workers import Job
 
 log = logging.getLogger("pipewarden.scheduler")
@@ -46,7 +46,7 @@ class Attempts:
                 slot, claimed, new_run, report, started, exc
             )
         self._add_finished(finished, claimed.key, claimed.attempt)
-        log_run(slot.stage, claimed, new_run, decision)
+        log_run(self.config.log_runs, slot.stage, claimed, new_run, decision)
         if new_run.run_id in self._probes:
             hold_id = self._probes.pop(new_run.run_id)
             self._finish_probe(hold_id, claimed, decision, self.clock.now())
@@ -86,8 +86,14 @@ class Attempts:
         )  # fmt: skip
 
 
-def log_run(stage: Stage, claimed: Claimed, new_run: NewRun, decision: Decision) -> None:
+def log_run(
+    setting: str, stage: Stage, claimed: Claimed, new_run: NewRun, decision: Decision
+) -> None:
+    """The run's log line, as `log_runs` says: every run (info), those that did not succeed
+    (failures, the default: a line per ok run cost more than the run), or none (off)."""
     c = decision.classification
+    if setting == "off" or (setting == "failures" and decision.run_status in _QUIET_STATUSES):
+        return
     head = f"{stage.qualified_name} {claimed.key}#{claimed.attempt} run={new_run.run_id[:8]}"
     if c is None:
         log.info("%s %s %s", head, decision.run_status, decision.note)
@@ -99,6 +105,10 @@ def log_run(stage: Stage, claimed: Claimed, new_run: NewRun, decision: Decision)
         "%s %s [%s · %s]%s: %s -> %s",
         head, decision.run_status, c.group, c.label, rule, one_line(decision.error), decision.note,
     )  # fmt: skip
+
+
+# Not logged with `log_runs: failures`: the runs that did what they should, or chose to wait.
+_QUIET_STATUSES = (RunStatus.OK, RunStatus.SKIPPED, RunStatus.DEFERRED)
 
 
 def one_line(text: str | None, limit: int = 160) -> str:

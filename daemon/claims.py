@@ -125,7 +125,7 @@ class Claims:
             claimed.key,
             claimed.attempt,
         )  # fmt: skip
-        log_run(slot.stage, claimed, new_run, decision)
+        log_run(self.config.log_runs, slot.stage, claimed, new_run, decision)
         return True
 
     def _lift_budget_halts(self, holds: list[Hold], now: float) -> list[Hold]:

@@ -137,6 +137,7 @@ class Config:
     notify: NotifySettings = NotifySettings()
     api: ApiSettings = ApiSettings()
     retention_s: float = 90 * 86400.0  # runs older than this are pruned (0: keep forever)
+    log_runs: str = "failures"  # a log line per run: info (every run), failures, off
 
     def pipeline(self, name: str) -> Pipeline:
         try:
@@ -160,8 +161,9 @@ def _lookup(data: dict[str, Any], dotted: str) -> str:
 
 _TOP_KEYS = {
     "state_dir", "rules", "pipelines", "defaults", "drain_grace", "channels", "notify", "api",
-    "retention",
+    "retention", "log_runs",
 }  # fmt: skip
+LOG_RUNS = ("info", "failures", "off")
 _CHANNEL_KEYS = {"days", "hours", "timezone", "holidays"}
 _NOTIFY_KEYS = {"targets", "digest_wait", "repeat_interval", "timeouts_per_10m", "retry_backoff"}
 _STAGE_KEYS = {
@@ -205,6 +207,7 @@ def load_config(path: Path, state_dir: str | None = None) -> Config:
         notify=_load_notify(top["notify"]) if "notify" in top else NotifySettings(),
         api=_load_api(top["api"], base) if "api" in top else ApiSettings(),
         retention_s=top["retention"].duration("retention") if "retention" in top else 90 * 86400.0,
+        log_runs=top["log_runs"].choice("log_runs", LOG_RUNS) if "log_runs" in top else "failures",
     )
 
 

@@ -16,11 +16,14 @@ SIGTERM, then SIGKILL after the stage's grace, and is reaped. A pool worker keep
 own children across items (a browser kept warm); what escaped it ends with the attempt.
 A sweep every second reaps orphans that exited and kills those no running attempt
 claims. The sentinel (`_sentinel.py`) is told of every worker's process group as it
-starts; when the daemon dies, it kills those groups and everything carrying the
-daemon's instance. Within RECORD_AFTER_S of its start (several in one commit) a worker
-is recorded on its run, and at the next start, `kill_leftovers` finds anything still left by the
-store's mark and by the process groups recorded on interrupted runs (matched by start
-time, so a reused pid is never hit), before any item is requeued.
+starts (a group that ended is told with the next start, or within SENTINEL_FORGET_S: one
+write and one wake-up of the sentinel per item, and a group it still holds is killed
+only while its leader carries this daemon's mark); when the daemon dies, it kills those
+groups and everything carrying the daemon's instance. Within RECORD_AFTER_S of its start
+(several in one commit) a worker is recorded on its run, and at the next start,
+`kill_leftovers` finds anything still left by the store's mark and by the process groups
+recorded on interrupted runs (matched by start time, so a reused pid is never hit), before
+any item is requeued.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ KILL_WAIT_S = 2.0  # how long SIGKILLed processes may take to be gone
 RECORD_AFTER_S = 0.05  # new workers are recorded on their runs this soon, in one commit
 SWEEP_EVERY_S = 1.0
 SENTINEL_STOP_S = 2.0
+SENTINEL_FORGET_S = 1.0  # a group that ended is told to the sentinel this soon at the latest
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 
 StartedCallback = Callable[[list[tuple[str, int, int, int]]], None]  # run, pid, pgid, start
@@ -95,6 +99,8 @@ class Containment:
         self._own_children = OwnChildren()
         self._unrecorded: list[_Worker] = []
         self._recording: asyncio.TimerHandle | None = None
+        self._ended_groups: list[int] = []  # not yet told to the sentinel
+        self._forgetting: asyncio.TimerHandle | None = None
 
     # -- the daemon's life ------------------------------------------------------------
     def enable(self, state_dir: Path, on_started: StartedCallback | None = None) -> None:
@@ -127,6 +133,7 @@ class Containment:
             self._recording.cancel()
             self._recording = None
         self._unrecorded = []
+        self._tell_sentinel()
         sentinel, self._sentinel = self._sentinel, None
         if sentinel is not None:
             assert sentinel.stdin is not None
@@ -153,7 +160,7 @@ class Containment:
         """A worker started for `run_id`: known from now on, told to the sentinel, and
         recorded on the run within RECORD_AFTER_S, with others started meanwhile."""
         worker = self._workers[child.pid] = _Worker(worker_id, child, run_id)
-        self._tell_sentinel("+", child.pgid)
+        self._tell_sentinel(f"+{child.pgid}\n")
         self._unrecorded.append(worker)
         if self._recording is None:
             self._recording = asyncio.get_running_loop().call_later(RECORD_AFTER_S, self._record)
@@ -163,8 +170,12 @@ class Containment:
         self._workers[child.pid].run_id = run_id
 
     def untrack(self, child: Child) -> None:
-        if self._workers.pop(child.pid, None) is not None:
-            self._tell_sentinel("-", child.pgid)
+        if self._workers.pop(child.pid, None) is not None and self._sentinel is not None:
+            self._ended_groups.append(child.pgid)
+            if self._forgetting is None:
+                self._forgetting = asyncio.get_running_loop().call_later(
+                    SENTINEL_FORGET_S, self._tell_sentinel
+                )
 
     def _record(self) -> None:
         self._recording = None
@@ -179,12 +190,18 @@ class Containment:
         except Exception as exc:  # a record for recovery only: the attempts go on
             log.warning("could not record %d worker process(es): %s", len(started), exc)
 
-    def _tell_sentinel(self, sign: str, pgid: int) -> None:
-        """One short write; if the pipe is ever full, the sentinel's scan finds the worker."""
-        if self._sentinel is not None:
+    def _tell_sentinel(self, news: str = "") -> None:
+        """One short write: the groups that ended since the last, then `news`; if the pipe
+        is ever full, the sentinel's scan finds the worker."""
+        if self._forgetting is not None:
+            self._forgetting.cancel()
+            self._forgetting = None
+        lines = "".join(f"-{ended}\n" for ended in self._ended_groups) + news
+        self._ended_groups = []
+        if self._sentinel is not None and lines:
             assert self._sentinel.stdin is not None
             with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                os.write(self._sentinel.stdin.fileno(), f"{sign}{pgid}\n".encode())
+                os.write(self._sentinel.stdin.fileno(), lines.encode())
 
     async def end(self, child: Child, grace_s: float, whole: bool = True) -> int:
         """Stop what is left of an attempt: SIGTERM, SIGKILL after `grace_s`, reaped.

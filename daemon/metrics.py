@@ -2,15 +2,17 @@
 
 Item counts, active halts, the age of each stage's oldest ready item and the unsent
 notifications are read from the store when scraped (index seeks and trigger-kept counts:
-cheap on a million items); runs, their durations and notifications are counted as they
-happen (counters restart with the daemon, as Prometheus expects). No `_created` series:
-Prometheus keeps each as a series of its own, doubling what every counter costs.
+cheap on a million items), in the API's reads thread with its own read-only store; runs,
+their durations and notifications are counted as they happen (counters restart with the
+daemon, as Prometheus expects), through children looked up once per stage and outcome, not
+per run. No `_created` series: Prometheus keeps each as a series of its own, doubling what
+every counter costs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipewarden import __version__
 from pipewarden.types import RunStatus
@@ -29,7 +31,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from pipewarden.daemon import Daemon
-    from pipewarden.store import FinishedRun
+    from pipewarden.reads import SnapshotCache
+    from pipewarden.store import FinishedRun, Store
 
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800)
 
@@ -37,9 +40,10 @@ DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800)
 class _StoreCollector:
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
+        self.store: Store = daemon.store  # the reads thread's, while it renders a scrape
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        store = self.daemon.store
+        store = self.store
         items = GaugeMetricFamily(
             "pipewarden_items", "Items by pipeline, stage and state",
             labels=["pipeline", "stage", "state"],
@@ -75,7 +79,7 @@ class _StoreCollector:
         now = self.daemon.clock.now()
         for pipeline in self.daemon.config.pipelines.values():
             for stage in pipeline.stages:
-                ready_at = self.daemon.store.next_ready_at([(pipeline.name, stage.name)])
+                ready_at = self.store.next_ready_at([(pipeline.name, stage.name)])
                 age = 0.0 if ready_at is None else max(0.0, now - ready_at)
                 ages.add_metric([pipeline.name, stage.name], age)
         return ages
@@ -85,7 +89,8 @@ class Metrics:
     def __init__(self, daemon: Daemon):
         disable_created_metrics()  # process-wide: the daemon's only registry is this one
         self.registry = CollectorRegistry()
-        self.registry.register(_StoreCollector(daemon))  # type: ignore[arg-type]
+        self._collector = _StoreCollector(daemon)
+        self.registry.register(self._collector)  # type: ignore[arg-type]
         ProcessCollector(registry=self.registry)  # process_* (CPU, memory, start time, fds)
         self.runs = Counter(
             "pipewarden_runs", "Finished runs by outcome and label",
@@ -109,6 +114,7 @@ class Metrics:
             "When the config and rules were last loaded successfully (UNIX time)",
             registry=self.registry,
         )
+        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}  # see runs_finished
         Info("pipewarden_build", "The running pipewarden", registry=self.registry).info(
             {"version": __version__}
         )
@@ -117,11 +123,33 @@ class Metrics:
             self.reloaded(True, last["at"])
         daemon.observers.append(self)
 
+    def watch_snapshots(self, snapshots: SnapshotCache) -> None:
+        """Show how many status snapshots were computed, whoever read them."""
+        Gauge(
+            "pipewarden_status_snapshots", "Status snapshots computed (shared by every reader)",
+            registry=self.registry,
+        ).set_function(lambda: snapshots.computed)  # fmt: skip
+
     def runs_finished(self, finished: list[FinishedRun]) -> None:
         for run in finished:
-            self.runs.labels(run.pipeline, run.stage, run.status, run.label or "").inc()
-            if run.status != RunStatus.SKIPPED:  # no worker ran: its 0 s would skew the stage
-                self.durations.labels(run.pipeline, run.stage).observe(run.duration_s)
+            counter, duration = self._children_of(run)
+            counter.inc()
+            if duration is not None:
+                duration.observe(run.duration_s)
+
+    def _children_of(self, run: FinishedRun) -> tuple[Any, Any]:
+        """The run's counter and duration children: `labels()` hashes and locks each time,
+        so each (stage, outcome, label) is looked up once."""
+        key = (run.pipeline, run.stage, run.status, run.label or "")
+        children = self._children.get(key)
+        if children is None:
+            # A skipped run ran no worker: its 0 s would skew the stage's durations.
+            skipped = run.status == RunStatus.SKIPPED
+            children = self._children[key] = (
+                self.runs.labels(*key),
+                None if skipped else self.durations.labels(run.pipeline, run.stage),
+            )
+        return children
 
     def notification(self, delivered: bool) -> None:
         self.notifications.labels("sent" if delivered else "failed").inc()
@@ -131,5 +159,10 @@ class Metrics:
         if ok:
             self.reload_success_at.set(at)
 
-    def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def render(self, store: Store) -> tuple[bytes, str]:
+        """The exposition, store figures read through `store` (in the thread that owns it)."""
+        self._collector.store = store
+        try:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        finally:
+            self._collector.store = self._collector.daemon.store

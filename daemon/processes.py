@@ -6,9 +6,16 @@ group, which reaches whatever the worker started and left in it. What leaves the
 
 The daemon reaps its workers itself, the moment a pidfd says one exited: no asyncio
 child watcher is involved, so the orphans the daemon reaps as a subreaper can never be
-confused with a worker, and no thread waits per process. The pipes are plain asyncio
-pipe transports, closed explicitly whatever happens (none is left for the garbage
-collector to close after the loop is gone).
+confused with a worker, and no thread waits per process. The pipes are read and written
+straight from the loop's selector (`PipeReader`, `PipeWriter`: a read or a write per
+ready callback, no transport, nothing to await before the first byte), and closed
+explicitly whatever happens (none is left for the garbage collector to close after the
+loop is gone).
+
+A spawn closes no descriptors in the child when the daemon holds no inheritable one (the
+usual case: Python and SQLite open everything close-on-exec): closing them one by one up
+to the descriptor limit cost a spawn milliseconds. Should an inheritable one appear, the
+child closes them all as before.
 
 Linux only: /proc and pidfd_open (Linux 5.3).
 """
@@ -166,28 +173,138 @@ def describe_signal(signum: int) -> str:
         return f"signal {signum}"
 
 
-class StdinProtocol(asyncio.BaseProtocol):
-    """Flow control for a worker's stdin: `drain()` waits while the pipe is full."""
+READ_CHUNK = 256 * 1024  # what one ready callback reads of a pipe (asyncio's own size)
 
-    def __init__(self) -> None:
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self.lost = False
 
-    def pause_writing(self) -> None:
-        self._writable.clear()
+class PipeReader:
+    """A pipe's read end fed to a protocol from the loop's selector, one read per callback.
 
-    def resume_writing(self) -> None:
-        self._writable.set()
+    Stands in for the protocol's transport: `pause_reading`, `resume_reading`, `close`.
+    """
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self._writable.set()
+    def __init__(self, fd: int, protocol: asyncio.Protocol):
+        self._fd = fd
+        self._protocol = protocol
+        self._loop = asyncio.get_running_loop()
+        self._reading = False
+        self.closed = False
+        os.set_blocking(fd, False)
+        protocol.connection_made(self)  # type: ignore[arg-type]
+        self.resume_reading()
 
-    async def drain(self) -> None:
-        await self._writable.wait()
+    def _ready(self) -> None:
+        try:
+            data = os.read(self._fd, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._end(exc)
+            return
+        if data:
+            self._protocol.data_received(data)
+        else:
+            self._protocol.eof_received()
+            self._end(None)
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self.closed:
+            self._loop.add_reader(self._fd, self._ready)
+            self._reading = True
+
+    def close(self) -> None:
+        self._end(None)
+
+    def _end(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.pause_reading()
+        self.closed = True
+        os.close(self._fd)
+        self._protocol.connection_lost(exc)
+
+
+class PipeWriter:
+    """A pipe's write end: written at once while the pipe takes it, from the selector after.
+
+    `send` waits while the pipe is full; `close` is EOF once what was written went through.
+    """
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._loop = asyncio.get_running_loop()
+        self._pending = bytearray()
+        self._drained: asyncio.Future[None] | None = None
+        self._closing = False
+        self.closed = False
+        self.lost = False  # the worker closed its end
+        os.set_blocking(fd, False)
+
+    def write(self, data: bytes) -> None:
+        """Write without waiting; what the pipe cannot take now goes when it can."""
+        if self.closed or self._closing or self.lost:
+            return
+        if not self._pending:
+            data = data[self._write(data) :]
+            if not data or self.lost:
+                return
+            self._loop.add_writer(self._fd, self._ready)
+        self._pending += data
+
+    async def send(self, data: bytes) -> None:
+        if self.closed or self._closing or self.lost:
+            raise BrokenPipeError("the worker's stdin is closed")
+        self.write(data)
+        if self._pending:
+            self._drained = self._loop.create_future()
+            await self._drained
         if self.lost:
             raise BrokenPipeError("the worker closed its stdin")
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _write(self, data: bytes | bytearray) -> int:
+        try:
+            return os.write(self._fd, data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:  # EPIPE: the worker is not reading any more
+            self.lost = True
+            return len(data)
+
+    def _ready(self) -> None:
+        del self._pending[: self._write(self._pending)]
+        if self._pending and not self.lost:
+            return
+        self._pending.clear()
+        self._loop.remove_writer(self._fd)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if self._closing:
+            self.abort()
+
+    def close(self) -> None:
+        if self._pending:
+            self._closing = True
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close now, dropping what the worker never read."""
+        if self.closed:
+            return
+        if self._pending:
+            self._pending.clear()
+            self._loop.remove_writer(self._fd)
+        self.closed = True
+        os.close(self._fd)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
 
 class Child:
@@ -197,7 +314,7 @@ class Child:
     outlives it as long as a member does, so signalling the group afterwards stays safe.
     """
 
-    def __init__(self, popen: subprocess.Popen[bytes]):
+    def __init__(self, popen: subprocess.Popen[bytes], pipes: tuple[int, int, int]):
         self._popen = popen
         self.pid = popen.pid
         self.pgid = popen.pid  # a new session: its own process group
@@ -205,9 +322,9 @@ class Child:
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pidfd = os.pidfd_open(self.pid)
         asyncio.get_running_loop().add_reader(self._pidfd, self._reap)
-        self.stdin: asyncio.WriteTransport | None = None
-        self._stdin_protocol = StdinProtocol()
-        self._readers: list[asyncio.BaseTransport] = []
+        self._pipes: tuple[int, int, int] | None = pipes  # ours: stdin's, stdout's, stderr's
+        self.stdin: PipeWriter | None = None
+        self._readers: list[PipeReader] = []
 
     @property
     def identity(self) -> Identity:
@@ -225,20 +342,19 @@ class Child:
     def returncode(self) -> int | None:
         return self.exited.result() if self.exited.done() else None
 
-    async def attach(self, stdout: asyncio.Protocol, stderr: asyncio.Protocol) -> None:
-        loop = asyncio.get_running_loop()
-        popen = self._popen
-        assert popen.stdin and popen.stdout and popen.stderr
-        self.stdin, _ = await loop.connect_write_pipe(lambda: self._stdin_protocol, popen.stdin)
-        for protocol, pipe in ((stdout, popen.stdout), (stderr, popen.stderr)):
-            transport, _ = await loop.connect_read_pipe(lambda p=protocol: p, pipe)
-            self._readers.append(transport)
+    def attach(self, stdout: asyncio.Protocol, stderr: asyncio.Protocol) -> None:
+        """Start reading stdout and stderr into their protocols; stdin becomes writable."""
+        if self._pipes is None:
+            raise BrokenPipeError("the worker's pipes are closed")
+        stdin, out, err = self._pipes
+        self._pipes = None
+        self.stdin = PipeWriter(stdin)
+        self._readers = [PipeReader(out, stdout), PipeReader(err, stderr)]
 
     async def send(self, data: bytes) -> None:
-        if self.stdin is None or self.stdin.is_closing():
+        if self.stdin is None:
             raise BrokenPipeError("the worker's stdin is closed")
-        self.stdin.write(data)
-        await self._stdin_protocol.drain()
+        await self.stdin.send(data)
 
     def close_stdin(self) -> None:
         """EOF for the worker once what was written has gone through."""
@@ -247,15 +363,13 @@ class Child:
 
     def close(self) -> None:
         """Close every pipe end the daemon holds (a child may still hold the others)."""
-        if self.stdin is not None and self.stdin.get_write_buffer_size():
-            self.stdin.abort()  # what the worker never read
-        elif self.stdin is not None:
-            self.stdin.close()
-        for transport in self._readers:
-            transport.close()
-        for pipe in (self._popen.stdin, self._popen.stdout, self._popen.stderr):
-            if pipe is not None:
-                pipe.close()  # a no-op for those a transport already closed
+        if self.stdin is not None:
+            self.stdin.abort()  # what the worker never read goes with it
+        for reader in self._readers:
+            reader.close()
+        for fd in self._pipes or ():  # never attached
+            os.close(fd)
+        self._pipes = None
 
     def _reap(self) -> None:
         asyncio.get_running_loop().remove_reader(self._pidfd)
@@ -278,19 +392,45 @@ def spawn(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> Child:
 
     The caller makes it known (containment) before anything else, then `attach`es its
     pipes: until then a sweep could take it for an orphan."""
-    popen = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=str(cwd),
-        env=env,
-        bufsize=0,
-        start_new_session=True,  # own process group, and no terminal's Ctrl-C
-    )
+    stdin, stdout, stderr = os.pipe(), os.pipe(), os.pipe()  # close-on-exec, all six
+    ours = (stdin[1], stdout[0], stderr[0])
     try:
-        return Child(popen)
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=stdin[0],
+            stdout=stdout[1],
+            stderr=stderr[1],
+            cwd=str(cwd),
+            env=env,
+            close_fds=_inheritable_fds(),
+            start_new_session=True,  # own process group, and no terminal's Ctrl-C
+        )
+    except BaseException:
+        for fd in ours:
+            os.close(fd)
+        raise
+    finally:
+        for fd in (stdin[0], stdout[1], stderr[1]):  # the child's ends: its copies only
+            os.close(fd)
+    try:
+        return Child(popen, ours)
     except BaseException:
         popen.kill()
         popen.wait()
+        for fd in ours:
+            os.close(fd)
         raise
+
+
+def _inheritable_fds() -> bool:
+    """Whether the daemon holds a descriptor a worker would inherit (beyond 0, 1 and 2)."""
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return True
+    for fd in fds:
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the listing's own, closed since
+                if os.get_inheritable(fd):
+                    return True
+    return False

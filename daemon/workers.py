@@ -75,7 +75,14 @@ def _runnable(program: str, stage: Stage) -> bool:
     if "/" in program:
         return os.access(stage.cwd / program, os.X_OK)
     path = dict(stage.env).get("PATH", os.environ.get("PATH"))
-    return shutil.which(program, path=path) is not None
+    found = _FOUND.get((program, path))
+    if found is not None and os.access(found, os.X_OK):  # one check, not a walk of PATH
+        return True
+    _FOUND[(program, path)] = found = shutil.which(program, path=path)
+    return found is not None
+
+
+_FOUND: dict[tuple[str, str | None], str | None] = {}  # (program, PATH) -> where it was found
 
 
 def worker_env(stage: Stage, worker_id: str, job: Job | None = None) -> dict[str, str]:
@@ -192,7 +199,7 @@ class ProcessWorker:
         reply = stdout.begin(on_progress)
         timed_out = False
         try:
-            await child.attach(stdout, stderr)
+            child.attach(stdout, stderr)
             timed_out = await self._talk(child, job, reply)
         finally:  # success, failure, timeout or shutdown: nothing of the attempt lives on
             final = await containment.end(child, stage.grace_s)
@@ -243,7 +250,7 @@ class PoolWorker:
         containment.track(child, worker_id, job.run_id)  # recorded once, on the run it starts for
         self._child = child
         try:
-            await child.attach(self._stdout, self._stderr)
+            child.attach(self._stdout, self._stderr)
         except BaseException:
             await self._discard(self.stage.grace_s)
             raise

@@ -1,0 +1,138 @@
+"""Watching costs almost nothing: status readers share one snapshot per interval, event
+stream clients get batches (several frames in one write, a run's progress at its latest)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+from conftest import Project, wait_until
+from pipewarden.reads import FRESH_S
+from prometheus_client.parser import text_string_to_metric_families
+
+WORKER = """
+import time
+
+def work(data, ctx):
+    steps = data.get("steps", 100)
+    for step in range(1, steps + 1):
+        ctx.progress(step / steps, f"step {step}")
+        time.sleep(0.002)
+    time.sleep(data.get("sleep", 0))
+    return {"done": True}
+"""
+READERS = 30
+READS_EACH = 10
+
+
+def start(project: Project) -> tuple[str, dict[str, str]]:
+    project.write("worker.py", WORKER)
+    project.configure("sites:\n  stages:\n    - {name: work, python: 'worker:work'}\n")
+    project.start_daemon()
+    base = f"http://127.0.0.1:{project.api_port}"
+    wait_until(lambda: _up(base), "the API")
+    token = (project.state_dir / "api.token").read_text().strip()
+    return base, {"Authorization": f"Bearer {token}"}
+
+
+def _up(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def snapshots_computed(base: str, auth: dict[str, str]) -> float:
+    text = httpx.get(f"{base}/metrics", headers=auth).text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    return families["pipewarden_status_snapshots"].samples[0].value
+
+
+def test_many_status_readers_share_one_snapshot_per_interval(project: Project):
+    base, auth = start(project)
+    before = snapshots_computed(base, auth)
+    answers: list[int] = []
+    began = time.monotonic()
+
+    def read() -> None:
+        with httpx.Client(headers=auth, timeout=10) as client:
+            for _ in range(READS_EACH):
+                answers.append(client.get(f"{base}/api/status").status_code)
+
+    readers = [threading.Thread(target=read) for _ in range(READERS)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(30)
+    elapsed = time.monotonic() - began
+
+    computed = snapshots_computed(base, auth) - before
+    assert answers == [200] * READERS * READS_EACH
+    assert 1 <= computed <= elapsed / FRESH_S + 1, (computed, len(answers))
+
+
+def test_a_change_through_the_api_shows_in_the_very_next_status(project: Project):
+    base, auth = start(project)
+    assert httpx.get(f"{base}/api/status", headers=auth).json()["holds"] == []
+    httpx.post(f"{base}/api/pause", headers=auth, json={"scope": "pipeline", "target": "sites"})
+    (hold,) = httpx.get(f"{base}/api/status", headers=auth).json()["holds"]  # no stale answer
+    assert (hold["kind"], hold["target"]) == ("pause", "sites")
+
+
+def test_an_event_stream_gets_a_runs_progress_coalesced_to_its_latest(project: Project):
+    base, auth = start(project)
+    listening = Listener(base, auth, finished=1)
+    project.cli("enqueue", "sites", "one", "--data", json.dumps({"sleep": 0.3}))
+    events = listening.events()
+
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    progress = [data for kind, data in events if kind == "run_progress"]
+    assert 1 <= len(progress) < 30, kinds  # 100 reports, coalesced to a few batches' latest
+    assert (progress[-1]["progress"], progress[-1]["message"]) == (1.0, "step 100")
+
+
+def test_an_event_stream_gets_many_runs_events_in_few_writes(project: Project):
+    base, auth = start(project)
+    listening = Listener(base, auth, finished=20)
+    items = "\n".join(json.dumps({"key": f"k{n}", "data": {"steps": 1}}) for n in range(20))
+    project.write("items.jsonl", items + "\n")
+    project.cli("enqueue", "sites", "--file", "items.jsonl")
+    events = listening.events()
+
+    assert sum(1 for kind, _ in events if kind == "run_finished") == 20
+    assert len(events) == 60  # started, progress and finished of each: none lost
+    assert len(listening.writes) < 40  # one write per batch, not one per event
+    assert any(write.count(b"\n\nid: ") >= 2 for write in listening.writes)
+
+
+class Listener:
+    """An event stream client in a thread, keeping each write as it came (one HTTP chunk)."""
+
+    def __init__(self, base: str, auth: dict[str, str], finished: int):
+        self.writes: list[bytes] = []
+        self._connected = threading.Event()
+        self._thread = threading.Thread(target=self._listen, args=(base, auth, finished))
+        self._thread.start()
+        assert self._connected.wait(10)
+
+    def _listen(self, base: str, auth: dict[str, str], finished: int) -> None:
+        with httpx.stream("GET", f"{base}/api/events", headers=auth, timeout=30) as stream:
+            for chunk in stream.iter_raw():
+                self._connected.set()
+                self.writes.append(chunk)
+                if b"".join(self.writes).count(b"event: run_finished") >= finished:
+                    return
+
+    def events(self) -> list[tuple[str, dict]]:
+        self._thread.join(30)
+        text = b"".join(self.writes).decode()
+        frames = [frame for frame in text.split("\n\n") if frame and not frame.startswith(":")]
+        return [_parsed(frame) for frame in frames]
+
+
+def _parsed(frame: str) -> tuple[str, dict]:
+    fields = dict(line.split(": ", 1) for line in frame.splitlines())
+    return fields["event"], json.loads(fields["data"])
