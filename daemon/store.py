@@ -291,6 +291,12 @@ _MIGRATIONS: list[list[str]] = [
         "ALTER TABLE runs ADD COLUMN data_out TEXT",
         "ALTER TABLE runs ADD COLUMN probe_of INTEGER",
     ],
+    [  # 8 (the page's part, issue 14): what people did, from the page, the CLI or the tray
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY, at REAL NOT NULL, who TEXT NOT NULL,
+            action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX audit_recent ON audit (at)",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
