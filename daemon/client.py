@@ -32,6 +32,8 @@ SERVICE_SOCKET = Path("/run/pipewarden/api.sock")  # the system unit's RuntimeDi
 TOKEN_FILE = "api.token"
 PROBE_TIMEOUT_S = 2.0
 API_START_WAIT_S = 5.0  # how long a command waits for a daemon that is starting its API
+# Says what a token holder is ("cli", "tray") for the audit line of what it does; grants nothing.
+CLIENT_HEADER = "x-pipewarden-client"
 
 
 def owning_group(path: Path) -> str:
@@ -115,6 +117,7 @@ class DaemonApi:
 
         transport = httpx.HTTPTransport(uds=str(self.socket)) if self.socket else None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers[CLIENT_HEADER] = "cli"  # for the audit: what a person used
         return httpx.Client(
             base_url=self.base, transport=transport, headers=headers, timeout=timeout
         )

@@ -238,7 +238,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         count, held = answer["items"], answer["held"]
     else:
         store = open_store(config)
-        count = control.retry(store, config, request, time.time())
+        count = control.retry(store, config, request, who(), time.time())
         held = control.held_count(store, request)
         store.close()
     scope = "".join(f" in {v}" for v in (args.pipeline, args.stage) if v)

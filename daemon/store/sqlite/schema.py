@@ -146,6 +146,12 @@ MIGRATIONS: list[list[str]] = [
             created_at REAL NOT NULL, decided_at REAL, decided_by TEXT, rules_file TEXT)""",
         "CREATE INDEX proposals_by_template ON proposals (template_id, state)",
     ],
+    [  # 9: what people did, from the page, the CLI or the tray
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY, at REAL NOT NULL, who TEXT NOT NULL,
+            action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX audit_recent ON audit (at)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
