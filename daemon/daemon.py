@@ -127,7 +127,7 @@ class Daemon:
     async def run(self, until_idle: bool = False, watch_files: bool = True) -> int:
         lock = DaemonLock(self.config.state_dir)
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock.acquire()
+        await self.outage.wait_out(lock.acquire)  # its pid cannot be written on a full disk
         store = self._store = await self.outage.wait_out(lambda: open_store(self.config.state_dir))
         self.outage.relieve = partial(faults.make_room, store)
         umask = os.umask(0o077)  # what the daemon and its workers write: their user's alone
@@ -205,7 +205,7 @@ class Daemon:
             return None
         from pipewarden.api import ApiServer  # starlette, uvicorn: only the daemon pays for them
 
-        api = ApiServer(self, self.config.api.port)
+        api = await self.outage.wait_out(lambda: ApiServer(self, self.config.api.port))  # token
         try:
             await api.start()
         except OSError as exc:
