@@ -153,7 +153,7 @@ def test_the_group_reaches_the_service_and_strangers_are_told_how_to_join(servic
     paused = service.run(users.desktop, "pause", "--channel", "sms")
     assert paused.returncode == 0, paused.stderr
     halts = service.run(users.desktop, "halts")
-    assert f"paused by {users.desktop} (uid" in halts.stdout, halts.stdout + halts.stderr
+    assert f"paused by {users.desktop} via cli (uid" in halts.stdout, halts.stdout + halts.stderr
     tray = service.python(
         users.desktop,
         "from pathlib import Path\nfrom pipewarden.tray.app import DaemonClient\n"
