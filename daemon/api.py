@@ -273,8 +273,12 @@ def _build_app(api: ApiServer) -> Starlette:
 
     async def enqueue(request: Request) -> Response:
         data = await body(request, ENQUEUE_BODY)
-        result = control.enqueue(daemon.store, daemon.config, data["pipeline"], items_field(data),
-                                 daemon.clock.now(), data["force"])  # fmt: skip
+        # Off the loop (its own connection, its own transaction): the CLI sends a big file in
+        # chunks, and the loop serves /health and runs workers between and during them.
+        result = await asyncio.to_thread(
+            control.enqueue, daemon.store, daemon.config, data["pipeline"], items_field(data),
+            daemon.clock.now(), data["force"],
+        )  # fmt: skip
         changed()
         return JSONResponse(asdict(result))
 

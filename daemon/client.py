@@ -84,6 +84,7 @@ class DaemonApi:
 
     def __init__(self, config: Config):
         self.config = config
+        self._client: Any = None  # httpx.Client, made at the first request
         self.socket = config.api.socket if config.api.enabled else None
         if self.socket is not None and socket_answers(self.socket):
             self.running, self.token = True, ""
@@ -146,10 +147,13 @@ class DaemonApi:
         while True:
             if not self.token and not self.socket:
                 self.token = self._read_token()
+            if self._client is None:  # one client for every request: a bulk enqueue sends many
+                self._client = self.http()
             try:
-                with self.http() as client:
-                    return client.request(method, path, **options)
+                return self._client.request(method, path, **options)
             except httpx.ConnectError as exc:
+                self._client.close()
+                self._client = None
                 if time.monotonic() > deadline:
                     raise self._no_answer(exc) from None
                 time.sleep(0.05)
