@@ -169,16 +169,19 @@ class DaemonApi:
         return ""
 
 
-def store_exists(config: Config, path: Path) -> bool:
-    """Whether the config's store (at `path`) is there. A store this user may not read, and a
-    missing one while a service keeps its state elsewhere, are one line each."""
+def store_exists(config: Config, path: Path, look_elsewhere: bool = True) -> bool:
+    """Whether the config's store (at `path`) is there. A store this user may not read is
+    one line; so is a missing one while a service keeps its state elsewhere, when
+    `look_elsewhere` (a command that reads: one that writes makes the store here)."""
     try:
         os.stat(path)
     except PermissionError:
         raise PipewardenError(_unreadable(config, path)) from None
     except FileNotFoundError:
-        if running_daemon_pid(config.state_dir) is None and (
-            elsewhere := _service_elsewhere(config)
+        if (
+            look_elsewhere
+            and running_daemon_pid(config.state_dir) is None
+            and (elsewhere := _service_elsewhere(config))
         ):
             raise PipewardenError(f"no store at {path}; {elsewhere}") from None
         return False
@@ -217,7 +220,7 @@ def _service_elsewhere(config: Config) -> str | None:
                 f"the service's state is {state}: pass --state-dir {state}"
                 f" or set `state_dir: {state}` in {config.path}"
             )
-    if config.api.enabled and _health_answers(config.api.port):
+    if config.api.enabled and health_answers(config.api.port):
         return (
             f"a pipewarden daemon answers on 127.0.0.1:{config.api.port} with another state"
             f" dir: pass --state-dir or set state_dir in {config.path}"
@@ -242,7 +245,8 @@ def _state_dir_behind(path: Path) -> str:
         connection.close()
 
 
-def _health_answers(port: int) -> bool:
+def health_answers(port: int) -> bool:
+    """True when a pipewarden daemon's /health answers on 127.0.0.1:`port`."""
     import http.client
 
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=PROBE_TIMEOUT_S)

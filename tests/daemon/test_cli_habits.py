@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
-from conftest import Project, wait_until
+from conftest import Project, free_port, wait_until
 from pipewarden import __version__
 
 CONFIG = """
@@ -328,3 +330,58 @@ def test_a_long_enqueue_shows_progress_on_a_terminal_and_none_in_a_pipe(project:
     assert shown.rstrip().endswith("enqueued 5000 new item(s) into sites/find")
     piped = project.cli("enqueue", "sites", "--file", "items.jsonl")
     assert piped.stderr == ""
+
+
+def test_starting_your_own_works_as_init_prints_it_outside_the_clone(tmp_path: Path):
+    """The README's "Starting your own": init, then the commands it prints, as printed."""
+    folder = tmp_path / "mine"
+    env = {k: v for k, v in os.environ.items() if k != "PIPEWARDEN_CONFIG"}
+    init = subprocess.run(
+        [sys.executable, "-m", "pipewarden", "init", str(folder), "--port", str(free_port())],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    printed = init.stdout.split("next:\n", 1)[1].splitlines()
+    commands = [shlex.split(line.split("#")[0]) for line in printed]
+    assert commands[0] == ["cd", str(folder)] and Path(commands[1][0]).is_absolute()
+    run = lambda argv: subprocess.run(argv, cwd=folder, env=env, capture_output=True,  # noqa: E731
+                                      text=True, timeout=60)  # fmt: skip
+    assert run(commands[1]).stdout.splitlines()[-1] == "all good"
+    assert commands[2][-1] == "&"
+    daemon = subprocess.Popen(commands[2][:-1], cwd=folder, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert run(commands[3]).returncode == 0
+        wait_until(lambda: "done" in run(commands[4]).stdout, "hello/world to be done")
+    finally:
+        daemon.terminate()
+        daemon.wait(20)
+
+
+def test_another_daemon_on_the_configs_port_does_not_refuse_a_local_enqueue(
+    project: Project, tmp_path: Path
+):
+    configured(project)
+    project.start_daemon()
+    wait_until(lambda: _answers(f"http://127.0.0.1:{project.api_port}/health"), "the API")
+    other = Project(tmp_path / "other")
+    other.api_port = project.api_port  # a second project, written with the same port
+    configured(other)
+    done = other.cli("enqueue", "sites", "a")
+    assert done.stdout.startswith("enqueued 1 new item(s) into sites/find")
+    doctor = other.cli("doctor", expect=1).stdout
+    assert f"FAIL api: port {project.api_port} is taken by another pipewarden daemon" in doctor
+    assert f"ok   api: port {project.api_port} is this daemon's" in project.cli("doctor").stdout
+
+
+def test_a_taken_port_is_traded_for_a_free_one():
+    import socket
+
+    from pipewarden.ports import port_or_free
+    from pipewarden.setup import starter_config, with_port
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert port_or_free(port) != port
+    assert "api: {port: 40001}" in with_port(starter_config(), 40001)
