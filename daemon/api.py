@@ -407,5 +407,4 @@ def _build_app(api: ApiServer) -> Starlette:
 async def _refused(request: Request, exc: Exception) -> Response:
     """A PipewardenError is the client's to fix: its text is the answer, never a traceback."""
     status = 413 if isinstance(exc, RequestTooLarge) else 400
-    usage = {"usage": True} if isinstance(exc, UsageError) else {}  # the CLI exits 2 on it
-    return JSONResponse({"error": str(exc), **usage}, status_code=status)
+    return JSONResponse({"error": str(exc)}, status_code=status)

@@ -135,7 +135,8 @@ class DaemonApi:
             answer = {"error": f"the API answered {response.status_code}: {response.text[:200]}"}
         if response.status_code >= 400 and not (refusal_ok and response.status_code == 400):
             error = answer.get("error", f"the API answered {response.status_code}")
-            raise UsageError(error) if answer.get("usage") else PipewardenError(error)
+            # 400: the request was refused as it was asked (a typo, a bad value): exit 2
+            raise UsageError(error) if response.status_code == 400 else PipewardenError(error)
         return answer
 
     def _send(self, method: str, path: str, **options: Any) -> Any:
