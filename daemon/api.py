@@ -308,8 +308,12 @@ def _build_app(api: ApiServer) -> Starlette:
 
     async def enqueue(request: Request) -> Response:
         data = await body(request, ENQUEUE_BODY)
-        result = control.enqueue(daemon.store, daemon.config, data["pipeline"], items_field(data),
-                                 daemon.clock.now(), data["force"])  # fmt: skip
+        # Off the loop (its own connection, its own transaction): the CLI sends a big file in
+        # chunks, and the loop serves /health and runs workers between and during them.
+        result = await asyncio.to_thread(
+            control.enqueue, daemon.store, daemon.config, data["pipeline"], items_field(data),
+            daemon.clock.now(), data["force"],
+        )  # fmt: skip
         changed()
         return JSONResponse(asdict(result))
 
@@ -503,5 +507,4 @@ def _console_routes(api: ApiServer, who: Callable[[Request], str]) -> list[Route
 async def _refused(request: Request, exc: Exception) -> Response:
     """A PipewardenError is the client's to fix: its text is the answer, never a traceback."""
     status = 413 if isinstance(exc, RequestTooLarge) else 400
-    usage = {"usage": True} if isinstance(exc, UsageError) else {}  # the CLI exits 2 on it
-    return JSONResponse({"error": str(exc), **usage}, status_code=status)
+    return JSONResponse({"error": str(exc)}, status_code=status)

@@ -79,13 +79,23 @@ def starter_config(extra_packs: tuple[str, ...] = ()) -> str:
     return STARTER_CONFIG.replace("{packs}", "".join(f"{line}\n" for line in lines))
 
 
-def init(folder: Path, extra_packs: tuple[str, ...] = ()) -> list[Path]:
+def with_port(config: str, port: int) -> str:
+    """The starter config with its API on `port` (the usual one was taken)."""
+    return config.replace(
+        "# api: {port: 8765}               # HTTP on 127.0.0.1",
+        f"api: {{port: {port}}}{' ' * (18 - len(str(port)))}# 8765 was taken; HTTP on 127.0.0.1",
+    )
+
+
+def init(folder: Path, extra_packs: tuple[str, ...] = (), api_port: int = 8765) -> list[Path]:
     """Write a starter config, the shipped rules and a worker; never overwrite a file."""
     shipped = packs.shipped_rules_dir()
     if not shipped.is_dir():
         raise PipewardenError(f"the shipped rules are not at {shipped}: reinstall pipewarden")
     planned = {
-        folder / "config.yaml": starter_config(extra_packs),
+        folder / "config.yaml": with_port(starter_config(extra_packs), api_port)
+        if api_port != 8765
+        else starter_config(extra_packs),
         folder / "workers" / "__init__.py": "",
         folder / "workers" / "hello.py": STARTER_WORKER,
         **{folder / "rules" / p.name: p.read_text() for p in sorted(shipped.glob("*.yaml"))},
@@ -117,6 +127,7 @@ def doctor(config_arg: str | None, state_dir: str | None) -> Iterator[Finding]:
     yield Finding(True, f"config: {config.path} ({len(config.pipelines)} pipeline(s))")
     yield from _rules(config)
     yield from _state_dir(config)
+    yield from _api_port(config)
     yield from _rule_trouble(config)
     yield from _workers(config)
     yield from _notify(config)
@@ -196,6 +207,25 @@ def _store(path: Path) -> Iterator[Finding]:
         if file.exists() and (mode := stat.S_IMODE(file.stat().st_mode)) & 0o077:
             yield Finding(False, f"store: {file} is open to others ({mode:o})",
                           f"chmod 600 {file}")  # fmt: skip
+
+
+def _api_port(config: Config) -> Iterator[Finding]:
+    """The API's port is free, or held by this config's own daemon."""
+    from pipewarden.client import health_answers
+    from pipewarden.lock import running_daemon_pid
+    from pipewarden.ports import a_free_port, port_free
+
+    if not config.api.enabled or config.api.socket is not None:
+        return
+    port = config.api.port
+    if port_free(port):
+        yield Finding(True, f"api: port {port} is free")
+    elif running_daemon_pid(config.state_dir) is not None and health_answers(port):
+        yield Finding(True, f"api: port {port} is this daemon's")
+    else:
+        held = "another pipewarden daemon" if health_answers(port) else "another program"
+        yield Finding(False, f"api: port {port} is taken by {held}",
+                      f"give this one another: api: {{port: {a_free_port()}}}")  # fmt: skip
 
 
 def _rule_trouble(config: Config) -> Iterator[Finding]:

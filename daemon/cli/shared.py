@@ -85,7 +85,7 @@ def open_store(config: Config, must_exist: bool = False, read_only: bool = False
     from pipewarden.store import open_store as open_storage
 
     path = config.state_dir / STORE_FILE
-    if not store_exists(config, path) and must_exist:
+    if not store_exists(config, path, look_elsewhere=must_exist) and must_exist:
         return None
     stores_opened.append(path)
     return open_storage(config.state_dir, read_only=read_only)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Project
+from conftest import Project, free_port
 
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
 
@@ -23,7 +23,7 @@ def run_cli(folder: Path, *args: str, expect: int = 0) -> subprocess.CompletedPr
 
 
 def test_init_writes_a_starter_that_doctor_passes_and_that_runs(tmp_path: Path):
-    written = run_cli(tmp_path, "init", "starter").stdout
+    written = run_cli(tmp_path, "init", "starter", "--port", str(free_port())).stdout
     assert "wrote " in written and "config.yaml" in written
     folder = tmp_path / "starter"
     assert (folder / "rules" / "outreach.yaml").exists() and (
@@ -41,7 +41,7 @@ def test_init_writes_a_starter_that_doctor_passes_and_that_runs(tmp_path: Path):
 
 
 def test_doctor_says_what_to_fix(tmp_path: Path):
-    run_cli(tmp_path, "init", "broken")
+    run_cli(tmp_path, "init", "broken", "--port", str(free_port()))
     folder = tmp_path / "broken"
     config = (folder / "config.yaml").read_text()
     config = config.replace("python: workers.hello:greet", "python: workers.missing:greet")
