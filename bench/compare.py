@@ -59,7 +59,7 @@ def noop(n):
 """
 # A request line as long as pipewarden's for the same item, for the floor.
 FLOOR_LINE = (
-    json.dumps({"key": "item-1234", "run_id": "0" * 32, "attempt": 1, "data": {"n": 1234},
+    json.dumps({"item": "item-1234", "run": "0" * 32, "attempt": 1, "data": {"n": 1234},
                 "traceparent": "00-" + "0" * 32 + "-" + "0" * 16 + "-01"}) + "\n"
 ).encode()  # fmt: skip
 

@@ -12,10 +12,10 @@ ready callback, no transport, nothing to await before the first byte), and close
 explicitly whatever happens (none is left for the garbage collector to close after the
 loop is gone).
 
-A spawn closes no descriptors in the child when the daemon holds no inheritable one (the
-usual case: Python and SQLite open everything close-on-exec): closing them one by one up
-to the descriptor limit cost a spawn milliseconds. Should an inheritable one appear, the
-child closes them all as before.
+A spawn closes no descriptors in the child, since the daemon holds no inheritable one:
+Python and SQLite open everything close-on-exec, and before each spawn any descriptor
+beyond 0-2 that is not (one inherited from whoever started the daemon) is made so. Closing
+them one by one in the child, up to the descriptor limit, cost a spawn milliseconds.
 
 Linux only: /proc and pidfd_open (Linux 5.3).
 """
@@ -402,7 +402,7 @@ def spawn(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> Child:
             stderr=stderr[1],
             cwd=str(cwd),
             env=env,
-            close_fds=_inheritable_fds(),
+            close_fds=_seal_inherited_fds(),
             start_new_session=True,  # own process group, and no terminal's Ctrl-C
         )
     except BaseException:
@@ -422,8 +422,9 @@ def spawn(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> Child:
         raise
 
 
-def _inheritable_fds() -> bool:
-    """Whether the daemon holds a descriptor a worker would inherit (beyond 0, 1 and 2)."""
+def _seal_inherited_fds() -> bool:
+    """Make every descriptor beyond 0-2 close-on-exec, so no worker inherits one; False
+    once done (the child then has none to close), True where /proc cannot say."""
     try:
         fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
     except OSError:
@@ -432,5 +433,5 @@ def _inheritable_fds() -> bool:
         if fd > 2:
             with contextlib.suppress(OSError):  # the listing's own, closed since
                 if os.get_inheritable(fd):
-                    return True
+                    os.set_inheritable(fd, False)
     return False
