@@ -17,8 +17,8 @@ own children across items (a browser kept warm); what escaped it ends with the a
 A sweep every second reaps orphans that exited and kills those no running attempt
 claims. Every worker's process group is on a board the sentinel (`_sentinel.py`) reads
 when the daemon dies (`groupboard.py`: no message, no wake-up per worker); it then kills
-those groups and everything carrying the daemon's instance. Within RECORD_AFTER_S of its start
-(several in one commit) a worker is recorded on its run, and at the next start,
+those groups and everything carrying the daemon's instance. Within RECORD_AFTER_S of its
+start (several in one commit) a worker is recorded on its run, and at the next start,
 `kill_leftovers` finds anything still left by the store's mark and by the process groups
 recorded on interrupted runs (matched by start time, so a reused pid is never hit), before
 any item is requeued.
@@ -162,7 +162,7 @@ class Containment:
         recorded on the run within RECORD_AFTER_S, with others started meanwhile."""
         worker = self._workers[child.pid] = _Worker(worker_id, child, run_id)
         if self._board is not None:
-            self._board.add(child.pgid)
+            self._board.add(child, child.pgid)
         self._unrecorded.append(worker)
         if self._recording is None:
             self._recording = asyncio.get_running_loop().call_later(RECORD_AFTER_S, self._record)
@@ -173,7 +173,7 @@ class Containment:
 
     def untrack(self, child: Child) -> None:
         if self._workers.pop(child.pid, None) is not None and self._board is not None:
-            self._board.remove(child.pgid)
+            self._board.remove(child)
 
     def _record(self) -> None:
         self._recording = None

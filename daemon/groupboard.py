@@ -25,17 +25,18 @@ class GroupBoard:
         os.ftruncate(self.fd, FIRST_SLOTS * SLOT.size)
         self._map = mmap.mmap(self.fd, FIRST_SLOTS * SLOT.size)
         self._free = list(range(FIRST_SLOTS - 1, -1, -1))  # popped from the end: slot 0 first
-        self._slots: dict[int, int] = {}  # pgid -> its slot
+        self._slots: dict[int, int] = {}  # worker (its id()) -> its slot
 
-    def add(self, pgid: int) -> None:
+    def add(self, worker: object, pgid: int) -> None:
+        """`worker`'s group on the board (keyed by the worker: a pid may come round again)."""
         if not self._free:
             self._grow()
         slot = self._free.pop()
         SLOT.pack_into(self._map, slot * SLOT.size, pgid)
-        self._slots[pgid] = slot
+        self._slots[id(worker)] = slot
 
-    def remove(self, pgid: int) -> None:
-        slot = self._slots.pop(pgid, None)
+    def remove(self, worker: object) -> None:
+        slot = self._slots.pop(id(worker), None)
         if slot is not None:
             SLOT.pack_into(self._map, slot * SLOT.size, 0)
             self._free.append(slot)
