@@ -108,6 +108,10 @@ def test_a_wedged_loop_misses_its_watchdog_pings(project: Project):
 
 def test_under_journald_lines_carry_syslog_priorities_and_no_timestamp(project: Project):
     configure(project)
+    project.configure(  # every run gets its line: an ok one is the line looked at here
+        "p:\n  stages:\n    - {name: s, python: 'w:work'}\n",
+        extra="drain_grace: 5s\nlog_runs: info",
+    )
 
     def journal(log_file) -> dict[str, str]:
         stat = os.fstat(log_file.fileno())
