@@ -33,6 +33,7 @@ def seen_by(project: Project, key: str) -> dict:
 
 def test_a_worker_inherits_no_descriptor_the_daemon_was_started_with(project: Project):
     one_stage(project)
+    project.cli("enqueue", "sites", "a")  # before the start: --until-idle may end at once
     read_end, write_end = os.pipe()
     os.set_inheritable(write_end, True)  # as a careless launcher would leave it
     daemon = subprocess.Popen(
@@ -42,7 +43,6 @@ def test_a_worker_inherits_no_descriptor_the_daemon_was_started_with(project: Pr
     )  # fmt: skip
     os.close(write_end)
     try:
-        project.cli("enqueue", "sites", "a")
         assert daemon.wait(60) == 0
     finally:
         os.close(read_end)
