@@ -24,6 +24,7 @@ from pipewarden.template_feed import mined_text
 from pipewarden.templates import WILDCARD
 
 if TYPE_CHECKING:
+    from pipewarden.backtest import Replay
     from pipewarden.config import Config
     from pipewarden.store import Store
 
@@ -221,10 +222,13 @@ def approve(
     now: float,
     rules_file: str | None = None,
     **edits: str | None,
-) -> tuple[Path, list[str]]:
+) -> tuple[Path, list[str], Replay]:
     """Write the proposal's rule (with a person's `edits`: label, group, category, pattern)
-    into a rules file the config reads, then mark it approved; the file and lines added."""
-    from pipewarden.rule_writer import add_rule
+    into a rules file the config reads, then mark it approved; the file, the lines added and
+    the backtest of the rules with it over the window's stored failures (replayed before the
+    file is written)."""
+    from pipewarden.backtest import replay_edited
+    from pipewarden.rule_writer import replace, with_rule
 
     proposal = get(store, proposal_id)
     if proposal.state != "pending":
@@ -237,10 +241,12 @@ def approve(
         "label": chosen.get("label", proposal.label),
         "category": chosen.get("category", proposal.category),
     }
-    added = add_rule(target, rule)
+    text, added = with_rule(target, rule)
+    tried = replay_edited(store, config, {target: text}, now - WINDOW_S)
+    replace(target, text)
     decide(store, proposal_id, "approved", who, now, label=rule["label"], group=rule["group"],
            category=rule["category"], pattern=rule["match"], rules_file=str(target))  # fmt: skip
-    return target, added
+    return target, added, tried
 
 
 def rules_file_for(config: Config, given: str | None) -> Path:

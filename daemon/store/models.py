@@ -72,6 +72,14 @@ class Run(pw.Model):
     proc_start = pw.IntegerField(null=True)  # schema 6: its start time (/proc/PID/stat 22)
     data_out = pw.TextField(null=True)  # schema 7: what an ok run merged into its item (JSON)
     probe_of = pw.IntegerField(null=True)  # schema 7: the halt (holds.id) this run probed
+    # schema 10: what judged a failure first, when `pipewarden reclassify` re-bucketed it
+    original_group = pw.TextField(null=True)
+    original_label = pw.TextField(null=True)
+    original_category = pw.TextField(null=True)
+    original_type = pw.TextField(null=True)
+    original_rule_id = pw.TextField(null=True)
+    original_rules_version = pw.TextField(null=True)
+    reclassified_at = pw.FloatField(null=True)
 
     class Meta:
         table_name = "runs"

@@ -152,6 +152,18 @@ MIGRATIONS: list[list[str]] = [
             action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')""",
         "CREATE INDEX audit_recent ON audit (at)",
     ],
+    [  # 10: a failure re-bucketed by `pipewarden reclassify` keeps what judged it first
+        "ALTER TABLE runs ADD COLUMN original_group TEXT",
+        "ALTER TABLE runs ADD COLUMN original_label TEXT",
+        "ALTER TABLE runs ADD COLUMN original_category TEXT",
+        "ALTER TABLE runs ADD COLUMN original_type TEXT",
+        "ALTER TABLE runs ADD COLUMN original_rule_id TEXT",
+        "ALTER TABLE runs ADD COLUMN original_rules_version TEXT",
+        "ALTER TABLE runs ADD COLUMN reclassified_at REAL",
+        # Partial: only re-bucketed runs are in it, so ordinary writes never touch it.
+        "CREATE INDEX runs_reclassified ON runs (reclassified_at) WHERE reclassified_at"
+        " IS NOT NULL",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
