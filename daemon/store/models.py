@@ -29,6 +29,7 @@ class Item(pw.Model):
     updated_at = pw.FloatField()
     requeues = pw.IntegerField(default=0)  # schema 3: times a person requeued it in bulk
     force = pw.IntegerField(default=0)  # schema 5: run even if this input already succeeded
+    relabelled_at = pw.FloatField(null=True)  # schema 10: re-bucketed, until its next run
 
     class Meta:
         table_name = "items"

@@ -4,6 +4,7 @@ under the current rules (`pipewarden reclassify`), on a seeded store."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from conftest import Project
@@ -102,3 +103,47 @@ def test_backtest_names_a_missing_file_and_a_bad_duration(project: Project):
     missing = project.cli("rules", "backtest", "nope.yaml", expect=2).stderr
     assert missing.strip() == "pipewarden: nope.yaml: no such rules file"
     assert "--since" in project.cli("rules", "backtest", "--since", "soon", expect=2).stderr
+
+
+def test_reclassify_rebuckets_history_and_keeps_the_first_classification(project: Project):
+    seeded(project)
+    project.write("extra.yaml", EXTRA_RULES + WIDGET_RULE)  # saved in place this time
+    dry = project.cli("reclassify", "--since", "7d", "--dry-run").stdout.splitlines()
+    assert dry[1:] == [
+        "35 runs from Unknown → Widget refused (retriable)",
+        "6 runs from Timeout → Navigation timeout (retriable)",
+        "dry run: nothing changed (run it without --dry-run to re-bucket them)",
+    ]
+    assert {r.label for r in project.runs() if r.error and "Widget" in r.error} == {"Unknown"}
+
+    done = json.loads(project.cli("reclassify", "--since", "7d", "--json").stdout)
+    assert (done["runs_changed"], done["items_relabelled"]) == (41, 41)
+    widgets = [r for r in project.runs() if r.error and "Widget" in r.error]
+    recent = [r for r in widgets if r.reclassified_at is not None]
+    assert len(recent) == 35 and len(widgets) == 40  # the 5 older than a week are left alone
+    assert {(r.label, r.group_name, r.original_label, r.original_group) for r in recent} == {
+        ("Widget refused", "retriable", "Unknown", "unknown")
+    }
+    assert {(r.rules_version, r.original_rules_version) for r in recent} == {
+        (done["rules_version"], "v-old")
+    }
+    assert {r.rule_id for r in recent} == {"extra.yaml:6"}
+
+    status = project.cli("status").stdout
+    assert "Widget refused (35 re-bucketed)" in status
+    assert "Navigation timeout (6 re-bucketed)" in status
+    assert re.search(r"Unknown\s+5\s", status)  # only the 5 items older than the window
+    why = project.cli("why", "k0").stdout
+    assert "[retriable · Widget refused]" in why
+    assert "first judged [unknown · Unknown] (rules v-old)" in why
+
+    again = project.cli("reclassify", "--since", "7d").stdout.splitlines()
+    assert again[-1] == "no run would change its label"
+    project.write("extra.yaml", EXTRA_RULES)  # the rule taken out: back to Unknown
+    project.cli("reclassify", "--since", "7d")
+    back = next(r for r in project.runs("k0"))
+    assert (back.label, back.original_label, back.original_rules_version) == (
+        "Unknown",
+        "Unknown",
+        "v-old",
+    )  # the first classification stays the one the daemon made

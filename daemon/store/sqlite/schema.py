@@ -163,6 +163,14 @@ MIGRATIONS: list[list[str]] = [
         # Partial: only re-bucketed runs are in it, so ordinary writes never touch it.
         "CREATE INDEX runs_reclassified ON runs (reclassified_at) WHERE reclassified_at"
         " IS NOT NULL",
+        # An item whose label a re-bucketing changed, until its next run: the status tree
+        # says so beside the count, from this partial index alone.
+        "ALTER TABLE items ADD COLUMN relabelled_at REAL",
+        """CREATE INDEX items_relabelled ON items (pipeline, stage, state, last_group, last_label)
+            WHERE relabelled_at IS NOT NULL""",
+        """CREATE TRIGGER items_relabel_ends AFTER UPDATE OF last_run_id ON items
+            WHEN NEW.relabelled_at IS NOT NULL AND NEW.last_run_id IS NOT OLD.last_run_id
+            BEGIN UPDATE items SET relabelled_at = NULL WHERE id = NEW.id; END""",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

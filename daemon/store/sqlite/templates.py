@@ -74,7 +74,8 @@ class Reclassify(Connected):
                 (rules_version, now, float("-inf") if since is None else since),
             ).rowcount
             items = conn.execute(
-                "UPDATE items SET last_group = r.group_name, last_label = r.label"
+                "UPDATE items SET last_group = r.group_name, last_label = r.label,"
+                " relabelled_at = r.reclassified_at"
                 " FROM runs r INDEXED BY runs_reclassified WHERE r.reclassified_at = ?"
                 " AND items.id = r.item_id AND items.last_run_id = r.id"
                 " AND items.state IN ('retrying', 'failed')",
@@ -84,13 +85,12 @@ class Reclassify(Connected):
         return runs, items
 
     def reclassified_counts(self) -> dict[tuple[str, str, str, str, str], int]:
-        """(pipeline, stage, state, group, label) -> items whose last run was re-bucketed and
-        that carry its label now: the status tree says so beside the count."""
+        """(pipeline, stage, state, group, label) -> items a re-bucketing relabelled and
+        that carry its label still (until their next run): the status tree says so."""
         rows = self._conn.execute(
-            "SELECT i.pipeline, i.stage, i.state, i.last_group, i.last_label, count(*)"
-            " FROM runs r INDEXED BY runs_reclassified JOIN items i ON i.id = r.item_id"
-            " WHERE r.reclassified_at IS NOT NULL AND i.last_run_id = r.id"
-            " AND i.state IN ('retrying', 'failed') GROUP BY 1, 2, 3, 4, 5"
+            "SELECT pipeline, stage, state, last_group, last_label, count(*)"
+            " FROM items INDEXED BY items_relabelled WHERE relabelled_at IS NOT NULL"
+            " GROUP BY 1, 2, 3, 4, 5"
         )
         return {tuple(row[:5]): row[5] for row in rows}  # type: ignore[misc]
 
