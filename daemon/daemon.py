@@ -152,7 +152,8 @@ class Daemon:
                 code=self._code,
             )
             scheduler.observers, scheduler.outage = self.observers, self.outage
-            self.observers.append(TemplateFeed(store))  # issue 15: unmatched failures mined
+            feed = TemplateFeed(store)  # issue 15: unmatched failures mined, rules proposed
+            self.observers.append(feed)
             notifier.on_result = self._delivered
             self._install_signal_handlers(scheduler)
             self._record_reload(ok=True, why="start")
@@ -170,6 +171,7 @@ class Daemon:
             self._spawn(self.systemd.watchdog(self.summary))
             self._spawn(self._keep_the_books())
             self._spawn(containment.keep_sweeping())
+            self._spawn(feed.keep_proposing(self.clock.now))
             damaged = None
             try:
                 await scheduler.run(self._stop, until_idle=until_idle)
