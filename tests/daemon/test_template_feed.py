@@ -33,7 +33,8 @@ def start(project: Project, rules: tuple[str, ...] = ()) -> None:
 
 def started(project: Project) -> None:
     project.start_daemon()
-    wait_until(lambda: project.cli("status", expect=None).returncode == 0, "the daemon's API")
+    # `status` answers from the store before the API is up: wait for the API itself
+    wait_until(lambda: "API and web page on" in project.daemon_log(), "the daemon's API")
 
 
 def enqueue(project: Project, keys: range) -> None:
