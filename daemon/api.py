@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import peewee
 import uvicorn
 from pipewarden import audit, charts, control, faults, finds
+from pipewarden.advising import advise_snapshot
 from pipewarden.auth import (
     LOGIN_CODE_TTL_S,
     SESSION_TTL_S,
@@ -139,6 +140,7 @@ class ApiServer:
         def answer(store: Store) -> bytes:
             snapshot = status_snapshot(config, store, now, only, verbose, daemon_running=True)
             snapshot["daemon"] = health
+            advise_snapshot(snapshot, daemon.rules)  # the rules in force: halts and labels
             return _json_body(snapshot)
 
         return await self.reads.run(answer)

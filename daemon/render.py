@@ -51,6 +51,12 @@ def status_tree(snapshot: dict[str, Any], paint: Paint, verbose: bool = False) -
         lines += ["", _row(header, len(pipeline["name"]), "Total", "Δ24h", "Δ1h"), RULE]
         for stage in pipeline["stages"]:
             lines += _stage_lines(stage, paint, verbose)
+    if verbose and snapshot.get("advice"):
+        from pipewarden.advising import advice_lines
+
+        lines += ["", "what the rules advise:"]
+        for label, advice in snapshot["advice"].items():
+            lines += [f"  {escape_controls(label)}", *advice_lines(advice, "    ")]
     return lines
 
 
@@ -535,5 +541,10 @@ def story_lines(story: dict[str, Any]) -> list[str]:
                 else " (active)"
             )
             lines.append(f"  {hold['kind']} {describe_hold(hold)}{cleared}")
+    if story.get("advice", {}).get("advice") or story.get("advice", {}).get("runbook"):
+        from pipewarden.advising import advice_lines
+
+        lines += ["", f"what to do about '{story['last_label']}':",
+                  *advice_lines(story["advice"], "  ")]  # fmt: skip
     lines += ["", f"next: {story['next']}"]
     return lines

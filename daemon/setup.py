@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import sqlite3
 import stat
-import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -255,31 +252,11 @@ def _rule_trouble(config: Config) -> Iterator[Finding]:
 
 
 def _workers(config: Config) -> Iterator[Finding]:
+    from pipewarden.worker_check import check_stage
+
     for pipeline in config.pipelines.values():
         for stage in pipeline.stages:
-            where = f"stage {stage.qualified_name}"
-            if stage.command:
-                program = stage.command[0]
-                local = (stage.cwd / program).exists() if "/" in program else False
-                if local or shutil.which(program):
-                    yield Finding(True, f"{where}: command {program} found")
-                else:
-                    yield Finding(False, f"{where}: command {program} not found",
-                                  "install it, or give its full path")  # fmt: skip
-            else:
-                module = (stage.python or "").partition(":")[0]
-                sys.path.insert(0, str(stage.cwd))
-                try:
-                    found = importlib.util.find_spec(module) is not None
-                except (ImportError, ValueError):
-                    found = False
-                finally:
-                    sys.path.remove(str(stage.cwd))
-                if found:
-                    yield Finding(True, f"{where}: module {module} found")
-                else:
-                    yield Finding(False, f"{where}: module {module} not found from {stage.cwd}",
-                                  "check `python:` and the stage's `cwd`")  # fmt: skip
+            yield from check_stage(stage)
 
 
 def _notify(config: Config) -> Iterator[Finding]:

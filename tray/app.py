@@ -118,8 +118,9 @@ class TrayApp:
         icon.icon = draw_icon(self.state.colour, self.state.badge)
         icon.title = self.state.tooltip
         icon.update_menu()
+        notes = dict(zip(self.state.halts, self.state.halt_notes, strict=True))
         for target in set(self.state.halts) - set(previous.halts):
-            self._tell(f"{target} halted", self.state.tooltip)
+            self._tell(f"{target} halted", notes[target])
 
     def _tell(self, title: str, message: str) -> None:
         try:
@@ -155,6 +156,8 @@ class TrayApp:
                 self.client.post(f"/api/{verb}", {"scope": "pipeline", "target": pipeline})
         elif action == "reload":
             self.client.post("/api/reload", {})
+        elif action.startswith("runbook:"):
+            webbrowser.open(action.removeprefix("runbook:"))
         elif action == "open":
             url = self.client.sign_in_url()
             if url:

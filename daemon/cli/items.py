@@ -424,6 +424,7 @@ def _held_lines(
 def _cmd_why(args: argparse.Namespace) -> int:
     import time
 
+    from pipewarden.advising import advice_of, current_rules
     from pipewarden.render import story_lines
     from pipewarden.story import item_story
 
@@ -436,6 +437,10 @@ def _cmd_why(args: argparse.Namespace) -> int:
         story = item_story(config, store, pipeline, args.key, time.time())
     finally:
         store.close()
+    judged = [run for run in story["runs"] if run["label"]]
+    if story["last_label"] or judged:
+        last = judged[-1] if judged else {"rule": None, "label": story["last_label"]}
+        story["advice"] = advice_of(current_rules(config), last["rule"], last["label"])
     if args.json:
         print_json(story)
     else:
