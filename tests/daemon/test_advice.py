@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 from conftest import HttpReceiver, Project, wait_until
 from pipewarden.tray.model import tray_state
 
@@ -95,3 +96,21 @@ def test_why_runs_show_and_status_v_say_what_to_do(project: Project, http_receiv
     status = project.cli("status", "-v").stdout
     assert f"what the rules advise:\n  Disk not mounted\n    advice:  {ADVICE}\n" in status
     assert "what the rules advise" not in project.cli("status").stdout
+
+
+@pytest.mark.parametrize(
+    ("error", "label", "advised"),
+    [
+        ("Error: EACCES: permission denied, mkdir '/run/media/store/shots'", "Permission denied",
+         "pipewarden retry --label 'Permission denied'"),
+        ("browserType.launchPersistentContext: Target page, context or browser has been closed",
+         "Browser launch conflict", "its own userDataDir"),
+        ("Contact opted out of SMS", "Opted out", "never contact them again"),
+    ],
+)  # fmt: skip
+def test_the_shipped_rules_say_what_to_do_where_the_fix_is_known(
+    project: Project, error: str, label: str, advised: str
+):
+    project.configure("p:\n  stages:\n    - {name: s, command: ['true']}\n")
+    shown = project.cli("rules", "test", error).stdout
+    assert label in shown and advised in shown, shown
