@@ -359,6 +359,14 @@ def test_a_page_opened_mid_run_shows_the_attempt_and_its_progress_at_once(
     (project.root / "hold-beta").unlink()
 
 
+def progress_stored(project: Project) -> bool:
+    store = project.store()
+    try:
+        return any(run.message == "halfway there" for run in store.running_runs())
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("width", [600, 1400])
 def test_the_page_fits_the_width_without_scrolling_sideways(
     project: Project,
@@ -377,7 +385,8 @@ def test_the_page_fits_the_width_without_scrolling_sideways(
     (project.root / "hold-running").touch()
     enqueue(project, "running")
     wait_until(lambda: active_holds(project) and state(project, "running") == "running", "work")
-    page = opened(browser, url, width=width)
+    wait_until(lambda: progress_stored(project), "the running attempt's progress in the store")
+    page = opened(browser, url, width=width)  # so the first snapshot shows the live row
     page.locator(".chart[data-stage='outreach/send'] svg").wait_for()
     page.locator("#live tr.run", has_text="halfway there").first.wait_for()
     page.locator("#pause-target").fill("sms")
