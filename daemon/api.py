@@ -46,6 +46,7 @@ from pipewarden.auth import (
 from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.inputs import items_field
 from pipewarden.limits import API_RUNS_MAX
+from pipewarden.loopshare import LoopBudget, LoopShare
 from pipewarden.metrics import Metrics
 from pipewarden.proposals_api import proposal_routes
 from pipewarden.reads import Reader, SnapshotCache
@@ -119,6 +120,8 @@ class ApiServer:
         self.reads = Reader(daemon.config.state_dir)
         self.snapshots = SnapshotCache(self._status_answer)
         self.metrics.watch_snapshots(self.snapshots)
+        self.loop_budget = LoopBudget(busy=lambda: daemon.in_flight > 0)
+        self.metrics.watch_loop_budget(self.loop_budget)
         self.app = _build_app(self)
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=port, http="httptools", log_level="warning",
@@ -422,6 +425,7 @@ def _build_app(api: ApiServer) -> Starlette:
         *_console_routes(api, who),
     ]
     middleware = [
+        Middleware(LoopShare, budget=api.loop_budget),  # the work keeps its pace
         Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS),
         Middleware(GateMiddleware, gate=api.gate),
     ]

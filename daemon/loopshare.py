@@ -1,0 +1,89 @@
+"""The API's share of the daemon's loop while work runs.
+
+Every HTTP answer is served on the scheduler's loop. A client that asks again the moment
+it has its answer (a busy poller, a script in a loop) could otherwise take the whole loop
+and starve the attempts: twenty of them held no-op throughput to a quarter. While attempts
+are in flight, the API may spend at most `SHARE` of the loop's time; a request that comes
+when that is spent waits its turn (it is never refused), so the page stays quick and the
+work keeps its pace. An idle daemon answers as fast as it can.
+
+Each request is charged the loop thread's CPU time while it was handled, plus
+`SERVING_COST_S` for uvicorn's parsing and writing around it. An event stream is charged
+for its start only: its batches are written once for every client (`events.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+SHARE = 0.15  # of the loop's time the API may use while attempts are in flight
+BURST_S = 0.02  # loop time the API may spend at once before it has to wait
+SERVING_COST_S = 20e-6  # uvicorn's part around this middleware (measured: 20 of 114 µs)
+UNCHARGED_PATHS = frozenset({"/api/events"})  # long-lived: charged for their start only
+
+
+class LoopBudget:
+    """The loop time the API may still spend: refilled at `share` of the time passing."""
+
+    def __init__(
+        self,
+        busy: Callable[[], bool],
+        share: float = SHARE,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.busy = busy
+        self._share = share
+        self._clock = clock
+        self._balance = BURST_S
+        self._refilled = clock()
+        self._turns: asyncio.Lock | None = None  # made on the loop that serves
+        self.waited = 0  # requests that had to wait (the metrics show it)
+
+    async def turn(self) -> None:
+        """Return once the API may spend loop time; waiting requests go in order."""
+        if self._turns is None:
+            self._turns = asyncio.Lock()
+        async with self._turns:
+            self._refill()
+            if self._balance < 0:
+                self.waited += 1
+                await asyncio.sleep(-self._balance / self._share)
+                self._refill()
+
+    def charge(self, seconds: float) -> None:
+        self._balance -= seconds
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._balance = min(BURST_S, self._balance + (now - self._refilled) * self._share)
+        self._refilled = now
+
+
+class LoopShare:
+    """ASGI middleware: requests wait while the API has spent its share of a busy loop."""
+
+    def __init__(
+        self, app: ASGIApp, budget: LoopBudget, cpu: Callable[[], float] = time.thread_time
+    ):
+        self.app = app
+        self._budget = budget
+        self._cpu = cpu
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._budget.busy():
+            await self.app(scope, receive, send)
+            return
+        await self._budget.turn()
+        if scope["path"] in UNCHARGED_PATHS:
+            self._budget.charge(SERVING_COST_S)
+            await self.app(scope, receive, send)
+            return
+        started = self._cpu()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._budget.charge(self._cpu() - started + SERVING_COST_S)
