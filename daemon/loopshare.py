@@ -7,16 +7,18 @@ are in flight, the API may spend at most `SHARE` of the loop's time; a request t
 when that is spent waits its turn (it is never refused), so the page stays quick and the
 work keeps its pace. An idle daemon answers as fast as it can.
 
-Each request is charged the loop thread's CPU time while it was handled, plus
-`SERVING_COST_S` for uvicorn's parsing and writing around it. An event stream is charged
-for its start only: its batches are written once for every client (`events.py`).
+Each request is charged the loop thread's CPU time of its own steps (not what the loop did
+for others while it awaited a read in the reads thread), plus `SERVING_COST_S` for
+uvicorn's parsing and writing around it. An event stream is charged for its start only:
+its batches are written once for every client (`events.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -82,8 +84,36 @@ class LoopShare:
             self._budget.charge(SERVING_COST_S)
             await self.app(scope, receive, send)
             return
-        started = self._cpu()
+        metered = _Metered(self.app(scope, receive, send), self._cpu)
         try:
-            await self.app(scope, receive, send)
+            await metered
         finally:
-            self._budget.charge(self._cpu() - started + SERVING_COST_S)
+            self._budget.charge(metered.spent + SERVING_COST_S)
+
+
+class _Metered:
+    """Awaits a coroutine step by step, adding up the CPU time of its steps alone."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], cpu: Callable[[], float]):
+        self._coroutine = coroutine
+        self._cpu = cpu
+        self.spent = 0.0
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            began = self._cpu()
+            try:
+                if thrown is None:
+                    waiting_on = self._coroutine.send(sent)
+                else:
+                    waiting_on = self._coroutine.throw(thrown)
+            except StopIteration:
+                return
+            finally:
+                self.spent += self._cpu() - began
+            try:
+                sent, thrown = (yield waiting_on), None
+            except BaseException as error:  # a cancellation goes on into the coroutine
+                sent, thrown = None, error

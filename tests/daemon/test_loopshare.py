@@ -52,6 +52,34 @@ def test_requests_wait_for_their_share_of_a_busy_loop_and_never_of_an_idle_one()
     assert waited == 0 and elapsed < 0.5
 
 
+def test_a_request_awaiting_a_read_is_not_charged_for_what_the_loop_did_meanwhile():
+    async def serve() -> int:
+        cpu = [0.0]
+
+        async def reading_app(scope: dict, receive: object, send) -> None:
+            await asyncio.sleep(0.02)  # the read, in the reads thread: the loop does other work
+            cpu[0] += REQUEST_CPU_S
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+
+        async def other_work() -> None:
+            while True:
+                cpu[0] += 0.1  # an attempt's bookkeeping on the same loop thread
+                await asyncio.sleep(0.001)
+
+        async def nothing(message: dict) -> None:
+            pass
+
+        budget = LoopBudget(busy=lambda: True, share=0.5)
+        middleware = LoopShare(reading_app, budget, cpu=lambda: cpu[0])
+        meanwhile = asyncio.ensure_future(other_work())
+        for _ in range(3):
+            await middleware({"type": "http", "path": "/api/status"}, None, nothing)
+        meanwhile.cancel()
+        return budget.waited
+
+    assert asyncio.run(serve()) == 0
+
+
 WORKER = """
 import time
 
