@@ -37,7 +37,7 @@ async def _serve(busy: bool, share: float) -> tuple[float, int]:
 
     began = time.monotonic()
     for _ in range(REQUESTS):
-        await middleware({"type": "http", "path": "/api/status"}, None, nothing)
+        await middleware({"type": "http", "method": "GET", "path": "/api/status"}, None, nothing)
     return time.monotonic() - began, budget.waited
 
 
@@ -49,6 +49,25 @@ def test_requests_wait_for_their_share_of_a_busy_loop_and_never_of_an_idle_one()
     assert waited >= REQUESTS - 10
 
     elapsed, waited = asyncio.run(_serve(busy=False, share=share))
+    assert waited == 0 and elapsed < 0.5
+
+
+def test_an_action_never_waits_behind_the_reads():
+    async def serve() -> tuple[float, int]:
+        app = CountedApp()
+        budget = LoopBudget(busy=lambda: True, share=0.01)
+        middleware = LoopShare(app, budget, cpu=lambda: app.cpu)
+
+        async def nothing(message: dict) -> None:
+            pass
+
+        for _ in range(10):  # the budget is spent: 30 ms at 1 %, 2 s to earn again
+            budget.charge(REQUEST_CPU_S)
+        began = time.monotonic()
+        await middleware({"type": "http", "method": "POST", "path": "/api/pause"}, None, nothing)
+        return time.monotonic() - began, budget.waited
+
+    elapsed, waited = asyncio.run(serve())
     assert waited == 0 and elapsed < 0.5
 
 
@@ -73,7 +92,9 @@ def test_a_request_awaiting_a_read_is_not_charged_for_what_the_loop_did_meanwhil
         middleware = LoopShare(reading_app, budget, cpu=lambda: cpu[0])
         meanwhile = asyncio.ensure_future(other_work())
         for _ in range(3):
-            await middleware({"type": "http", "path": "/api/status"}, None, nothing)
+            await middleware(
+                {"type": "http", "method": "GET", "path": "/api/status"}, None, nothing
+            )
         meanwhile.cancel()
         return budget.waited
 
