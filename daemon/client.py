@@ -7,7 +7,8 @@ state dir, which only the daemon's user can read. A store that is missing where 
 service keeps its state elsewhere, or that this user may not read, is one line that says
 what to pass or which group to join, never an empty tree or a traceback.
 
-Kept free of heavy imports: httpx is imported only when a request is made.
+Kept free of heavy imports: requests go through the standard library's http.client;
+httpx is imported only to follow the event stream.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.lock import running_daemon_pid
@@ -86,7 +88,7 @@ class DaemonApi:
 
     def __init__(self, config: Config):
         self.config = config
-        self._client: Any = None  # httpx.Client, made at the first request
+        self._connection: Any = None  # http.client.HTTPConnection, made at the first request
         self.socket = config.api.socket if config.api.enabled else None
         if self.socket is not None and socket_answers(self.socket):
             self.running, self.token = True, ""
@@ -130,26 +132,31 @@ class DaemonApi:
         )
 
     def get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        return self._request("GET", path, params=params)
+        return self._request("GET", path + (f"?{urlencode(params)}" if params else ""))
 
     def post(self, path: str, body: dict[str, Any], refusal_ok: bool = False) -> dict[str, Any]:
         """The answer; a refusal (400) raises with its reason unless `refusal_ok`."""
-        return self._request("POST", path, refusal_ok, json=body)
+        return self._request("POST", path, refusal_ok, json.dumps(body).encode())
 
-    def _request(self, method: str, path: str, refusal_ok: bool = False, **options: Any) -> Any:
-        response = self._send(method, path, **options)
+    def _request(
+        self, method: str, path: str, refusal_ok: bool = False, body: bytes | None = None
+    ) -> Any:
+        status, content = self._send(method, path, body)
         try:
-            answer = response.json()
+            answer = json.loads(content)
         except ValueError:  # not JSON: a fault in the daemon (its log says which)
-            answer = {"error": f"the API answered {response.status_code}: {response.text[:200]}"}
-        if response.status_code >= 400 and not (refusal_ok and response.status_code == 400):
-            error = answer.get("error", f"the API answered {response.status_code}")
+            text = content[:200].decode(errors="replace")
+            answer = {"error": f"the API answered {status}: {text}"}
+        if status >= 400 and not (refusal_ok and status == 400):
+            error = answer.get("error", f"the API answered {status}")
             # 400: the request was refused as it was asked (a typo, a bad value): exit 2
-            raise UsageError(error) if response.status_code == 400 else PipewardenError(error)
+            raise UsageError(error) if status == 400 else PipewardenError(error)
         return answer
 
-    def _send(self, method: str, path: str, **options: Any) -> Any:
-        import httpx
+    def _send(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        """One request on the kept connection (the standard library's http.client: httpx
+        took longer to import than a one-item enqueue takes)."""
+        import http.client
 
         # A daemon that has just taken its lock may not serve its API (or have written its
         # token) yet: give it a moment before saying it does not answer.
@@ -157,18 +164,56 @@ class DaemonApi:
         while True:
             if not self.token and not self.socket:
                 self.token = self._read_token()
-            if self._client is None:  # one client for every request: a bulk enqueue sends many
-                self._client = self.http()
+            reused = self._connection is not None
             try:
-                return self._client.request(method, path, **options)
-            except httpx.ConnectError as exc:
-                self._client.close()
-                self._client = None
+                if self._connection is None:  # one for every request: a bulk enqueue sends many
+                    self._connection = self._connect()
+                self._connection.request(method, path, body, self._headers(body))
+                response = self._connection.getresponse()
+                return response.status, response.read()
+            except (ConnectionRefusedError, FileNotFoundError) as exc:
+                self._close_connection()
                 if time.monotonic() > deadline:
                     raise self._no_answer(exc) from None
                 time.sleep(0.05)
-            except httpx.HTTPError as exc:
+            except (http.client.RemoteDisconnected, BrokenPipeError) as exc:
+                self._close_connection()
+                if not reused:  # a kept connection the daemon closed meanwhile: once more
+                    raise self._no_answer(exc) from None
+            except (OSError, http.client.HTTPException) as exc:
+                self._close_connection()
                 raise self._no_answer(exc) from None
+
+    def _connect(self) -> Any:
+        import http.client
+
+        if self.socket is None:
+            connection = http.client.HTTPConnection("127.0.0.1", self.config.api.port, timeout=30)
+            connection.connect()
+            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return connection
+        connection = http.client.HTTPConnection("localhost", timeout=30)
+        connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.sock.settimeout(30)
+        try:
+            connection.sock.connect(str(self.socket))
+        except OSError:
+            connection.close()
+            raise
+        return connection
+
+    def _headers(self, body: bytes | None) -> dict[str, str]:
+        headers = {CLIENT_HEADER: "cli"}  # for the audit: what a person used
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    def _close_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _no_answer(self, exc: Exception) -> PipewardenError:
         return PipewardenError(f"the daemon's API at {self.where} did not answer: {exc}")
