@@ -1,6 +1,7 @@
 """The store's interface as a contract: what every backend must do, tested through
 `Storage` alone (no SQL, no models' databases). The `storage` fixture opens each backend
-in turn; a new backend joins by adding itself to BACKENDS."""
+in turn; a new backend joins by adding itself to BACKENDS. PostgreSQL runs on a throwaway
+cluster (tests/pg_cluster.py), skipped with the reason where its binaries are missing."""
 
 from __future__ import annotations
 
@@ -14,13 +15,32 @@ import pytest
 from pipewarden.store import Claimed, FinishedRun, NewRun, Storage, open_store
 from pipewarden.types import ItemState, RunStatus
 
-BACKENDS: dict[str, Callable[[Path], Storage]] = {"sqlite": open_store}
+Opener = Callable[[], Storage]  # opens the test's store (again: what another process sees)
+
+
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    return lambda: open_store(tmp_path)
+
+
+def _postgresql(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    url = request.getfixturevalue("pg_url")
+    return lambda: open_store(tmp_path, url=url)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Opener]] = {
+    "sqlite": _sqlite, "postgresql": _postgresql,
+}  # fmt: skip
 P, S, NEXT = "sites", "find", "capture"  # a pipeline and two of its stages
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    store = BACKENDS[request.param](tmp_path)
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    return BACKENDS[request.param](request, tmp_path)
+
+
+@pytest.fixture
+def storage(opener: Opener) -> Iterator[Storage]:
+    store = opener()
     yield store
     store.close()
 
@@ -73,13 +93,13 @@ def test_a_finished_item_starts_again_keeping_its_data_unless_data_is_given(stor
 
 
 def test_claim_marks_items_running_and_records_their_runs_before_any_worker_starts(
-    storage: Storage, tmp_path: Path
+    storage: Storage, opener: Opener
 ):
     storage.enqueue(P, S, [("a", {"x": 1}), ("b", {}), ("c", {})], 1.0)
     claimed = claim(storage, limit=2)
     assert [c.key for c, _ in claimed] == ["a", "b"]
     assert claimed[0][0].data == {"x": 1} and claimed[0][0].attempt == 1
-    other = open_store(tmp_path)  # what a second process (a restarted daemon) sees
+    other = opener()  # what a second process (a restarted daemon) sees
     try:
         assert [run.item_key for run in other.running_runs()] == ["a", "b"]
         assert other.item(P, "a").state == ItemState.RUNNING

@@ -1,0 +1,128 @@
+"""The queue on PostgreSQL: claims that never wait on another daemon's, and wake-ups.
+
+A claim locks the rows it takes with `FOR UPDATE SKIP LOCKED`, so two daemons claiming at
+once take different items and neither waits for the other; the run rows and the items'
+new state are written in one statement each, whatever the batch. Enqueues and finished
+runs NOTIFY the fleet (see listen.py), so an idle daemon wakes without polling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pipewarden.store.postgres.base import Connected
+from pipewarden.store.records import Claimed, Enqueued, FinishedRun, NewRun
+from pipewarden.store.sqlite.queue import Queue as SqliteQueue
+from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES
+
+_CLAIM_ITEMS_SQL = (
+    "UPDATE items SET state = 'running', attempt = v.attempt, channel = v.channel,"
+    " last_run_id = v.run_id, updated_at = %s"
+    " FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[]) AS v(id, attempt, channel,"
+    " run_id) WHERE items.id = v.id"
+)
+_CLAIM_RUNS_SQL = (
+    "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel, status,"
+    " started_at, input_fingerprint, code_ref, config_hash, rows_in, trace_id)"
+    " SELECT v.id, %s, %s, v.item_id, v.item_key, v.attempt, v.channel, 'running', %s,"
+    " v.fingerprint, v.code_ref, v.config_hash, 1, v.trace_id"
+    " FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::text[])"
+    " AS v(id, item_id, item_key, attempt, channel, fingerprint, code_ref, config_hash, trace_id)"
+)
+
+
+class Queue(Connected, SqliteQueue):
+    """The SQLite queue's statements where they are the same SQL; claims said again."""
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Enqueued:
+        with self._write():
+            result = SqliteQueue.enqueue(self, *args, **kwargs)
+            if result.new or result.restarted:
+                self._notify("enqueue")
+        return result
+
+    def claim(
+        self,
+        pipeline: str,
+        stage: str,
+        limit: int,
+        now: float,
+        describe: Any,  # Callable[[int, str, dict], NewRun]: fills a run's fields per item
+        blocked_channels: Sequence[str] = (),
+        only_channel: str | None = None,
+    ) -> list[tuple[Claimed, NewRun]]:
+        """Mark up to `limit` ready items running and write their run rows, atomically;
+        rows another daemon is claiming right now are skipped, not waited for."""
+        where, params = "", [pipeline, stage, list(CLAIMABLE_STATES), now]
+        if blocked_channels:
+            where += " AND channel <> ALL(%s)"
+            params.append(list(blocked_channels))
+        if only_channel is not None:
+            where += " AND channel = %s"
+            params.append(only_channel)
+        with self._write():
+            rows = self._pg.execute(
+                "SELECT id, key, data, attempt, force FROM items WHERE pipeline = %s"
+                f" AND stage = %s AND state = ANY(%s) AND ready_at <= %s{where}"
+                " ORDER BY ready_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (*params, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            claimed = [self._described(row, describe) for row in rows]
+            self._write_claims(pipeline, stage, now, claimed)
+        return claimed
+
+    @staticmethod
+    def _described(row: tuple, describe: Any) -> tuple[Claimed, NewRun]:
+        import json
+
+        item_id, key, data_json, attempt, force = row
+        data = json.loads(data_json)
+        return Claimed(item_id, key, data, attempt + 1, bool(force)), describe(item_id, key, data)
+
+    def _write_claims(
+        self, pipeline: str, stage: str, now: float, claimed: list[tuple[Claimed, NewRun]]
+    ) -> None:
+        items = [c for c, _ in claimed]
+        runs = [r for _, r in claimed]
+        ids, attempts = [c.item_id for c in items], [c.attempt for c in items]
+        channels, run_ids = [r.channel for r in runs], [r.run_id for r in runs]
+        self._pg.execute(_CLAIM_ITEMS_SQL, (now, ids, attempts, channels, run_ids))
+        self._pg.execute(
+            _CLAIM_RUNS_SQL,
+            (pipeline, stage, now, run_ids, ids, [c.key for c in items], attempts, channels,
+             [r.input_fingerprint for r in runs], [r.code_ref for r in runs],
+             [r.config_hash for r in runs], [r.trace_id for r in runs]),
+        )  # fmt: skip
+
+    def finish(
+        self, finished: Iterable[FinishedRun], progress: dict[str, tuple[float | None, str | None]]
+    ) -> None:
+        finished = list(finished)
+        with self._write():
+            SqliteQueue.finish(self, finished, progress)
+            if finished:
+                self._notify("finished")
+
+    def pending_count(
+        self,
+        blocked_channels: Iterable[str] = (),
+        blocked_stages: Iterable[str] = (),
+        blocked_pipelines: Iterable[str] = (),
+    ) -> int:
+        """Items with work still ahead: queued, running or retrying, and not held back."""
+        where, params = "", [list(PENDING_STATES)]
+        for expression, values in (
+            ("COALESCE(channel, '')", list(blocked_channels)),
+            ("pipeline || '/' || stage", list(blocked_stages)),
+            ("pipeline", list(blocked_pipelines)),
+        ):
+            if values:
+                where += f" AND {expression} <> ALL(%s)"
+                params.append(values)
+        return self._pg.execute(
+            f"SELECT count(*) FROM items WHERE state = ANY(%s){where}", params
+        ).fetchone()[0]
