@@ -140,6 +140,7 @@ class Config:
     log_runs: str = "failures"  # a log line per run: info (every run), failures, off
     store_url: str | None = None  # `store: postgresql://…`: a shared database, not the file
     store_password_file: Path | None = None  # its password (never in the URL, logs or status)
+    lease_s: float = 30.0  # a daemon of a fleet silent this long is dead: its runs recovered
 
     def pipeline(self, name: str) -> Pipeline:
         try:
@@ -163,7 +164,7 @@ def _lookup(data: dict[str, Any], dotted: str) -> str:
 
 _TOP_KEYS = {
     "state_dir", "rules", "pipelines", "defaults", "drain_grace", "channels", "notify", "api",
-    "retention", "log_runs", "store", "store_password_file",
+    "retention", "log_runs", "store", "store_password_file", "lease",
 }  # fmt: skip
 LOG_RUNS = ("info", "failures", "off")
 _CHANNEL_KEYS = {"days", "hours", "timezone", "holidays"}
@@ -211,6 +212,7 @@ def load_config(path: Path, state_dir: str | None = None) -> Config:
         retention_s=top["retention"].duration("retention") if "retention" in top else 90 * 86400.0,
         log_runs=top["log_runs"].choice("log_runs", LOG_RUNS) if "log_runs" in top else "failures",
         store_url=_store_url(top["store"]) if "store" in top else None,
+        lease_s=top["lease"].duration("lease") if "lease" in top else 30.0,
         store_password_file=(
             base / top["store_password_file"].text("store_password_file")
             if "store_password_file" in top

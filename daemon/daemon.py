@@ -15,12 +15,13 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipewarden import faults
+from pipewarden import faults, lease
 from pipewarden import reload as reload_module
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
@@ -129,7 +130,9 @@ class Daemon:
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock.acquire()
         store = self._store = await self.outage.wait_out(lambda: open_configured(self.config))
+        await self.outage.wait_out(lambda: lease.join(store, self.config.lease_s))
         self.outage.relieve = partial(faults.make_room, store)
+        stop_listening: Callable[[], None] = str  # a no-op, until a shared store listens
         umask = os.umask(0o077)  # what the daemon and its workers write: their user's alone
         try:
             stopped_cleanly = await self.outage.wait_out(
@@ -158,6 +161,11 @@ class Daemon:
                 log.info("templates: unmatched failures are not mined on %s yet", store.kind)
             notifier.on_result = self._delivered
             self._install_signal_handlers(scheduler)
+            if store.kind != "sqlite":  # a fleet's store: heartbeats, and the others' changes
+                self._spawn(lease.keep(store, self.config.lease_s, self._hold_stages(),
+                                       self.request_stop))  # fmt: skip
+                loop = asyncio.get_running_loop()
+                stop_listening = store.listen(lambda: loop.call_soon_threadsafe(scheduler.wake))
             self._record_reload(ok=True, why="start")
             log.info(
                 "pipewarden running: %d pipeline(s), %d rule(s), %d halt rule(s), store %s",
@@ -193,12 +201,14 @@ class Daemon:
             if damaged is not None:
                 raise damaged
             if recorded:
+                lease.leave(store)
                 faults.mark_clean_stop(store)
                 log.info("stopped cleanly")
             return 0
         finally:
             self._remove_signal_handlers()
             containment.disable()
+            stop_listening()
             store.close()
             lock.release()
             os.umask(umask)
@@ -417,15 +427,17 @@ class Daemon:
             " workers", killed,
         )  # fmt: skip
 
-    def _recover(self, store: Storage, notifier: Notifier) -> None:
-        hold = {
+    def _hold_stages(self) -> set[tuple[str, str]]:
+        return {
             (p.name, s.name)
             for p in self.config.pipelines.values()
             for s in p.stages
             if s.on_interrupt == "hold"
         }
+
+    def _recover(self, store: Storage, notifier: Notifier) -> None:
         now = self.clock.now()
-        recovered = store.recover_interrupted(now, hold, RECOVERED_REASON)
+        recovered = store.recover_interrupted(now, self._hold_stages(), RECOVERED_REASON)
         for run in recovered:
             log.warning(
                 "recovered run %s (%s/%s %s) left running by a stopped daemon: %s",

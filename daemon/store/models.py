@@ -72,6 +72,7 @@ class Run(pw.Model):
     proc_start = pw.IntegerField(null=True)  # schema 6: its start time (/proc/PID/stat 22)
     data_out = pw.TextField(null=True)  # schema 7: what an ok run merged into its item (JSON)
     probe_of = pw.IntegerField(null=True)  # schema 7: the halt (holds.id) this run probed
+    daemon = pw.TextField(null=True)  # schema 9: host:pid of the daemon that ran it
 
     class Meta:
         table_name = "runs"

@@ -8,6 +8,7 @@ psycopg 3 connection per thread; the hot path runs plain SQL on that same connec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from pipewarden.store import models
 from pipewarden.store.postgres.aggregates import Aggregates
 from pipewarden.store.postgres.books import Books
 from pipewarden.store.postgres.holds import Holds
+from pipewarden.store.postgres.leases import Leases
 from pipewarden.store.postgres.queue import Queue
 from pipewarden.store.postgres.schema import SCHEMA_VERSION, STEPS
 from pipewarden.store.sqlite.history import History
@@ -46,7 +48,7 @@ class _Database(pw.PostgresqlDatabase):
         return super().atomic(**kwargs)
 
 
-class PostgresStore(Queue, Holds, History, Requeue, Books, Outbox, Aggregates):
+class PostgresStore(Leases, Queue, Holds, History, Requeue, Books, Outbox, Aggregates):
     """The store in a PostgreSQL database, migrated on open (or, `read_only`, checked)."""
 
     kind = "postgresql"
@@ -64,6 +66,7 @@ class PostgresStore(Queue, Holds, History, Requeue, Books, Outbox, Aggregates):
             params["password"] = _read_password(password_file, url)
         if read_only:
             params["options"] = "-c default_transaction_read_only=on"
+        self._params = params
         self.db = _Database(url, autoconnect=True, **params)
         self.Item = models.bound(models.Item, self.db)
         self.Run = models.bound(models.Run, self.db)
@@ -109,6 +112,13 @@ class PostgresStore(Queue, Holds, History, Requeue, Books, Outbox, Aggregates):
         except pw.OperationalError as exc:
             return faults.fault_of(exc, self.path)
         return None
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call `wake` (from another thread) whenever another daemon changed something
+        this one's scheduler acts on; returns what stops listening."""
+        from pipewarden.store.postgres.listen import Listener
+
+        return Listener(self.url, self._params, self.daemon, wake).start().stop
 
     def close(self) -> None:
         if not self.db.is_closed():

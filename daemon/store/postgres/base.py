@@ -53,6 +53,8 @@ class Connected:
     Hold: type[models.Hold]
     Outbox: type[models.Outbox]
     writes: int  # write transactions begun: a test counts them (idle means idle)
+    daemon: str | None = None  # host:pid of the daemon this store runs for (its lease)
+    lease_s: float = 30.0  # a daemon silent this long is dead: its runs are recovered
 
     @property
     def _conn(self) -> _Translated:
@@ -73,4 +75,4 @@ class Connected:
 
     def _notify(self, what: str) -> None:
         """Wake every daemon listening (delivered at commit; one per payload per commit)."""
-        self._pg.execute("SELECT pg_notify('pipewarden', %s)", (what,))
+        self._pg.execute("SELECT pg_notify('pipewarden', %s)", (f"{what} {self.daemon or ''}",))

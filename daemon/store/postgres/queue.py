@@ -13,6 +13,7 @@ from typing import Any
 
 from pipewarden.store.postgres.base import Connected
 from pipewarden.store.records import Claimed, Enqueued, FinishedRun, NewRun
+from pipewarden.store.sqlite.queue import _FINISH_ITEM_SQL, _FINISH_RUN_SQL, _RUN_END_COLUMNS
 from pipewarden.store.sqlite.queue import Queue as SqliteQueue
 from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES
 
@@ -24,13 +25,34 @@ _CLAIM_ITEMS_SQL = (
 )
 _CLAIM_RUNS_SQL = (
     "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel, status,"
-    " started_at, input_fingerprint, code_ref, config_hash, rows_in, trace_id)"
+    " started_at, input_fingerprint, code_ref, config_hash, rows_in, trace_id, daemon)"
     " SELECT v.id, %s, %s, v.item_id, v.item_key, v.attempt, v.channel, 'running', %s,"
-    " v.fingerprint, v.code_ref, v.config_hash, 1, v.trace_id"
+    " v.fingerprint, v.code_ref, v.config_hash, 1, v.trace_id, %s"
     " FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[],"
     " %s::text[], %s::text[], %s::text[])"
     " AS v(id, item_id, item_key, attempt, channel, fingerprint, code_ref, config_hash, trace_id)"
 )
+
+
+def _claim_sql(where: str) -> str:
+    """The oldest ready items, locked, skipping those locked by another daemon's claim.
+
+    One branch per claimable state, each an index range in ready_at order (an IN list of
+    states made PostgreSQL sort every queued item on each claim); a branch may lock a few
+    rows past the limit, left as they are and free again at this commit.
+    """
+    branches = [
+        f"s{n} AS (SELECT id, key, data, attempt, force, ready_at FROM items"
+        f" WHERE pipeline = %(p)s AND stage = %(s)s AND state = '{state}'"
+        f" AND ready_at <= %(now)s{where} ORDER BY ready_at, id LIMIT %(n)s"
+        " FOR UPDATE SKIP LOCKED)"
+        for n, state in enumerate(CLAIMABLE_STATES)
+    ]
+    union = " UNION ALL ".join(f"SELECT * FROM s{n}" for n in range(len(branches)))
+    return (
+        f"WITH {', '.join(branches)} SELECT id, key, data, attempt, force"
+        f" FROM ({union}) AS ready ORDER BY ready_at, id LIMIT %(n)s"
+    )
 
 
 class Queue(Connected, SqliteQueue):
@@ -55,20 +77,15 @@ class Queue(Connected, SqliteQueue):
     ) -> list[tuple[Claimed, NewRun]]:
         """Mark up to `limit` ready items running and write their run rows, atomically;
         rows another daemon is claiming right now are skipped, not waited for."""
-        where, params = "", [pipeline, stage, list(CLAIMABLE_STATES), now]
+        where, params = "", {"p": pipeline, "s": stage, "now": now, "n": limit}
         if blocked_channels:
-            where += " AND channel <> ALL(%s)"
-            params.append(list(blocked_channels))
+            where += " AND channel <> ALL(%(blocked)s)"
+            params["blocked"] = list(blocked_channels)
         if only_channel is not None:
-            where += " AND channel = %s"
-            params.append(only_channel)
+            where += " AND channel = %(only)s"
+            params["only"] = only_channel
         with self._write():
-            rows = self._pg.execute(
-                "SELECT id, key, data, attempt, force FROM items WHERE pipeline = %s"
-                f" AND stage = %s AND state = ANY(%s) AND ready_at <= %s{where}"
-                " ORDER BY ready_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
-                (*params, limit),
-            ).fetchall()
+            rows = self._pg.execute(_claim_sql(where), params).fetchall()
             if not rows:
                 return []
             claimed = [self._described(row, describe) for row in rows]
@@ -93,19 +110,40 @@ class Queue(Connected, SqliteQueue):
         self._pg.execute(_CLAIM_ITEMS_SQL, (now, ids, attempts, channels, run_ids))
         self._pg.execute(
             _CLAIM_RUNS_SQL,
-            (pipeline, stage, now, run_ids, ids, [c.key for c in items], attempts, channels,
-             [r.input_fingerprint for r in runs], [r.code_ref for r in runs],
+            (pipeline, stage, now, self.daemon, run_ids, ids, [c.key for c in items], attempts,
+             channels, [r.input_fingerprint for r in runs], [r.code_ref for r in runs],
              [r.config_hash for r in runs], [r.trace_id for r in runs]),
         )  # fmt: skip
 
     def finish(
         self, finished: Iterable[FinishedRun], progress: dict[str, tuple[float | None, str | None]]
     ) -> None:
+        """As on SQLite, but only over runs still running: a run another daemon recovered
+        (this one was found dead) keeps its end, and its item is not moved twice."""
         finished = list(finished)
         with self._write():
-            SqliteQueue.finish(self, finished, progress)
-            if finished:
-                self._notify("finished")
+            if progress:
+                self._conn.executemany(
+                    "UPDATE runs SET progress = COALESCE(?, progress),"
+                    " message = COALESCE(?, message) WHERE id = ? AND status = 'running'",
+                    [(p, m, run_id) for run_id, (p, m) in progress.items()],
+                )
+            if not finished:
+                return
+            self._conn.executemany(
+                f"{_FINISH_RUN_SQL} AND status = 'running'",
+                [(*(getattr(f, c) for c in _RUN_END_COLUMNS), f.run_id) for f in finished],
+            )
+            self._conn.executemany(
+                f"{_FINISH_ITEM_SQL} AND last_run_id = ?",
+                [
+                    (f.item_stage, f.item_state, f.item_data, f.item_attempt, f.item_ready_at,
+                     f.item_channel, int(f.item_force), f.error, f.label, f.group_name,
+                     f.finished_at, f.item_id, f.run_id)
+                    for f in finished
+                ],
+            )  # fmt: skip
+            self._notify("finished")
 
     def pending_count(
         self,

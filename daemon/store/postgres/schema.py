@@ -85,5 +85,16 @@ _BASE = [
 ]
 
 # version -> the statements that reach it from the version before (BASE_VERSION: from none)
-STEPS: dict[int, list[str]] = {BASE_VERSION: _BASE}
+STEPS: dict[int, list[str]] = {
+    BASE_VERSION: _BASE,
+    9: [  # the daemon that ran each run, and the daemons' leases (as SQLite's step 9)
+        "ALTER TABLE runs ADD COLUMN daemon TEXT",
+        """CREATE TABLE daemons (
+            id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL, heartbeat_at DOUBLE PRECISION NOT NULL,
+            stopped_at DOUBLE PRECISION, recovered_by TEXT)""",
+        # A dead daemon's runs, found at once: only running runs are in it.
+        "CREATE INDEX runs_running ON runs (daemon) WHERE status = 'running'",
+    ],
+}
 SCHEMA_VERSION = max(STEPS)

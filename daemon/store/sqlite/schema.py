@@ -146,6 +146,13 @@ MIGRATIONS: list[list[str]] = [
             created_at REAL NOT NULL, decided_at REAL, decided_by TEXT, rules_file TEXT)""",
         "CREATE INDEX proposals_by_template ON proposals (template_id, state)",
     ],
+    [  # 9: the daemon that ran each run, and the daemons' leases (issue 16: a fleet)
+        "ALTER TABLE runs ADD COLUMN daemon TEXT",
+        """CREATE TABLE daemons (
+            id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
+            started_at REAL NOT NULL, heartbeat_at REAL NOT NULL, stopped_at REAL,
+            recovered_by TEXT)""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
