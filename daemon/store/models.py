@@ -117,6 +117,7 @@ class Outbox(pw.Model):
     next_try_at = pw.FloatField()
     sent_at = pw.FloatField(null=True)
     last_error = pw.TextField(null=True)
+    claimed_by = pw.TextField(null=True)  # schema 9: the daemon of a fleet delivering it
 
     class Meta:
         table_name = "outbox"

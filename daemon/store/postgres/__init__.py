@@ -21,10 +21,10 @@ from pipewarden.store.postgres.aggregates import Aggregates
 from pipewarden.store.postgres.books import Books
 from pipewarden.store.postgres.holds import Holds
 from pipewarden.store.postgres.leases import Leases
+from pipewarden.store.postgres.outbox import Outbox
 from pipewarden.store.postgres.queue import Queue
 from pipewarden.store.postgres.schema import SCHEMA_VERSION, STEPS
 from pipewarden.store.sqlite.history import History
-from pipewarden.store.sqlite.outbox import Outbox
 from pipewarden.store.sqlite.requeue import Requeue
 
 _MIGRATION_LOCK = 0x70697065  # pg_advisory_xact_lock key: one migrating daemon at a time

@@ -14,7 +14,7 @@ from pipewarden.store.postgres.base import Connected
 from pipewarden.store.records import Recovered
 from pipewarden.types import ItemState, RunStatus
 
-_NOW = "extract(epoch from clock_timestamp())"
+_NOW = "extract(epoch from clock_timestamp())::float8"
 
 
 class Leases(Connected):

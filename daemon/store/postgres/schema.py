@@ -95,6 +95,7 @@ STEPS: dict[int, list[str]] = {
             stopped_at DOUBLE PRECISION, recovered_by TEXT)""",
         # A dead daemon's runs, found at once: only running runs are in it.
         "CREATE INDEX runs_running ON runs (daemon) WHERE status = 'running'",
+        "ALTER TABLE outbox ADD COLUMN claimed_by TEXT",  # the daemon delivering the row
     ],
 }
 SCHEMA_VERSION = max(STEPS)

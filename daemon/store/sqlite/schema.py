@@ -152,6 +152,7 @@ MIGRATIONS: list[list[str]] = [
             id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
             started_at REAL NOT NULL, heartbeat_at REAL NOT NULL, stopped_at REAL,
             recovered_by TEXT)""",
+        "ALTER TABLE outbox ADD COLUMN claimed_by TEXT",  # the daemon delivering the row
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
