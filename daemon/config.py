@@ -141,6 +141,8 @@ class Config:
     store_url: str | None = None  # `store: postgresql://…`: a shared database, not the file
     store_password_file: Path | None = None  # its password (never in the URL, logs or status)
     lease_s: float = 30.0  # a daemon of a fleet silent this long is dead: its runs recovered
+    # "pipeline/stage" or a channel -> runs at once across a fleet on PostgreSQL
+    global_concurrency: dict[str, int] = field(hash=False, default_factory=dict)
 
     def pipeline(self, name: str) -> Pipeline:
         try:
@@ -165,6 +167,7 @@ def _lookup(data: dict[str, Any], dotted: str) -> str:
 _TOP_KEYS = {
     "state_dir", "rules", "pipelines", "defaults", "drain_grace", "channels", "notify", "api",
     "retention", "log_runs", "store", "store_password_file", "lease",
+    "global_concurrency",
 }  # fmt: skip
 LOG_RUNS = ("info", "failures", "off")
 _CHANNEL_KEYS = {"days", "hours", "timezone", "holidays"}
@@ -213,6 +216,12 @@ def load_config(path: Path, state_dir: str | None = None) -> Config:
         log_runs=top["log_runs"].choice("log_runs", LOG_RUNS) if "log_runs" in top else "failures",
         store_url=_store_url(top["store"]) if "store" in top else None,
         lease_s=top["lease"].duration("lease") if "lease" in top else 30.0,
+        global_concurrency={
+            name: cap.integer(f"global_concurrency of {name}", 1)
+            for name, cap in top["global_concurrency"].entries("global_concurrency")
+        }
+        if "global_concurrency" in top
+        else {},
         store_password_file=(
             base / top["store_password_file"].text("store_password_file")
             if "store_password_file" in top

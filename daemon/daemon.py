@@ -130,7 +130,9 @@ class Daemon:
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock.acquire()
         store = self._store = await self.outage.wait_out(lambda: open_configured(self.config))
-        await self.outage.wait_out(lambda: lease.join(store, self.config.lease_s))
+        await self.outage.wait_out(
+            lambda: lease.join(store, self.config.lease_s, self.config.global_concurrency)
+        )
         self.outage.relieve = partial(faults.make_room, store)
         stop_listening: Callable[[], None] = str  # a no-op, until a shared store listens
         umask = os.umask(0o077)  # what the daemon and its workers write: their user's alone

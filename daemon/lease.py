@@ -28,12 +28,14 @@ LEASE_S = 30.0
 HEARTBEAT_MAX_S = 5.0  # a dead daemon is found within its lease and this
 
 
-def join(store: Any, lease_s: float) -> None:
-    """Name the daemon in the store (and, shared, take its place in the fleet)."""
+def join(store: Any, lease_s: float, global_caps: dict[str, int]) -> None:
+    """Name the daemon in the store (and, shared, take its place in the fleet, whose
+    global_concurrency the store's claims enforce)."""
     host, pid = socket.gethostname(), os.getpid()
     if store.kind == "sqlite":
         store.daemon = f"{host}:{pid}"
         return
+    store.global_caps = dict(global_caps)
     store.join_fleet(host, pid, time.time(), lease_s)
 
 

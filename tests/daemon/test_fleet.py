@@ -185,3 +185,41 @@ def test_a_halt_raised_on_one_daemon_stops_claims_on_every_daemon_and_is_told_on
     finally:
         store.close()
     assert http_receiver.titles().count("pipewarden: sms halted") == 1  # one daemon told it
+
+
+NAPPER = "import time\n\ndef work(data):\n    time.sleep(0.05)\n    return {}\n"
+
+
+@pytest.mark.parametrize("cap", ["sites/capture", "web"])  # a stage's, then a channel's
+def test_global_concurrency_caps_the_fleet_never_exceeded_under_contention(
+    tmp_path: Path, pg_url: str, stop_fleet: list[Project], cap: str
+):
+    projects = fleet(tmp_path, pg_url, 3, """
+        sites:
+          stages:
+            - {name: capture, python: "napper:work", concurrency: 3, channel: web}
+        """, extra=f"global_concurrency: {{{cap}: 2}}\n")  # fmt: skip
+    stop_fleet += projects
+    for project in projects:
+        project.write("napper.py", NAPPER)
+    daemons = [project.start_daemon() for project in projects]
+    projects[0].write("items.jsonl", "".join(f'{{"key": "k{n}"}}\n' for n in range(60)))
+    projects[0].cli("enqueue", "sites", "--file", "items.jsonl")
+    store = shared(pg_url)
+    samples = []
+    try:
+
+        def done() -> bool:
+            totals = store.item_totals()
+            samples.append(totals.get(("sites", "capture", "running"), 0))
+            return totals.get(("sites", "capture", "done")) == 60
+
+        wait_until(done, "every item done", timeout=60)
+        ran_on = {r.daemon for r in store.Run.select()}
+    finally:
+        store.close()
+    for daemon in daemons:
+        daemon.send_signal(signal.SIGTERM)
+    assert all(daemon.wait(20) == 0 for daemon in daemons)
+    assert max(samples) == 2, Counter(samples)  # reached, never exceeded (9 slots locally)
+    assert len(ran_on) >= 2

@@ -73,6 +73,7 @@ class PostgresStore(Leases, Queue, Holds, History, Requeue, Books, Outbox, Aggre
         self.Hold = models.bound(models.Hold, self.db)
         self.Outbox = models.bound(models.Outbox, self.db)
         self.writes = 0
+        self.global_caps: dict[str, int] = {}  # set by the daemon (lease.join)
         try:
             self.found_schema = self.schema_version()
             if read_only:

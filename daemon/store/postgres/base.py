@@ -55,6 +55,7 @@ class Connected:
     writes: int  # write transactions begun: a test counts them (idle means idle)
     daemon: str | None = None  # host:pid of the daemon this store runs for (its lease)
     lease_s: float = 30.0  # a daemon silent this long is dead: its runs are recovered
+    global_caps: dict[str, int]  # "pipeline/stage" or channel -> runs at once, fleet-wide
 
     @property
     def _conn(self) -> _Translated:

@@ -42,7 +42,7 @@ def _claim_sql(where: str) -> str:
     rows past the limit, left as they are and free again at this commit.
     """
     branches = [
-        f"s{n} AS (SELECT id, key, data, attempt, force, ready_at FROM items"
+        f"s{n} AS (SELECT id, key, data, attempt, force, channel, ready_at FROM items"
         f" WHERE pipeline = %(p)s AND stage = %(s)s AND state = '{state}'"
         f" AND ready_at <= %(now)s{where} ORDER BY ready_at, id LIMIT %(n)s"
         " FOR UPDATE SKIP LOCKED)"
@@ -50,7 +50,7 @@ def _claim_sql(where: str) -> str:
     ]
     union = " UNION ALL ".join(f"SELECT * FROM s{n}" for n in range(len(branches)))
     return (
-        f"WITH {', '.join(branches)} SELECT id, key, data, attempt, force"
+        f"WITH {', '.join(branches)} SELECT id, key, data, attempt, force, channel"
         f" FROM ({union}) AS ready ORDER BY ready_at, id LIMIT %(n)s"
     )
 
@@ -85,18 +85,64 @@ class Queue(Connected, SqliteQueue):
             where += " AND channel = %(only)s"
             params["only"] = only_channel
         with self._write():
-            rows = self._pg.execute(_claim_sql(where), params).fetchall()
+            limit = self._stage_room(pipeline, stage, limit)
+            if limit <= 0:
+                return []
+            params["n"] = limit
+            rows = self._within_channel_caps(self._pg.execute(_claim_sql(where), params).fetchall())
             if not rows:
                 return []
             claimed = [self._described(row, describe) for row in rows]
             self._write_claims(pipeline, stage, now, claimed)
         return claimed
 
+    def _stage_room(self, pipeline: str, stage: str, limit: int) -> int:
+        """`limit`, cut to what the stage's global_concurrency leaves across the fleet. The
+        count is read under a lock on the cap that only the claim that holds it may pass
+        (to its commit): another daemon claiming the stage meanwhile is skipped, not waited
+        for, and this daemon tries again on its next pass."""
+        cap = self.global_caps.get(f"{pipeline}/{stage}")
+        if cap is None:
+            return limit
+        if not self._try_cap_lock(f"{pipeline}/{stage}"):
+            return 0
+        running = self._pg.execute(
+            "SELECT count(*) FROM items WHERE pipeline = %s AND stage = %s AND state = 'running'",
+            (pipeline, stage),
+        ).fetchone()[0]
+        return min(limit, cap - running)
+
+    def _within_channel_caps(self, rows: list[tuple]) -> list[tuple]:
+        """The rows whose channel has room under its global_concurrency (in order)."""
+        capped = {row[5] for row in rows if row[5] in self.global_caps}
+        room = {}
+        for channel in sorted(capped):
+            if not self._try_cap_lock(channel):
+                room[channel] = 0
+                continue
+            running = self._pg.execute(
+                "SELECT count(*) FROM items WHERE channel = %s AND state = 'running'", (channel,)
+            ).fetchone()[0]
+            room[channel] = self.global_caps[channel] - running
+        kept = []
+        for row in rows:
+            if row[5] in room:
+                if room[row[5]] <= 0:
+                    continue
+                room[row[5]] -= 1
+            kept.append(row)
+        return kept
+
+    def _try_cap_lock(self, name: str) -> bool:
+        return self._pg.execute(
+            "SELECT pg_try_advisory_xact_lock(hashtext('pipewarden cap ' || %s))", (name,)
+        ).fetchone()[0]
+
     @staticmethod
     def _described(row: tuple, describe: Any) -> tuple[Claimed, NewRun]:
         import json
 
-        item_id, key, data_json, attempt, force = row
+        item_id, key, data_json, attempt, force, _ = row
         data = json.loads(data_json)
         return Claimed(item_id, key, data, attempt + 1, bool(force)), describe(item_id, key, data)
 
