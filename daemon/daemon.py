@@ -92,7 +92,8 @@ class Daemon:
         self.observers: list[Any] = []  # told of finished runs, deliveries, reloads (metrics)
         self.systemd = SystemdNotifier()
         self.outage = faults.Outage(
-            config.state_dir / STORE_FILE, lambda status: self.systemd.send(f"STATUS={status}")
+            config.store_url or config.state_dir / STORE_FILE,
+            lambda status: self.systemd.send(f"STATUS={status}"),
         )
 
     # -- what the API needs of the running daemon ---------------------------------------
@@ -183,13 +184,7 @@ class Daemon:
             self._spawn(self.systemd.watchdog(self.summary))
             self._spawn(self._keep_the_books())
             self._spawn(containment.keep_sweeping())
-            damaged = None
-            try:
-                await scheduler.run(self._stop, until_idle=until_idle)
-            except Exception as exc:  # a damaged store: stop as on SIGTERM, then say so
-                if (damaged := faults.fault_of(exc, store.path)) is None:
-                    raise
-                self.request_stop("the store is damaged")
+            damaged = await self._run_scheduler(scheduler, until_idle)
             self._stop.set()  # ends the file watcher too
             reason = (
                 f"daemon stopping ({self._stop_reason or 'done'}): interrupted after drain grace"
@@ -214,6 +209,22 @@ class Daemon:
             store.close()
             lock.release()
             os.umask(umask)
+
+    async def _run_scheduler(self, scheduler: Scheduler, until_idle: bool) -> Any:
+        """Run the loop to its end; returns the fault of a damaged store (it stopped the
+        loop), else None. A store that cannot be reached for a moment (a database server
+        restarting) is waited out and the loop taken up again."""
+        while True:
+            try:
+                await scheduler.run(self._stop, until_idle=until_idle)
+                return None
+            except Exception as exc:  # a damaged store: stop as on SIGTERM, then say so
+                if (fault := faults.fault_of(exc, scheduler.store.path)) is None:
+                    raise
+                if not fault.passing:
+                    self.request_stop("the store is damaged")
+                    return fault
+                await asyncio.sleep(scheduler.outage.failed(fault))  # its next commit: over
 
     async def _start_api(self) -> Any:
         if not self.config.api.enabled:

@@ -223,3 +223,48 @@ def test_global_concurrency_caps_the_fleet_never_exceeded_under_contention(
     assert all(daemon.wait(20) == 0 for daemon in daemons)
     assert max(samples) == 2, Counter(samples)  # reached, never exceeded (9 slots locally)
     assert len(ran_on) >= 2
+
+
+def test_postgresql_restarted_under_the_fleet_loses_nothing_and_says_so(
+    tmp_path: Path, pg_cluster, pg_url: str, stop_fleet: list[Project]
+):
+    projects = fleet(tmp_path, pg_url, 2, """
+        sites:
+          stages:
+            - {name: capture, python: "napper:work", concurrency: 2}
+            - {name: score, python: "fast:work", concurrency: 2}
+        """)  # fmt: skip
+    stop_fleet += projects
+    for project in projects:
+        project.write("napper.py", NAPPER)
+    daemons = [project.start_daemon() for project in projects]
+    items = 200
+    projects[0].write("items.jsonl", "".join(f'{{"key": "k{n}"}}\n' for n in range(items)))
+    projects[0].cli("enqueue", "sites", "--file", "items.jsonl")
+    store = shared(pg_url)
+    try:
+        wait_until(lambda: store.item_totals().get(("sites", "score", "done"), 0) >= 20,
+                   "some items done")  # fmt: skip
+    finally:
+        store.close()
+    pg_cluster.down("fast")  # every daemon's connections dropped mid-work
+    wait_until(lambda: all("unreachable" in p.daemon_log() for p in projects),
+               "each daemon to say the store is unreachable")  # fmt: skip
+    pg_cluster.up()
+    store = shared(pg_url)
+    try:
+        try:
+            wait_until(lambda: store.item_totals().get(("sites", "score", "done")) == items,
+                       "every item done after the restart", timeout=60)  # fmt: skip
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {store.item_totals()}") from None
+        ok = Counter((r.stage, r.item_key) for r in store.Run.select().where(
+            store.Run.status == "ok"))  # fmt: skip
+    finally:
+        store.close()
+    assert len(ok) == 2 * items and max(ok.values()) == 1
+    for project, daemon in zip(projects, daemons, strict=True):
+        log = project.daemon_log()
+        assert "unreachable" in log and "writable again" in log and "Traceback" not in log
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0

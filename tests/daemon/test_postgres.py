@@ -3,10 +3,14 @@ password never shown, a bad URL one clear line. Runs on the session's throwaway 
 
 from __future__ import annotations
 
+import json
+import socket
 from pathlib import Path
 
+import pytest
 from conftest import Project
 from pipewarden.store import open_store
+from pipewarden.store.postgres.schema import SCHEMA_VERSION
 
 FAST = "def work(data):\n    return {'seen': True}\n"
 
@@ -39,6 +43,30 @@ def test_the_daemon_runs_items_through_every_stage_on_postgresql(project: Projec
     assert not (project.state_dir / "pipewarden.db").exists()  # nothing went to SQLite
     status = project.cli("status").stdout
     assert "done" in status
+    migrated = project.cli("migrate").stdout  # on a database too: already there
+    assert migrated == f"store {pg_url}: schema {SCHEMA_VERSION} already\n"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_every_run_names_its_daemon_in_runs_show_and_export(
+    project: Project, backend: str, request: pytest.FixtureRequest
+):
+    if backend == "postgresql":
+        configure(project, request.getfixturevalue("pg_url"))
+    else:
+        project.write("fast.py", FAST)
+        project.configure("""
+            sites:
+              stages:
+                - {name: one, python: "fast:work"}
+            """)  # fmt: skip
+    project.cli("enqueue", "sites", "a")
+    daemon = project.start_daemon("--until-idle")
+    assert daemon.wait(60) == 0
+    exported = [json.loads(line) for line in project.cli("export", "runs").stdout.splitlines()]
+    assert {row["daemon"] for row in exported} == {f"{socket.gethostname()}:{daemon.pid}"}
+    shown = project.cli("runs", "show", exported[0]["id"]).stdout
+    assert f"daemon            {socket.gethostname()}:{daemon.pid}" in shown
 
 
 def test_a_password_in_the_url_is_refused_in_one_line_naming_the_config(project: Project):

@@ -42,6 +42,14 @@ def safe_url(url: str) -> str:
 
 
 class _Database(pw.PostgresqlDatabase):
+    def connection(self) -> Any:
+        # A connection the server dropped (a restart, a failover) is opened again at the
+        # next statement outside a transaction; while the server is down that open fails,
+        # and the daemon waits it out as a store fault.
+        if not self.is_closed() and not self.in_transaction() and self._state.conn.broken:
+            self.close()
+        return super().connection()
+
     def atomic(self, *lock_type: Any, **kwargs: Any) -> Any:
         # The SQLite parts ask for "IMMEDIATE" (SQLite's write lock); row locks do that work
         # here, so it names nothing.
