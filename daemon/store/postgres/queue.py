@@ -13,25 +13,90 @@ from typing import Any
 
 from pipewarden.store.postgres.base import Connected
 from pipewarden.store.records import Claimed, Enqueued, FinishedRun, NewRun
-from pipewarden.store.sqlite.queue import _FINISH_ITEM_SQL, _FINISH_RUN_SQL, _RUN_END_COLUMNS
+from pipewarden.store.sqlite.queue import _RUN_END_COLUMNS
 from pipewarden.store.sqlite.queue import Queue as SqliteQueue
 from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES
 
-_CLAIM_ITEMS_SQL = (
-    "UPDATE items SET state = 'running', attempt = v.attempt, channel = v.channel,"
-    " last_run_id = v.run_id, updated_at = %s"
-    " FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[]) AS v(id, attempt, channel,"
-    " run_id) WHERE items.id = v.id"
-)
-_CLAIM_RUNS_SQL = (
-    "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel, status,"
+# One statement per batch: the items marked running and their run rows, from one unnest.
+_CLAIM_WRITE_SQL = (
+    "WITH v AS (SELECT * FROM unnest(%(run_ids)s::text[], %(ids)s::bigint[], %(keys)s::text[],"
+    " %(attempts)s::int[], %(channels)s::text[], %(fingerprints)s::text[],"
+    " %(code_refs)s::text[], %(config_hashes)s::text[], %(trace_ids)s::text[])"
+    " AS v(id, item_id, item_key, attempt, channel, fingerprint, code_ref, config_hash,"
+    " trace_id)), claimed AS (UPDATE items SET state = 'running', attempt = v.attempt,"
+    " channel = v.channel, last_run_id = v.id, updated_at = %(now)s FROM v"
+    " WHERE items.id = v.item_id)"
+    " INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel, status,"
     " started_at, input_fingerprint, code_ref, config_hash, rows_in, trace_id, daemon)"
-    " SELECT v.id, %s, %s, v.item_id, v.item_key, v.attempt, v.channel, 'running', %s,"
-    " v.fingerprint, v.code_ref, v.config_hash, 1, v.trace_id, %s"
-    " FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[],"
-    " %s::text[], %s::text[], %s::text[])"
-    " AS v(id, item_id, item_key, attempt, channel, fingerprint, code_ref, config_hash, trace_id)"
+    " SELECT v.id, %(pipeline)s, %(stage)s, v.item_id, v.item_key, v.attempt, v.channel,"
+    " 'running', %(now)s, v.fingerprint, v.code_ref, v.config_hash, 1, v.trace_id, %(daemon)s"
+    " FROM v"
 )
+_RUN_END_TYPES = (
+    "text",
+    "float8",
+    "float8",
+    "int",
+    "int",
+    "int",
+    "int",
+    "int8",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "int",
+    "float8",
+    "text",
+    "int8",
+    "float8",
+    "text",
+)  # fmt: skip  (as _RUN_END_COLUMNS)
+_ITEM_END = (
+    ("stage", "item_stage", "text"),
+    ("state", "item_state", "text"),
+    ("data", "item_data", "text"),
+    ("attempt", "item_attempt", "int"),
+    ("ready_at", "item_ready_at", "float8"),
+    ("channel", "item_channel", "text"),
+    ("force", "item_force", "int"),
+    ("last_error", "error", "text"),
+    ("last_label", "label", "text"),
+    ("last_group", "group_name", "text"),
+    ("updated_at", "finished_at", "float8"),
+)  # fmt: skip  (items column, FinishedRun field, type)
+_KEEP_IF_NULL = ("progress", "message")  # a finish without them keeps the last reported
+
+
+def _finish_sql() -> str:
+    """Finished runs and their items' next states in one statement, one unnest for all;
+    only over runs still running (a recovered run keeps its end, its item is not moved)."""
+    fields = [("run_id", "text"), ("item_id", "int8"),
+              *zip(_RUN_END_COLUMNS, _RUN_END_TYPES, strict=True),
+              *((f"item_{column}", kind) for column, _, kind in _ITEM_END)]  # fmt: skip
+    arrays = ", ".join(f"%({name})s::{kind}[]" for name, kind in fields)
+    names = ", ".join(name for name, _ in fields)
+    runs = ", ".join(
+        f"{c} = COALESCE(v.{c}, runs.{c})" if c in _KEEP_IF_NULL else f"{c} = v.{c}"
+        for c in _RUN_END_COLUMNS
+    )
+    items = ", ".join(f"{column} = v.item_{column}" for column, _, _ in _ITEM_END)
+    return (
+        f"WITH v AS (SELECT * FROM unnest({arrays}) AS v({names})),"
+        f" ended AS (UPDATE runs SET {runs} FROM v WHERE runs.id = v.run_id"
+        " AND runs.status = 'running')"
+        f" UPDATE items SET {items} FROM v WHERE items.id = v.item_id"
+        " AND items.last_run_id = v.run_id"
+    )
+
+
+_FINISH_SQL = _finish_sql()
 
 
 def _claim_sql(where: str) -> str:
@@ -149,17 +214,16 @@ class Queue(Connected, SqliteQueue):
     def _write_claims(
         self, pipeline: str, stage: str, now: float, claimed: list[tuple[Claimed, NewRun]]
     ) -> None:
-        items = [c for c, _ in claimed]
-        runs = [r for _, r in claimed]
-        ids, attempts = [c.item_id for c in items], [c.attempt for c in items]
-        channels, run_ids = [r.channel for r in runs], [r.run_id for r in runs]
-        self._pg.execute(_CLAIM_ITEMS_SQL, (now, ids, attempts, channels, run_ids))
-        self._pg.execute(
-            _CLAIM_RUNS_SQL,
-            (pipeline, stage, now, self.daemon, run_ids, ids, [c.key for c in items], attempts,
-             channels, [r.input_fingerprint for r in runs], [r.code_ref for r in runs],
-             [r.config_hash for r in runs], [r.trace_id for r in runs]),
-        )  # fmt: skip
+        items, runs = [c for c, _ in claimed], [r for _, r in claimed]
+        self._pg.execute(_CLAIM_WRITE_SQL, {
+            "run_ids": [r.run_id for r in runs], "ids": [c.item_id for c in items],
+            "keys": [c.key for c in items], "attempts": [c.attempt for c in items],
+            "channels": [r.channel for r in runs],
+            "fingerprints": [r.input_fingerprint for r in runs],
+            "code_refs": [r.code_ref for r in runs], "config_hashes": [r.config_hash for r in runs],
+            "trace_ids": [r.trace_id for r in runs], "now": now, "pipeline": pipeline,
+            "stage": stage, "daemon": self.daemon,
+        })  # fmt: skip
 
     def finish(
         self, finished: Iterable[FinishedRun], progress: dict[str, tuple[float | None, str | None]]
@@ -176,19 +240,15 @@ class Queue(Connected, SqliteQueue):
                 )
             if not finished:
                 return
-            self._conn.executemany(
-                f"{_FINISH_RUN_SQL} AND status = 'running'",
-                [(*(getattr(f, c) for c in _RUN_END_COLUMNS), f.run_id) for f in finished],
-            )
-            self._conn.executemany(
-                f"{_FINISH_ITEM_SQL} AND last_run_id = ?",
-                [
-                    (f.item_stage, f.item_state, f.item_data, f.item_attempt, f.item_ready_at,
-                     f.item_channel, int(f.item_force), f.error, f.label, f.group_name,
-                     f.finished_at, f.item_id, f.run_id)
-                    for f in finished
-                ],
-            )  # fmt: skip
+            values: dict[str, list[Any]] = {
+                "run_id": [f.run_id for f in finished], "item_id": [f.item_id for f in finished],
+            }  # fmt: skip
+            for column in _RUN_END_COLUMNS:
+                values[column] = [getattr(f, column) for f in finished]
+            for column, field, _ in _ITEM_END:
+                values[f"item_{column}"] = [getattr(f, field) for f in finished]
+            values["item_force"] = [int(force) for force in values["item_force"]]
+            self._pg.execute(_FINISH_SQL, values)
             self._notify("finished")
 
     def pending_count(
