@@ -31,7 +31,7 @@ from compare import POLL_S, RUN_LIMIT_S, tree_cpu
 from ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import pg_cluster  # noqa: E402  (the tests' throwaway cluster)
+import pg_cluster  # the tests' throwaway cluster
 
 PROCRASTINATE_VERSION = "3.10.0"
 PROCRASTINATE_VENV = Path(__file__).with_name(".venv-procrastinate")
@@ -166,8 +166,10 @@ def procrastinate(cluster: pg_cluster.Cluster, python: Path, items: int):
         cli = [str(python), "-m", "procrastinate", "--app=tasks.app"]
         subprocess.run([*cli, "schema", "--apply"], cwd=root, env=env, check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
-        defer = ("import tasks\nwith tasks.app.open():\n"
-                 f"    tasks.noop.batch_defer(*[{{'n': n}} for n in range({items})])\n")  # fmt: skip
+        defer = (
+            "import tasks\nwith tasks.app.open():\n"
+            f"    tasks.noop.batch_defer(*[{{'n': n}} for n in range({items})])\n"
+        )
         subprocess.run([str(python), "-c", defer], cwd=root, env=env, check=True)
         done = count(url, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'")
         worker = subprocess.Popen([*cli, "worker", "--concurrency=1", "--one-shot"], cwd=root,
