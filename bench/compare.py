@@ -1,7 +1,7 @@
 """pipewarden beside Huey on the same no-op work, and process mode beside its floor.
 
     nice .venv/bin/python bench/compare.py [--items 10000] [--process-items 2000] [--reps 3]
-                                           [--only pool|process]
+                                           [--only pool|process] [--baseline DIR]
 
 Pool part: 10,000 no-op items through Huey 3.5.4 (`SqliteHuey`, results on — every
 task's return value stored, `None` included, as pipewarden records a run row for each
@@ -18,6 +18,10 @@ rate counts from the first item seen done to the last (every 20 ms the store is 
 how many are done), so interpreter start-up is not in it; CPU per item is the daemon's
 (or consumer's) and its workers' over the same span, from /proc (a reaped worker's time
 is in its parent's cutime/cstime).
+
+`--baseline DIR` runs every pipewarden configuration a second time with another version
+of the package (DIR holds a `pipewarden` folder, e.g. `git archive REV daemon` unpacked
+and renamed), interleaved with the rest, and prints the ratios of the two.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def noop(n):
 """
 # A request line as long as pipewarden's for the same item, for the floor.
 FLOOR_LINE = (
-    json.dumps({"key": "item-1234", "run_id": "0" * 32, "attempt": 1, "data": {"n": 1234},
+    json.dumps({"item": "item-1234", "run": "0" * 32, "attempt": 1, "data": {"n": 1234},
                 "traceparent": "00-" + "0" * 32 + "-" + "0" * 16 + "-01"}) + "\n"
 ).encode()  # fmt: skip
 
@@ -140,7 +144,7 @@ def counter(db: Path, sql: str) -> Callable[[], int]:
 
 
 # -- pipewarden -----------------------------------------------------------------------
-def pipewarden(items: int, mode: str, concurrency: int) -> Figures:
+def pipewarden(items: int, mode: str, concurrency: int, baseline: str | None = None) -> Figures:
     with tempfile.TemporaryDirectory(prefix="pw-compare-") as folder:
         root = Path(folder)
         (root / "bench_worker.py").write_text(WORKER)
@@ -155,11 +159,12 @@ def pipewarden(items: int, mode: str, concurrency: int) -> Figures:
         (root / "items.jsonl").write_text("\n".join(lines) + "\n")
         cli = [sys.executable, "-m", "pipewarden"]
         enqueue = [*cli, "enqueue", "bench", "--file", "items.jsonl", "--config", "config.yaml"]
-        subprocess.run(enqueue, cwd=root, check=True, stdout=subprocess.DEVNULL)
+        env = {**os.environ, "PYTHONPATH": baseline} if baseline else None
+        subprocess.run(enqueue, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
         db = root / ".pipewarden" / "pipewarden.db"
         done = counter(db, "SELECT COUNT(*) FROM items WHERE state = 'done'")
         daemon = subprocess.Popen([*cli, "run", "--until-idle", "--config", "config.yaml"],
-                                  cwd=root, stderr=subprocess.DEVNULL)  # fmt: skip
+                                  cwd=root, env=env, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             figures = watch(daemon, done, items)
             daemon.wait(60)
@@ -263,6 +268,13 @@ def configurations(args: argparse.Namespace) -> dict[str, Callable[[], Figures]]
             runs["floor through setpriv"] = lambda: floor(n, argv)
         runs["pipewarden process, concurrency 1"] = lambda: pipewarden(n, "process", 1)
         runs["pipewarden process, concurrency 2"] = lambda: pipewarden(n, "process", 2)
+    if args.baseline:
+        for name in [name for name in runs if name.startswith("pipewarden ")]:
+            mode, c = name.split()[1].rstrip(","), int(name.split()[-1])
+            items = args.items if mode == "pool" else args.process_items
+            runs[f"baseline {name[11:]}"] = lambda items=items, mode=mode, c=c: pipewarden(
+                items, mode, c, args.baseline
+            )
     return runs
 
 
@@ -272,6 +284,7 @@ def main() -> int:
     parser.add_argument("--process-items", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--only", choices=("pool", "process"))
+    parser.add_argument("--baseline", help="a folder holding another version's pipewarden")
     args = parser.parse_args()
     runs = configurations(args)
     names = list(runs)
@@ -308,6 +321,11 @@ def ratios(m: dict[str, Figures]) -> list[str]:
             lines.append(f"process, concurrency 1: {p1.per_item_ms / s.per_item_ms:.2f}x the"
                          " floor through setpriv")  # fmt: skip
         lines.append(f"process, concurrency 2 / concurrency 1: {p2.rate / p1.rate:.2f}x the rate")
+    for name, before in m.items():
+        if name.startswith("baseline "):
+            now = m["pipewarden " + name[9:]]
+            lines.append(f"{name[9:]}: {now.rate / before.rate:.2f}x the baseline's rate,"
+                         f" {now.cpu_us / before.cpu_us:.2f}x its CPU per item")  # fmt: skip
     return lines
 
 

@@ -1,6 +1,7 @@
 """What watching costs: pool throughput unwatched, watched lightly, and watched hard.
 
-    nice .venv/bin/python bench/watching.py [--items 10000] [--reps 3]
+    nice .venv/bin/python bench/watching.py [--items 10000] [--reps 3] [--ways 0,1,2]
+                                            [--baseline DIR]
 
 The real daemon, one no-op Python stage in pool mode at concurrency 2, 10,000 items
 (paused while the watchers connect, then resumed through the API), three ways, reps
@@ -14,7 +15,8 @@ interleaved:
 The rate and the CPU per item (the daemon's and its workers') count from the first item
 done to the last, as in compare.py. The watchers are asyncio clients in this process
 (raw HTTP/1.1 with keep-alive), so what they cost themselves is small, but they share
-the machine's two cores with the daemon as a person's browser would.
+the machine's two cores with the daemon as a person's browser would. `--baseline DIR`
+runs each way with another version of the package too (as in compare.py), interleaved.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ports import free_port
 
 WAYS = ["unwatched", "3 pages + 2 pollers/s", "100 streams + 20 busy pollers"]
 CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
+RUN_LIMIT_S = 300.0
 PAGE_REFRESH_S = 0.5  # the page's script: a status refresh at most this often while events come
 
 
@@ -146,12 +149,13 @@ def watchers(how: str, port: int, token: str, result: Watched) -> list:
     return []
 
 
-async def one_run(items: int, how: str) -> Watched:
+async def one_run(items: int, how: str, baseline: str | None) -> Watched:
+    env = {**os.environ, "PYTHONPATH": baseline} if baseline else None
     with tempfile.TemporaryDirectory(prefix="pw-watching-") as folder:
         root = Path(folder)
-        port = _project(root, items)
+        port = _project(root, items, env)
         cli = [sys.executable, "-m", "pipewarden"]
-        daemon = subprocess.Popen([*cli, "run", "--config", "config.yaml"], cwd=root,
+        daemon = subprocess.Popen([*cli, "run", "--config", "config.yaml"], cwd=root, env=env,
                                   stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             token = await _api_up(root, port, daemon)
@@ -175,7 +179,7 @@ async def one_run(items: int, how: str) -> Watched:
         return result
 
 
-def _project(root: Path, items: int) -> int:
+def _project(root: Path, items: int, env: dict[str, str] | None) -> int:
     """The bench project, its items enqueued behind a pause; returns its API port."""
     port = free_port()
     (root / "bench_worker.py").write_text(WORKER)
@@ -188,7 +192,7 @@ def _project(root: Path, items: int) -> int:
     (root / "items.jsonl").write_text("\n".join(lines) + "\n")
     cli = [sys.executable, "-m", "pipewarden"]
     for args in (["pause", "--pipeline", "bench"], ["enqueue", "bench", "--file", "items.jsonl"]):
-        subprocess.run([*cli, *args, "--config", "config.yaml"], cwd=root, check=True,
+        subprocess.run([*cli, *args, "--config", "config.yaml"], cwd=root, env=env, check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
     return port
 
@@ -212,19 +216,24 @@ async def _api_up(root: Path, port: int, daemon: subprocess.Popen[bytes]) -> str
 
 
 async def _measure(daemon: subprocess.Popen[bytes], done, items: int) -> tuple[float, float]:
+    """Rate and CPU per item from the first item done to the last (or to RUN_LIMIT_S: a
+    daemon that slow is measured on what it did, and said so)."""
     start = None
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + RUN_LIMIT_S
+    while True:
         count = await asyncio.to_thread(done)
         now = time.monotonic()
         if start is None and count > 0:
             start = (now, count, tree_cpu(daemon.pid))
-        if start is not None and count >= items:
-            measured = items - start[1]
+        if start is not None and (count >= items or now > deadline):
+            if count < items:
+                print(f"  (only {count:,} of {items:,} done within {RUN_LIMIT_S:g} s)")
+            measured = count - start[1]
             cpu = tree_cpu(daemon.pid) - start[2]
-            return measured / (now - start[0]), cpu / measured * 1e6
+            return measured / (now - start[0]), cpu / max(measured, 1) * 1e6
+        if now > deadline + RUN_LIMIT_S:
+            raise SystemExit("FAILED: no item done")
         await asyncio.sleep(POLL_S)
-    raise SystemExit("FAILED: not done within 600 s")
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -237,19 +246,24 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=10000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--ways", default="0,1,2", help="which of the three, e.g. 0,2")
+    parser.add_argument("--baseline", help="a folder holding another version's pipewarden")
     args = parser.parse_args()
     ways = [WAYS[int(n)] for n in args.ways.split(",")]
+    if args.baseline:
+        ways += [f"baseline: {way}" for way in ways]
     results: dict[str, list[Watched]] = {way: [] for way in ways}
     load = os.getloadavg()[0]
     for rep in range(args.reps):
         for way in ways[rep % len(ways) :] + ways[: rep % len(ways)]:
-            result = asyncio.run(one_run(args.items, way))
+            how, baseline = way.removeprefix("baseline: "), way.startswith("baseline: ")
+            result = asyncio.run(one_run(args.items, how, args.baseline if baseline else None))
             results[way].append(result)
             print(f"  rep {rep + 1}: {way}: {_line(result)}", flush=True)
     print(f"\nload average (1 min) {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end;"
           f" medians of {args.reps} interleaved reps\n")  # fmt: skip
-    base = statistics.median(r.rate for r in results[ways[0]])
     for way in ways:
+        first = "baseline: " + ways[0] if way.startswith("baseline: ") else ways[0]
+        base = statistics.median(r.rate for r in results[first])
         rate = statistics.median(r.rate for r in results[way])
         cpu = statistics.median(r.cpu_us for r in results[way])
         latencies = [latency for r in results[way] for latency in r.latencies]
@@ -259,7 +273,7 @@ def main() -> int:
             extra = (f"; /api/status p50 {_percentile(latencies, 0.5) * 1000:.0f} ms,"
                      f" p99 {_percentile(latencies, 0.99) * 1000:.0f} ms"
                      f" over {len(latencies):,} answers")  # fmt: skip
-        print(f"{way:31} {rate:7,.0f} items/s ({rate / base:.2f}x {ways[0]}),"
+        print(f"{way:41} {rate:7,.0f} items/s ({rate / base:.2f}x {first}),"
               f" {cpu:5.0f} µs CPU/item, {errors} errors{extra}")  # fmt: skip
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 
+from pipewarden.advising import advice_lines, advice_of
 from pipewarden.attempts import one_line
 from pipewarden.render import describe_hold
 from pipewarden.store import FinishedRun, Hold
@@ -28,6 +29,7 @@ class Announce:
             "Its items stay queued; nothing is failed or lost.",
             f"Clear it with: pipewarden halts clear {hold.target}",
         ]
+        body += advice_lines(advice_of(self.classifier.ruleset, hold.rule, hold.label))
         if samples:
             body += ["", "Recent errors:", *(f"  {one_line(s)}" for s in samples)]
         self.notifier.notify(
@@ -36,9 +38,10 @@ class Announce:
 
     def _notify_run(self, run: FinishedRun, now: float) -> None:
         if run.item_state is ItemState.FAILED:
+            advice = advice_of(self.classifier.ruleset, run.rule_id, run.label)
             self.notifier.failure(
                 run.run_id, f"{run.pipeline}/{run.stage} failed: {run.label or 'Unknown'}",
-                one_line(run.error), now,
+                "\n".join([one_line(run.error), *advice_lines(advice)]), now,
             )  # fmt: skip
         if run.status is RunStatus.TIMED_OUT:
             recent = self.store.count_runs(

@@ -26,15 +26,23 @@ import os
 import secrets
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import peewee
 import uvicorn
-from pipewarden import control, faults
-from pipewarden.auth import LOGIN_CODE_TTL_S, SESSION_TTL_S, Gate, GateMiddleware, own_origins
+from pipewarden import audit, charts, control, faults, finds
+from pipewarden.advising import advise_snapshot
+from pipewarden.auth import (
+    LOGIN_CODE_TTL_S,
+    SESSION_TTL_S,
+    Gate,
+    GateMiddleware,
+    client_of,
+    own_origins,
+)
 from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.inputs import items_field
 from pipewarden.limits import API_RUNS_MAX
@@ -132,6 +140,7 @@ class ApiServer:
         def answer(store: Store) -> bytes:
             snapshot = status_snapshot(config, store, now, only, verbose, daemon_running=True)
             snapshot["daemon"] = health
+            advise_snapshot(snapshot, daemon.rules)  # the rules in force: halts and labels
             return _json_body(snapshot)
 
         return await self.reads.run(answer)
@@ -216,9 +225,14 @@ def _build_app(api: ApiServer) -> Starlette:
     daemon = api.daemon
 
     def who(request: Request) -> str:
+        """By whom and through what, for the audit and the holds: "alice via page (api
+        from 127.0.0.1)"; a client that does not say what it is is left at "alice (api …)"."""
+        via = client_of(request.headers, api.token)
+        named = f" via {via}" if via else ""
         if (peer := request.scope.get(PEER)) is not None:
-            return str(peer)
-        return f"{getpass.getuser()} (api from {request.client.host if request.client else '?'})"
+            return f"{peer.name}{named} (uid {peer.uid}, api socket)"
+        host = request.client.host if request.client else "?"
+        return f"{getpass.getuser()}{named} (api from {host})"
 
     def changed() -> None:
         api.snapshots.invalidate()  # who changed something sees it in the next status
@@ -291,18 +305,23 @@ def _build_app(api: ApiServer) -> Starlette:
     async def reload(request: Request) -> Response:
         result = await daemon.reload(f"api ({who(request)})")  # a bad edit: 400 with why
         api.snapshots.invalidate()
+        control.note_reload(daemon.store, result, who(request), daemon.clock.now())
         return JSONResponse(result, status_code=200 if result["ok"] else 400)
 
     async def enqueue(request: Request) -> Response:
         data = await body(request, ENQUEUE_BODY)
-        result = control.enqueue(daemon.store, daemon.config, data["pipeline"], items_field(data),
-                                 daemon.clock.now(), data["force"])  # fmt: skip
+        # Off the loop (its own connection, its own transaction): the CLI sends a big file in
+        # chunks, and the loop serves /health and runs workers between and during them.
+        result = await asyncio.to_thread(
+            control.enqueue, daemon.store, daemon.config, data["pipeline"], items_field(data),
+            daemon.clock.now(), data["force"],
+        )  # fmt: skip
         changed()
         return JSONResponse(asdict(result))
 
     async def retry(request: Request) -> Response:
         data = await body(request, RETRY_BODY)
-        count = control.retry(daemon.store, daemon.config, data, daemon.clock.now())
+        count = control.retry(daemon.store, daemon.config, data, who(request), daemon.clock.now())
         changed()
         return JSONResponse({"label": data["label"], "items": count, "dry_run": data["dry_run"],
                              "held": control.held_count(daemon.store, data)})  # fmt: skip
@@ -397,6 +416,7 @@ def _build_app(api: ApiServer) -> Starlette:
         Route("/api/fail", fail, methods=["POST"]),
         Route("/api/events", events),
         *proposal_routes(daemon, who),  # issue 15: /api/proposals...
+        *_console_routes(api, who),
     ]
     middleware = [
         Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS),
@@ -419,8 +439,74 @@ def _json_body(content: object) -> bytes:
     return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
+# -- what the page finds and draws (issue 14): runs by filter, a run's record, held items,
+# charts, the audit, the rules' advice. Read only: every change goes through the routes above.
+FIND_RUNS_QUERY: Schema = {
+    "pipeline": Param(str, None), "stage": Param(str, None), "label": Param(str, None),
+    "status": Param(str, None, choices=(*(s.value for s in RunStatus), finds.FAILURES)),
+    "since": Param(float, None), "until": Param(float, None),
+    "before": Param(float, None), "before_id": Param(str, None),
+    "limit": Param(int, 50, clamp=(1, API_RUNS_MAX)),
+}  # fmt: skip
+HELD_QUERY: Schema = {"pipeline": Param(str, None), "limit": Param(int, 100, clamp=(1, 500))}
+CHARTS_QUERY: Schema = {"pipeline": Param(str, None), "hours": Param(int, 24, clamp=(1, 168))}
+AUDIT_QUERY: Schema = {"limit": Param(int, 50, clamp=(1, audit.AUDIT_SHOWN_MAX))}
+
+
+def _console_routes(api: ApiServer, who: Callable[[Request], str]) -> list[Route]:
+    daemon = api.daemon
+
+    async def find_runs(request: Request) -> Response:
+        q = query(request, FIND_RUNS_QUERY)
+        if (q["before"] is None) != (q["before_id"] is None):
+            raise UsageError("give 'before' and 'before_id' together (the last run seen)")
+        if q["pipeline"] is not None:
+            daemon.config.pipeline(q["pipeline"])  # a typo is a 400 naming the pipelines
+        wanted = finds.RunFilter(
+            q["pipeline"], q["stage"], q["status"], q["label"], q["since"], q["until"],
+            None if q["before"] is None else (q["before"], q["before_id"]),
+        )  # fmt: skip
+        return JSONResponse(finds.find_runs(daemon.store, wanted, q["limit"]))
+
+    async def run_record(request: Request) -> Response:
+        query(request, NOTHING)
+        record = finds.run_record(daemon.store, daemon.rules, request.path_params["run_id"])
+        if record is None:
+            return JSONResponse({"error": "no such run (or the prefix fits several)"},
+                                status_code=404)  # fmt: skip
+        return JSONResponse(record)
+
+    async def held(request: Request) -> Response:
+        q = query(request, HELD_QUERY)
+        return JSONResponse(finds.held_items(daemon.store, q["pipeline"], q["limit"]))
+
+    async def stage_charts(request: Request) -> Response:
+        q = query(request, CHARTS_QUERY)
+        if q["pipeline"] is not None:
+            daemon.config.pipeline(q["pipeline"])
+        now = daemon.clock.now()
+        charts_ = charts.stage_charts(daemon.store, daemon.config, q["pipeline"], now, q["hours"])
+        return JSONResponse({"now": now, "hours": q["hours"], "charts": charts_})
+
+    async def audit_lines(request: Request) -> Response:
+        q = query(request, AUDIT_QUERY)
+        return JSONResponse(audit.recent(daemon.store, q["limit"]))
+
+    async def advice(request: Request) -> Response:
+        query(request, NOTHING)
+        return JSONResponse(finds.advice_by_label(daemon.rules))
+
+    return [
+        Route("/api/find/runs", find_runs),
+        Route("/api/find/runs/{run_id}", run_record),
+        Route("/api/find/held", held),
+        Route("/api/charts", stage_charts),
+        Route("/api/audit", audit_lines),
+        Route("/api/advice", advice),
+    ]
+
+
 async def _refused(request: Request, exc: Exception) -> Response:
     """A PipewardenError is the client's to fix: its text is the answer, never a traceback."""
     status = 413 if isinstance(exc, RequestTooLarge) else 400
-    usage = {"usage": True} if isinstance(exc, UsageError) else {}  # the CLI exits 2 on it
-    return JSONResponse({"error": str(exc), **usage}, status_code=status)
+    return JSONResponse({"error": str(exc)}, status_code=status)

@@ -27,6 +27,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from pipewarden.client import CLIENT_HEADER
 from pipewarden.socket_api import PEER as SOCKET_PEER
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -43,6 +44,7 @@ PAGE_PATHS = frozenset({"/"})
 PUBLIC_PATHS = frozenset({"/health", "/api/session"})
 # Need the token itself: a session cannot mint more sessions.
 TOKEN_PATHS = frozenset({"/api/login-codes"})
+TOKEN_CLIENTS = ("cli", "tray")  # what a token holder may say it is (CLIENT_HEADER)
 
 
 @dataclass
@@ -104,6 +106,16 @@ def foreign_site(headers: Mapping[str, str], origins: frozenset[str]) -> str | N
     if fetch_site is not None and fetch_site not in ("same-origin", "none"):
         return f"a request from another site (Sec-Fetch-Site {fetch_site[:30]})"
     return None
+
+
+def client_of(headers: Mapping[str, str], token: str) -> str:
+    """What a request came through, for the audit: "page" for a browser session (a session
+    is only ever the page's); a token holder's own word otherwise ("cli", "tray"), or ""."""
+    given = bearer(headers)
+    if given and not hmac.compare_digest(given, token):
+        return "page"  # the gate let it in with a credential that is not the token
+    said = headers.get(CLIENT_HEADER, "")
+    return said if said in TOKEN_CLIENTS else ""
 
 
 def bearer(headers: Mapping[str, str]) -> str:

@@ -32,6 +32,8 @@ SERVICE_SOCKET = Path("/run/pipewarden/api.sock")  # the system unit's RuntimeDi
 TOKEN_FILE = "api.token"
 PROBE_TIMEOUT_S = 2.0
 API_START_WAIT_S = 5.0  # how long a command waits for a daemon that is starting its API
+# Says what a token holder is ("cli", "tray") for the audit line of what it does; grants nothing.
+CLIENT_HEADER = "x-pipewarden-client"
 
 
 def owning_group(path: Path) -> str:
@@ -84,6 +86,7 @@ class DaemonApi:
 
     def __init__(self, config: Config):
         self.config = config
+        self._client: Any = None  # httpx.Client, made at the first request
         self.socket = config.api.socket if config.api.enabled else None
         if self.socket is not None and socket_answers(self.socket):
             self.running, self.token = True, ""
@@ -115,6 +118,7 @@ class DaemonApi:
 
         transport = httpx.HTTPTransport(uds=str(self.socket)) if self.socket else None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers[CLIENT_HEADER] = "cli"  # for the audit: what a person used
         return httpx.Client(
             base_url=self.base, transport=transport, headers=headers, timeout=timeout
         )
@@ -134,7 +138,8 @@ class DaemonApi:
             answer = {"error": f"the API answered {response.status_code}: {response.text[:200]}"}
         if response.status_code >= 400 and not (refusal_ok and response.status_code == 400):
             error = answer.get("error", f"the API answered {response.status_code}")
-            raise UsageError(error) if answer.get("usage") else PipewardenError(error)
+            # 400: the request was refused as it was asked (a typo, a bad value): exit 2
+            raise UsageError(error) if response.status_code == 400 else PipewardenError(error)
         return answer
 
     def _send(self, method: str, path: str, **options: Any) -> Any:
@@ -146,10 +151,13 @@ class DaemonApi:
         while True:
             if not self.token and not self.socket:
                 self.token = self._read_token()
+            if self._client is None:  # one client for every request: a bulk enqueue sends many
+                self._client = self.http()
             try:
-                with self.http() as client:
-                    return client.request(method, path, **options)
+                return self._client.request(method, path, **options)
             except httpx.ConnectError as exc:
+                self._client.close()
+                self._client = None
                 if time.monotonic() > deadline:
                     raise self._no_answer(exc) from None
                 time.sleep(0.05)
@@ -165,16 +173,19 @@ class DaemonApi:
         return ""
 
 
-def store_exists(config: Config, path: Path) -> bool:
-    """Whether the config's store (at `path`) is there. A store this user may not read, and a
-    missing one while a service keeps its state elsewhere, are one line each."""
+def store_exists(config: Config, path: Path, look_elsewhere: bool = True) -> bool:
+    """Whether the config's store (at `path`) is there. A store this user may not read is
+    one line; so is a missing one while a service keeps its state elsewhere, when
+    `look_elsewhere` (a command that reads: one that writes makes the store here)."""
     try:
         os.stat(path)
     except PermissionError:
         raise PipewardenError(_unreadable(config, path)) from None
     except FileNotFoundError:
-        if running_daemon_pid(config.state_dir) is None and (
-            elsewhere := _service_elsewhere(config)
+        if (
+            look_elsewhere
+            and running_daemon_pid(config.state_dir) is None
+            and (elsewhere := _service_elsewhere(config))
         ):
             raise PipewardenError(f"no store at {path}; {elsewhere}") from None
         return False
@@ -213,7 +224,7 @@ def _service_elsewhere(config: Config) -> str | None:
                 f"the service's state is {state}: pass --state-dir {state}"
                 f" or set `state_dir: {state}` in {config.path}"
             )
-    if config.api.enabled and _health_answers(config.api.port):
+    if config.api.enabled and health_answers(config.api.port):
         return (
             f"a pipewarden daemon answers on 127.0.0.1:{config.api.port} with another state"
             f" dir: pass --state-dir or set state_dir in {config.path}"
@@ -238,7 +249,8 @@ def _state_dir_behind(path: Path) -> str:
         connection.close()
 
 
-def _health_answers(port: int) -> bool:
+def health_answers(port: int) -> bool:
+    """True when a pipewarden daemon's /health answers on 127.0.0.1:`port`."""
     import http.client
 
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=PROBE_TIMEOUT_S)

@@ -15,12 +15,10 @@ descendants, and the orphans that are its worker's (same session, or its mark) â
 SIGTERM, then SIGKILL after the stage's grace, and is reaped. A pool worker keeps its
 own children across items (a browser kept warm); what escaped it ends with the attempt.
 A sweep every second reaps orphans that exited and kills those no running attempt
-claims. The sentinel (`_sentinel.py`) is told of every worker's process group as it
-starts (a group that ended is told with the next start, or within SENTINEL_FORGET_S: one
-write and one wake-up of the sentinel per item, and a group it still holds is killed
-only while its leader carries this daemon's mark); when the daemon dies, it kills those
-groups and everything carrying the daemon's instance. Within RECORD_AFTER_S of its start
-(several in one commit) a worker is recorded on its run, and at the next start,
+claims. Every worker's process group is on a board the sentinel (`_sentinel.py`) reads
+when the daemon dies (`groupboard.py`: no message, no wake-up per worker); it then kills
+those groups and everything carrying the daemon's instance. Within RECORD_AFTER_S of its
+start (several in one commit) a worker is recorded on its run, and at the next start,
 `kill_leftovers` finds anything still left by the store's mark and by the process groups
 recorded on interrupted runs (matched by start time, so a reused pid is never hit), before
 any item is requeued.
@@ -42,6 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipewarden.groupboard import GroupBoard
 from pipewarden.processes import (
     Child,
     Identity,
@@ -68,7 +67,6 @@ KILL_WAIT_S = 2.0  # how long SIGKILLed processes may take to be gone
 RECORD_AFTER_S = 0.05  # new workers are recorded on their runs this soon, in one commit
 SWEEP_EVERY_S = 1.0
 SENTINEL_STOP_S = 2.0
-SENTINEL_FORGET_S = 1.0  # a group that ended is told to the sentinel this soon at the latest
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 
 StartedCallback = Callable[[list[tuple[str, int, int, int]]], None]  # run, pid, pgid, start
@@ -99,8 +97,7 @@ class Containment:
         self._own_children = OwnChildren()
         self._unrecorded: list[_Worker] = []
         self._recording: asyncio.TimerHandle | None = None
-        self._ended_groups: list[int] = []  # not yet told to the sentinel
-        self._forgetting: asyncio.TimerHandle | None = None
+        self._board: GroupBoard | None = None  # the groups the sentinel kills if we die
 
     # -- the daemon's life ------------------------------------------------------------
     def enable(self, state_dir: Path, on_started: StartedCallback | None = None) -> None:
@@ -111,21 +108,23 @@ class Containment:
         self._session = os.getsid(0)
         self._subreaper_before = _get_subreaper()
         _set_subreaper(1)
+        board = GroupBoard()
         try:
             self._sentinel = subprocess.Popen(
-                [sys.executable, "-m", "pipewarden._sentinel", self.instance],
+                [sys.executable, "-m", "pipewarden._sentinel", self.instance, str(board.fd)],
                 stdin=subprocess.PIPE,
                 env={k: v for k, v in os.environ.items() if k not in MARKS},
+                pass_fds=(board.fd,),
                 start_new_session=True,  # a Ctrl-C or a killed process group leaves it standing
             )
         except OSError as exc:  # e.g. an interpreter this user may run but not start again
+            board.close()
             log.warning(
                 "cannot start the sentinel (%s): if this daemon is killed, its workers are"
                 " found and killed when it starts again, not at once", exc,
             )  # fmt: skip
             return
-        assert self._sentinel.stdin is not None
-        os.set_blocking(self._sentinel.stdin.fileno(), False)
+        self._board = board
 
     def disable(self) -> None:
         """Stop the sentinel (it finds nothing left) and give the subreaper flag back."""
@@ -133,7 +132,6 @@ class Containment:
             self._recording.cancel()
             self._recording = None
         self._unrecorded = []
-        self._tell_sentinel()
         sentinel, self._sentinel = self._sentinel, None
         if sentinel is not None:
             assert sentinel.stdin is not None
@@ -143,6 +141,9 @@ class Containment:
             except subprocess.TimeoutExpired:
                 sentinel.kill()
                 sentinel.wait()
+        if self._board is not None:
+            self._board.close()
+            self._board = None
         if self._subreaper_before is not None:
             _set_subreaper(self._subreaper_before)
             self._subreaper_before = None
@@ -157,10 +158,11 @@ class Containment:
         return marks
 
     def track(self, child: Child, worker_id: str, run_id: str) -> None:
-        """A worker started for `run_id`: known from now on, told to the sentinel, and
+        """A worker started for `run_id`: known from now on, on the sentinel's board, and
         recorded on the run within RECORD_AFTER_S, with others started meanwhile."""
         worker = self._workers[child.pid] = _Worker(worker_id, child, run_id)
-        self._tell_sentinel(f"+{child.pgid}\n")
+        if self._board is not None:
+            self._board.add(child, child.pgid)
         self._unrecorded.append(worker)
         if self._recording is None:
             self._recording = asyncio.get_running_loop().call_later(RECORD_AFTER_S, self._record)
@@ -170,12 +172,8 @@ class Containment:
         self._workers[child.pid].run_id = run_id
 
     def untrack(self, child: Child) -> None:
-        if self._workers.pop(child.pid, None) is not None and self._sentinel is not None:
-            self._ended_groups.append(child.pgid)
-            if self._forgetting is None:
-                self._forgetting = asyncio.get_running_loop().call_later(
-                    SENTINEL_FORGET_S, self._tell_sentinel
-                )
+        if self._workers.pop(child.pid, None) is not None and self._board is not None:
+            self._board.remove(child)
 
     def _record(self) -> None:
         self._recording = None
@@ -189,19 +187,6 @@ class Containment:
             )
         except Exception as exc:  # a record for recovery only: the attempts go on
             log.warning("could not record %d worker process(es): %s", len(started), exc)
-
-    def _tell_sentinel(self, news: str = "") -> None:
-        """One short write: the groups that ended since the last, then `news`; if the pipe
-        is ever full, the sentinel's scan finds the worker."""
-        if self._forgetting is not None:
-            self._forgetting.cancel()
-            self._forgetting = None
-        lines = "".join(f"-{ended}\n" for ended in self._ended_groups) + news
-        self._ended_groups = []
-        if self._sentinel is not None and lines:
-            assert self._sentinel.stdin is not None
-            with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                os.write(self._sentinel.stdin.fileno(), lines.encode())
 
     async def end(self, child: Child, grace_s: float, whole: bool = True) -> int:
         """Stop what is left of an attempt: SIGTERM, SIGKILL after `grace_s`, reaped.

@@ -2,7 +2,8 @@
 release or fail held items.
 
 One implementation for both ways in: the API calls these inside the running daemon,
-and the CLI calls them on the store directly when no daemon runs.
+and the CLI calls them on the store directly when no daemon runs. Each change leaves
+its audit line (`audit.py`) in the same transaction: who, when, what.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipewarden import audit
 from pipewarden.config import Config
 from pipewarden.errors import UsageError
 from pipewarden.inputs import check_item, escape_controls, field, key_problem, shown
@@ -22,6 +24,7 @@ log = logging.getLogger("pipewarden.control")
 
 SCOPES = ("channel", "stage", "pipeline")
 REASON_MAX = KEY_MAX  # a reason to fail held items: one line, as long as any name the API takes
+AUDIT_KEYS_NAMED = 10  # an audit line of a bulk release names this many keys, then counts
 
 
 def enqueue(
@@ -70,10 +73,13 @@ def pause(
     """Pause a channel, stage or pipeline; False if it was already paused. With `known_only`
     a channel no item has had yet is refused as a typo (see `hold_target`)."""
     target = hold_target(config, scope, target, store, known_only)
-    added = store.add_hold(
-        {"scope": scope, "target": target, "kind": "pause", "reason": "paused by a person",
-         "created_at": now, "created_by": who}
-    )  # fmt: skip
+    with store.transaction():
+        added = store.add_hold(
+            {"scope": scope, "target": target, "kind": "pause", "reason": "paused by a person",
+             "created_at": now, "created_by": who}
+        )  # fmt: skip
+        audit.record(store, who, "pause", f"{scope} {target}",
+                     "" if added else "was paused already", now)  # fmt: skip
     return added is not None
 
 
@@ -83,31 +89,56 @@ def resume(
 ) -> bool:  # fmt: skip
     """Resume a paused channel, stage or pipeline; False if it was not paused."""
     target = hold_target(config, scope, target, store, known_only)
-    return bool(store.clear_holds(target, ("pause",), who, now))
+    with store.transaction():
+        was = bool(store.clear_holds(target, ("pause",), who, now))
+        audit.record(store, who, "resume", f"{scope} {target}", "" if was else "was not paused",
+                     now)  # fmt: skip
+    return was
 
 
 def clear_halt(store: Storage, notifier: Notifier, target: str, who: str, now: float) -> list[Hold]:
     """Clear the halts on `target` and tell the people who were told of them."""
-    cleared = store.clear_holds(target, ("halt",), who, now)
-    if not cleared:
-        halted = sorted({hold.target for hold in store.active_holds() if hold.kind == "halt"})
-        raise UsageError(f"no active halt on '{shown(target)}' — {listed('halted now', halted)}")
+    with store.transaction():
+        cleared = store.clear_holds(target, ("halt",), who, now)
+        if not cleared:
+            halted = sorted({hold.target for hold in store.active_holds() if hold.kind == "halt"})
+            raise UsageError(
+                f"no active halt on '{shown(target)}' — {listed('halted now', halted)}"
+            )
+        labels = ", ".join(sorted({hold.label or hold.reason for hold in cleared}))
+        audit.record(store, who, "clear halt", target, labels, now)
     for hold in cleared:
         notifier.halt_resolved(hold, f"Cleared by {who}", now)
     return cleared
 
 
-def retry(store: Storage, config: Config, request: dict[str, Any], now: float) -> int:
+def retry(store: Storage, config: Config, request: dict[str, Any], who: str, now: float) -> int:
     """Requeue failed and retrying items with a label (see `pipewarden retry`)."""
     label = field(request, "label", str)
     pipeline, stage = field(request, "pipeline", str, None), field(request, "stage", str, None)
     if pipeline:
         config.pipeline(pipeline)
     since_s = field(request, "since_s", float, None)
-    return store.requeue_by_label(
-        label, now, pipeline, stage, now - since_s if since_s else None,
-        field(request, "dry_run", bool, False), field(request, "force", bool, False),
-    )  # fmt: skip
+    dry_run = field(request, "dry_run", bool, False)
+    with store.transaction():
+        count = store.requeue_by_label(
+            label, now, pipeline, stage, now - since_s if since_s else None, dry_run,
+            field(request, "force", bool, False),
+        )  # fmt: skip
+        if not dry_run:
+            where = "/".join(part for part in (pipeline, stage) if part) or "every pipeline"
+            audit.record(store, who, "retry", f"label {label!r} in {where}",
+                         f"{count:,} item(s) requeued", now)  # fmt: skip
+    return count
+
+
+def note_reload(store: Storage, result: dict[str, Any], who: str, now: float) -> None:
+    """The audit line of a reload a person asked for (the daemon reloads; this records it)."""
+    if result["ok"]:
+        detail = f"rules version {result['version']} ({result['rules']} rules)"
+    else:
+        detail = f"failed: {result['error']}; version {result['version']} stays in force"
+    audit.record(store, who, "reload", "config and rules", detail, now)
 
 
 def release(
@@ -116,7 +147,11 @@ def release(
 ) -> HeldChange:  # fmt: skip
     """Held items (`keys`, or None for all of the pipeline's) back in the queue, at the
     attempt they were held at: a person has decided their side effects may happen again."""
-    change = store.change_held(_pipeline(config, pipeline), _keys(keys), now, dry_run=dry_run)
+    with store.transaction():
+        change = store.change_held(_pipeline(config, pipeline), _keys(keys), now,
+                                   dry_run=dry_run)  # fmt: skip
+        if not dry_run:
+            _audit_held(store, who, "release", pipeline, change, "", now)
     if change.changed and not dry_run:
         log.info("%s released %d held item(s) of %s", who, len(change.changed), pipeline)
     return change
@@ -128,9 +163,12 @@ def fail(
 ) -> HeldChange:  # fmt: skip
     """Held items (`keys`, or None for all of the pipeline's) end failed with `reason`."""
     text = fail_reason(reason)
-    change = store.change_held(
-        _pipeline(config, pipeline), _keys(keys), now, fail_reason=text, dry_run=dry_run
-    )
+    with store.transaction():
+        change = store.change_held(
+            _pipeline(config, pipeline), _keys(keys), now, fail_reason=text, dry_run=dry_run
+        )
+        if not dry_run:
+            _audit_held(store, who, "fail", pipeline, change, f": {text}", now)
     if change.changed and not dry_run:
         log.info("%s failed %d held item(s) of %s: %s", who, len(change.changed), pipeline, text)
     return change
@@ -154,6 +192,16 @@ def held_count(store: Storage, request: dict[str, Any]) -> int:
         field(request, "label", str), field(request, "pipeline", str, None),
         field(request, "stage", str, None),
     )  # fmt: skip
+
+
+def _audit_held(
+    store: Storage, who: str, action: str, pipeline: str, change: HeldChange, why: str, now: float
+) -> None:
+    names = ", ".join(change.changed[:AUDIT_KEYS_NAMED])
+    more = len(change.changed) - AUDIT_KEYS_NAMED
+    names += f" and {more:,} more" if more > 0 else ""
+    detail = f"{len(change.changed):,} held item(s){' (' + names + ')' if names else ''}{why}"
+    audit.record(store, who, action, pipeline, detail, now)
 
 
 def _pipeline(config: Config, name: str) -> str:

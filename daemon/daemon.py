@@ -129,7 +129,7 @@ class Daemon:
     async def run(self, until_idle: bool = False, watch_files: bool = True) -> int:
         lock = DaemonLock(self.config.state_dir)
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock.acquire()
+        await self.outage.wait_out(lock.acquire)  # its pid cannot be written on a full disk
         store = self._store = await self.outage.wait_out(lambda: open_configured(self.config))
         await self.outage.wait_out(
             lambda: lease.join(store, self.config.lease_s, self.config.global_concurrency)
@@ -158,8 +158,10 @@ class Daemon:
                 code=self._code,
             )
             scheduler.observers, scheduler.outage = self.observers, self.outage
-            if store.kind == "sqlite":
-                self.observers.append(TemplateFeed(store))  # issue 15: unmatched failures mined
+            feed = None
+            if store.kind == "sqlite":  # issue 15: unmatched failures mined, rules proposed
+                feed = TemplateFeed(store)
+                self.observers.append(feed)
             else:  # the miner's statements are SQLite's still
                 log.info("templates: unmatched failures are not mined on %s yet", store.kind)
             notifier.on_result = self._delivered
@@ -184,6 +186,8 @@ class Daemon:
             self._spawn(self.systemd.watchdog(self.summary))
             self._spawn(self._keep_the_books())
             self._spawn(containment.keep_sweeping())
+            if feed is not None:
+                self._spawn(feed.keep_proposing(self.clock.now))
             damaged = await self._run_scheduler(scheduler, until_idle)
             self._stop.set()  # ends the file watcher too
             reason = (
@@ -231,7 +235,7 @@ class Daemon:
             return None
         from pipewarden.api import ApiServer  # starlette, uvicorn: only the daemon pays for them
 
-        api = ApiServer(self, self.config.api.port)
+        api = await self.outage.wait_out(lambda: ApiServer(self, self.config.api.port))  # token
         try:
             await api.start()
         except OSError as exc:

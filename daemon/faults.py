@@ -53,6 +53,7 @@ FULL_DISK_WAL_PAGES = 256  # after a full disk, the WAL is checkpointed every 1 
 FULL_DISK_WAL_BYTES = 1 << 20  # ... and cut back to 1 MiB when it starts over, giving space back
 CLEAN_STOP = "stopped_cleanly"  # meta: false while a daemon runs, true once it stopped cleanly
 _OWN_SUFFIXES = ("", "-wal", "-shm", "-journal")  # the store's files; "-journal" from old tools
+_PASSING_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 _FS_IOC_GETFLAGS = 0x80086601  # Linux, 64-bit: the inode flags that chattr sets
 _FS_IMMUTABLE_FL = 0x10
 
@@ -86,6 +87,8 @@ def fault_of(exc: BaseException, path: Path) -> StoreFault | None:
     for error in _chain(exc):
         if isinstance(error, StoreFault):
             return error
+        if isinstance(error, OSError) and error.errno in _PASSING_ERRNOS:  # the state dir's
+            return os_fault(error, path)  # other files (lock, token) on the same disk
         if _connection_lost(error):
             return StoreFault(path, UNREACHABLE, str(error).strip().splitlines()[0][:200])
         code = getattr(error, "sqlite_errorcode", None)

@@ -24,19 +24,25 @@ class DaemonLock:
         self._handle: int | None = None
 
     def acquire(self) -> None:
-        handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(handle)
-            pid = running_daemon_pid(self.path.parent)
-            raise PipewardenError(
-                f"another pipewarden daemon (pid {pid}) is running on {self.path.parent}"
-                " — stop it first, or use another --state-dir"
-            ) from None
-        os.ftruncate(handle, 0)
-        os.write(handle, f"{os.getpid()}\n".encode())
-        self._handle = handle
+        """Lock the state dir and write this daemon's pid in the lock file. A pid that
+        cannot be written (a full disk) raises OSError with the lock kept: call again."""
+        if self._handle is None:
+            handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(handle)
+                pid = running_daemon_pid(self.path.parent)
+                raise PipewardenError(
+                    f"another pipewarden daemon (pid {pid}) is running on {self.path.parent}"
+                    " — stop it first, or use another --state-dir"
+                ) from None
+            self._handle = handle
+        # Over the old pid, then cut to length: on a full disk a file that had a pid keeps
+        # its block, where truncating it first would give the block away.
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(self._handle, pid, 0)
+        os.ftruncate(self._handle, len(pid))
 
     def release(self) -> None:
         if self._handle is not None:

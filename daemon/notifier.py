@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipewarden.clock import Clock
 from pipewarden.config import NotifySettings, NotifyTarget
@@ -166,13 +166,14 @@ class Notifier:
         facts = self.store.run_facts(run_ids)
         failures = []
         for row, run_id in zip(rows, run_ids, strict=True):
+            error, *advice = row.body.split("\n")  # the error's line, then the rules' advice
             if run_id in facts:
                 pipeline, stage, channel, label, key = facts[run_id]
                 failures.append(
-                    Failure(label or "Unknown", channel, f"{pipeline}/{stage}", key, row.body)
+                    Failure(label or "Unknown", channel, f"{pipeline}/{stage}", key, error, advice)
                 )
             else:
-                failures.append(Failure(row.title, None, "", None, row.body))
+                failures.append(Failure(row.title, None, "", None, error, advice))
         return failures
 
 
@@ -185,6 +186,7 @@ class Failure:
     stage: str  # "pipeline/stage"
     key: str | None
     error: str
+    advice: list[str] = field(default_factory=list)  # the rules' advice and runbook lines
 
 
 def digest_message(failures: list[Failure]) -> tuple[str, str]:
@@ -194,11 +196,12 @@ def digest_message(failures: list[Failure]) -> tuple[str, str]:
     for failure in failures:
         groups[(failure.label, failure.channel)].append(failure)
     ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
-    # Two lines a group; past the cap, one line left to sum up the rest.
-    shown = len(ordered) if 2 * len(ordered) <= DIGEST_LINES else (DIGEST_LINES - 1) // 2
-    lines: list[str] = []
-    for (label, channel), group in ordered[:shown]:
-        lines += _group_lines(label, channel, group)
+    # Two lines a group (and its advice); past the cap, one line left to sum up the rest.
+    blocks = [_group_lines(label, channel, group) for (label, channel), group in ordered]
+    shown = len(blocks)
+    while shown > 1 and sum(map(len, blocks[:shown])) + (shown < len(blocks)) > DIGEST_LINES:
+        shown -= 1
+    lines: list[str] = [line for block in blocks[:shown] for line in block]
     if shown < len(ordered):
         rest = sum(len(group) for _, group in ordered[shown:])
         lines.append(f"… and {len(ordered) - shown} more groups ({rest:,} failures)")
@@ -218,7 +221,7 @@ def _group_lines(label: str, channel: str | None, group: list[Failure]) -> list[
     if keys and len(group) > len(keys):
         examples += f" (+{len(group) - len(keys):,} more)"
     head = f"• {len(group):,}× {_what(label, channel)}{where}{examples}"
-    return [head, f"  last error: {group[-1].error}"]
+    return [head, f"  last error: {group[-1].error}", *(f"  {line}" for line in group[-1].advice)]
 
 
 def _what(label: str, channel: str | None) -> str:

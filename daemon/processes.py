@@ -12,10 +12,13 @@ ready callback, no transport, nothing to await before the first byte), and close
 explicitly whatever happens (none is left for the garbage collector to close after the
 loop is gone).
 
-A spawn closes no descriptors in the child when the daemon holds no inheritable one (the
-usual case: Python and SQLite open everything close-on-exec): closing them one by one up
-to the descriptor limit cost a spawn milliseconds. Should an inheritable one appear, the
-child closes them all as before.
+A worker is started with `os.posix_spawn` (the C library's vfork and exec, nothing in
+Python between) where its folder is the daemon's own, else through `subprocess`, which
+can change folders. Neither closes descriptors in the child, since the daemon holds no
+inheritable one:
+Python and SQLite open everything close-on-exec, and before each spawn any descriptor
+beyond 0-2 that is not (one inherited from whoever started the daemon) is made so. Closing
+them one by one in the child, up to the descriptor limit, cost a spawn milliseconds.
 
 Linux only: /proc and pidfd_open (Linux 5.3).
 """
@@ -314,10 +317,12 @@ class Child:
     outlives it as long as a member does, so signalling the group afterwards stays safe.
     """
 
-    def __init__(self, popen: subprocess.Popen[bytes], pipes: tuple[int, int, int]):
+    def __init__(
+        self, pid: int, pipes: tuple[int, int, int], popen: subprocess.Popen[bytes] | None
+    ):
         self._popen = popen
-        self.pid = popen.pid
-        self.pgid = popen.pid  # a new session: its own process group
+        self.pid = pid
+        self.pgid = pid  # a new session: its own process group
         self._start: int | None = None
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pidfd = os.pidfd_open(self.pid)
@@ -382,7 +387,8 @@ class Child:
         code = -1
         if result is not None:
             code = result.si_status if result.si_code == os.CLD_EXITED else -result.si_status
-        self._popen.returncode = code  # so Popen never waits for (or warns about) it again
+        if self._popen is not None:
+            self._popen.returncode = code  # so Popen never waits for (or warns about) it again
         if not self.exited.done():
             self.exited.set_result(code)
 
@@ -394,36 +400,53 @@ def spawn(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> Child:
     pipes: until then a sweep could take it for an orphan."""
     stdin, stdout, stderr = os.pipe(), os.pipe(), os.pipe()  # close-on-exec, all six
     ours = (stdin[1], stdout[0], stderr[0])
+    theirs = (stdin[0], stdout[1], stderr[1])
+    popen = None
     try:
-        popen = subprocess.Popen(
-            list(argv),
-            stdin=stdin[0],
-            stdout=stdout[1],
-            stderr=stderr[1],
-            cwd=str(cwd),
-            env=env,
-            close_fds=_inheritable_fds(),
-            start_new_session=True,  # own process group, and no terminal's Ctrl-C
-        )
+        close_fds = _seal_inherited_fds()
+        if not close_fds and os.path.isabs(argv[0]) and os.path.samefile(cwd, "."):
+            pid = _posix_spawn(argv, env, theirs)
+        else:
+            popen = subprocess.Popen(
+                list(argv), stdin=theirs[0], stdout=theirs[1], stderr=theirs[2],
+                cwd=str(cwd), env=env, close_fds=close_fds,
+                start_new_session=True,  # own process group, and no terminal's Ctrl-C
+            )  # fmt: skip
+            pid = popen.pid
     except BaseException:
         for fd in ours:
             os.close(fd)
         raise
     finally:
-        for fd in (stdin[0], stdout[1], stderr[1]):  # the child's ends: its copies only
+        for fd in theirs:  # the child's ends: its copies only
             os.close(fd)
     try:
-        return Child(popen, ours)
+        return Child(pid, ours, popen)
     except BaseException:
-        popen.kill()
-        popen.wait()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
         for fd in ours:
             os.close(fd)
         raise
 
 
-def _inheritable_fds() -> bool:
-    """Whether the daemon holds a descriptor a worker would inherit (beyond 0, 1 and 2)."""
+# What subprocess's restore_signals resets in a child: Python ignores them for itself.
+_RESET_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ") if hasattr(signal, name)
+)
+
+
+def _posix_spawn(argv: Sequence[str], env: dict[str, str], pipes: tuple[int, ...]) -> int:
+    """A new session running `argv` with `pipes` as its stdin, stdout and stderr."""
+    actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(pipes)]
+    return os.posix_spawn(
+        argv[0], list(argv), env, file_actions=actions, setsid=True, setsigdef=_RESET_SIGNALS
+    )
+
+
+def _seal_inherited_fds() -> bool:
+    """Make every descriptor beyond 0-2 close-on-exec, so no worker inherits one; False
+    once done (the child then has none to close), True where /proc cannot say."""
     try:
         fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
     except OSError:
@@ -432,5 +455,5 @@ def _inheritable_fds() -> bool:
         if fd > 2:
             with contextlib.suppress(OSError):  # the listing's own, closed since
                 if os.get_inheritable(fd):
-                    return True
+                    os.set_inheritable(fd, False)
     return False

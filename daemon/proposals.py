@@ -24,6 +24,7 @@ from pipewarden.template_feed import mined_text
 from pipewarden.templates import WILDCARD
 
 if TYPE_CHECKING:
+    from pipewarden.backtest import Replay
     from pipewarden.config import Config
     from pipewarden.store import Store
 
@@ -31,6 +32,9 @@ MIN_COUNT = 5  # members in the window before a template gets a proposal
 WINDOW_S = 7 * 86400
 EXAMPLES = 3
 DAY_S = 86400
+SAMPLE_TEMPLATES = 2000  # templates a proposed pattern is checked against, latest seen first
+SAMPLE_MEMBERS = 20  # latest members of each
+REFRESH_EVERY_S = 5.0  # the daemon proposes this often, when templates changed since
 STATES = ("pending", "approved", "rejected", "superseded")
 GROUPS = ("retriable", "terminal", "ignore", "defer")
 
@@ -97,32 +101,41 @@ def suggested_label(template: str) -> str:
     return label[:1].upper() + label[1:]
 
 
-def refresh(store: Store, now: float, min_count: int = MIN_COUNT) -> None:
+def refresh(store: Store, now: float, min_count: int = MIN_COUNT) -> int:
     """Propose a rule for each template frequent enough that has none pending or decided
-    for its current text; supersede a pending one whose template has changed."""
+    for its current text; supersede a pending one whose template has changed. Returns how
+    many were proposed. Bounded on a large store: counting stops at `min_count` members, and
+    a pattern is checked against a sample of each template's latest members."""
     conn = store.db.connection()
-    since = now - WINDOW_S
     frequent = conn.execute(
-        "SELECT t.id, t.template FROM templates t WHERE (SELECT count(*) FROM template_runs m"
-        " WHERE m.template_id = t.id AND m.seen_at >= ?) >= ?", (since, min_count),
+        "SELECT t.id, t.template FROM templates t WHERE (SELECT count(*) FROM (SELECT 1 FROM"
+        " template_runs m WHERE m.template_id = t.id AND m.seen_at >= ? LIMIT ?)) >= ?",
+        (now - WINDOW_S, min_count, min_count),
     ).fetchall()  # fmt: skip
+    wanted = []
+    for template_id, template in frequent:
+        current = conn.execute(
+            "SELECT id, template, state FROM proposals WHERE template_id = ? AND state !="
+            " 'superseded' ORDER BY id DESC LIMIT 1", (template_id,),
+        ).fetchone()  # fmt: skip
+        if current is not None and current[1] == template:
+            continue  # proposed, approved or rejected as it is
+        if current is not None and current[2] != "pending":
+            continue  # a person decided on this template: its growth does not reopen it
+        wanted.append((template_id, template, current[0] if current else None))
+    if not wanted:
+        return 0
+    samples = _member_samples(store)
+    proposed = 0
     with store.transaction():
-        for template_id, template in frequent:
-            current = conn.execute(
-                "SELECT id, template, state FROM proposals WHERE template_id = ? AND state !="
-                " 'superseded' ORDER BY id DESC LIMIT 1", (template_id,),
-            ).fetchone()  # fmt: skip
-            if current is not None and current[1] == template:
-                continue  # proposed, approved or rejected as it is
-            if current is not None and current[2] != "pending":
-                continue  # a person decided on this template: its growth does not reopen it
+        for template_id, template, pending in wanted:
             pattern = pattern_of(template)
-            if _overlaps(store, template_id, pattern):
+            if _overlaps(samples, template_id, pattern):
                 continue
-            if current is not None:
+            if pending is not None:
                 conn.execute(
                     "UPDATE proposals SET state = 'superseded', decided_at = ?,"
-                    " decided_by = 'pipewarden' WHERE id = ?", (now, current[0]),
+                    " decided_by = 'pipewarden' WHERE id = ?", (now, pending),
                 )  # fmt: skip
             group, category = suggested_kind(template)
             conn.execute(
@@ -131,18 +144,36 @@ def refresh(store: Store, now: float, min_count: int = MIN_COUNT) -> None:
                 (template_id, template, pattern, suggested_label(template), group, category,
                  json.dumps(examples(store, template_id)), now),
             )  # fmt: skip
+            proposed += 1
+    return proposed
 
 
-def _overlaps(store: Store, template_id: int, pattern: str) -> bool:
-    """Whether the pattern misses a member of its template or catches another's."""
+def _member_samples(store: Store) -> dict[int, set[str]]:
+    """The distinct texts (as mined) of the latest members of the most recently seen
+    templates: what a proposed pattern is checked against, in a time that does not grow
+    with the store (at most SAMPLE_TEMPLATES x SAMPLE_MEMBERS texts)."""
+    conn = store.db.connection()
+    templates = conn.execute(
+        "SELECT id FROM templates ORDER BY last_seen DESC LIMIT ?", (SAMPLE_TEMPLATES,)
+    ).fetchall()
+    samples: dict[int, set[str]] = {}
+    for (template_id,) in templates:
+        rows = conn.execute(
+            "SELECT r.error FROM template_runs m JOIN runs r ON r.id = m.run_id"
+            " WHERE m.template_id = ? ORDER BY m.seen_at DESC LIMIT ?",
+            (template_id, SAMPLE_MEMBERS),
+        )
+        samples[template_id] = {mined_text(error or "") for (error,) in rows}
+    return samples
+
+
+def _overlaps(samples: dict[int, set[str]], template_id: int, pattern: str) -> bool:
+    """Whether the pattern misses a sampled member of its template or catches another's."""
     compiled = re.compile(pattern, re.IGNORECASE)
-    rows = store.db.connection().execute(
-        "SELECT m.template_id, r.error FROM template_runs m JOIN runs r ON r.id = m.run_id"
-    )
-    for member_of, error in rows:
-        found = compiled.search(mined_text(error or "")) is not None
-        if found != (member_of == template_id):
-            return True
+    for member_of, texts in samples.items():
+        for text in texts:
+            if (compiled.search(text) is not None) != (member_of == template_id):
+                return True
     return False
 
 
@@ -221,10 +252,13 @@ def approve(
     now: float,
     rules_file: str | None = None,
     **edits: str | None,
-) -> tuple[Path, list[str]]:
+) -> tuple[Path, list[str], Replay]:
     """Write the proposal's rule (with a person's `edits`: label, group, category, pattern)
-    into a rules file the config reads, then mark it approved; the file and lines added."""
-    from pipewarden.rule_writer import add_rule
+    into a rules file the config reads, then mark it approved; the file, the lines added and
+    the backtest of the rules with it over the window's stored failures (replayed before the
+    file is written)."""
+    from pipewarden.backtest import replay_edited
+    from pipewarden.rule_writer import replace, with_rule
 
     proposal = get(store, proposal_id)
     if proposal.state != "pending":
@@ -237,10 +271,12 @@ def approve(
         "label": chosen.get("label", proposal.label),
         "category": chosen.get("category", proposal.category),
     }
-    added = add_rule(target, rule)
+    text, added = with_rule(target, rule)
+    tried = replay_edited(store, config, {target: text}, now - WINDOW_S)
+    replace(target, text)
     decide(store, proposal_id, "approved", who, now, label=rule["label"], group=rule["group"],
            category=rule["category"], pattern=rule["match"], rules_file=str(target))  # fmt: skip
-    return target, added
+    return target, added, tried
 
 
 def rules_file_for(config: Config, given: str | None) -> Path:

@@ -53,12 +53,12 @@ def proposal_routes(daemon: Daemon, who: Callable[[Request], str]) -> list[Route
 
     async def approve(request: Request) -> Response:
         data = await body(request, APPROVE_BODY)
-        target, added = proposals.approve(
+        target, added, tried = proposals.approve(
             daemon.store, daemon.config, proposal_id(request), who(request), daemon.clock.now(),
             data["file"], label=data["label"], group=data["group"], category=data["category"],
             pattern=data["match"],
         )  # fmt: skip
-        return JSONResponse({"file": str(target), "added": added})
+        return JSONResponse({"file": str(target), "added": added, "backtest": tried.as_dict()})
 
     async def reject(request: Request) -> Response:
         await body(request, {})

@@ -51,6 +51,12 @@ def status_tree(snapshot: dict[str, Any], paint: Paint, verbose: bool = False) -
         lines += ["", _row(header, len(pipeline["name"]), "Total", "Δ24h", "Δ1h"), RULE]
         for stage in pipeline["stages"]:
             lines += _stage_lines(stage, paint, verbose)
+    if verbose and snapshot.get("advice"):
+        from pipewarden.advising import advice_lines
+
+        lines += ["", "what the rules advise:"]
+        for label, advice in snapshot["advice"].items():
+            lines += [f"  {escape_controls(label)}", *advice_lines(advice, "    ")]
     return lines
 
 
@@ -156,7 +162,7 @@ def _state_children(state: dict[str, Any], stage: dict[str, Any]) -> list[tuple]
     children = []
     for group in state["groups"]:
         colour = GROUP_COLOURS.get(group["name"], "cyan")
-        labels = [(row["label"], row) for row in group["labels"]]
+        labels = [(_label_text(row), row) for row in group["labels"]]
         if group["other"]:
             labels.append((f"Other ({group['other']['more']} more)", group["other"]))
         if group["name"] == "Ignored":
@@ -166,6 +172,13 @@ def _state_children(state: dict[str, Any], stage: dict[str, Any]) -> list[tuple]
         else:
             children.append((group["name"], group, colour, labels))
     return children
+
+
+def _label_text(row: dict[str, Any]) -> str:
+    """A label, and how many of its items a reclassify put there (their runs say from what)."""
+    if row.get("rebucketed"):
+        return f"{row['label']} ({row['rebucketed']:,} re-bucketed)"
+    return row["label"]
 
 
 def _wake(waiting: dict[str, Any]) -> str:
@@ -371,6 +384,8 @@ RUN_FIELDS: Sequence[str] = (
     "finished_at", "duration_s", "exit_code", "signal", "pid", "daemon", "group_name", "label",
     "category", "type", "rule_id", "rules_version", "error_type", "progress", "message",
     "input_fingerprint", "code_ref", "config_hash", "rows_in", "rows_out", "cost", "trace_id",
+    "reclassified_at", "original_group", "original_label", "original_rule_id",
+    "original_rules_version",
 )  # fmt: skip
 _BLOCK_FIELDS = ("error", "traceback", "output")
 
@@ -479,6 +494,15 @@ def describe_hold(hold: Any) -> str:
     return f"{escape_controls(str(get('target')))} — {what}{by} since {since}{lifts}"
 
 
+def _rebucketed_line(was: dict[str, Any]) -> str:
+    first = f"{was['group']} · {was['label']}" if was["label"] else "no label"
+    by = f", by {was['rule']}" if was["rule"] else ""
+    return (
+        f"re-bucketed {format_time(was['at'])} by `pipewarden reclassify`; first judged"
+        f" [{first}]{by} (rules {was['rules_version'] or '?'})"
+    )
+
+
 def story_lines(story: dict[str, Any]) -> list[str]:
     """`pipewarden why`: the item, each run, the backoff, the holds, what happens next."""
     lines = [
@@ -500,6 +524,8 @@ def story_lines(story: dict[str, Any]) -> list[str]:
             lines.append(f"      {first_line(run['error'])}")
         if run["rule"]:
             lines.append(f"      classified by {run['rule']}")
+        if run.get("rebucketed"):
+            lines.append(f"      {_rebucketed_line(run['rebucketed'])}")
         if run.get("probe_of") is not None:
             lines.append(f"      {_probe_line(run, story['holds'])}")
     if story["backoff_s"]:
@@ -515,5 +541,10 @@ def story_lines(story: dict[str, Any]) -> list[str]:
                 else " (active)"
             )
             lines.append(f"  {hold['kind']} {describe_hold(hold)}{cleared}")
+    if story.get("advice", {}).get("advice") or story.get("advice", {}).get("runbook"):
+        from pipewarden.advising import advice_lines
+
+        lines += ["", f"what to do about '{story['last_label']}':",
+                  *advice_lines(story["advice"], "  ")]  # fmt: skip
     lines += ["", f"next: {story['next']}"]
     return lines

@@ -21,6 +21,14 @@ from pipewarden.errors import UsageError
 
 def add_rule(path: Path, rule: dict[str, str]) -> list[str]:
     """Append `rule` to the rules file at `path`; returns the lines added."""
+    new, added = with_rule(path, rule)
+    replace(path, new)
+    return added
+
+
+def with_rule(path: Path, rule: dict[str, str]) -> tuple[str, list[str]]:
+    """The rules file at `path` with `rule` appended, checked as the daemon would load it
+    (nothing written yet), and the lines added."""
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
     from ruamel.yaml.scalarstring import SingleQuotedScalarString
@@ -53,8 +61,7 @@ def add_rule(path: Path, rule: dict[str, str]) -> list[str]:
     new = buffer.getvalue()
     added = _only_added(old, new, path)
     _check_loads(path, new)
-    _replace(path, new)
-    return added
+    return new, added
 
 
 def _only_added(old: str, new: str, path: Path) -> list[str]:
@@ -82,7 +89,8 @@ def _check_loads(path: Path, text: str) -> None:
         load_rules([trial])  # a ConfigError names the line: nothing is written
 
 
-def _replace(path: Path, text: str) -> None:
+def replace(path: Path, text: str) -> None:
+    """`text` in place of the file, through a temporary file and a rename."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:

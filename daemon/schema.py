@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -122,6 +123,14 @@ def _from_text(name: str, text: str, kind: type) -> Any:
         if not _WHOLE_NUMBER.fullmatch(text):
             raise UsageError(f"'{name}' must be a whole number, not '{shown(text)}'")
         return int(text)
+    if kind is float:
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise UsageError(f"'{name}' must be a number, not '{shown(text)}'")
+        return number
     if kind is bool:
         if text not in _FLAGS:
             raise UsageError(f"'{name}' must be 1 or 0, not '{shown(text)}'")

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import sqlite3
 import stat
-import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,13 +76,23 @@ def starter_config(extra_packs: tuple[str, ...] = ()) -> str:
     return STARTER_CONFIG.replace("{packs}", "".join(f"{line}\n" for line in lines))
 
 
-def init(folder: Path, extra_packs: tuple[str, ...] = ()) -> list[Path]:
+def with_port(config: str, port: int) -> str:
+    """The starter config with its API on `port` (the usual one was taken)."""
+    return config.replace(
+        "# api: {port: 8765}               # HTTP on 127.0.0.1",
+        f"api: {{port: {port}}}{' ' * (18 - len(str(port)))}# 8765 was taken; HTTP on 127.0.0.1",
+    )
+
+
+def init(folder: Path, extra_packs: tuple[str, ...] = (), api_port: int = 8765) -> list[Path]:
     """Write a starter config, the shipped rules and a worker; never overwrite a file."""
     shipped = packs.shipped_rules_dir()
     if not shipped.is_dir():
         raise PipewardenError(f"the shipped rules are not at {shipped}: reinstall pipewarden")
     planned = {
-        folder / "config.yaml": starter_config(extra_packs),
+        folder / "config.yaml": with_port(starter_config(extra_packs), api_port)
+        if api_port != 8765
+        else starter_config(extra_packs),
         folder / "workers" / "__init__.py": "",
         folder / "workers" / "hello.py": STARTER_WORKER,
         **{folder / "rules" / p.name: p.read_text() for p in sorted(shipped.glob("*.yaml"))},
@@ -117,6 +124,7 @@ def doctor(config_arg: str | None, state_dir: str | None) -> Iterator[Finding]:
     yield Finding(True, f"config: {config.path} ({len(config.pipelines)} pipeline(s))")
     yield from _rules(config)
     yield from _state_dir(config)
+    yield from _api_port(config)
     yield from _rule_trouble(config)
     yield from _workers(config)
     yield from _notify(config)
@@ -198,6 +206,25 @@ def _store(path: Path) -> Iterator[Finding]:
                           f"chmod 600 {file}")  # fmt: skip
 
 
+def _api_port(config: Config) -> Iterator[Finding]:
+    """The API's port is free, or held by this config's own daemon."""
+    from pipewarden.client import health_answers
+    from pipewarden.lock import running_daemon_pid
+    from pipewarden.ports import a_free_port, port_free
+
+    if not config.api.enabled or config.api.socket is not None:
+        return
+    port = config.api.port
+    if port_free(port):
+        yield Finding(True, f"api: port {port} is free")
+    elif running_daemon_pid(config.state_dir) is not None and health_answers(port):
+        yield Finding(True, f"api: port {port} is this daemon's")
+    else:
+        held = "another pipewarden daemon" if health_answers(port) else "another program"
+        yield Finding(False, f"api: port {port} is taken by {held}",
+                      f"give this one another: api: {{port: {a_free_port()}}}")  # fmt: skip
+
+
 def _rule_trouble(config: Config) -> Iterator[Finding]:
     """Rules the daemon found giving up on messages (out of time, or failing)."""
     import json
@@ -225,31 +252,11 @@ def _rule_trouble(config: Config) -> Iterator[Finding]:
 
 
 def _workers(config: Config) -> Iterator[Finding]:
+    from pipewarden.worker_check import check_stage
+
     for pipeline in config.pipelines.values():
         for stage in pipeline.stages:
-            where = f"stage {stage.qualified_name}"
-            if stage.command:
-                program = stage.command[0]
-                local = (stage.cwd / program).exists() if "/" in program else False
-                if local or shutil.which(program):
-                    yield Finding(True, f"{where}: command {program} found")
-                else:
-                    yield Finding(False, f"{where}: command {program} not found",
-                                  "install it, or give its full path")  # fmt: skip
-            else:
-                module = (stage.python or "").partition(":")[0]
-                sys.path.insert(0, str(stage.cwd))
-                try:
-                    found = importlib.util.find_spec(module) is not None
-                except (ImportError, ValueError):
-                    found = False
-                finally:
-                    sys.path.remove(str(stage.cwd))
-                if found:
-                    yield Finding(True, f"{where}: module {module} found")
-                else:
-                    yield Finding(False, f"{where}: module {module} not found from {stage.cwd}",
-                                  "check `python:` and the stage's `cwd`")  # fmt: skip
+            yield from check_stage(stage)
 
 
 def _notify(config: Config) -> Iterator[Finding]:

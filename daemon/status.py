@@ -75,6 +75,7 @@ class _Seen:
     holds: list
     daemon_running: bool
     verbose: bool
+    rebucketed: dict  # (pipeline, stage, state, group, label) -> items a reclassify relabelled
 
 
 def status_snapshot(
@@ -93,6 +94,7 @@ def status_snapshot(
         store.running_runs() if store else [],
         store.active_holds() if store else [],
         daemon_running, verbose,
+        store.reclassified_counts() if store else {},
     )  # fmt: skip
     names = [only] if only else list(config.pipelines)
     # Items may sit in a pipeline or at a stage the config no longer has: show them too.
@@ -134,9 +136,10 @@ def _stage(seen: _Seen, pipeline: str, name: str, stage: Stage | None) -> dict[s
     groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for p, s, state, group, label, total, d24, d1 in seen.labels:
         if (p, s) == (pipeline, name):
-            groups[state][_group_name(state, group)].append(
-                {"label": label or "Unknown (no label)", **_counts(total, d24, d1)}
-            )
+            row = {"label": label or "Unknown (no label)", **_counts(total, d24, d1)}
+            if rebucketed := seen.rebucketed.get((p, s, state, group, label)):
+                row["rebucketed"] = rebucketed  # of them, relabelled by `pipewarden reclassify`
+            groups[state][_group_name(state, group)].append(row)
     ordered = []
     for state in sorted(states, key=_state_rank):
         entry = states[state]

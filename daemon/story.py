@@ -52,6 +52,17 @@ def _run(run: Any) -> dict[str, Any]:
         "error": run.error,
         "group": run.group_name, "label": run.label, "rule": run.rule_id,
         "progress": finite(run.progress), "message": run.message, "probe_of": run.probe_of,
+        "rebucketed": _rebucketed(run),
+    }  # fmt: skip
+
+
+def _rebucketed(run: Any) -> dict[str, Any] | None:
+    """What first judged a run that `pipewarden reclassify` re-bucketed since; None if not."""
+    if run.reclassified_at is None:
+        return None
+    return {
+        "at": run.reclassified_at, "group": run.original_group, "label": run.original_label,
+        "rule": run.original_rule_id, "rules_version": run.original_rules_version,
     }  # fmt: skip
 
 

@@ -11,8 +11,10 @@ batch's members are left out, never a reason to stop the daemon.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import peewee as pw
@@ -47,6 +49,7 @@ class TemplateFeed:
         self.store = store
         self.miner = Miner()
         self._stored: dict[int, int] = {}  # miner cluster id -> templates.id
+        self.changed = True  # templates written since proposals were last refreshed
         rows = store.db.execute_sql("SELECT id, template, count FROM templates ORDER BY id")
         for template_id, template, count in rows.fetchall():
             self._stored[self.miner.restore(template, count).id] = template_id
@@ -60,11 +63,30 @@ class TemplateFeed:
         try:
             with self.store.transaction():
                 self._save(placed)
+            self.changed = True
         except (sqlite3.Error, pw.PeeweeException) as exc:
             # rolled back: the ids given in it do not exist (the counts in memory may run
             # ahead of the store's, which is harmless)
             self._stored = stored
             log.warning("templates: %d unmatched failure(s) not recorded: %s", len(placed), exc)
+
+    async def keep_proposing(self, now: Callable[[], float]) -> None:
+        """Refresh the proposals every REFRESH_EVERY_S while templates change (so they wait
+        on the page and in `pipewarden check` without anyone listing them); an idle daemon
+        writes nothing. A store fault is logged and tried again at the next change."""
+        from pipewarden import proposals
+
+        while True:
+            await asyncio.sleep(proposals.REFRESH_EVERY_S)
+            if not self.changed or self.store.unwritable() is not None:
+                continue
+            self.changed = False
+            try:
+                if made := proposals.refresh(self.store, now()):
+                    log.info("templates: %d rule(s) proposed (`pipewarden proposals`)", made)
+            except (sqlite3.Error, pw.PeeweeException) as exc:
+                self.changed = True
+                log.warning("templates: proposals not refreshed: %s", exc)
 
     def notification(self, delivered: bool) -> None:
         """Deliveries are not templates' business (observers hear of them all)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -86,16 +87,24 @@ _FOUND: dict[tuple[str, str | None], str | None] = {}  # (program, PATH) -> wher
 
 
 def worker_env(stage: Stage, worker_id: str, job: Job | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in (*MARKS, *_JOB_VARIABLES)}
-    env.update(stage.env)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PIPEWARDEN_PIPELINE"] = stage.pipeline
-    env["PIPEWARDEN_STAGE"] = stage.name
+    env = dict(_stage_env(stage.pipeline, stage.name, stage.env))
     env.update(containment.env(worker_id, job.run_id if job else None))
     if job is not None:
         env["PIPEWARDEN_ITEM"] = job.key
         env["PIPEWARDEN_ATTEMPT"] = str(job.attempt)
         env["TRACEPARENT"] = job.traceparent
+    return env
+
+
+@functools.lru_cache(maxsize=256)
+def _stage_env(pipeline: str, name: str, extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """The environment every worker of a stage starts from, made once (the daemon never
+    changes its own environment; reading os.environ decodes every entry anew)."""
+    env = {k: v for k, v in os.environ.items() if k not in (*MARKS, *_JOB_VARIABLES)}
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PIPEWARDEN_PIPELINE"] = pipeline
+    env["PIPEWARDEN_STAGE"] = name
     return env
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pipewarden.client import CLIENT_HEADER
 from pipewarden.errors import PipewardenError
 from pipewarden.tray.icon import draw_icon
 from pipewarden.tray.model import SEPARATOR, MenuEntry, tray_state
@@ -41,9 +42,12 @@ class DaemonClient:
     def __init__(self, base_url: str, token: str = "", socket: Path | None = None):
         self.base_url = base_url  # the page's address, for the browser
         transport = httpx.HTTPTransport(uds=str(socket)) if socket is not None else None
+        headers = {CLIENT_HEADER: "tray"}  # for the audit: what a person used
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         self.http = httpx.Client(
             base_url="http://localhost" if socket is not None else base_url,
-            headers={"Authorization": f"Bearer {token}"} if token else {},
+            headers=headers,
             transport=transport,
             timeout=TIMEOUT_S,
         )
@@ -114,8 +118,9 @@ class TrayApp:
         icon.icon = draw_icon(self.state.colour, self.state.badge)
         icon.title = self.state.tooltip
         icon.update_menu()
+        notes = dict(zip(self.state.halts, self.state.halt_notes, strict=True))
         for target in set(self.state.halts) - set(previous.halts):
-            self._tell(f"{target} halted", self.state.tooltip)
+            self._tell(f"{target} halted", notes[target])
 
     def _tell(self, title: str, message: str) -> None:
         try:
@@ -151,6 +156,8 @@ class TrayApp:
                 self.client.post(f"/api/{verb}", {"scope": "pipeline", "target": pipeline})
         elif action == "reload":
             self.client.post("/api/reload", {})
+        elif action.startswith("runbook:"):
+            webbrowser.open(action.removeprefix("runbook:"))
         elif action == "open":
             url = self.client.sign_in_url()
             if url:

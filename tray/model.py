@@ -17,7 +17,8 @@ FAILURES_RED_PER_HOUR = 10  # this many newly failed items in an hour turn the i
 @dataclass(frozen=True)
 class MenuEntry:
     text: str
-    action: str | None = None  # "clear:TARGET", "pause_all", "resume_all", "reload", "open", "quit"
+    action: str | None = None  # "clear:TARGET", "runbook:URL", "pause_all", "resume_all", "reload",
+    # "open", "quit"
     enabled: bool = True
     children: tuple[MenuEntry, ...] = ()
 
@@ -32,6 +33,7 @@ class TrayState:
     tooltip: str
     menu: tuple[MenuEntry, ...]
     halts: tuple[str, ...]  # halted targets, to notice new ones
+    halt_notes: tuple[str, ...] = ()  # for each, what its notification says: the rules' advice
 
 
 def tray_state(snapshot: dict[str, Any] | None) -> TrayState:
@@ -54,7 +56,7 @@ def tray_state(snapshot: dict[str, Any] | None) -> TrayState:
     else:
         colour, badge = "green", None
     halted = tuple(h["target"] for h in halts)
-    halt_entries = tuple(_halt_entry(h) for h in halts) or (
+    halt_entries = tuple(entry for h in halts for entry in _halt_entries(h)) or (
         MenuEntry("none: everything flows", enabled=False),
     )
     menu = (
@@ -63,7 +65,9 @@ def tray_state(snapshot: dict[str, Any] | None) -> TrayState:
         MenuEntry("Halts", children=halt_entries),
         *_actions(),
     )
-    return TrayState(colour, badge, _tooltip(totals, halted, paused, reload), menu, halted)
+    tooltip = _tooltip(totals, halted, paused, reload)
+    notes = tuple(_halt_note(h) or tooltip for h in halts)
+    return TrayState(colour, badge, tooltip, menu, halted, notes)
 
 
 def _totals(snapshot: dict[str, Any]) -> dict[str, dict[str, int]]:
@@ -89,10 +93,25 @@ def _pipeline_line(pipeline: dict[str, Any]) -> MenuEntry:
     return MenuEntry(f"{pipeline['name']}: {' · '.join(shown) or 'empty'}", enabled=False)
 
 
-def _halt_entry(hold: dict[str, Any]) -> MenuEntry:
+def _halt_entries(hold: dict[str, Any]) -> tuple[MenuEntry, ...]:
+    """The halt (a click clears it), then what the rules advise and their runbook's link."""
     since = time.strftime("%H:%M", time.localtime(hold["created_at"]))
     what = f"{hold['count']}× {hold['label']}" if hold.get("label") else hold["reason"]
-    return MenuEntry(f"{hold['target']} — {what} since {since}", action=f"clear:{hold['target']}")
+    entries = [MenuEntry(f"{hold['target']} — {what} since {since}",
+                         action=f"clear:{hold['target']}")]  # fmt: skip
+    advice = (hold.get("advice") or "").strip()
+    entries += [MenuEntry(f"    {line}", enabled=False) for line in advice.splitlines()]
+    if runbook := hold.get("runbook"):
+        entries.append(MenuEntry(f"    runbook: {runbook}", action=f"runbook:{runbook}"))
+    return tuple(entries)
+
+
+def _halt_note(hold: dict[str, Any]) -> str:
+    """A new halt's notification: the reason and the rules' advice, if they give any."""
+    advice = " ".join((hold.get("advice") or "").split())
+    if not advice and not hold.get("runbook"):
+        return ""
+    return " — ".join(part for part in (hold["reason"], advice, hold.get("runbook")) if part)
 
 
 def _actions() -> tuple[MenuEntry, ...]:

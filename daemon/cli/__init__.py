@@ -10,7 +10,17 @@ import argparse
 import sys
 
 from pipewarden import __version__
-from pipewarden.cli import books, halts, items, rules, runs, service, setup, templates
+from pipewarden.cli import (
+    books,
+    completion,
+    halts,
+    items,
+    rules,
+    runs,
+    service,
+    setup,
+    templates,
+)
 from pipewarden.cli.shared import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -20,7 +30,7 @@ from pipewarden.cli.shared import (
 )
 from pipewarden.errors import ConfigError, PipewardenError, UsageError
 
-GROUPS = (service, items, runs, halts, rules, books, setup, templates)
+GROUPS = (service, items, runs, halts, rules, books, setup, templates, completion)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipewarden.cli.shared import (
     AS_JSON,
@@ -20,12 +21,21 @@ from pipewarden.cli.shared import (
 )
 from pipewarden.errors import PipewardenError, UsageError
 
+if TYPE_CHECKING:
+    from pipewarden.store import Store
+
+
+EXPORT_TICK = 1000  # rows between two moves of the progress bar
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     prune = add_command(
         commands, "prune", _cmd_prune, "delete old runs (never an item's latest)", COMMON, AS_JSON
     )
     prune.add_argument("--older-than", required=True, help="e.g. 30d")
+    prune.add_argument(
+        "--dry-run", action="store_true", help="list them (the first 20) and count, delete nothing"
+    )
     add_command(
         commands, "vacuum", _cmd_vacuum, "give the space of deleted rows back to the disk", COMMON
     )
@@ -47,12 +57,30 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _cmd_prune(args: argparse.Namespace) -> int:
     import time
 
+    from pipewarden.dryrun import prune_preview
+    from pipewarden.progress import Progress
+
     older_than = time.time() - duration_arg(args.older_than, "--older-than")
-    store = open_store(load_config(args))
-    total = 0
-    while deleted := store.prune_batch(older_than):
-        total += deleted
-    store.close()
+    store = open_store(load_config(args), read_only=args.dry_run, must_exist=args.dry_run)
+    if store is None:  # a dry run on no store yet
+        print(f"would prune 0 run(s) older than {args.older_than}")
+        return EXIT_OK
+    try:
+        found = prune_preview(store, older_than)
+        if args.dry_run:
+            if args.json:
+                print_json({"dry_run": True, "runs": found.as_dict()})
+            else:
+                head = f"would prune {found.total:,} run(s) older than {args.older_than}"
+                print("\n".join(found.lines(head)))
+            return EXIT_OK
+        total = 0
+        with Progress(found.total, "prune", "run") as bar:
+            while deleted := store.prune_batch(older_than):
+                total += deleted
+                bar.advance(deleted)
+    finally:
+        store.close()
     if args.json:
         print_json({"pruned_runs": total})
     else:
@@ -123,22 +151,28 @@ def _cmd_export_runs(args: argparse.Namespace) -> int:
     import csv
     import time
 
+    from pipewarden.progress import Progress
+
     since = time.time() - duration_arg(args.since, "--since") if args.since else None
     store = open_store(load_config(args), must_exist=True, read_only=True)
     rows = store.export_runs(since) if store else iter(())
+    total = _runs_since(store, since) if store else 0
     out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
     try:
         count = 0
         writer = None
-        for row in rows:
-            if args.format == "jsonl":
-                out.write(json.dumps(row) + "\n")
-            else:
-                if writer is None:
-                    writer = csv.DictWriter(out, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(row)
-            count += 1
+        with Progress(total, "export", "run") as bar:
+            for row in rows:
+                if args.format == "jsonl":
+                    out.write(json.dumps(row) + "\n")
+                else:
+                    if writer is None:
+                        writer = csv.DictWriter(out, fieldnames=list(row))
+                        writer.writeheader()
+                    writer.writerow(row)
+                count += 1
+                if count % EXPORT_TICK == 0:
+                    bar.advance(EXPORT_TICK)
     finally:
         if args.output:
             out.close()
@@ -147,3 +181,10 @@ def _cmd_export_runs(args: argparse.Namespace) -> int:
     if args.output:
         print(f"exported {count:,} run(s) to {args.output}")
     return EXIT_OK
+
+
+def _runs_since(store: Store, since: float | None) -> int:
+    import peewee as pw  # here: the CLI's start stays cheap (the store has loaded it)
+
+    run = store.Run
+    return run.select(pw.fn.COUNT(run.id)).where(run.started_at >= (since or 0.0)).scalar()

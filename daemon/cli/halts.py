@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from pipewarden.cli.shared import (
     AS_JSON,
@@ -18,6 +19,10 @@ from pipewarden.cli.shared import (
 )
 from pipewarden.errors import UsageError
 
+if TYPE_CHECKING:
+    from pipewarden.client import DaemonApi
+    from pipewarden.config import Config
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     halts = add_command(commands, "halts", _cmd_halts, "active halts and pauses", COMMON, AS_JSON)
@@ -26,7 +31,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         halts_commands, "clear", _cmd_halts_clear,
         "clear the halt on a channel, pipeline/stage or pipeline", COMMON, AS_JSON,
     )  # fmt: skip
-    clear.add_argument("target", help="e.g. sms, sites/capture or outreach")
+    clear.add_argument("target", nargs="?", help="e.g. sms, sites/capture or outreach")
+    clear.add_argument("--all", action="store_true", help="every active halt")
+    clear.add_argument(
+        "--dry-run", action="store_true", help="list the halts it would clear, clear nothing"
+    )
 
     for name, handler, verb in (("pause", _cmd_pause, "stop claiming"), ("resume", _cmd_resume,
                                 "claim again")):  # fmt: skip
@@ -47,17 +56,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _cmd_halts(args: argparse.Namespace) -> int:
     from pipewarden.render import describe_hold
-    from pipewarden.status import hold_as_dict
 
     config = load_config(args)
-    daemon = daemon_api(config)
-    if daemon.via_socket:  # the store may be the daemon's own: ask the daemon
-        holds = daemon.get("/api/halts")
-    else:
-        store = open_store(config, must_exist=True, read_only=True)
-        holds = [hold_as_dict(hold) for hold in store.active_holds()] if store else []
-        if store:
-            store.close()
+    holds = _active_holds(config, daemon_api(config))
     if args.json:
         print_json(holds)
         return EXIT_OK
@@ -71,29 +72,73 @@ def _cmd_halts(args: argparse.Namespace) -> int:
 
 
 def _cmd_halts_clear(args: argparse.Namespace) -> int:
+    if (args.target is None) == (not args.all):
+        raise UsageError("halts clear takes a TARGET or --all (one of them)")
+    config = load_config(args)
+    daemon = daemon_api(config)
+    targets = _halted_targets(config, daemon) if args.all else [args.target]
+    if args.dry_run:
+        return _clear_dry_run(args, config, daemon, targets)
+    cleared = [hold for target in targets for hold in _clear(config, daemon, target)]
+    if args.json:
+        print_json({"cleared": cleared})
+    elif not targets:
+        print("no active halt: nothing to clear")
+    else:
+        print(told(daemon, f"cleared the halt on {', '.join(targets)}"))
+    return EXIT_OK
+
+
+def _clear(config: Config, daemon: DaemonApi, target: str) -> list[dict[str, Any]]:
     import time
 
     from pipewarden import control
     from pipewarden.notifier import Notifier
     from pipewarden.status import hold_as_dict
 
-    config = load_config(args)
-    daemon = daemon_api(config)
     if daemon.running:
-        cleared = daemon.post("/api/halts/clear", {"target": args.target})["cleared"]
-    else:
-        store = open_store(config)
-        try:
-            holds = control.clear_halt(
-                store, Notifier(store, config.notify), args.target, who(), time.time()
-            )
-            cleared = [hold_as_dict(hold) for hold in holds]
-        finally:
-            store.close()
+        return daemon.post("/api/halts/clear", {"target": target})["cleared"]
+    store = open_store(config)
+    try:
+        holds = control.clear_halt(
+            store, Notifier(store, config.notify), target, who(), time.time()
+        )
+        return [hold_as_dict(hold) for hold in holds]
+    finally:
+        store.close()
+
+
+def _active_holds(config: Config, daemon: DaemonApi) -> list[dict[str, Any]]:
+    from pipewarden.status import hold_as_dict
+
+    if daemon.via_socket:  # the store may be the daemon's own: ask the daemon
+        return daemon.get("/api/halts")
+    store = open_store(config, must_exist=True, read_only=True)
+    if store is None:
+        return []
+    try:
+        return [hold_as_dict(hold) for hold in store.active_holds()]
+    finally:
+        store.close()
+
+
+def _halted_targets(config: Config, daemon: DaemonApi) -> list[str]:
+    holds = _active_holds(config, daemon)
+    return list(dict.fromkeys(hold["target"] for hold in holds if hold["kind"] == "halt"))
+
+
+def _clear_dry_run(
+    args: argparse.Namespace, config: Config, daemon: DaemonApi, targets: list[str]
+) -> int:
+    from pipewarden.dryrun import listed
+    from pipewarden.render import describe_hold
+
+    halts = [h for h in _active_holds(config, daemon) if h["kind"] == "halt"]
+    found = listed([describe_hold(h) for h in halts if h["target"] in targets])
     if args.json:
-        print_json({"cleared": cleared})
+        print_json({"dry_run": True, "halts": found.as_dict()})
     else:
-        print(told(daemon, f"cleared the halt on {args.target}"))
+        print("\n".join(found.lines(f"would clear {found.total} halt(s)")))
     return EXIT_OK
 
 

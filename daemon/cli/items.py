@@ -26,6 +26,8 @@ from pipewarden.errors import ConfigError, PipewardenError, UsageError
 
 if TYPE_CHECKING:
     from pipewarden.client import DaemonApi
+    from pipewarden.config import Config
+    from pipewarden.dryrun import Preview
     from pipewarden.store import Storage
 
 
@@ -49,6 +51,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="start known items again and redo every stage to the end, even where the input"
         " already succeeded",
     )  # fmt: skip
+    enqueue.add_argument(
+        "--dry-run", action="store_true",
+        help="list which items are new and which known (the first 20 of each), change nothing",
+    )  # fmt: skip
 
     why = add_command(
         commands, "why", _cmd_why, "an item's whole story and what happens next", COMMON, AS_JSON
@@ -70,7 +76,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     retry.add_argument("--pipeline")
     retry.add_argument("--stage")
     retry.add_argument("--since", help="only items that changed within this long, e.g. 24h")
-    retry.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    retry.add_argument(
+        "--dry-run", action="store_true", help="list them (the first 20) and count, change nothing"
+    )
     retry.add_argument(
         "--force", action="store_true", help="redo work whose input already succeeded"
     )
@@ -89,37 +97,88 @@ def register(commands: argparse._SubParsersAction) -> None:
             sub.add_argument("--reason", required=True, help="why they fail, as their error text")
 
 
+ENQUEUE_CHUNK = 1000  # items a transaction (and an API request) takes: a daemon's loop and
+# its /health keep answering between them, whatever the size of the file
+
+
 def _cmd_enqueue(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    pipeline = config.pipeline(args.pipeline)
+    items = _items_to_enqueue(args)
+    first = f"{pipeline.name}/{pipeline.stages[0].name}"
+    if args.dry_run:
+        return _enqueue_dry_run(args, config, first, items)
+    daemon = daemon_api(config)
+    merged = _enqueue_in_chunks(config, daemon, pipeline.name, items, args.force)
+    result = {"pipeline": pipeline.name, **merged}
+    if not daemon.running and (result["new"] or result["restarted"]):
+        told(daemon, "enqueued")  # wakes a daemon that runs without its API
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    print("; ".join([f"enqueued {len(result['new'])} new item(s) into {first}",
+                     *_known_items(result, args.force)]))  # fmt: skip
+    return EXIT_OK
+
+
+def _enqueue_dry_run(
+    args: argparse.Namespace, config: Config, first: str, items: list[tuple[str, Any]]
+) -> int:
+    from pipewarden.dryrun import enqueue_preview
+
+    store = open_store(config, must_exist=True, read_only=True)
+    try:
+        found = enqueue_preview(store, args.pipeline, [key for key, _ in items])
+    finally:
+        if store is not None:
+            store.close()
+    if args.json:
+        print_json({"pipeline": args.pipeline, "dry_run": True,
+                    **{name: preview.as_dict() for name, preview in found.items()}})  # fmt: skip
+        return EXIT_OK
+    new, known = found["new"], found["known"]
+    lines = new.lines(f"would enqueue {new.total:,} new item(s) into {first}")
+    if known.total:
+        again = "every one" if args.force else "those done, failed or ignored"
+        lines += known.lines(
+            f"{known.total:,} item(s) are known: {again} would start again, the rest stay as"
+            " they are"
+        )
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _enqueue_in_chunks(
+    config: Config, daemon: DaemonApi, pipeline: str, items: list[tuple[str, Any]], force: bool
+) -> dict[str, list[str]]:
+    """Every item, ENQUEUE_CHUNK at a time, each chunk its own transaction: through the
+    daemon's API when one runs, else on the store. A bar on a terminal for more than one."""
     import time
     from dataclasses import asdict
 
     from pipewarden import control
+    from pipewarden.progress import Progress
 
-    config = load_config(args)
-    pipeline = config.pipeline(args.pipeline)
-    items = _items_to_enqueue(args)
-    daemon = daemon_api(config)
-    if daemon.running:
-        result = daemon.post(
-            "/api/enqueue",
-            {"pipeline": pipeline.name, "force": args.force,
-             "items": [{"key": k, "data": d} for k, d in items]},
-        )  # fmt: skip
-    else:
-        store = open_store(config)
-        enqueued = control.enqueue(store, config, pipeline.name, items, time.time(), args.force)
-        result = asdict(enqueued)
-        store.close()
-        if result["new"] or result["restarted"]:
-            told(daemon, "enqueued")  # wakes a daemon that runs without its API
-    result = {"pipeline": pipeline.name, **result}
-    if args.json:
-        print_json(result)
-        return EXIT_OK
-    first = f"{pipeline.name}/{pipeline.stages[0].name}"
-    print("; ".join([f"enqueued {len(result['new'])} new item(s) into {first}",
-                     *_known_items(result, args.force)]))  # fmt: skip
-    return EXIT_OK
+    merged: dict[str, list[str]] = {}
+    store = None if daemon.running else open_store(config)
+    try:
+        with Progress(len(items), "enqueue", "item", shown=len(items) > ENQUEUE_CHUNK) as bar:
+            for start in range(0, max(len(items), 1), ENQUEUE_CHUNK):
+                chunk = items[start : start + ENQUEUE_CHUNK]
+                if store is None:
+                    answer = daemon.post("/api/enqueue", {
+                        "pipeline": pipeline, "force": force,
+                        "items": [{"key": k, "data": d} for k, d in chunk]})  # fmt: skip
+                else:
+                    answer = asdict(control.enqueue(store, config, pipeline, chunk, time.time(),
+                                                    force))  # fmt: skip
+                for name, keys in answer.items():
+                    merged.setdefault(name, []).extend(keys)
+                bar.advance(len(chunk))
+    finally:
+        if store is not None:
+            store.close()
+    return merged
 
 
 def _known_items(result: dict[str, Any], force: bool) -> list[str]:
@@ -233,20 +292,27 @@ def _cmd_retry(args: argparse.Namespace) -> int:
                 f"--since takes a duration such as 24h or 30m, not '{args.since}'"
             ) from None
     daemon = daemon_api(config)
-    if daemon.running:
+    preview = None
+    if args.dry_run:  # nothing changes: read the store, whether a daemon runs or not
+        preview, held = _retry_preview(config, request)
+        count = preview.total
+    elif daemon.running:
         answer = daemon.post("/api/retry", request)
         count, held = answer["items"], answer["held"]
     else:
         store = open_store(config)
-        count = control.retry(store, config, request, time.time())
+        count = control.retry(store, config, request, who(), time.time())
         held = control.held_count(store, request)
         store.close()
     scope = "".join(f" in {v}" for v in (args.pipeline, args.stage) if v)
     if args.json:
-        print_json({"label": args.label, "items": count, "dry_run": args.dry_run, "held": held})
+        sample = {"sample": preview.sample} if preview else {}
+        print_json({"label": args.label, "items": count, "dry_run": args.dry_run, "held": held,
+                    **sample})  # fmt: skip
         return EXIT_OK
-    if args.dry_run:
-        print(f"would requeue {count} failed or retrying item(s) labelled '{args.label}'{scope}")
+    if preview is not None:
+        head = f"would requeue {count:,} failed or retrying item(s) labelled '{args.label}'{scope}"
+        print("\n".join(preview.lines(head)))
     elif count:
         print(told(daemon, f"requeued {count} item(s) labelled '{args.label}'{scope}"))
     else:
@@ -258,6 +324,27 @@ def _cmd_retry(args: argparse.Namespace) -> int:
             " `pipewarden fail PIPELINE KEY... --reason TEXT`"
         )
     return EXIT_OK
+
+
+def _retry_preview(config: Config, request: dict[str, Any]) -> tuple[Preview, int]:
+    """What `retry --dry-run` would requeue: the first items and a count, from the store."""
+    import time
+
+    from pipewarden import control
+    from pipewarden.dryrun import Preview, retry_preview
+
+    if request["pipeline"]:
+        config.pipeline(request["pipeline"])
+    store = open_store(config, must_exist=True, read_only=True)
+    if store is None:
+        return Preview(0, []), 0
+    try:
+        since = time.time() - request["since_s"] if request.get("since_s") else None
+        found = retry_preview(store, request["label"], request["pipeline"], request["stage"],
+                              since)  # fmt: skip
+        return found, control.held_count(store, request)
+    finally:
+        store.close()
 
 
 def _cmd_release(args: argparse.Namespace) -> int:
@@ -313,12 +400,13 @@ def _held_lines(
     daemon: DaemonApi, pipeline: str, verb: str, changed: list[str],
     not_held: dict[str, str | None], dry_run: bool,
 ) -> list[str]:  # fmt: skip
+    from pipewarden.dryrun import SAMPLE
     from pipewarden.inputs import shown
 
     what = {"released": "back in the queue at the attempt they were held at",
             "failed": "failed, with the reason given"}[verb]  # fmt: skip
-    names = ", ".join(shown(key) for key in changed[:10])
-    names += f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+    names = ", ".join(shown(key) for key in changed[:SAMPLE])
+    names += f" and {len(changed) - SAMPLE} more" if len(changed) > SAMPLE else ""
     if dry_run:
         lines = [f"would have {verb} {len(changed)} held item(s) of {pipeline}"
                  + (f": {names}" if changed else "")]  # fmt: skip
@@ -336,6 +424,7 @@ def _held_lines(
 def _cmd_why(args: argparse.Namespace) -> int:
     import time
 
+    from pipewarden.advising import advice_of, current_rules
     from pipewarden.render import story_lines
     from pipewarden.story import item_story
 
@@ -348,6 +437,10 @@ def _cmd_why(args: argparse.Namespace) -> int:
         story = item_story(config, store, pipeline, args.key, time.time())
     finally:
         store.close()
+    judged = [run for run in story["runs"] if run["label"]]
+    if story["last_label"] or judged:
+        last = judged[-1] if judged else {"rule": None, "label": story["last_label"]}
+        story["advice"] = advice_of(current_rules(config), last["rule"], last["label"])
     if args.json:
         print_json(story)
     else:

@@ -13,7 +13,9 @@ from pipewarden.cli.shared import (
     EXIT_OK,
     add_command,
     add_group,
+    duration_arg,
     load_config,
+    open_store,
     print_json,
 )
 from pipewarden.errors import UsageError
@@ -39,6 +41,29 @@ def register(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     test.add_argument(
         "--file", metavar="LOG", help="classify every line of LOG ('-': standard input) instead"
+    )
+    backtest = add_command(
+        rules_commands, "backtest", _cmd_rules_backtest,
+        "replay the rules over the stored failures: what would change", COMMON, AS_JSON,
+    )  # fmt: skip
+    backtest.add_argument(
+        "paths", nargs="*", metavar="FILE",
+        help="edited rule files, each in the place of the config's file of the same name"
+        " (default: the config's rules as they are)",
+    )  # fmt: skip
+    backtest.add_argument(
+        "--since", default="7d", help="failures that started within this long (default 7d)"
+    )
+    reclassify = add_command(
+        commands, "reclassify", _cmd_reclassify,
+        "apply the current rules to the stored failures (each run keeps its first"
+        " classification beside the new)", COMMON, AS_JSON,
+    )  # fmt: skip
+    reclassify.add_argument(
+        "--since", default="30d", help="failures that started within this long (default 30d)"
+    )
+    reclassify.add_argument(
+        "--dry-run", action="store_true", help="say what would change, change nothing"
     )
     add_command(
         rules_commands, "packs", _cmd_rules_packs,
@@ -66,6 +91,64 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
         for warning in ruleset.warnings:
             print(f"warning: {warning}")
         print(f"ok: {len(ruleset.rules)} rules (version {ruleset.version})")
+    return EXIT_OK
+
+
+def _cmd_rules_backtest(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden.backtest import replay, rules_with
+    from pipewarden.rules import load_rules
+
+    config = load_config(args)
+    since = time.time() - duration_arg(args.since, "--since")
+    paths = rules_with(config.rule_paths, [Path(p) for p in args.paths])
+    ruleset = load_rules(paths, config.path.parent)
+    store = open_store(config, must_exist=True, read_only=True)
+    if store is None:
+        raise UsageError(f"no store at {config.state_dir}: nothing recorded to replay")
+    try:
+        found = replay(store, ruleset, since)
+    finally:
+        store.close()
+    if args.json:
+        print_json(found.as_dict() | {"since": since, "rules_version": ruleset.version})
+    else:
+        print("\n".join(found.lines(f"in the last {args.since}")))
+    return EXIT_OK
+
+
+def _cmd_reclassify(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden.backtest import replay
+    from pipewarden.rules import load_rules
+
+    config = load_config(args)
+    since = time.time() - duration_arg(args.since, "--since")
+    ruleset = load_rules(config.rule_paths, config.path.parent)
+    store = open_store(config, must_exist=True, read_only=args.dry_run)
+    if store is None:
+        raise UsageError(f"no store at {config.state_dir}: nothing recorded to reclassify")
+    try:
+        found = replay(store, ruleset, since)
+        changed = (0, 0)
+        if found.relabels and not args.dry_run:
+            changed = store.reclassify(found.relabels, since, ruleset.version, time.time())
+    finally:
+        store.close()
+    if args.json:
+        print_json(found.as_dict() | {"since": since, "rules_version": ruleset.version,
+                   "dry_run": args.dry_run, "runs_changed": changed[0],
+                   "items_relabelled": changed[1]})  # fmt: skip
+        return EXIT_OK
+    print("\n".join(found.lines(f"in the last {args.since}")))
+    if args.dry_run:
+        print("dry run: nothing changed (run it without --dry-run to re-bucket them)")
+    elif found.relabels:
+        print(f"re-bucketed {changed[0]:,} runs under rules {ruleset.version} and relabelled"
+              f" {changed[1]:,} items; each run keeps its first classification beside the"
+              " new (`pipewarden why` shows both)")  # fmt: skip
     return EXIT_OK
 
 

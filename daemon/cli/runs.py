@@ -126,13 +126,15 @@ def _follow(config: Config, store: Storage | None, where: Any, show: Callable[[A
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
+    from pipewarden.advising import advice_lines, advice_of, current_rules
     from pipewarden.inputs import escape_controls
     from pipewarden.render import format_time, run_as_dict, run_detail
 
     prefix = args.run_id.strip().lower()
     if len(prefix) < 4:
         raise UsageError("give at least 4 characters of the run id")
-    store = open_store(load_config(args), must_exist=True, read_only=True)
+    config = load_config(args)
+    store = open_store(config, must_exist=True, read_only=True)
     matches = store.runs_with_prefix(prefix) if store else []
     if not matches:
         raise PipewardenError(f"no run with id starting '{prefix}' (see `pipewarden runs tail`)")
@@ -144,8 +146,11 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
             for r in matches
         ]
         raise UsageError("\n".join(lines))
+    run = matches[0]
+    advice = advice_of(current_rules(config), run.rule_id, run.label)
     if args.json:
-        print_json(run_as_dict(matches[0]))
+        print_json({**run_as_dict(run), **advice})
     else:
-        print("\n".join(run_detail(matches[0])))
+        print("\n".join([*run_detail(run), *(["", *advice_lines(advice)] if any(
+            advice.values()) else [])]))  # fmt: skip
     return EXIT_OK

@@ -116,6 +116,7 @@ def status_of(config: Config, pipeline: str | None, verbose: bool) -> dict[str, 
     import time
 
     from pipewarden import faults
+    from pipewarden.advising import advise_snapshot, current_rules
     from pipewarden.lock import running_daemon_pid
     from pipewarden.status import status_snapshot
 
@@ -131,6 +132,7 @@ def status_of(config: Config, pipeline: str | None, verbose: bool) -> dict[str, 
     )
     if store:
         store.close()
+    advise_snapshot(snapshot, current_rules(config))
     fault = None
     if store and store.kind == "sqlite":  # a database's faults are its server's to say
         fault = faults.check_files(store.path) or faults.disk_full(store.path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from pipewarden.cli.shared import COMMON, EXIT_FAILURE, EXIT_OK, add_command
@@ -15,6 +16,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--packs", default="",
         help="rule packs to add to http, net and os, e.g. browser,sms (see `rules packs`)",
     )  # fmt: skip
+    init.add_argument(
+        "--port", type=int,
+        help="the API's port (default: 8765, or a free one when that is taken)",
+    )  # fmt: skip
     add_command(
         commands, "doctor", _cmd_doctor, "check the config, rules, state dir, workers, targets",
         COMMON,
@@ -22,15 +27,40 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    from pipewarden.ports import DEFAULT_PORT, port_or_free
     from pipewarden.setup import init
 
     folder = Path(args.folder).resolve()
     extra = tuple(name.strip() for name in args.packs.split(",") if name.strip())
-    for path in init(folder, extra):
+    port = args.port if args.port is not None else port_or_free(DEFAULT_PORT)
+    for path in init(folder, extra, port):
         print(f"wrote {path}")
-    print(f"next: cd {folder}, then: pipewarden doctor; pipewarden enqueue hello world;")
-    print("      pipewarden run")
+    if port != DEFAULT_PORT and args.port is None:
+        print(f"port {DEFAULT_PORT} is taken (another pipewarden?): this project's API uses"
+              f" {port} (api: in {folder / 'config.yaml'})")  # fmt: skip
+    pw = this_pipewarden()
+    print("next:")
+    print(f"  cd {shlex.quote(str(folder))}")
+    print(f"  {pw} doctor                  # checks the config, rules and workers")
+    print(f"  {pw} run &                   # the daemon (Ctrl-C in its terminal stops it)")
+    print(f"  {pw} enqueue hello world")
+    print(f"  {pw} status")
     return EXIT_OK
+
+
+def this_pipewarden() -> str:
+    """The command that runs this pipewarden, as typed in a shell anywhere: the script
+    beside this interpreter (a venv's, pipx's), else the interpreter with -m."""
+    import shutil
+    import sys
+
+    script = Path(sys.executable).with_name("pipewarden")
+    if script.is_file():
+        return shlex.quote(str(script))
+    on_path = shutil.which("pipewarden")
+    if on_path:
+        return shlex.quote(on_path)
+    return f"{shlex.quote(sys.executable)} -m pipewarden"
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

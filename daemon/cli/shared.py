@@ -87,7 +87,7 @@ def open_store(config: Config, must_exist: bool = False, read_only: bool = False
         stores_opened.append(config.store_url)
         return open_configured(config, read_only=read_only)
     path = config.state_dir / STORE_FILE
-    if not store_exists(config, path) and must_exist:
+    if not store_exists(config, path, look_elsewhere=must_exist) and must_exist:
         return None
     stores_opened.append(path)
     return open_configured(config, read_only=read_only)

@@ -181,11 +181,12 @@ def _cmd_proposals_approve(args: argparse.Namespace) -> int:
     try:
         edits = {"label": args.label, "group": args.group, "category": args.category,
                  "pattern": args.match}  # fmt: skip
-        target, added = proposals.approve(
+        target, added, tried = proposals.approve(
             store, config, args.id, who(), time.time(), args.file, **edits
         )
     finally:
         store.close()
+    print("\n".join(tried.lines("in the last 7 days, with the rule")))
     print(f"{target}: added")
     print("\n".join(added))
     return 0

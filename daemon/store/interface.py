@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pipewarden.store.models import Hold, Item, Outbox, Run
-from pipewarden.store.records import Claimed, Enqueued, FinishedRun, HeldChange, NewRun, Recovered
+from pipewarden.store.records import (
+    Claimed,
+    Enqueued,
+    FailureText,
+    FinishedRun,
+    HeldChange,
+    NewRun,
+    Recovered,
+    Relabel,
+)
 
 if TYPE_CHECKING:
     from pipewarden.faults import StoreFault
@@ -261,3 +270,21 @@ class Storage(Protocol):
         self, pipeline: str, stage: str, since_24h: float, since_1h: float
     ) -> list[tuple[str | None, int, int, int, float | None]]:
         """(label, items, changed in 24h, in 1h, soonest wake) of the stage's deferred items."""
+
+    # -- re-bucketing history (issue 15) -----------------------------------------------------
+
+    def failure_texts(self, since: float | None) -> list[FailureText]:
+        """The failures the rules judged (failed or timed out, not the daemon's own) that
+        started since `since`, one row per (pipeline, stage, text, exception type, group,
+        label) with its count of runs."""
+
+    def reclassify(
+        self, changes: Sequence[Relabel], since: float | None, rules_version: str, now: float
+    ) -> tuple[int, int]:
+        """Re-bucket the failures since `since` of each changed text (the first classification
+        and rules version kept beside the new), and relabel the items they left: (runs,
+        items) changed."""
+
+    def reclassified_counts(self) -> dict[tuple[str, str, str, str, str], int]:
+        """(pipeline, stage, state, group, label) -> retrying or failed items carrying a label
+        that a re-bucketing gave their last run."""

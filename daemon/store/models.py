@@ -29,6 +29,7 @@ class Item(pw.Model):
     updated_at = pw.FloatField()
     requeues = pw.IntegerField(default=0)  # schema 3: times a person requeued it in bulk
     force = pw.IntegerField(default=0)  # schema 5: run even if this input already succeeded
+    relabelled_at = pw.FloatField(null=True)  # schema 10: re-bucketed, until its next run
 
     class Meta:
         table_name = "items"
@@ -72,7 +73,15 @@ class Run(pw.Model):
     proc_start = pw.IntegerField(null=True)  # schema 6: its start time (/proc/PID/stat 22)
     data_out = pw.TextField(null=True)  # schema 7: what an ok run merged into its item (JSON)
     probe_of = pw.IntegerField(null=True)  # schema 7: the halt (holds.id) this run probed
-    daemon = pw.TextField(null=True)  # schema 9: host:pid of the daemon that ran it
+    # schema 10: what judged a failure first, when `pipewarden reclassify` re-bucketed it
+    original_group = pw.TextField(null=True)
+    original_label = pw.TextField(null=True)
+    original_category = pw.TextField(null=True)
+    original_type = pw.TextField(null=True)
+    original_rule_id = pw.TextField(null=True)
+    original_rules_version = pw.TextField(null=True)
+    reclassified_at = pw.FloatField(null=True)
+    daemon = pw.TextField(null=True)  # schema 11: host:pid of the daemon that ran it
 
     class Meta:
         table_name = "runs"
@@ -117,7 +126,7 @@ class Outbox(pw.Model):
     next_try_at = pw.FloatField()
     sent_at = pw.FloatField(null=True)
     last_error = pw.TextField(null=True)
-    claimed_by = pw.TextField(null=True)  # schema 9: the daemon of a fleet delivering it
+    claimed_by = pw.TextField(null=True)  # schema 11: the daemon of a fleet delivering it
 
     class Meta:
         table_name = "outbox"

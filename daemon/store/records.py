@@ -99,3 +99,29 @@ class Recovered:
     stage: str
     item_key: str
     held: bool
+
+
+@dataclass(frozen=True)
+class FailureText:
+    """Stored failures that share a text and a classification (issue 15: a backtest
+    classifies each text once, however many runs repeat it)."""
+
+    pipeline: str
+    stage: str
+    error: str
+    error_type: str | None
+    group: str
+    label: str
+    runs: int
+
+
+@dataclass(frozen=True)
+class Relabel:
+    """What the current rules say of the failures of one `FailureText`."""
+
+    text: FailureText
+    group: str
+    label: str
+    category: str
+    type: str
+    rule_id: str | None

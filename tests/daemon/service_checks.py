@@ -171,7 +171,7 @@ def desktop_user_in_the_group() -> str:
     paused = pw("pause", "--stage", "pages/capture", user="alice")
     assert paused.returncode == 0, paused.stderr
     halts = pw("halts", user="alice")
-    assert "paused by alice (uid" in halts.stdout, halts.stdout + halts.stderr
+    assert "paused by alice via cli (uid" in halts.stdout, halts.stdout + halts.stderr
     resumed = pw("resume", "--stage", "pages/capture", user="alice")
     assert resumed.returncode == 0, resumed.stderr
     return halts.stdout.strip()

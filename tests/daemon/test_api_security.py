@@ -457,10 +457,7 @@ def test_every_bad_input_is_a_400_with_the_reason(project: Project):
         answer = httpx.request(
             method, base + path, headers=auth, **(body if sent is not None else {})
         )
-        # `usage`: the client's to fix (the CLI exits 2 with it)
-        assert (answer.status_code, answer.json()) == (400, {"error": reason, "usage": True}), (
-            path, sent,
-        )  # fmt: skip
+        assert (answer.status_code, answer.json()) == (400, {"error": reason}), (path, sent)
     assert active_holds(project) == []  # before: a pause on 5
     assert project.item("outreach", "abc") is None
 

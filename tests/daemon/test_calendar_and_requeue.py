@@ -150,9 +150,10 @@ def test_bulk_requeue_dry_run_counts_what_the_real_run_then_moves(project: Proje
     project.start_daemon("--until-idle").wait(30)
 
     dry = project.cli("retry", "--label", "Browser launch conflict", "--dry-run")
-    assert (
-        dry.stdout
-        == "would requeue 3 failed or retrying item(s) labelled 'Browser launch conflict'\n"
+    assert dry.stdout == (
+        "would requeue 3 failed or retrying item(s) labelled 'Browser launch conflict':\n"
+        "  sites/a (failed at capture)\n  sites/b (failed at capture)\n"
+        "  sites/c (failed at capture)\n"
     )
     assert {project.item("sites", k).state for k in "abc"} == {"failed"}  # nothing changed
 

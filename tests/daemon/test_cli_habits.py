@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
-from conftest import Project, wait_until
+from conftest import Project, free_port, wait_until
 from pipewarden import __version__
 
 CONFIG = """
@@ -251,3 +254,134 @@ def tty_output(project: Project, args: list[str], columns: int) -> list[str]:
     os.close(leader)
     assert proc.wait(30) == 0
     return b"".join(chunks).decode().replace("\r\n", "\n").splitlines()
+
+
+def test_a_200000_line_enqueue_through_the_daemon_leaves_health_answering(project: Project):
+    import httpx
+
+    project.write("steps.py", "def find(data):\n    return None\n")
+    project.configure(CONFIG, extra="drain_grace: 5s\n")
+    project.cli("pause", "--pipeline", "sites")  # the items wait: only the enqueue is measured
+    project.write("items.jsonl", "".join(f'{{"key": "k{n}"}}\n' for n in range(200_000)))
+    project.start_daemon()
+    health = f"http://127.0.0.1:{project.api_port}/health"
+    wait_until(lambda: _answers(health), "the API")
+    enqueue = subprocess.Popen(
+        [sys.executable, "-m", "pipewarden", "enqueue", "sites", "--file", "items.jsonl"],
+        cwd=project.root, env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    slowest = 0.0
+    while enqueue.poll() is None:
+        started = time.monotonic()
+        assert httpx.get(health, timeout=5).status_code == 200
+        slowest = max(slowest, time.monotonic() - started)
+    out, err = enqueue.communicate()
+    assert enqueue.returncode == 0, err
+    assert out == "enqueued 200000 new item(s) into sites/find\n"
+    assert slowest < 0.5, f"/health took {slowest:.2f} s during the enqueue"
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_every_bulk_action_has_a_dry_run_listing_the_first_20_and_a_count(project: Project):
+    project.write(
+        "steps.py", 'def find(data):\n    raise RuntimeError("EACCES: permission denied")\n'
+    )
+    project.configure(CONFIG.replace('"steps:find"}', '"steps:find", retry: {max_attempts: 1}}'))
+    project.write("items.jsonl", "".join(f'{{"key": "k{n:02}"}}\n' for n in range(25)))
+    new = project.cli("enqueue", "sites", "--file", "items.jsonl", "--dry-run").stdout
+    assert new.splitlines()[:3] == [
+        "would enqueue 25 new item(s) into sites/find:",
+        "  k00",
+        "  k01",
+    ]
+    assert new.splitlines()[-1] == "  ... and 5 more"
+    project.cli("enqueue", "sites", "--file", "items.jsonl")
+    assert project.start_daemon("--until-idle").wait(30) == 0
+
+    again = project.cli("enqueue", "sites", "--file", "items.jsonl", "--dry-run").stdout
+    assert again.startswith("would enqueue 0 new item(s) into sites/find\n25 item(s) are known:")
+    assert "  k00 (failed)\n" in again
+    retry = project.cli("retry", "--label", "Permission denied", "--dry-run").stdout.splitlines()
+    assert retry[0] == ("would requeue 25 failed or retrying item(s) labelled 'Permission denied':")
+    assert retry[1] == "  sites/k00 (failed at find)" and retry[-1] == "  ... and 5 more"
+    assert len(retry) == 22
+    prune = project.cli("prune", "--older-than", "1s", "--dry-run").stdout
+    assert prune == "would prune 0 run(s) older than 1s\n"  # each run is its item's latest
+    halts = project.cli("halts", "clear", "--all", "--dry-run").stdout
+    assert halts == "would clear 0 halt(s)\n"
+    assert project.item("sites", "k00").state == "failed"  # nothing changed
+
+
+def test_a_long_enqueue_shows_progress_on_a_terminal_and_none_in_a_pipe(project: Project):
+    project.write("steps.py", "def find(data):\n    return None\n")
+    project.configure(CONFIG)
+    project.write("items.jsonl", "".join(f'{{"key": "k{n}"}}\n' for n in range(5000)))
+    shown = "\n".join(tty_output(project, ["enqueue", "sites", "--file", "items.jsonl"], 100))
+    assert "enqueue:" in shown and "item/s" in shown and "%|" in shown, shown
+    assert shown.rstrip().endswith("enqueued 5000 new item(s) into sites/find")
+    piped = project.cli("enqueue", "sites", "--file", "items.jsonl")
+    assert piped.stderr == ""
+
+
+def test_starting_your_own_works_as_init_prints_it_outside_the_clone(tmp_path: Path):
+    """The README's "Starting your own": init, then the commands it prints, as printed."""
+    folder = tmp_path / "mine"
+    env = {k: v for k, v in os.environ.items() if k != "PIPEWARDEN_CONFIG"}
+    init = subprocess.run(
+        [sys.executable, "-m", "pipewarden", "init", str(folder), "--port", str(free_port())],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    printed = init.stdout.split("next:\n", 1)[1].splitlines()
+    commands = [shlex.split(line.split("#")[0]) for line in printed]
+    assert commands[0] == ["cd", str(folder)] and Path(commands[1][0]).is_absolute()
+    run = lambda argv: subprocess.run(argv, cwd=folder, env=env, capture_output=True,  # noqa: E731
+                                      text=True, timeout=60)  # fmt: skip
+    assert run(commands[1]).stdout.splitlines()[-1] == "all good"
+    assert commands[2][-1] == "&"
+    daemon = subprocess.Popen(commands[2][:-1], cwd=folder, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert run(commands[3]).returncode == 0
+        wait_until(lambda: "done" in run(commands[4]).stdout, "hello/world to be done")
+    finally:
+        daemon.terminate()
+        daemon.wait(20)
+
+
+def test_another_daemon_on_the_configs_port_does_not_refuse_a_local_enqueue(
+    project: Project, tmp_path: Path
+):
+    configured(project)
+    project.start_daemon()
+    wait_until(lambda: _answers(f"http://127.0.0.1:{project.api_port}/health"), "the API")
+    other = Project(tmp_path / "other")
+    other.api_port = project.api_port  # a second project, written with the same port
+    configured(other)
+    done = other.cli("enqueue", "sites", "a")
+    assert done.stdout.startswith("enqueued 1 new item(s) into sites/find")
+    doctor = other.cli("doctor", expect=1).stdout
+    assert f"FAIL api: port {project.api_port} is taken by another pipewarden daemon" in doctor
+    assert f"ok   api: port {project.api_port} is this daemon's" in project.cli("doctor").stdout
+
+
+def test_a_taken_port_is_traded_for_a_free_one():
+    import socket
+
+    from pipewarden.ports import port_or_free
+    from pipewarden.setup import starter_config, with_port
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert port_or_free(port) != port
+    assert "api: {port: 40001}" in with_port(starter_config(), 40001)

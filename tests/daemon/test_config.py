@@ -163,6 +163,8 @@ def test_shipped_rules_check_clean_and_rules_test_explains_a_match(project: Proj
         "category  infrastructure",
         "type      permission_denied",
         f"rule      {REPO}/rules/sites.yaml:36  (EACCES)",
+        "advice    the output folder cannot be written (often an unmounted disk): mount it or"
+        " fix its owner, then `pipewarden retry --label 'Permission denied'`",
     ]
 
 

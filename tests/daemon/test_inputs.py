@@ -242,7 +242,8 @@ def test_an_item_the_daemon_cannot_record_fails_after_three_internal_errors(proj
 
 # -- 11: log injection -----------------------------------------------------------------------
 def test_keys_and_error_texts_cannot_forge_or_colour_a_log_line(project: Project):
-    prepared(project)
+    project.write("reply.py", REPLY_WORKER)
+    project.configure(STAGE, extra="drain_grace: 5s\nlog_runs: info")  # ok runs' lines too
     store = project.store()  # a key from before keys were checked
     store.enqueue("s", "a", [("evil\nHALT channel sms", {})], 1.0)
     store.close()

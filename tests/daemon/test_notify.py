@@ -101,7 +101,8 @@ def test_terminal_failures_arrive_as_one_digest_by_json_and_by_mail(
     wait_until(lambda: http_receiver.titles() and smtp_receiver.subjects(), "both deliveries")
     title = "pipewarden: 3 failures — Opted out on sms"
     assert http_receiver.titles() == [title] and smtp_receiver.subjects() == [title]
-    head, error = http_receiver.bodies[0]["message"].splitlines()
+    head, error, advice = http_receiver.bodies[0]["message"].splitlines()
+    assert "never contact them again" in advice  # what the rule advises, with the label
     assert head.startswith("• 3× Opted out on sms (outreach/send) — e.g. ")
     assert sorted(head.split("e.g. ")[1].split(", ")) == ["a", "b", "c"]
     assert error == "  last error: RuntimeError: sms: recipient opted out"

@@ -150,10 +150,10 @@ def test_the_group_reaches_the_service_and_strangers_are_told_how_to_join(servic
     assert status.returncode == 0, status.stderr
     assert f"daemon: running (pid {service.daemon.pid})" in status.stdout
     assert f"state {service.state_dir}" in status.stdout
-    paused = service.run(users.desktop, "pause", "--channel", "sms")
+    paused = service.run(users.desktop, "pause", "--channel", "sms", "--force")  # none yet
     assert paused.returncode == 0, paused.stderr
     halts = service.run(users.desktop, "halts")
-    assert f"paused by {users.desktop} (uid" in halts.stdout, halts.stdout + halts.stderr
+    assert f"paused by {users.desktop} via cli (uid" in halts.stdout, halts.stdout + halts.stderr
     tray = service.python(
         users.desktop,
         "from pathlib import Path\nfrom pipewarden.tray.app import DaemonClient\n"
@@ -194,7 +194,7 @@ def test_the_daemon_checks_each_peer_even_when_the_socket_is_left_open(service: 
     service.start()
     service.run_dir.chmod(0o755)
     service.socket.chmod(0o666)
-    refused = service.run(users.stranger, "pause", "--channel", "sms")
+    refused = service.run(users.stranger, "pause", "--channel", "sms", "--force")
     assert refused.returncode == 1
     line = one_line(refused.stderr)
     assert f"{users.stranger} is not in the group '{users.group}'" in line

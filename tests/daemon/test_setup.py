@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Project
+from conftest import Project, free_port
 
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
 
@@ -23,7 +23,7 @@ def run_cli(folder: Path, *args: str, expect: int = 0) -> subprocess.CompletedPr
 
 
 def test_init_writes_a_starter_that_doctor_passes_and_that_runs(tmp_path: Path):
-    written = run_cli(tmp_path, "init", "starter").stdout
+    written = run_cli(tmp_path, "init", "starter", "--port", str(free_port())).stdout
     assert "wrote " in written and "config.yaml" in written
     folder = tmp_path / "starter"
     assert (folder / "rules" / "outreach.yaml").exists() and (
@@ -31,7 +31,9 @@ def test_init_writes_a_starter_that_doctor_passes_and_that_runs(tmp_path: Path):
     ).exists()
     doctor = run_cli(folder, "doctor").stdout.splitlines()
     assert doctor[-1] == "all good"
-    assert "ok   stage hello/greet: module workers.hello found" in doctor
+    assert (
+        "ok   stage hello/greet: module workers.hello found, workers.hello:greet imports" in doctor
+    )
 
     run_cli(folder, "enqueue", "hello", "ada", "--data", '{"name": "Ada"}')
     run_cli(folder, "run", "--until-idle")
@@ -41,7 +43,7 @@ def test_init_writes_a_starter_that_doctor_passes_and_that_runs(tmp_path: Path):
 
 
 def test_doctor_says_what_to_fix(tmp_path: Path):
-    run_cli(tmp_path, "init", "broken")
+    run_cli(tmp_path, "init", "broken", "--port", str(free_port()))
     folder = tmp_path / "broken"
     config = (folder / "config.yaml").read_text()
     config = config.replace("python: workers.hello:greet", "python: workers.missing:greet")
@@ -55,10 +57,53 @@ def test_doctor_says_what_to_fix(tmp_path: Path):
         line.startswith("FAIL stage hello/greet: module workers.missing not found")
         for line in lines
     )
-    missing = "FAIL stage hello/shout: command no-such-program-here not found"
-    assert f"{missing} — install it, or give its full path" in lines
+    missing = "FAIL stage hello/shout: command no-such-program-here not found on the stage's PATH"
+    assert any(line.startswith(missing) and line.endswith("— install it, or give its full path")
+               for line in lines)  # fmt: skip
     assert any(line.startswith("FAIL state dir: ") and "chmod 700" in line for line in lines)
     assert lines[-1] == "3 problem(s) to fix"
+
+
+def test_doctor_imports_each_python_worker_and_finds_commands_on_the_stages_path(
+    project: Project,
+):
+    project.write("needs_bs.py", "import no_such_package_xyz.parser\n\ndef work(data):\n    pass\n")
+    project.write("fine.py", "import json\n\ndef work(data):\n    pass\n")
+    project.write("bin/tool", "#!/bin/sh\necho '{\"ok\": true}'\n")
+    os.chmod(project.root / "bin" / "tool", 0o755)
+    project.write("notexec.sh", "echo hi\n")
+    project.configure(
+        f"""
+        sites:
+          stages:
+            - {{name: scrape, python: "needs_bs:work"}}
+            - {{name: fine, python: "fine:work"}}
+            - {{name: typo, python: "fine:wrok"}}
+            - {{name: tool, command: [tool], env: {{PATH: "{project.root / "bin"}"}}}}
+            - {{name: sh, command: [sh, -c, "true"], env: {{PATH: "{project.root / "bin"}"}}}}
+            - {{name: local, command: [./notexec.sh]}}
+        """
+    )
+    lines = project.cli("doctor", expect=1).stdout.splitlines()
+    python = sys.executable
+    assert (
+        f"FAIL stage sites/scrape: needs_bs imports no_such_package_xyz, which the workers' Python"
+        f" ({python}) does not have — install the package that provides no_such_package_xyz into"
+        f" it: {python} -m pip install PACKAGE (for no_such_package_xyz, often: {python} -m pip"
+        " install no_such_package_xyz)"
+    ) in lines
+    assert "ok   stage sites/fine: module fine found, fine:work imports" in lines
+    assert (
+        "FAIL stage sites/typo: fine has no function wrok — check the name after the colon in"
+        " `python:`"
+    ) in lines
+    assert f"ok   stage sites/tool: command tool found ({project.root / 'bin' / 'tool'})" in lines
+    # sh is on the doctor's own PATH, not on the one the stage runs with
+    assert any(line.startswith("FAIL stage sites/sh: command sh not found on the stage's PATH")
+               for line in lines)  # fmt: skip
+    assert any(line.startswith("FAIL stage sites/local: command ./notexec.sh (")
+               and "is not executable — chmod +x" in line for line in lines)  # fmt: skip
+    assert lines[-1] == "4 problem(s) to fix"
 
 
 def test_every_worker_gets_a_w3c_traceparent_matching_its_run(project: Project):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from pipewarden.store import Claimed, FinishedRun, NewRun, Storage, open_store
+from pipewarden.store.records import FailureText, Relabel
 from pipewarden.types import ItemState, RunStatus
 
 Opener = Callable[[], Storage]  # opens the test's store (again: what another process sees)
@@ -222,6 +223,31 @@ def test_retry_by_label_counts_first_then_requeues_and_held_items_are_released_o
     assert storage.change_held(P, ["a", "zz"], 23.0, dry_run=True).not_held == {"zz": None}
     failed = storage.change_held(P, ["a"], 23.0, fail_reason="not worth it")
     assert failed.changed == ["a"] and storage.item(P, "a").state == ItemState.FAILED
+
+
+# -- re-bucketing history (issue 15) ----------------------------------------------------------
+def test_reclassify_keeps_the_first_classification_and_marks_items_until_their_next_run(
+    storage: Storage,
+):
+    storage.enqueue(P, S, [("a", {}), ("b", {})], 1.0)
+    runs = claim(storage)
+    storage.finish([ended(c, r, RunStatus.FAILED, 11.0, error="widget refused",
+                          group_name="unknown", label="Unknown", category="unknown")
+                    for c, r in runs], {})  # fmt: skip
+    (text,) = storage.failure_texts(since=None)
+    assert text == FailureText(P, S, "widget refused", None, "unknown", "Unknown", 2)
+    new = Relabel(text, "site", "Widget refused", "retriable", "retriable", "sites.yaml:3")
+    assert storage.reclassify([new], since=None, rules_version="v2", now=30.0) == (2, 2)
+    (again,) = storage.failure_texts(since=None)  # re-bucketed once more: the first stays
+    assert storage.reclassify([replace(new, text=again, label="Widget gone")], None, "v3", 40.0)
+    run = storage.item_runs(runs[0][0].item_id)[0]
+    assert (run.label, run.original_label, run.original_rules_version) == (
+        "Widget gone", "Unknown", None,
+    )  # fmt: skip
+    assert storage.reclassified_counts() == {(P, S, "failed", "site", "Widget gone"): 2}
+    assert storage.requeue_by_label("Widget gone", 50.0) == 2
+    claim(storage, limit=1, now=51.0)  # a's next run: its mark ends, b's stays
+    assert storage.reclassified_counts() == {(P, S, "queued", "site", "Widget gone"): 1}
 
 
 # -- books, outbox, aggregates ----------------------------------------------------------------

@@ -138,12 +138,14 @@ def immutable(folder: Path) -> Iterator[list[Path]]:
 
 
 def fill(ballast: Path, leave: int) -> Path:
-    """A ballast file that leaves about `leave` bytes free on its file system."""
+    """A ballast file that leaves about `leave` bytes free on its file system (with 0,
+    not a byte: it is written in ever smaller pieces until the disk takes none)."""
     free = os.statvfs(ballast.parent).f_bavail * os.statvfs(ballast.parent).f_frsize
-    with open(ballast, "wb") as handle, contextlib.suppress(OSError):  # ENOSPC: the point
-        for _ in range(max(0, free - leave) // 65536):
-            handle.write(bytes(65536))
-            handle.flush()
+    with open(ballast, "wb", buffering=0) as handle:
+        for size in (65536, 4096, 1) if leave == 0 else (65536,):
+            with contextlib.suppress(OSError):  # ENOSPC: the point
+                for _ in range(max(0, free - leave) // size if leave else 1 << 30):
+                    handle.write(bytes(size))
     return ballast
 
 

@@ -33,7 +33,8 @@ def start(project: Project, rules: tuple[str, ...] = ()) -> None:
 
 def started(project: Project) -> None:
     project.start_daemon()
-    wait_until(lambda: project.cli("status", expect=None).returncode == 0, "the daemon's API")
+    # `status` answers from the store before the API is up: wait for the API itself
+    wait_until(lambda: "API and web page on" in project.daemon_log(), "the daemon's API")
 
 
 def enqueue(project: Project, keys: range) -> None:
@@ -97,6 +98,26 @@ def proposals(project: Project, *args: str) -> Any:
     return json.loads(project.cli("proposals", *args, "--json").stdout)
 
 
+def stored_proposals(project: Project) -> list[tuple]:
+    """The proposals table as it is (listing them would refresh it first)."""
+    store = project.store()
+    try:
+        return store.db.execute_sql("SELECT template, state FROM proposals").fetchall()
+    finally:
+        store.close()
+
+
+def test_the_daemon_proposes_on_its_own_without_anyone_listing(project: Project):
+    start(project)
+    enqueue(project, range(1, 7))
+    wait_until(lambda: templates(project) and templates(project)[0][2] == 6, "6 in a template")
+    wait_until(lambda: stored_proposals(project), "a proposal made by the daemon", timeout=15)
+    assert stored_proposals(project) == [
+        ("RuntimeError: Widget <*> refused by <*> after <*>", "pending")
+    ]
+    assert "rule(s) proposed" in project.daemon_log()
+
+
 def test_a_frequent_template_is_proposed_and_approving_it_labels_the_next_failure(
     project: Project,
 ):
@@ -119,6 +140,8 @@ def test_a_frequent_template_is_proposed_and_approving_it_labels_the_next_failur
 
     done = project.cli("proposals", "approve", str(proposal["id"]), "--label", "Widget refused")
     assert f"{mine.resolve()}: added" in done.stdout
+    # the backtest of the rules with it, over the week's stored failures, before the write
+    assert "6 runs from Unknown → Widget refused (retriable)" in done.stdout.splitlines()
     after = mine.read_text()
     added = [line for line in difflib.ndiff(MINE.splitlines(), after.splitlines())
              if line[:2] != "  "]  # fmt: skip

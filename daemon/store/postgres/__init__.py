@@ -26,6 +26,7 @@ from pipewarden.store.postgres.queue import Queue
 from pipewarden.store.postgres.schema import SCHEMA_VERSION, STEPS
 from pipewarden.store.sqlite.history import History
 from pipewarden.store.sqlite.requeue import Requeue
+from pipewarden.store.sqlite.templates import Reclassify
 
 _MIGRATION_LOCK = 0x70697065  # pg_advisory_xact_lock key: one migrating daemon at a time
 CONNECT_TIMEOUT_S = 5
@@ -56,7 +57,7 @@ class _Database(pw.PostgresqlDatabase):
         return super().atomic(**kwargs)
 
 
-class PostgresStore(Leases, Queue, Holds, History, Requeue, Books, Outbox, Aggregates):
+class PostgresStore(Leases, Queue, Holds, History, Requeue, Books, Outbox, Aggregates, Reclassify):
     """The store in a PostgreSQL database, migrated on open (or, `read_only`, checked)."""
 
     kind = "postgresql"

@@ -23,6 +23,7 @@ from pipewarden.store.sqlite.outbox import Outbox
 from pipewarden.store.sqlite.queue import Queue
 from pipewarden.store.sqlite.requeue import Requeue
 from pipewarden.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, create
+from pipewarden.store.sqlite.templates import Reclassify
 
 STORE_FILE = "pipewarden.db"
 BUSY_TIMEOUT_MS = 10_000  # CLI writers and the daemon share the file; wait, don't fail
@@ -39,7 +40,7 @@ class _Database(pw.SqliteDatabase):
             super().rollback()
 
 
-class SqliteStore(Queue, Holds, History, Requeue, Books, Outbox, Aggregates):
+class SqliteStore(Queue, Holds, History, Requeue, Books, Outbox, Aggregates, Reclassify):
     """The store, opened for writing (migrated to this version's schema first) or, with
     `read_only`, for reading only: nothing is written, and an older schema is refused."""
 

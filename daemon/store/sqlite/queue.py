@@ -103,13 +103,8 @@ class Queue(Connected):
         point leaves a `running` row for `recover_interrupted` to find. Items of a
         blocked (halted, paused) channel are left queued; `only_channel` picks a probe.
         """
-        where, params = "", [pipeline, stage, now]
-        if blocked_channels:
-            where += f" AND channel NOT IN ({', '.join('?' * len(blocked_channels))})"
-            params += list(blocked_channels)
-        if only_channel is not None:
-            where += " AND channel = ?"
-            params.append(only_channel)
+        where, channels = _channel_filter(blocked_channels, only_channel)
+        params = [pipeline, stage, now, *channels]
         with self._write():
             rows = self._conn.execute(
                 f"SELECT id, key, data, attempt, force FROM items WHERE pipeline = ? AND stage = ?"
@@ -237,13 +232,7 @@ class Queue(Connected):
     ) -> float | None:
         """The earliest time an item of these stages becomes claimable, leaving out the
         items of blocked channels (or, with `only_channel`, those of any other)."""
-        where, params = "", []
-        if blocked_channels:
-            where += f" AND channel NOT IN ({', '.join('?' * len(blocked_channels))})"
-            params += list(blocked_channels)
-        if only_channel is not None:
-            where += " AND channel = ?"
-            params.append(only_channel)
+        where, params = _channel_filter(blocked_channels, only_channel)
         soonest: float | None = None
         for pipeline, stage in stages:
             for state in CLAIMABLE_STATES:  # one index seek each; an IN list made it a scan
@@ -281,3 +270,14 @@ class Queue(Connected):
             f"SELECT COALESCE(SUM(n), 0) FROM item_counts WHERE state IN ({_PENDING}){where}",
             params,
         ).fetchone()[0]
+
+
+def _channel_filter(blocked: Sequence[str], only: str | None) -> tuple[str, list[str]]:
+    """The SQL (and its values) that leaves out blocked channels' items, or keeps one's."""
+    where, params = "", list(blocked)
+    if blocked:
+        where += f" AND channel NOT IN ({', '.join('?' * len(blocked))})"
+    if only is not None:
+        where += " AND channel = ?"
+        params.append(only)
+    return where, params

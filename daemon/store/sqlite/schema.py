@@ -146,7 +146,33 @@ MIGRATIONS: list[list[str]] = [
             created_at REAL NOT NULL, decided_at REAL, decided_by TEXT, rules_file TEXT)""",
         "CREATE INDEX proposals_by_template ON proposals (template_id, state)",
     ],
-    [  # 9: the daemon that ran each run, and the daemons' leases (issue 16: a fleet)
+    [  # 9: what people did, from the page, the CLI or the tray
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY, at REAL NOT NULL, who TEXT NOT NULL,
+            action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX audit_recent ON audit (at)",
+    ],
+    [  # 10: a failure re-bucketed by `pipewarden reclassify` keeps what judged it first
+        "ALTER TABLE runs ADD COLUMN original_group TEXT",
+        "ALTER TABLE runs ADD COLUMN original_label TEXT",
+        "ALTER TABLE runs ADD COLUMN original_category TEXT",
+        "ALTER TABLE runs ADD COLUMN original_type TEXT",
+        "ALTER TABLE runs ADD COLUMN original_rule_id TEXT",
+        "ALTER TABLE runs ADD COLUMN original_rules_version TEXT",
+        "ALTER TABLE runs ADD COLUMN reclassified_at REAL",
+        # Partial: only re-bucketed runs are in it, so ordinary writes never touch it.
+        "CREATE INDEX runs_reclassified ON runs (reclassified_at) WHERE reclassified_at"
+        " IS NOT NULL",
+        # An item whose label a re-bucketing changed, until its next run: the status tree
+        # says so beside the count, from this partial index alone.
+        "ALTER TABLE items ADD COLUMN relabelled_at REAL",
+        """CREATE INDEX items_relabelled ON items (pipeline, stage, state, last_group, last_label)
+            WHERE relabelled_at IS NOT NULL""",
+        """CREATE TRIGGER items_relabel_ends AFTER UPDATE OF last_run_id ON items
+            WHEN NEW.relabelled_at IS NOT NULL AND NEW.last_run_id IS NOT OLD.last_run_id
+            BEGIN UPDATE items SET relabelled_at = NULL WHERE id = NEW.id; END""",
+    ],
+    [  # 11: the daemon that ran each run, and the daemons' leases (issue 16: a fleet)
         "ALTER TABLE runs ADD COLUMN daemon TEXT",
         """CREATE TABLE daemons (
             id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
