@@ -46,6 +46,7 @@ from pipewarden.auth import (
 from pipewarden.errors import PipewardenError, UsageError
 from pipewarden.inputs import items_field
 from pipewarden.limits import API_RUNS_MAX
+from pipewarden.loopshare import LoopBudget, LoopShare
 from pipewarden.metrics import Metrics
 from pipewarden.proposals_api import proposal_routes
 from pipewarden.reads import Reader, SnapshotCache
@@ -119,6 +120,8 @@ class ApiServer:
         self.reads = Reader(daemon.config.state_dir, daemon.config)
         self.snapshots = SnapshotCache(self._status_answer)
         self.metrics.watch_snapshots(self.snapshots)
+        self.loop_budget = LoopBudget(busy=lambda: daemon.in_flight > 0)
+        self.metrics.watch_loop_budget(self.loop_budget)
         self.app = _build_app(self)
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=port, http="httptools", log_level="warning",
@@ -147,7 +150,10 @@ class ApiServer:
 
     async def start(self) -> None:
         """Bind 127.0.0.1:port (an OSError says why not), then serve on that socket."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and
+        # without it each answer's body waited for the client's delayed ACK (40 ms a request
+        # on a kept-alive connection: the page, the tray and every poller).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", self.port))
@@ -419,6 +425,7 @@ def _build_app(api: ApiServer) -> Starlette:
         *_console_routes(api, who),
     ]
     middleware = [
+        Middleware(LoopShare, budget=api.loop_budget),  # the work keeps its pace
         Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS),
         Middleware(GateMiddleware, gate=api.gate),
     ]

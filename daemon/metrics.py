@@ -31,6 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from pipewarden.daemon import Daemon
+    from pipewarden.loopshare import LoopBudget
     from pipewarden.reads import SnapshotCache
     from pipewarden.store import FinishedRun, Store
 
@@ -129,6 +130,13 @@ class Metrics:
             "pipewarden_status_snapshots", "Status snapshots computed (shared by every reader)",
             registry=self.registry,
         ).set_function(lambda: snapshots.computed)  # fmt: skip
+
+    def watch_loop_budget(self, budget: LoopBudget) -> None:
+        """Show how many API requests waited for their share of a busy loop."""
+        Gauge(
+            "pipewarden_api_waits", "API requests that waited while the work had the loop",
+            registry=self.registry,
+        ).set_function(lambda: budget.waited)  # fmt: skip
 
     def runs_finished(self, finished: list[FinishedRun]) -> None:
         for run in finished:

@@ -140,3 +140,18 @@ class Listener:
 def _parsed(frame: str) -> tuple[str, dict]:
     fields = dict(line.split(": ", 1) for line in frame.splitlines())
     return fields["event"], json.loads(fields["data"])
+
+
+def test_answers_on_a_kept_alive_connection_do_not_wait_for_the_clients_ack(project: Project):
+    """A page, the tray and a poller keep their connection open. Without TCP_NODELAY on the
+    daemon's side, each answer's body (written after its head) waited for the client's
+    delayed ACK: 40 ms or more for every request after the first on a connection."""
+    base, auth = start(project)
+    with httpx.Client(base_url=base, headers=auth) as client:
+        client.get("/health")  # the connection is open and past its first exchange
+        took = []
+        for _ in range(9):
+            asked = time.monotonic()
+            assert client.get("/api/status").status_code == 200
+            took.append(time.monotonic() - asked)
+    assert sorted(took)[4] < 0.030, f"median answer {sorted(took)[4] * 1000:.0f} ms"
