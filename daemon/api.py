@@ -117,7 +117,7 @@ class ApiServer:
         self.gate = Gate(self.token, own_origins(port), daemon.clock.now)
         self.closing = asyncio.Event()  # set when the API stops: the event streams end
         self.metrics = Metrics(daemon)
-        self.reads = Reader(daemon.config.state_dir)
+        self.reads = Reader(daemon.config.state_dir, daemon.config)
         self.snapshots = SnapshotCache(self._status_answer)
         self.metrics.watch_snapshots(self.snapshots)
         self.loop_budget = LoopBudget(busy=lambda: daemon.in_flight > 0)

@@ -138,6 +138,11 @@ class Config:
     api: ApiSettings = ApiSettings()
     retention_s: float = 90 * 86400.0  # runs older than this are pruned (0: keep forever)
     log_runs: str = "failures"  # a log line per run: info (every run), failures, off
+    store_url: str | None = None  # `store: postgresql://…`: a shared database, not the file
+    store_password_file: Path | None = None  # its password (never in the URL, logs or status)
+    lease_s: float = 30.0  # a daemon of a fleet silent this long is dead: its runs recovered
+    # "pipeline/stage" or a channel -> runs at once across a fleet on PostgreSQL
+    global_concurrency: dict[str, int] = field(hash=False, default_factory=dict)
 
     def pipeline(self, name: str) -> Pipeline:
         try:
@@ -161,7 +166,8 @@ def _lookup(data: dict[str, Any], dotted: str) -> str:
 
 _TOP_KEYS = {
     "state_dir", "rules", "pipelines", "defaults", "drain_grace", "channels", "notify", "api",
-    "retention", "log_runs",
+    "retention", "log_runs", "store", "store_password_file", "lease",
+    "global_concurrency",
 }  # fmt: skip
 LOG_RUNS = ("info", "failures", "off")
 _CHANNEL_KEYS = {"days", "hours", "timezone", "holidays"}
@@ -208,7 +214,45 @@ def load_config(path: Path, state_dir: str | None = None) -> Config:
         api=_load_api(top["api"], base) if "api" in top else ApiSettings(),
         retention_s=top["retention"].duration("retention") if "retention" in top else 90 * 86400.0,
         log_runs=top["log_runs"].choice("log_runs", LOG_RUNS) if "log_runs" in top else "failures",
+        store_url=_store_url(top["store"]) if "store" in top else None,
+        lease_s=top["lease"].duration("lease") if "lease" in top else 30.0,
+        global_concurrency={
+            name: cap.integer(f"global_concurrency of {name}", 1)
+            for name, cap in top["global_concurrency"].entries("global_concurrency")
+        }
+        if "global_concurrency" in top
+        else {},
+        store_password_file=(
+            base / top["store_password_file"].text("store_password_file")
+            if "store_password_file" in top
+            else None
+        ),
     )
+
+
+def _store_url(node: Node) -> str:
+    """`store:`: a PostgreSQL URL without a password (SQLite, the default, needs none)."""
+    from urllib.parse import urlsplit
+
+    url = node.text("store")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a port that is not a number
+    except ValueError as exc:
+        raise node.error(f"store: not a URL ({exc})", _STORE_FIX) from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise node.error(
+            f"store: '{parts.scheme}' is not a store this pipewarden keeps", _STORE_FIX
+        )
+    if parts.password is not None:
+        raise node.error(
+            "store: the URL holds a password, which would reach logs and status",
+            "leave it out: put it in a file named by store_password_file, or PGPASSWORD",
+        )
+    return url
+
+
+_STORE_FIX = "write postgresql://user@host:5432/dbname, or leave store: out for SQLite"
 
 
 def _load_api(node: Node, base: Path) -> ApiSettings:

@@ -15,12 +15,13 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipewarden import faults
+from pipewarden import faults, lease
 from pipewarden import reload as reload_module
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
@@ -35,7 +36,7 @@ from pipewarden.processes import Identity
 from pipewarden.rules import Rule, RuleSet
 from pipewarden.scheduler import Scheduler
 from pipewarden.sdnotify import SystemdNotifier
-from pipewarden.store import STORE_FILE, Storage, open_store
+from pipewarden.store import STORE_FILE, Storage, open_configured
 from pipewarden.template_feed import TemplateFeed
 
 log = logging.getLogger("pipewarden.daemon")
@@ -91,7 +92,8 @@ class Daemon:
         self.observers: list[Any] = []  # told of finished runs, deliveries, reloads (metrics)
         self.systemd = SystemdNotifier()
         self.outage = faults.Outage(
-            config.state_dir / STORE_FILE, lambda status: self.systemd.send(f"STATUS={status}")
+            config.store_url or config.state_dir / STORE_FILE,
+            lambda status: self.systemd.send(f"STATUS={status}"),
         )
 
     # -- what the API needs of the running daemon ---------------------------------------
@@ -128,8 +130,12 @@ class Daemon:
         lock = DaemonLock(self.config.state_dir)
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.outage.wait_out(lock.acquire)  # its pid cannot be written on a full disk
-        store = self._store = await self.outage.wait_out(lambda: open_store(self.config.state_dir))
+        store = self._store = await self.outage.wait_out(lambda: open_configured(self.config))
+        await self.outage.wait_out(
+            lambda: lease.join(store, self.config.lease_s, self.config.global_concurrency)
+        )
         self.outage.relieve = partial(faults.make_room, store)
+        stop_listening: Callable[[], None] = str  # a no-op, until a shared store listens
         umask = os.umask(0o077)  # what the daemon and its workers write: their user's alone
         try:
             stopped_cleanly = await self.outage.wait_out(
@@ -152,10 +158,19 @@ class Daemon:
                 code=self._code,
             )
             scheduler.observers, scheduler.outage = self.observers, self.outage
-            feed = TemplateFeed(store)  # issue 15: unmatched failures mined, rules proposed
-            self.observers.append(feed)
+            feed = None
+            if store.kind == "sqlite":  # issue 15: unmatched failures mined, rules proposed
+                feed = TemplateFeed(store)
+                self.observers.append(feed)
+            else:  # the miner's statements are SQLite's still
+                log.info("templates: unmatched failures are not mined on %s yet", store.kind)
             notifier.on_result = self._delivered
             self._install_signal_handlers(scheduler)
+            if store.kind != "sqlite":  # a fleet's store: heartbeats, and the others' changes
+                self._spawn(lease.keep(store, self.config.lease_s, self._hold_stages(),
+                                       self.request_stop))  # fmt: skip
+                loop = asyncio.get_running_loop()
+                stop_listening = store.listen(lambda: loop.call_soon_threadsafe(scheduler.wake))
             self._record_reload(ok=True, why="start")
             log.info(
                 "pipewarden running: %d pipeline(s), %d rule(s), %d halt rule(s), store %s",
@@ -171,14 +186,9 @@ class Daemon:
             self._spawn(self.systemd.watchdog(self.summary))
             self._spawn(self._keep_the_books())
             self._spawn(containment.keep_sweeping())
-            self._spawn(feed.keep_proposing(self.clock.now))
-            damaged = None
-            try:
-                await scheduler.run(self._stop, until_idle=until_idle)
-            except Exception as exc:  # a damaged store: stop as on SIGTERM, then say so
-                if (damaged := faults.fault_of(exc, store.path)) is None:
-                    raise
-                self.request_stop("the store is damaged")
+            if feed is not None:
+                self._spawn(feed.keep_proposing(self.clock.now))
+            damaged = await self._run_scheduler(scheduler, until_idle)
             self._stop.set()  # ends the file watcher too
             reason = (
                 f"daemon stopping ({self._stop_reason or 'done'}): interrupted after drain grace"
@@ -192,15 +202,33 @@ class Daemon:
             if damaged is not None:
                 raise damaged
             if recorded:
+                lease.leave(store)
                 faults.mark_clean_stop(store)
                 log.info("stopped cleanly")
             return 0
         finally:
             self._remove_signal_handlers()
             containment.disable()
+            stop_listening()
             store.close()
             lock.release()
             os.umask(umask)
+
+    async def _run_scheduler(self, scheduler: Scheduler, until_idle: bool) -> Any:
+        """Run the loop to its end; returns the fault of a damaged store (it stopped the
+        loop), else None. A store that cannot be reached for a moment (a database server
+        restarting) is waited out and the loop taken up again."""
+        while True:
+            try:
+                await scheduler.run(self._stop, until_idle=until_idle)
+                return None
+            except Exception as exc:  # a damaged store: stop as on SIGTERM, then say so
+                if (fault := faults.fault_of(exc, scheduler.store.path)) is None:
+                    raise
+                if not fault.passing:
+                    self.request_stop("the store is damaged")
+                    return fault
+                await asyncio.sleep(scheduler.outage.failed(fault))  # its next commit: over
 
     async def _start_api(self) -> Any:
         if not self.config.api.enabled:
@@ -416,15 +444,17 @@ class Daemon:
             " workers", killed,
         )  # fmt: skip
 
-    def _recover(self, store: Storage, notifier: Notifier) -> None:
-        hold = {
+    def _hold_stages(self) -> set[tuple[str, str]]:
+        return {
             (p.name, s.name)
             for p in self.config.pipelines.values()
             for s in p.stages
             if s.on_interrupt == "hold"
         }
+
+    def _recover(self, store: Storage, notifier: Notifier) -> None:
         now = self.clock.now()
-        recovered = store.recover_interrupted(now, hold, RECOVERED_REASON)
+        recovered = store.recover_interrupted(now, self._hold_stages(), RECOVERED_REASON)
         for run in recovered:
             log.warning(
                 "recovered run %s (%s/%s %s) left running by a stopped daemon: %s",

@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,10 +36,11 @@ log = logging.getLogger("pipewarden.store")
 
 T = TypeVar("T")
 
-FULL, READ_ONLY, VANISHED, IO_ERROR, DAMAGED = (
-    "disk full", "read-only", "vanished", "I/O error", "damaged",
+FULL, READ_ONLY, VANISHED, IO_ERROR, DAMAGED, UNREACHABLE = (
+    "disk full", "read-only", "vanished", "I/O error", "damaged", "unreachable",
 )  # fmt: skip
 _FIXES = {
+    UNREACHABLE: "start the PostgreSQL server or check the network; retrying",
     FULL: "free space",
     READ_ONLY: "make it writable again",
     VANISHED: "put it back",
@@ -87,6 +89,8 @@ def fault_of(exc: BaseException, path: Path) -> StoreFault | None:
             return error
         if isinstance(error, OSError) and error.errno in _PASSING_ERRNOS:  # the state dir's
             return os_fault(error, path)  # other files (lock, token) on the same disk
+        if _connection_lost(error):
+            return StoreFault(path, UNREACHABLE, str(error).strip().splitlines()[0][:200])
         code = getattr(error, "sqlite_errorcode", None)
         if not isinstance(error, sqlite3.Error) or code is None:
             continue
@@ -102,6 +106,12 @@ def fault_of(exc: BaseException, path: Path) -> StoreFault | None:
             return StoreFault(path, READ_ONLY if code == sqlite3.SQLITE_READONLY else IO_ERROR,
                               str(error))  # fmt: skip
     return None
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """A PostgreSQL server that cannot be reached, or dropped the connection (a restart)."""
+    psycopg = sys.modules.get("psycopg")  # loaded only by the PostgreSQL store
+    return psycopg is not None and isinstance(error, psycopg.OperationalError)
 
 
 def os_fault(exc: OSError, path: Path) -> StoreFault | None:
@@ -211,7 +221,12 @@ def check_after_unclean_stop(store: Store) -> bool | None:
     then mark it in use, so that a crash from here on is known at the next start.
     Returns the mark as it was: True (a clean stop), False (a crash), None (never set)."""
     previous = store.get_meta(CLEAN_STOP)
-    if previous is not True and (problem := quick_check(store.db.connection(), store.path)):
+    # PostgreSQL checks its own pages.
+    if (
+        previous is not True
+        and store.kind == "sqlite"
+        and (problem := quick_check(store.db.connection(), store.path))
+    ):
         raise StoreFault(store.path, DAMAGED, problem)
     store.set_meta(CLEAN_STOP, False)
     return previous
@@ -240,6 +255,8 @@ def make_room(store: Store) -> bool:
     """On a full disk: checkpoint the WAL, which may hold the space (it grows to 16 MiB
     between checkpoints, and a checkpoint must grow the store by as much), and keep it small
     from now on. True if it was all checkpointed, so that the next write reuses its space."""
+    if store.kind != "sqlite":
+        return False  # no WAL of ours to checkpoint: the server's disk is its own
     connection = store.db.connection()
     try:
         connection.execute(f"PRAGMA wal_autocheckpoint = {FULL_DISK_WAL_PAGES}")

@@ -16,17 +16,21 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from pipewarden.store import Storage, open_store
+from pipewarden.store import Storage, open_configured, open_store
+
+if TYPE_CHECKING:
+    from pipewarden.config import Config
 
 T = TypeVar("T")
 FRESH_S = 0.5  # a status snapshot younger than this is served as it is
 
 
 class Reader:
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, config: Config | None = None):
         self.state_dir = state_dir
+        self.config = config  # its `store:`, when the store is not the state dir's file
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="pipewarden-reads")
         self._store: Storage | None = None
 
@@ -36,7 +40,11 @@ class Reader:
 
     def _call(self, read: Callable[[Storage], T]) -> T:
         if self._store is None:
-            self._store = open_store(self.state_dir, read_only=True)
+            self._store = (
+                open_configured(self.config, read_only=True)
+                if self.config is not None
+                else open_store(self.state_dir, read_only=True)
+            )
         return read(self._store)
 
     def close(self) -> None:

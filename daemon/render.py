@@ -381,7 +381,7 @@ def _label_and_error(run: Any) -> str:
 
 RUN_FIELDS: Sequence[str] = (
     "id", "pipeline", "stage", "item_key", "attempt", "channel", "status", "started_at",
-    "finished_at", "duration_s", "exit_code", "signal", "pid", "group_name", "label",
+    "finished_at", "duration_s", "exit_code", "signal", "pid", "daemon", "group_name", "label",
     "category", "type", "rule_id", "rules_version", "error_type", "progress", "message",
     "input_fingerprint", "code_ref", "config_hash", "rows_in", "rows_out", "cost", "trace_id",
     "reclassified_at", "original_group", "original_label", "original_rule_id",

@@ -208,3 +208,29 @@ def http_receiver() -> Iterator[HttpReceiver]:
     receiver = HttpReceiver()
     yield receiver
     receiver.close()
+
+
+# -- PostgreSQL: one throwaway cluster per session, one new database per test ---------------
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    import pg_cluster as clusters
+
+    if (why := clusters.missing()) is not None:
+        pytest.skip(why)
+    cluster = clusters.Cluster().start()
+    yield cluster
+    cluster.stop()
+
+
+_databases = iter(range(1, 1 << 30))
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """The URL of a new, empty database on the session's cluster."""
+    import psycopg
+
+    name = f"test_{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return pg_cluster.url(name)

@@ -133,7 +133,9 @@ def status_of(config: Config, pipeline: str | None, verbose: bool) -> dict[str, 
     if store:
         store.close()
     advise_snapshot(snapshot, current_rules(config))
-    fault = faults.check_files(store.path) or faults.disk_full(store.path) if store else None
+    fault = None
+    if store and store.kind == "sqlite":  # a database's faults are its server's to say
+        fault = faults.check_files(store.path) or faults.disk_full(store.path)
     snapshot["daemon"] = {
         "running": pid is not None,
         "pid": pid,

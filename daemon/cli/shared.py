@@ -81,14 +81,16 @@ def open_store(config: Config, must_exist: bool = False, read_only: bool = False
     """The config's store (None if it `must_exist` and does not); `read_only`: a command
     that only reads opens it so, and never migrates it."""
     from pipewarden.client import store_exists
-    from pipewarden.store import STORE_FILE
-    from pipewarden.store import open_store as open_storage
+    from pipewarden.store import STORE_FILE, open_configured
 
+    if config.store_url is not None:  # a database: there, or the open says why not
+        stores_opened.append(config.store_url)
+        return open_configured(config, read_only=read_only)
     path = config.state_dir / STORE_FILE
     if not store_exists(config, path, look_elsewhere=must_exist) and must_exist:
         return None
     stores_opened.append(path)
-    return open_storage(config.state_dir, read_only=read_only)
+    return open_configured(config, read_only=read_only)
 
 
 def print_json(value: Any) -> None:

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 class Storage(Protocol):
     """A store: opened by `open_store`, closed with `close`."""
 
-    path: Path  # where it is kept (for SQLite, its file), for messages
+    path: Path  # where it is kept (for SQLite, its file; else the URL, no password), for messages
+    kind: str  # "sqlite" | "postgresql"
     writes: int  # write transactions begun (a held queue must begin none)
 
     def close(self) -> None: ...

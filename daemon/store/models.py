@@ -81,6 +81,7 @@ class Run(pw.Model):
     original_rule_id = pw.TextField(null=True)
     original_rules_version = pw.TextField(null=True)
     reclassified_at = pw.FloatField(null=True)
+    daemon = pw.TextField(null=True)  # schema 11: host:pid of the daemon that ran it
 
     class Meta:
         table_name = "runs"
@@ -125,6 +126,7 @@ class Outbox(pw.Model):
     next_try_at = pw.FloatField()
     sent_at = pw.FloatField(null=True)
     last_error = pw.TextField(null=True)
+    claimed_by = pw.TextField(null=True)  # schema 11: the daemon of a fleet delivering it
 
     class Meta:
         table_name = "outbox"

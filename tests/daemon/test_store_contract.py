@@ -1,6 +1,7 @@
 """The store's interface as a contract: what every backend must do, tested through
 `Storage` alone (no SQL, no models' databases). The `storage` fixture opens each backend
-in turn; a new backend joins by adding itself to BACKENDS."""
+in turn; a new backend joins by adding itself to BACKENDS. PostgreSQL runs on a throwaway
+cluster (tests/pg_cluster.py), skipped with the reason where its binaries are missing."""
 
 from __future__ import annotations
 
@@ -12,15 +13,35 @@ from pathlib import Path
 
 import pytest
 from pipewarden.store import Claimed, FinishedRun, NewRun, Storage, open_store
+from pipewarden.store.records import FailureText, Relabel
 from pipewarden.types import ItemState, RunStatus
 
-BACKENDS: dict[str, Callable[[Path], Storage]] = {"sqlite": open_store}
+Opener = Callable[[], Storage]  # opens the test's store (again: what another process sees)
+
+
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    return lambda: open_store(tmp_path)
+
+
+def _postgresql(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    url = request.getfixturevalue("pg_url")
+    return lambda: open_store(tmp_path, url=url)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Opener]] = {
+    "sqlite": _sqlite, "postgresql": _postgresql,
+}  # fmt: skip
 P, S, NEXT = "sites", "find", "capture"  # a pipeline and two of its stages
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    store = BACKENDS[request.param](tmp_path)
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    return BACKENDS[request.param](request, tmp_path)
+
+
+@pytest.fixture
+def storage(opener: Opener) -> Iterator[Storage]:
+    store = opener()
     yield store
     store.close()
 
@@ -73,13 +94,13 @@ def test_a_finished_item_starts_again_keeping_its_data_unless_data_is_given(stor
 
 
 def test_claim_marks_items_running_and_records_their_runs_before_any_worker_starts(
-    storage: Storage, tmp_path: Path
+    storage: Storage, opener: Opener
 ):
     storage.enqueue(P, S, [("a", {"x": 1}), ("b", {}), ("c", {})], 1.0)
     claimed = claim(storage, limit=2)
     assert [c.key for c, _ in claimed] == ["a", "b"]
     assert claimed[0][0].data == {"x": 1} and claimed[0][0].attempt == 1
-    other = open_store(tmp_path)  # what a second process (a restarted daemon) sees
+    other = opener()  # what a second process (a restarted daemon) sees
     try:
         assert [run.item_key for run in other.running_runs()] == ["a", "b"]
         assert other.item(P, "a").state == ItemState.RUNNING
@@ -202,6 +223,31 @@ def test_retry_by_label_counts_first_then_requeues_and_held_items_are_released_o
     assert storage.change_held(P, ["a", "zz"], 23.0, dry_run=True).not_held == {"zz": None}
     failed = storage.change_held(P, ["a"], 23.0, fail_reason="not worth it")
     assert failed.changed == ["a"] and storage.item(P, "a").state == ItemState.FAILED
+
+
+# -- re-bucketing history (issue 15) ----------------------------------------------------------
+def test_reclassify_keeps_the_first_classification_and_marks_items_until_their_next_run(
+    storage: Storage,
+):
+    storage.enqueue(P, S, [("a", {}), ("b", {})], 1.0)
+    runs = claim(storage)
+    storage.finish([ended(c, r, RunStatus.FAILED, 11.0, error="widget refused",
+                          group_name="unknown", label="Unknown", category="unknown")
+                    for c, r in runs], {})  # fmt: skip
+    (text,) = storage.failure_texts(since=None)
+    assert text == FailureText(P, S, "widget refused", None, "unknown", "Unknown", 2)
+    new = Relabel(text, "site", "Widget refused", "retriable", "retriable", "sites.yaml:3")
+    assert storage.reclassify([new], since=None, rules_version="v2", now=30.0) == (2, 2)
+    (again,) = storage.failure_texts(since=None)  # re-bucketed once more: the first stays
+    assert storage.reclassify([replace(new, text=again, label="Widget gone")], None, "v3", 40.0)
+    run = storage.item_runs(runs[0][0].item_id)[0]
+    assert (run.label, run.original_label, run.original_rules_version) == (
+        "Widget gone", "Unknown", None,
+    )  # fmt: skip
+    assert storage.reclassified_counts() == {(P, S, "failed", "site", "Widget gone"): 2}
+    assert storage.requeue_by_label("Widget gone", 50.0) == 2
+    claim(storage, limit=1, now=51.0)  # a's next run: its mark ends, b's stays
+    assert storage.reclassified_counts() == {(P, S, "queued", "site", "Widget gone"): 1}
 
 
 # -- books, outbox, aggregates ----------------------------------------------------------------

@@ -44,6 +44,8 @@ class SqliteStore(Queue, Holds, History, Requeue, Books, Outbox, Aggregates, Rec
     """The store, opened for writing (migrated to this version's schema first) or, with
     `read_only`, for reading only: nothing is written, and an older schema is refused."""
 
+    kind = "sqlite"
+
     def __init__(self, state_dir: Path, read_only: bool = False):
         self.state_dir = state_dir
         self.path = state_dir / STORE_FILE

@@ -19,6 +19,7 @@ class Connected:
     Hold: type[models.Hold]
     Outbox: type[models.Outbox]
     writes: int  # write transactions begun: a test counts them (idle means idle)
+    daemon: str | None = None  # host:pid of the daemon this store runs for (runs name it)
 
     @property
     def _conn(self) -> sqlite3.Connection:

@@ -127,10 +127,10 @@ class Queue(Connected):
             self._conn.executemany(
                 "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel,"
                 " status, started_at, input_fingerprint, code_ref, config_hash, rows_in,"
-                " trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?)",
+                " trace_id, daemon) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?, ?)",
                 [
                     (r.run_id, pipeline, stage, c.item_id, c.key, c.attempt, r.channel, now,
-                     r.input_fingerprint, r.code_ref, r.config_hash, r.trace_id)
+                     r.input_fingerprint, r.code_ref, r.config_hash, r.trace_id, self.daemon)
                     for c, r in claimed
                 ],
             )  # fmt: skip

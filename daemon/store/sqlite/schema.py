@@ -172,6 +172,14 @@ MIGRATIONS: list[list[str]] = [
             WHEN NEW.relabelled_at IS NOT NULL AND NEW.last_run_id IS NOT OLD.last_run_id
             BEGIN UPDATE items SET relabelled_at = NULL WHERE id = NEW.id; END""",
     ],
+    [  # 11: the daemon that ran each run, and the daemons' leases (issue 16: a fleet)
+        "ALTER TABLE runs ADD COLUMN daemon TEXT",
+        """CREATE TABLE daemons (
+            id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
+            started_at REAL NOT NULL, heartbeat_at REAL NOT NULL, stopped_at REAL,
+            recovered_by TEXT)""",
+        "ALTER TABLE outbox ADD COLUMN claimed_by TEXT",  # the daemon delivering the row
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -49,8 +49,10 @@ class Reclassify(Connected):
                 " PRIMARY KEY (pipeline, stage, error, error_type, grp, label))"
             )
             conn.execute("DELETE FROM relabel")
-            conn.executemany(
-                "INSERT OR REPLACE INTO relabel VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            conn.executemany(  # both backends' SQL; a NULL and an empty label share a key,
+                # and the rules judge both alike: the first is kept
+                "INSERT INTO relabel VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 [(c.text.pipeline, c.text.stage, c.text.error, c.text.error_type or "",
                   c.text.group, c.text.label, c.group, c.label, c.category, c.type, c.rule_id)
                  for c in changes],
