@@ -132,8 +132,12 @@ class RuleSet:
     halts: tuple[HaltRule, ...] = ()
 
 
-def load_rules(paths: tuple[Path, ...] | list[Path], base: Path | None = None) -> RuleSet:
-    """Load, validate and compile rule files in order; the first error stops the load."""
+def load_rules(
+    paths: tuple[Path, ...] | list[Path], base: Path | None = None, lint: bool = True
+) -> RuleSet:
+    """Load, validate and compile rule files in order; the first error stops the load.
+    Without `lint`, no warnings (their shadowing check builds the RE2 prefilter): for a
+    command that only reads the rules' advice."""
     rules: list[Rule] = []
     halts: list[HaltRule] = []
     digest = hashlib.sha256()
@@ -145,7 +149,8 @@ def load_rules(paths: tuple[Path, ...] | list[Path], base: Path | None = None) -
         file_rules, file_halts = _load_rule_file(load_bytes(raw, shown))
         rules.extend(file_rules)
         halts.extend(file_halts)
-    return RuleSet(tuple(rules), tuple(_lint(rules)), digest.hexdigest()[:12], tuple(halts))
+    warnings = tuple(_lint(rules)) if lint else ()
+    return RuleSet(tuple(rules), warnings, digest.hexdigest()[:12], tuple(halts))
 
 
 def _display_path(path: Path, base: Path | None) -> str:

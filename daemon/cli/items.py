@@ -156,7 +156,6 @@ def _enqueue_in_chunks(
     import time
     from dataclasses import asdict
 
-    from pipewarden import control
     from pipewarden.progress import Progress
 
     merged: dict[str, list[str]] = {}
@@ -170,6 +169,8 @@ def _enqueue_in_chunks(
                         "pipeline": pipeline, "force": force,
                         "items": [{"key": k, "data": d} for k, d in chunk]})  # fmt: skip
                 else:
+                    from pipewarden import control  # here: the store's and the notifier's
+
                     answer = asdict(control.enqueue(store, config, pipeline, chunk, time.time(),
                                                     force))  # fmt: skip
                 for name, keys in answer.items():

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipewarden.errors import StoreError
+from pipewarden.store import orm  # noqa: F401  # first: Peewee loads without psycopg
 from pipewarden.store.interface import Storage
 from pipewarden.store.models import Hold, Item, Outbox, Run
 from pipewarden.store.records import (

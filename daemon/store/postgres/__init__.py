@@ -17,6 +17,7 @@ import peewee as pw
 from pipewarden import faults
 from pipewarden.errors import StoreError
 from pipewarden.store import models
+from pipewarden.store.orm import hand_peewee_psycopg
 from pipewarden.store.postgres.aggregates import Aggregates
 from pipewarden.store.postgres.books import Books
 from pipewarden.store.postgres.holds import Holds
@@ -27,6 +28,8 @@ from pipewarden.store.postgres.schema import SCHEMA_VERSION, STEPS
 from pipewarden.store.sqlite.history import History
 from pipewarden.store.sqlite.requeue import Requeue
 from pipewarden.store.sqlite.templates import Reclassify
+
+hand_peewee_psycopg()  # Peewee was loaded without it (see store/orm.py)
 
 _MIGRATION_LOCK = 0x70697065  # pg_advisory_xact_lock key: one migrating daemon at a time
 CONNECT_TIMEOUT_S = 5
