@@ -46,6 +46,7 @@ PRUNE_EVERY_S = 3600.0
 WATCH_RETRY_S = 1.0  # a failed file watcher starts again after this, doubling up to the max
 WATCH_RETRY_MAX_S = 10.0
 TROUBLE_SAVE_EVERY_S = 1.0  # a rule's trouble count reaches the store at most this often
+OPEN_TIMEOUT_S = 900  # what systemd waits for the store to open (and migrate) at a start
 
 
 def _internal(exc: BaseException, when: str) -> str:
@@ -130,6 +131,9 @@ class Daemon:
         lock = DaemonLock(self.config.state_dir)
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.outage.wait_out(lock.acquire)  # its pid cannot be written on a full disk
+        # Opening may migrate a big store for minutes: longer than systemd's start timeout.
+        self.systemd.send(f"EXTEND_TIMEOUT_USEC={OPEN_TIMEOUT_S * 1_000_000}",
+                          "STATUS=opening the store (an upgrade may take minutes)")  # fmt: skip
         store = self._store = await self.outage.wait_out(lambda: open_configured(self.config))
         await self.outage.wait_out(
             lambda: lease.join(store, self.config.lease_s, self.config.global_concurrency)

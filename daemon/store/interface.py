@@ -161,8 +161,11 @@ class Storage(Protocol):
     def recent_durations(self, pipeline: str, stage: str, count: int) -> list[float]:
         """Durations of the stage's last `count` successful runs."""
 
-    def stage_durations(self, pipeline: str, stage: str, since: float) -> list[tuple[str, float]]:
-        """(status, duration_s) of the stage's runs that ended since `since`."""
+    def ended_runs(
+        self, pipeline: str, stage: str, since: float
+    ) -> list[tuple[int, str, int, int]]:
+        """(slot, outcome, duration bucket, runs) of the stage's runs that ended in the
+        slots from `since`'s on, as store/rollup.py counts them."""
 
     def recent_runs(
         self, limit: int, stage: str | None = None, status: str | None = None,

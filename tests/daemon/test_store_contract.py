@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from pipewarden.store import Claimed, FinishedRun, NewRun, Storage, open_store
+from pipewarden.store import Claimed, FinishedRun, NewRun, Storage, open_store, rollup
 from pipewarden.store.records import FailureText, Relabel
 from pipewarden.types import ItemState, RunStatus
 
@@ -297,3 +297,24 @@ def test_writes_are_counted_and_reads_write_nothing(storage: Storage):
     assert storage.writes == before
     claim(storage)
     assert storage.writes == before + 1
+
+
+# -- ended runs, counted as they end (status -v and the charts read these) -------------------
+def test_ended_runs_are_counted_by_slot_outcome_and_duration_as_they_end(storage: Storage):
+    storage.enqueue(P, S, [(k, {}) for k in "abcd"], 1.0)
+    (a, ra), (b, rb), (c, rc), (d, rd) = claim(storage, now=1000.0)
+    retried = replace(ended(c, rc, RunStatus.FAILED, 1000.5), item_state=ItemState.RETRYING)
+    storage.finish([ended(a, ra, RunStatus.OK, 1000.5), ended(b, rb, RunStatus.OK, 1001.0),
+                    ended(d, rd, RunStatus.TIMED_OUT, 1001.0), retried], {})  # fmt: skip
+    counts = {(slot, outcome): runs for slot, outcome, _, runs in storage.ended_runs(P, S, 0.0)}
+    assert counts == {(3, "ok"): 2, (3, "failed"): 1, (3, "retried"): 1}  # 1000 s: slot 3
+    assert storage.ended_runs(P, S, 1200.0) == []  # from slot 4 on
+    assert storage.ended_runs(P, NEXT, 0.0) == []
+
+
+def test_runs_a_restart_ends_as_interrupted_are_counted_too(storage: Storage):
+    storage.enqueue(P, S, [("a", {})], 1.0)
+    claim(storage, now=10.0)
+    storage.recover_interrupted(20.0, set(), "the daemon stopped")
+    ended_then = [row[1:] for row in storage.ended_runs(P, S, 0.0)]
+    assert ended_then == [("interrupted", rollup.bucket(10.0), 1)]

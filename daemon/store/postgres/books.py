@@ -25,6 +25,8 @@ class Books(Connected, SqliteBooks):
             self._pg.execute(
                 "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < %s", (older_than,)
             )
+            if deleted < limit:  # the last batch: the counts of those times go too
+                self._forget_slots_before(older_than)
         return deleted
 
     def backup(self, target: Path) -> None:
