@@ -57,14 +57,6 @@ def _halts(
     store: Store, targets: set[str], channels: list[str] | None, start: float
 ) -> list[dict[str, Any]]:
     """The halts on these targets and channels (None: any channel) active since `start`."""
-    targets = targets | set(channels or ())
-    marks = ", ".join("?" * len(targets))
-    any_channel = " OR scope = 'channel'" if channels is None else ""
-    rows = store.db.execute_sql(
-        "SELECT target, label, reason, created_at, cleared_at FROM holds WHERE kind = 'halt'"
-        f" AND (target IN ({marks}){any_channel}) AND (cleared_at IS NULL OR cleared_at >= ?)"
-        " ORDER BY created_at",
-        (*sorted(targets), start),
-    ).fetchall()
+    rows = store.halts_between(targets | set(channels or ()), channels is None, start)
     names = ("target", "label", "reason", "from", "to")
     return [dict(zip(names, row, strict=True)) for row in rows]

@@ -162,12 +162,8 @@ class Daemon:
                 code=self._code,
             )
             scheduler.observers, scheduler.outage = self.observers, self.outage
-            feed = None
-            if store.kind == "sqlite":  # issue 15: unmatched failures mined, rules proposed
-                feed = TemplateFeed(store)
-                self.observers.append(feed)
-            else:  # the miner's statements are SQLite's still
-                log.info("templates: unmatched failures are not mined on %s yet", store.kind)
+            feed = TemplateFeed(store)  # issue 15: unmatched failures mined, rules proposed
+            self.observers.append(feed)
             notifier.on_result = self._delivered
             self._install_signal_handlers(scheduler)
             if store.kind != "sqlite":  # a fleet's store: heartbeats, and the others' changes
@@ -190,8 +186,7 @@ class Daemon:
             self._spawn(self.systemd.watchdog(self.summary))
             self._spawn(self._keep_the_books())
             self._spawn(containment.keep_sweeping())
-            if feed is not None:
-                self._spawn(feed.keep_proposing(self.clock.now))
+            self._spawn(feed.keep_proposing(self.clock.now))
             damaged = await self._run_scheduler(scheduler, until_idle)
             self._stop.set()  # ends the file watcher too
             reason = (

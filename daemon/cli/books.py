@@ -184,7 +184,4 @@ def _cmd_export_runs(args: argparse.Namespace) -> int:
 
 
 def _runs_since(store: Store, since: float | None) -> int:
-    import peewee as pw  # here: the CLI's start stays cheap (the store has loaded it)
-
-    run = store.Run
-    return run.select(pw.fn.COUNT(run.id)).where(run.started_at >= (since or 0.0)).scalar()
+    return store.runs_started_since(since or 0.0)
