@@ -317,6 +317,9 @@ class Daemon:
         except Exception as exc:
             log.exception("reload failed (%s) while applying it", why)
             return self._record_reload(ok=False, why=why, error=_internal(exc, "while applying"))
+        if config.global_concurrency != self.config.global_concurrency:
+            self._store.global_caps = dict(config.global_concurrency)  # the next claim's caps
+            changes.append(f"global_concurrency {config.global_concurrency or 'none'}")
         if rules.version != self.rules.version:
             self._troubles = {}  # what the old rules ran into is no longer news
         self.config, self.rules, self._code = config, rules, code
