@@ -1,10 +1,12 @@
 """Build a large store for measuring `pipewarden status`: 1,000,000 items, 5,000,000 runs.
 
-    python bench/make_store.py DIR [--items 1000000] [--runs-per-item 5]
+    python bench/make_store.py DIR [--items 1000000] [--runs-per-item 5] [--url postgresql://…]
     pipewarden status --config DIR/config.yaml        # then time this
 
 Items spread over the example's pipelines and stages, in every state, with labels on
-the failures and timestamps over the last 30 days; each item gets its runs.
+the failures and timestamps over the last 30 days; each item gets its runs, and the last
+day's ended runs are counted (run_slots) as the migration to the counts does. `--url`
+builds the same store in an empty PostgreSQL database (COPY) and points DIR's config at it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import sqlite3
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipewarden.store import STORE_FILE, Store
@@ -42,6 +45,7 @@ def main() -> int:
     parser.add_argument("dir", type=Path)
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--runs-per-item", type=int, default=5)
+    parser.add_argument("--url", help="an empty PostgreSQL database to build the store in")
     args = parser.parse_args()
     folder: Path = args.dir
     folder.mkdir(parents=True, exist_ok=True)
@@ -52,17 +56,33 @@ def main() -> int:
         else:
             shutil.copy(source, folder / "config.yaml")
     state_dir = folder / ".pipewarden-example"
-    Store(state_dir).close()  # the schema, at the current version
-    conn = sqlite3.connect(state_dir / STORE_FILE)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = OFF")
+    if args.url:
+        with open(folder / "config.yaml", "a") as config:
+            config.write(f"store: '{args.url}'\n")
+    started = time.monotonic()
+    load = _copy_into_postgresql if args.url else _insert_into_sqlite
+    run_number = load(args.url or state_dir, batches(args.items, args.runs_per_item))
+    print(
+        f"{args.items:,} items and {run_number:,} runs in {args.url or state_dir}"
+        f" ({time.monotonic() - started:.0f}s)"
+    )
+    return 0
+
+
+ITEM_COLUMNS = ("id, pipeline, key, stage, state, data, attempt, ready_at, channel,"
+                " last_label, last_group, created_at, updated_at")  # fmt: skip
+RUN_COLUMNS = ("id, pipeline, stage, item_id, item_key, attempt, channel, status, started_at,"
+               " finished_at, duration_s, label, group_name, error")  # fmt: skip
+
+
+def batches(count: int, runs_per_item: int) -> Iterator[tuple[list[tuple], list[tuple]]]:
+    """(items, runs) rows, BATCH items at a time."""
     rng = random.Random(7)
     now = time.time()
-    started = time.monotonic()
     run_number = 0
-    for first in range(0, args.items, BATCH):
+    for first in range(0, count, BATCH):
         items, runs = [], []
-        for item_id in range(first + 1, min(first + BATCH, args.items) + 1):
+        for item_id in range(first + 1, min(first + BATCH, count) + 1):
             pipeline, stage = STAGES[item_id % len(STAGES)]
             state = rng.choice(STATES)
             group, label = rng.choice(LABELS[state]) if state in LABELS else (None, None)
@@ -70,33 +90,59 @@ def main() -> int:
             channel = rng.choice(CHANNELS) if pipeline == "outreach" else stage
             items.append((item_id, pipeline, f"item-{item_id}", stage, state, "{}", 1, updated,
                           channel, label, group, updated - 3600, updated))  # fmt: skip
-            for attempt in range(1, args.runs_per_item + 1):
+            for attempt in range(1, runs_per_item + 1):
                 run_number += 1
-                begun = updated - (args.runs_per_item - attempt) * 600
-                status = "ok" if attempt == args.runs_per_item and state == "done" else "failed"
+                begun = updated - (runs_per_item - attempt) * 600
+                status = "ok" if attempt == runs_per_item and state == "done" else "failed"
                 runs.append((f"{run_number:032x}", pipeline, stage, item_id, f"item-{item_id}",
                              attempt, channel, status, begun, begun + 1.5, 1.5, label, group,
                              "error text" if status == "failed" else None))  # fmt: skip
-        conn.executemany(
-            "INSERT INTO items (id, pipeline, key, stage, state, data, attempt, ready_at,"
-            " channel, last_label, last_group, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            items,
-        )
-        conn.executemany(
-            "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel, status,"
-            " started_at, finished_at, duration_s, label, group_name, error)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            runs,
-        )
+        yield items, runs
+
+
+def _insert_into_sqlite(state_dir: Path, rows: Iterator[tuple[list, list]]) -> int:
+    from pipewarden.store.sqlite.schema import MIGRATIONS
+
+    Store(state_dir).close()  # the schema, at the current version
+    conn = sqlite3.connect(state_dir / STORE_FILE)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = OFF")
+    count = 0
+    for items, runs in rows:
+        conn.executemany(f"INSERT INTO items ({ITEM_COLUMNS}) VALUES ({', '.join('?' * 13)})",
+                         items)  # fmt: skip
+        conn.executemany(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 14)})", runs)
         conn.commit()
+        count += len(runs)
+    conn.execute(MIGRATIONS[11][1])  # step 12's backfill: the last day's runs counted
+    conn.commit()
     conn.execute("ANALYZE")
     conn.close()
-    print(
-        f"{args.items:,} items and {run_number:,} runs in {state_dir}"
-        f" ({time.monotonic() - started:.0f}s)"
-    )
-    return 0
+    return count
+
+
+def _copy_into_postgresql(url: str, rows: Iterator[tuple[list, list]]) -> int:
+    import psycopg
+    from pipewarden.store import open_store
+    from pipewarden.store.postgres.schema import STEPS
+
+    open_store(Path("unused"), url=url).close()  # the schema, at the current version
+    count = 0
+    with psycopg.connect(url) as conn:
+        for items, runs in rows:
+            with conn.cursor() as cursor:
+                for table, columns, batch in (("items", ITEM_COLUMNS, items),
+                                              ("runs", RUN_COLUMNS, runs)):  # fmt: skip
+                    with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                        for row in batch:
+                            copy.write_row(row)
+            conn.commit()
+            count += len(runs)
+        conn.execute(STEPS[12][1])  # the last day's runs counted, as the migration does
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE")
+    return count
 
 
 if __name__ == "__main__":

@@ -17,20 +17,12 @@ AUDIT_SHOWN_MAX = 500  # lines one request may list
 
 def record(store: Store, who: str, action: str, target: str, detail: str, now: float) -> None:
     """Write one audit line (inside the caller's transaction when there is one)."""
-    with store.db.atomic():
-        marks = ", ".join([store.db.param] * 5)  # "?" on SQLite, "%s" on PostgreSQL
-        store.db.execute_sql(
-            f"INSERT INTO audit (at, who, action, target, detail) VALUES ({marks})",
-            (now, who, action, target, detail),
-        )
+    store.add_audit(who, action, target, detail, now)
 
 
 def recent(store: Store, limit: int) -> list[dict[str, Any]]:
     """The newest `limit` lines, newest first."""
-    rows = store.db.execute_sql(
-        "SELECT id, at, who, action, target, detail FROM audit ORDER BY at DESC, id DESC"
-        f" LIMIT {store.db.param}",
-        (min(limit, AUDIT_SHOWN_MAX),),
-    ).fetchall()
     names = ("id", "at", "who", "action", "target", "detail")
-    return [dict(zip(names, row, strict=True)) for row in rows]
+    return [
+        dict(zip(names, row, strict=True)) for row in store.audit_lines(min(limit, AUDIT_SHOWN_MAX))
+    ]

@@ -46,6 +46,7 @@ PRUNE_EVERY_S = 3600.0
 WATCH_RETRY_S = 1.0  # a failed file watcher starts again after this, doubling up to the max
 WATCH_RETRY_MAX_S = 10.0
 TROUBLE_SAVE_EVERY_S = 1.0  # a rule's trouble count reaches the store at most this often
+OPEN_TIMEOUT_S = 900  # what systemd waits for the store to open (and migrate) at a start
 
 
 def _internal(exc: BaseException, when: str) -> str:
@@ -130,6 +131,9 @@ class Daemon:
         lock = DaemonLock(self.config.state_dir)
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.outage.wait_out(lock.acquire)  # its pid cannot be written on a full disk
+        # Opening may migrate a big store for minutes: longer than systemd's start timeout.
+        self.systemd.send(f"EXTEND_TIMEOUT_USEC={OPEN_TIMEOUT_S * 1_000_000}",
+                          "STATUS=opening the store (an upgrade may take minutes)")  # fmt: skip
         store = self._store = await self.outage.wait_out(lambda: open_configured(self.config))
         await self.outage.wait_out(
             lambda: lease.join(store, self.config.lease_s, self.config.global_concurrency)
@@ -158,12 +162,8 @@ class Daemon:
                 code=self._code,
             )
             scheduler.observers, scheduler.outage = self.observers, self.outage
-            feed = None
-            if store.kind == "sqlite":  # issue 15: unmatched failures mined, rules proposed
-                feed = TemplateFeed(store)
-                self.observers.append(feed)
-            else:  # the miner's statements are SQLite's still
-                log.info("templates: unmatched failures are not mined on %s yet", store.kind)
+            feed = TemplateFeed(store)  # issue 15: unmatched failures mined, rules proposed
+            self.observers.append(feed)
             notifier.on_result = self._delivered
             self._install_signal_handlers(scheduler)
             if store.kind != "sqlite":  # a fleet's store: heartbeats, and the others' changes
@@ -186,8 +186,7 @@ class Daemon:
             self._spawn(self.systemd.watchdog(self.summary))
             self._spawn(self._keep_the_books())
             self._spawn(containment.keep_sweeping())
-            if feed is not None:
-                self._spawn(feed.keep_proposing(self.clock.now))
+            self._spawn(feed.keep_proposing(self.clock.now))
             damaged = await self._run_scheduler(scheduler, until_idle)
             self._stop.set()  # ends the file watcher too
             reason = (
@@ -318,6 +317,9 @@ class Daemon:
         except Exception as exc:
             log.exception("reload failed (%s) while applying it", why)
             return self._record_reload(ok=False, why=why, error=_internal(exc, "while applying"))
+        if config.global_concurrency != self.config.global_concurrency:
+            self._store.global_caps = dict(config.global_concurrency)  # the next claim's caps
+            changes.append(f"global_concurrency {config.global_concurrency or 'none'}")
         if rules.version != self.rules.version:
             self._troubles = {}  # what the old rules ran into is no longer news
         self.config, self.rules, self._code = config, rules, code

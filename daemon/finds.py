@@ -1,53 +1,30 @@
 """What the page looks up: runs by filter, page by page; one run's whole record; held items;
 what the rules advise for a label.
 
-Plain SQL on the store's connection (read only: nothing here writes). Each query is
-bounded by its `limit` and walks an index (`runs_recent`, `runs_by_item`, `items_claim`).
+The store's lookups (store/sqlite/lookups.py), shaped for the page; each is bounded by
+its `limit` and walks an index.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from pipewarden.render import RUN_FIELDS, finite, run_as_dict
 from pipewarden.rules import RuleSet
 from pipewarden.store import Store
+from pipewarden.store.records import FAILURES, RunFilter
 
-FAILURES = "failures"  # the status filter for runs that failed or timed out
+__all__ = ["FAILURES", "RunFilter", "advice_by_label", "find_runs", "held_items", "run_record"]
+
 ERROR_SHOWN = 300  # characters of a run's error in a list; its record has the whole text
-# A failed run "later succeeded" when an ok run of the same item at the same stage followed it.
-_LATER_OK = (
-    "(runs.status IN ('failed', 'timed_out') AND EXISTS (SELECT 1 FROM runs AS later"
-    " WHERE later.item_id = runs.item_id AND later.stage = runs.stage"
-    " AND later.status = 'ok' AND later.started_at > runs.started_at))"
-)
-_LISTED = ", ".join(f"runs.{name}" for name in RUN_FIELDS if name != "id")
-
-
-@dataclass(frozen=True)
-class RunFilter:
-    """Which runs to list; None is any. `before` = (started_at, id) of the last run seen."""
-
-    pipeline: str | None = None
-    stage: str | None = None
-    status: str | None = None
-    label: str | None = None
-    since: float | None = None
-    until: float | None = None
-    before: tuple[float, str] | None = None
+_LISTED = tuple(name for name in RUN_FIELDS if name != "id")
 
 
 def find_runs(store: Store, wanted: RunFilter, limit: int) -> dict[str, Any]:
     """Runs newest first, `limit` at a time; `next` is the `before` of the next page."""
-    where, params = _where(wanted)
-    rows = store.db.execute_sql(
-        f"SELECT runs.id, {_LISTED}, substr(runs.error, 1, {ERROR_SHOWN}), {_LATER_OK}"
-        f" FROM runs WHERE {where} ORDER BY runs.started_at DESC, runs.id DESC LIMIT ?",
-        (*params, limit + 1),
-    ).fetchall()
-    names = ("id", *(name for name in RUN_FIELDS if name != "id"), "error", "later_ok")
+    rows = store.find_runs(wanted, ("id", *_LISTED, "error"), ERROR_SHOWN, limit + 1)
+    names = ("id", *_LISTED, "error", "later_ok")
     runs = [
         {name: finite(value) for name, value in zip(names, row, strict=True)}
         for row in rows[:limit]
@@ -58,30 +35,6 @@ def find_runs(store: Store, wanted: RunFilter, limit: int) -> dict[str, Any]:
     return {"runs": runs, "next": [runs[-1]["started_at"], runs[-1]["id"]] if more else None}
 
 
-def _where(wanted: RunFilter) -> tuple[str, list[Any]]:
-    clauses, params = ["1"], []
-    for column in ("pipeline", "stage", "label"):
-        if (value := getattr(wanted, column)) is not None:
-            clauses.append(f"runs.{column} = ?")
-            params.append(value)
-    if wanted.status == FAILURES:
-        clauses.append("runs.status IN ('failed', 'timed_out')")
-    elif wanted.status is not None:
-        clauses.append("runs.status = ?")
-        params.append(wanted.status)
-    if wanted.since is not None:
-        clauses.append("runs.started_at >= ?")
-        params.append(wanted.since)
-    if wanted.until is not None:
-        clauses.append("runs.started_at < ?")
-        params.append(wanted.until)
-    if wanted.before is not None:
-        at, run_id = wanted.before
-        clauses.append("(runs.started_at < ? OR (runs.started_at = ? AND runs.id < ?))")
-        params += [at, at, run_id]
-    return " AND ".join(clauses), params
-
-
 def run_record(store: Store, rules: RuleSet, run_id: str) -> dict[str, Any] | None:
     """Everything about one run (by its id or a unique prefix), the item it ran on, whether
     a later attempt succeeded, and what the rules advise; None when no single run matches."""
@@ -90,9 +43,6 @@ def run_record(store: Store, rules: RuleSet, run_id: str) -> dict[str, Any] | No
         return None
     run = matches[0]
     item = store.Item.get_or_none(store.Item.id == run.item_id)
-    later = store.db.execute_sql(
-        f"SELECT {_LATER_OK} FROM runs WHERE id = ?", (run.id,)
-    ).fetchone()[0]
     return {
         **run_as_dict(run),
         "data_out": _json_or_text(run.data_out),
@@ -100,7 +50,7 @@ def run_record(store: Store, rules: RuleSet, run_id: str) -> dict[str, Any] | No
             "state": item.state, "stage": item.stage, "attempt": item.attempt,
             "data": _json_or_text(item.data),
         },
-        "later_ok": bool(later),
+        "later_ok": store.later_ok(run.id),
         **advice_for(rules, run.rule_id, run.label),
     }  # fmt: skip
 
@@ -136,18 +86,6 @@ def advice_by_label(rules: RuleSet) -> dict[str, dict[str, str]]:
 
 def held_items(store: Store, pipeline: str | None, limit: int) -> dict[str, Any]:
     """Items held for a person, oldest first (`limit` of them), and how many each pipeline has."""
-    where, params = ("state = 'held'", []) if pipeline is None else (
-        "state = 'held' AND pipeline = ?", [pipeline])  # fmt: skip
-    rows = store.db.execute_sql(
-        f"SELECT pipeline, key, stage, attempt, last_label, updated_at FROM items WHERE {where}"
-        " ORDER BY updated_at, id LIMIT ?",
-        (*params, limit),
-    ).fetchall()
-    counts = store.db.execute_sql(
-        f"SELECT pipeline, COUNT(*) FROM items WHERE {where} GROUP BY pipeline", params
-    ).fetchall()
+    rows, counts = store.held_items(pipeline, limit)
     names = ("pipeline", "key", "stage", "attempt", "label", "since")
-    return {
-        "items": [dict(zip(names, row, strict=True)) for row in rows],
-        "counts": dict(counts),
-    }
+    return {"items": [dict(zip(names, row, strict=True)) for row in rows], "counts": counts}

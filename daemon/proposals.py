@@ -106,18 +106,9 @@ def refresh(store: Store, now: float, min_count: int = MIN_COUNT) -> int:
     for its current text; supersede a pending one whose template has changed. Returns how
     many were proposed. Bounded on a large store: counting stops at `min_count` members, and
     a pattern is checked against a sample of each template's latest members."""
-    conn = store.db.connection()
-    frequent = conn.execute(
-        "SELECT t.id, t.template FROM templates t WHERE (SELECT count(*) FROM (SELECT 1 FROM"
-        " template_runs m WHERE m.template_id = t.id AND m.seen_at >= ? LIMIT ?)) >= ?",
-        (now - WINDOW_S, min_count, min_count),
-    ).fetchall()  # fmt: skip
     wanted = []
-    for template_id, template in frequent:
-        current = conn.execute(
-            "SELECT id, template, state FROM proposals WHERE template_id = ? AND state !="
-            " 'superseded' ORDER BY id DESC LIMIT 1", (template_id,),
-        ).fetchone()  # fmt: skip
+    for template_id, template in store.frequent_templates(now - WINDOW_S, min_count):
+        current = store.current_proposal(template_id)
         if current is not None and current[1] == template:
             continue  # proposed, approved or rejected as it is
         if current is not None and current[2] != "pending":
@@ -133,17 +124,16 @@ def refresh(store: Store, now: float, min_count: int = MIN_COUNT) -> int:
             if _overlaps(samples, template_id, pattern):
                 continue
             if pending is not None:
-                conn.execute(
-                    "UPDATE proposals SET state = 'superseded', decided_at = ?,"
-                    " decided_by = 'pipewarden' WHERE id = ?", (now, pending),
-                )  # fmt: skip
+                store.update_proposal(pending, {
+                    "state": "superseded", "decided_at": now, "decided_by": "pipewarden",
+                })  # fmt: skip
             group, category = suggested_kind(template)
-            conn.execute(
-                "INSERT INTO proposals (template_id, template, state, pattern, label, group_name,"
-                " category, examples, created_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
-                (template_id, template, pattern, suggested_label(template), group, category,
-                 json.dumps(examples(store, template_id)), now),
-            )  # fmt: skip
+            store.add_proposal({
+                "template_id": template_id, "template": template, "state": "pending",
+                "pattern": pattern, "label": suggested_label(template), "group_name": group,
+                "category": category, "examples": json.dumps(examples(store, template_id)),
+                "created_at": now,
+            })  # fmt: skip
             proposed += 1
     return proposed
 
@@ -152,19 +142,12 @@ def _member_samples(store: Store) -> dict[int, set[str]]:
     """The distinct texts (as mined) of the latest members of the most recently seen
     templates: what a proposed pattern is checked against, in a time that does not grow
     with the store (at most SAMPLE_TEMPLATES x SAMPLE_MEMBERS texts)."""
-    conn = store.db.connection()
-    templates = conn.execute(
-        "SELECT id FROM templates ORDER BY last_seen DESC LIMIT ?", (SAMPLE_TEMPLATES,)
-    ).fetchall()
-    samples: dict[int, set[str]] = {}
-    for (template_id,) in templates:
-        rows = conn.execute(
-            "SELECT r.error FROM template_runs m JOIN runs r ON r.id = m.run_id"
-            " WHERE m.template_id = ? ORDER BY m.seen_at DESC LIMIT ?",
-            (template_id, SAMPLE_MEMBERS),
-        )
-        samples[template_id] = {mined_text(error or "") for (error,) in rows}
-    return samples
+    return {
+        template_id: {
+            mined_text(error or "") for error in store.template_errors(template_id, SAMPLE_MEMBERS)
+        }
+        for template_id in store.latest_templates(SAMPLE_TEMPLATES)
+    }
 
 
 def _overlaps(samples: dict[int, set[str]], template_id: int, pattern: str) -> bool:
@@ -178,12 +161,8 @@ def _overlaps(samples: dict[int, set[str]], template_id: int, pattern: str) -> b
 
 
 def examples(store: Store, template_id: int, limit: int = EXAMPLES) -> list[str]:
-    rows = store.db.connection().execute(
-        "SELECT r.error FROM template_runs m JOIN runs r ON r.id = m.run_id"
-        " WHERE m.template_id = ? ORDER BY m.seen_at DESC LIMIT 200", (template_id,),
-    )  # fmt: skip
     found: list[str] = []
-    for (error,) in rows:
+    for error in store.template_errors(template_id, 200):
         text = mined_text(error or "")
         if text not in found:
             found.append(text)
@@ -194,32 +173,16 @@ def examples(store: Store, template_id: int, limit: int = EXAMPLES) -> list[str]
 
 def counts(store: Store, template_id: int, now: float) -> dict[str, Any]:
     """Members in all (still stored), in the last 24 h, and per pipeline/stage."""
-    conn = store.db.connection()
-    total, day = conn.execute(
-        "SELECT count(*), coalesce(sum(seen_at >= ?), 0) FROM template_runs WHERE template_id = ?",
-        (now - DAY_S, template_id),
-    ).fetchone()  # fmt: skip
-    stages = conn.execute(
-        "SELECT pipeline || '/' || stage, count(*) FROM template_runs WHERE template_id = ?"
-        " GROUP BY pipeline, stage ORDER BY count(*) DESC", (template_id,),
-    ).fetchall()  # fmt: skip
-    return {"all": total, "last_24h": day, "per_stage": dict(stages)}
+    total, day, stages = store.template_counts(template_id, now - DAY_S)
+    return {"all": total, "last_24h": day, "per_stage": stages}
 
 
 def listed(store: Store, state: str | None = None) -> list[Proposal]:
-    where, args = ("WHERE state = ?", (state,)) if state else ("", ())
-    rows = store.db.connection().execute(
-        f"SELECT {_COLUMNS} FROM proposals {where} ORDER BY id", args
-    )
-    return [_proposal(row) for row in rows]
+    return [_proposal(row) for row in store.proposals(state)]
 
 
 def get(store: Store, proposal_id: int) -> Proposal:
-    row = (
-        store.db.connection()
-        .execute(f"SELECT {_COLUMNS} FROM proposals WHERE id = ?", (proposal_id,))
-        .fetchone()
-    )
+    row = store.proposal(proposal_id)
     if row is None:
         raise UsageError(f"no proposal {proposal_id} — `pipewarden proposals` lists them")
     return _proposal(row)
@@ -236,11 +199,8 @@ def decide(
         )
     fields = {"state": state, "decided_at": now, "decided_by": who}
     fields |= {("group_name" if k == "group" else k): v for k, v in changes.items() if v}
-    assignments = ", ".join(f"{name} = ?" for name in fields)
     with store.transaction():
-        store.db.connection().execute(
-            f"UPDATE proposals SET {assignments} WHERE id = ?", (*fields.values(), proposal_id)
-        )
+        store.update_proposal(proposal_id, fields)
     return get(store, proposal_id)
 
 
@@ -295,12 +255,6 @@ def rules_file_for(config: Config, given: str | None) -> Path:
     if not own:
         raise UsageError("no rules file of the config is in its folder — pass --file FILE")
     return own[-1]
-
-
-_COLUMNS = (
-    "id, template_id, template, state, pattern, label, group_name, category, examples,"
-    " created_at, decided_at, decided_by, rules_file"
-)
 
 
 def _proposal(row: tuple) -> Proposal:

@@ -1,6 +1,6 @@
 """Runs as `pipewarden runs tail` lists and follows them: the latest by filter, then each
 new one as it ends — from the daemon's event stream when one runs, else by polling the
-store. Functions of a Store (not Store methods), so they stay out of the store's module.
+store (its lookups: store/sqlite/lookups.py).
 """
 
 from __future__ import annotations
@@ -36,17 +36,8 @@ class RunFilter:
 
 def latest_runs(store: Store, limit: int | None, where: RunFilter) -> list[Any]:
     """The latest runs that match, oldest first (`limit` None: every one since `since`)."""
-    run = store.Run
-    query = run.select().order_by(run.started_at.desc())
-    if limit is not None:
-        query = query.limit(limit)
-    for column, value in (("pipeline", where.pipeline), ("stage", where.stage),
-                          ("status", where.status)):  # fmt: skip
-        if value:
-            query = query.where(getattr(run, column) == value)
-    if where.since is not None:
-        query = query.where(run.started_at >= where.since)
-    return list(reversed(list(query)))
+    runs = store.runs_matching(limit, where.pipeline, where.stage, where.status, where.since)
+    return list(reversed(runs))
 
 
 def poll_store(store: Store, where: RunFilter, after: float, running: set[str]) -> Iterator[Any]:
@@ -54,13 +45,9 @@ def poll_store(store: Store, where: RunFilter, after: float, running: set[str]) 
     started at or after `after`, and the `running` ones, are watched until they end
     (index reads every POLL_S)."""
     at_after: set[str] = set()  # runs started exactly at `after`, already taken
-    run = store.Run
     while True:
-        fresh = [
-            row for row in run.select().where(run.started_at >= after).order_by(run.started_at)
-            if row.id not in at_after
-        ]  # fmt: skip
-        ended = list(run.select().where(run.id.in_(list(running)))) if running else []
+        fresh = [row for row in store.runs_started_from(after) if row.id not in at_after]
+        ended = store.runs_by_id(list(running))
         if fresh:
             if fresh[-1].started_at > after:
                 after, at_after = fresh[-1].started_at, set()

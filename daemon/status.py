@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from pipewarden.config import Config, Stage
 from pipewarden.render import finite
-from pipewarden.store import Storage
+from pipewarden.store import Storage, rollup
 from pipewarden.types import ItemState
 
 NOT_IN_CONFIG = " (not in the config)"
@@ -279,25 +279,32 @@ def _eta(seen: _Seen, stage: Stage, ready: int) -> dict[str, Any] | None:
 
 
 def telemetry(store: Storage, pipeline: str, stage: str, now: float) -> dict[str, Any]:
-    """Success rate and p50/p95 duration over the last hour and the last day."""
+    """Success rate and p50/p95 duration over the last hour and the last day.
+
+    From the runs counted per five-minute slot as they ended (store/rollup.py): a window
+    starts at its first slot's start, and a duration is read back within 5 %. Skipped runs
+    count as successes with no duration; interrupted ones are left out.
+    """
+    rows = store.ended_runs(pipeline, stage, now - DAY_S)
     result = {}
     for window, seconds in (("1h", HOUR_S), ("24h", DAY_S)):
-        rows = store.stage_durations(pipeline, stage, now - seconds)
-        durations = sorted(d for _, d in rows if d is not None)
-        ok = sum(1 for status, _ in rows if status == "ok")
+        first = rollup.slot(now - seconds)
+        runs = ok = 0
+        durations: Counter[int] = Counter()
+        for slot, outcome, bucket, count in rows:
+            if slot < first or outcome == "interrupted":
+                continue
+            runs += count
+            ok += count if outcome in ("ok", "skipped") else 0
+            if outcome != "skipped":
+                durations[bucket] += count
         result[window] = {
-            "runs": len(rows),
-            "success_rate": ok / len(rows) if rows else None,
-            "p50_s": _percentile(durations, 0.50),
-            "p95_s": _percentile(durations, 0.95),
+            "runs": runs,
+            "success_rate": ok / runs if runs else None,
+            "p50_s": rollup.percentile(durations, 0.50),
+            "p95_s": rollup.percentile(durations, 0.95),
         }
     return result
-
-
-def _percentile(ordered: list[float], fraction: float) -> float | None:
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def daemon_health(store: Storage | None, holds: list) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,12 @@ def mined_text(error: str) -> str:
     return ""
 
 
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What a failed store statement raises: psycopg's own errors on PostgreSQL too."""
+    psycopg = sys.modules.get("psycopg")  # loaded only by the PostgreSQL store
+    return (sqlite3.Error, pw.PeeweeException, *((psycopg.Error,) if psycopg else ()))
+
+
 def is_unmatched(run: FinishedRun) -> bool:
     return run.group_name == Group.UNKNOWN.value and bool(run.error and run.error.strip())
 
@@ -50,8 +57,7 @@ class TemplateFeed:
         self.miner = Miner()
         self._stored: dict[int, int] = {}  # miner cluster id -> templates.id
         self.changed = True  # templates written since proposals were last refreshed
-        rows = store.db.execute_sql("SELECT id, template, count FROM templates ORDER BY id")
-        for template_id, template, count in rows.fetchall():
+        for template_id, template, count in store.templates():
             self._stored[self.miner.restore(template, count).id] = template_id
 
     def runs_finished(self, finished: list[FinishedRun]) -> None:
@@ -64,7 +70,7 @@ class TemplateFeed:
             with self.store.transaction():
                 self._save(placed)
             self.changed = True
-        except (sqlite3.Error, pw.PeeweeException) as exc:
+        except _store_errors() as exc:
             # rolled back: the ids given in it do not exist (the counts in memory may run
             # ahead of the store's, which is harmless)
             self._stored = stored
@@ -84,7 +90,7 @@ class TemplateFeed:
             try:
                 if made := proposals.refresh(self.store, now()):
                     log.info("templates: %d rule(s) proposed (`pipewarden proposals`)", made)
-            except (sqlite3.Error, pw.PeeweeException) as exc:
+            except _store_errors() as exc:
                 self.changed = True
                 log.warning("templates: proposals not refreshed: %s", exc)
 
@@ -95,14 +101,11 @@ class TemplateFeed:
         """Nor are reloads."""
 
     def _save(self, placed: list[tuple[FinishedRun, Cluster]]) -> None:
-        conn = self.store.db.connection()
         for gone in self.miner.take_merges():
             into = self._stored.get(gone.current().id)
             was = self._stored.pop(gone.id, None)
             if was is not None and into is not None:
-                conn.execute("UPDATE template_runs SET template_id = ? WHERE template_id = ?",
-                             (into, was))  # fmt: skip
-                conn.execute("DELETE FROM templates WHERE id = ?", (was,))
+                self.store.merge_template(into, was)
         touched: dict[int, tuple[Cluster, float]] = {}
         for run, cluster in placed:
             cluster = cluster.current()
@@ -111,19 +114,12 @@ class TemplateFeed:
         for cluster, seen in touched.values():
             template_id = self._stored.get(cluster.id)
             if template_id is None:
-                cursor = conn.execute(
-                    "INSERT INTO templates (template, count, first_seen, last_seen) "
-                    "VALUES (?, ?, ?, ?)", (cluster.template, cluster.count, seen, seen),
-                )  # fmt: skip
-                self._stored[cluster.id] = cursor.lastrowid or 0
+                self._stored[cluster.id] = self.store.add_template(
+                    cluster.template, cluster.count, seen
+                )
             else:
-                conn.execute(
-                    "UPDATE templates SET template = ?, count = ?, last_seen = max(last_seen, ?)"
-                    " WHERE id = ?", (cluster.template, cluster.count, seen, template_id),
-                )  # fmt: skip
-        conn.executemany(
-            "INSERT OR REPLACE INTO template_runs (run_id, template_id, pipeline, stage, seen_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(run.run_id, self._stored[cluster.current().id], run.pipeline, run.stage,
-              run.finished_at) for run, cluster in placed],
-        )  # fmt: skip
+                self.store.update_template(template_id, cluster.template, cluster.count, seen)
+        self.store.add_template_runs([
+            (run.run_id, self._stored[cluster.current().id], run.pipeline, run.stage,
+             run.finished_at) for run, cluster in placed
+        ])  # fmt: skip

@@ -91,6 +91,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def _cmd_vacuum(args: argparse.Namespace) -> int:
     store = open_store(load_config(args))
+    if store.kind != "sqlite":
+        store.vacuum()
+        store.close()
+        print(f"vacuumed {store.path} (VACUUM ANALYZE)")
+        return EXIT_OK
     before = store.path.stat().st_size
     store.vacuum()
     after = store.path.stat().st_size
@@ -110,6 +115,10 @@ def _cmd_backup(args: argparse.Namespace) -> int:
         raise PipewardenError("there is no store to back up yet")
     try:
         store.backup(target)
+        if store.kind != "sqlite":  # pg_dump checked what it read; restore with pg_restore
+            print(f"backed up {store.path} to {target} (pg_dump's custom format: pg_restore"
+                  " restores it)")  # fmt: skip
+            return EXIT_OK
     except sqlite3.Error as exc:  # a damaged store is its own line; else the copy's disk
         from pipewarden.faults import fault_of
 
@@ -184,7 +193,4 @@ def _cmd_export_runs(args: argparse.Namespace) -> int:
 
 
 def _runs_since(store: Store, since: float | None) -> int:
-    import peewee as pw  # here: the CLI's start stays cheap (the store has loaded it)
-
-    run = store.Run
-    return run.select(pw.fn.COUNT(run.id)).where(run.started_at >= (since or 0.0)).scalar()
+    return store.runs_started_since(since or 0.0)

@@ -22,6 +22,7 @@ from pipewarden.store.records import (
     NewRun,
     Recovered,
     Relabel,
+    RunFilter,
 )
 
 if TYPE_CHECKING:
@@ -161,8 +162,11 @@ class Storage(Protocol):
     def recent_durations(self, pipeline: str, stage: str, count: int) -> list[float]:
         """Durations of the stage's last `count` successful runs."""
 
-    def stage_durations(self, pipeline: str, stage: str, since: float) -> list[tuple[str, float]]:
-        """(status, duration_s) of the stage's runs that ended since `since`."""
+    def ended_runs(
+        self, pipeline: str, stage: str, since: float
+    ) -> list[tuple[int, str, int, int]]:
+        """(slot, outcome, duration bucket, runs) of the stage's runs that ended in the
+        slots from `since`'s on, as store/rollup.py counts them."""
 
     def recent_runs(
         self, limit: int, stage: str | None = None, status: str | None = None,
@@ -288,3 +292,105 @@ class Storage(Protocol):
     def reclassified_counts(self) -> dict[tuple[str, str, str, str, str], int]:
         """(pipeline, stage, state, group, label) -> retrying or failed items carrying a label
         that a re-bucketing gave their last run."""
+
+    # -- lookups for the page, the CLI and dry runs; the audit lines -------------------------
+
+    def add_audit(self, who: str, action: str, target: str, detail: str, now: float) -> None:
+        """One audit line, inside the caller's transaction when there is one."""
+
+    def audit_lines(self, limit: int) -> list[tuple[int, float, str, str, str, str]]:
+        """(id, at, who, action, target, detail) of the newest `limit` lines, newest first."""
+
+    def find_runs(
+        self, wanted: RunFilter, columns: Sequence[str], error_shown: int, limit: int
+    ) -> list[tuple]:
+        """`columns` of the runs `wanted` picks, newest first, then whether a later attempt
+        succeeded (0/1); `limit` rows at most, each `error` cut at `error_shown` characters."""
+
+    def later_ok(self, run_id: str) -> bool:
+        """Whether the failed run `run_id` was followed by an ok run of its item's stage."""
+
+    def held_items(
+        self, pipeline: str | None, limit: int
+    ) -> tuple[list[tuple[str, str, str, int, str | None, float]], dict[str, int]]:
+        """(pipeline, key, stage, attempt, label, since) of held items, oldest first, and
+        how many each pipeline holds."""
+
+    def halts_between(
+        self, targets: set[str], any_channel: bool, start: float
+    ) -> list[tuple[str, str | None, str | None, float, float | None]]:
+        """(target, label, reason, created_at, cleared_at) of the halts on `targets` (and on
+        every channel, `any_channel`) active at some time since `start`, oldest first."""
+
+    def labelled_failures(
+        self, label: str, pipeline: str | None, stage: str | None, since: float | None,
+        sample: int,
+    ) -> tuple[int, list[tuple[str, str, str, str]]]:  # fmt: skip
+        """How many failed or retrying items have `label` (as requeue_by_label picks them),
+        and (pipeline, stage, key, state) of the first `sample`."""
+
+    def prunable_runs(
+        self, older_than: float, sample: int
+    ) -> tuple[int, list[tuple[str, str, str, str, str]]]:
+        """How many runs `prune` would delete, and (id, pipeline, stage, key, status) of the
+        first `sample`."""
+
+    def known_keys(self, pipeline: str, keys: Sequence[str]) -> dict[str, str]:
+        """Of `keys`, those the pipeline has an item for, with the item's state."""
+
+    def runs_matching(
+        self, limit: int | None, pipeline: str | None, stage: str | None, status: str | None,
+        since: float | None,
+    ) -> list[Run]:  # fmt: skip
+        """The latest `limit` runs (None: every one since `since`) of a pipeline, stage or
+        status if given, newest first."""
+
+    def runs_started_from(self, after: float) -> list[Run]:
+        """Runs started at or after `after`, oldest first."""
+
+    def runs_by_id(self, run_ids: Sequence[str]) -> list[Run]: ...
+
+    def runs_started_since(self, since: float) -> int:
+        """How many runs started at or after `since`."""
+
+    # -- templates of unmatched failures, and the rules proposed for them (issue 15) --------
+
+    def templates(self) -> list[tuple[int, str, int]]:
+        """(id, template, count) of every stored template, oldest first."""
+
+    def merge_template(self, into: int, gone: int) -> None:
+        """The members of template `gone` (which the miner merged) now belong to `into`."""
+
+    def add_template(self, template: str, count: int, seen: float) -> int:
+        """A new template; its id."""
+
+    def update_template(self, template_id: int, template: str, count: int, seen: float) -> None: ...
+
+    def add_template_runs(self, members: Sequence[tuple[str, int, str, str, float]]) -> None:
+        """(run id, template id, pipeline, stage, seen at) of runs a template now holds."""
+
+    def frequent_templates(self, since: float, min_count: int) -> list[tuple[int, str]]:
+        """(id, template) of templates with at least `min_count` members seen since `since`."""
+
+    def latest_templates(self, limit: int) -> list[int]:
+        """The ids of the `limit` templates seen most recently."""
+
+    def template_errors(self, template_id: int, limit: int) -> list[str | None]:
+        """The errors of the template's latest `limit` member runs still stored, newest first."""
+
+    def template_counts(self, template_id: int, since: float) -> tuple[int, int, dict[str, int]]:
+        """The template's members in all, those seen since `since`, and per pipeline/stage."""
+
+    def current_proposal(self, template_id: int) -> tuple[int, str, str] | None:
+        """(id, template, state) of the template's latest proposal not superseded."""
+
+    def add_proposal(self, fields: dict[str, Any]) -> None:
+        """A new proposal: `fields` are its columns (names from code, never from input)."""
+
+    def update_proposal(self, proposal_id: int, fields: dict[str, Any]) -> None:
+        """Set the proposal's columns `fields` (names from code, never from input)."""
+
+    def proposals(self, state: str | None = None) -> list[tuple]:
+        """The columns of every proposal (in `state`), oldest first (sqlite/proposals.py)."""
+
+    def proposal(self, proposal_id: int) -> tuple | None: ...

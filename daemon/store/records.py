@@ -8,6 +8,8 @@ from typing import Any
 
 from pipewarden.types import ItemState, RunStatus
 
+FAILURES = "failures"  # the status filter for runs that failed or timed out
+
 FAILED_BY_A_PERSON = "Failed by a person"  # the label of a held item a person failed
 
 
@@ -125,3 +127,17 @@ class Relabel:
     category: str
     type: str
     rule_id: str | None
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs the page lists; None is any. `before` = (started_at, id) of the last run
+    seen; `status` FAILURES is failed or timed out."""
+
+    pipeline: str | None = None
+    stage: str | None = None
+    status: str | None = None
+    label: str | None = None
+    since: float | None = None
+    until: float | None = None
+    before: tuple[float, str] | None = None

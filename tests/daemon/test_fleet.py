@@ -225,6 +225,37 @@ def test_global_concurrency_caps_the_fleet_never_exceeded_under_contention(
     assert len(ran_on) >= 2
 
 
+def test_a_global_concurrency_changed_in_the_config_applies_at_the_reload(
+    tmp_path: Path, pg_url: str, stop_fleet: list[Project]
+):
+    pipelines = """
+        sites:
+          stages:
+            - {name: capture, python: "napper:work", concurrency: 3}
+        """
+    (project,) = fleet(
+        tmp_path, pg_url, 1, pipelines, extra="global_concurrency: {sites/capture: 1}\n"
+    )
+    stop_fleet.append(project)
+    project.write("napper.py", NAPPER.replace("0.05", "0.3"))
+    daemon = project.start_daemon()
+    project.write("items.jsonl", "".join(f'{{"key": "k{n}"}}\n' for n in range(40)))
+    project.cli("enqueue", "sites", "--file", "items.jsonl")
+    store = shared(pg_url)
+    try:
+        running = lambda: store.item_totals().get(("sites", "capture", "running"), 0)  # noqa: E731
+        wait_until(lambda: running() == 1, "one run at a time", timeout=20)
+        raised = f"drain_grace: 2s\nstore: '{pg_url}'\nglobal_concurrency: {{sites/capture: 3}}\n"
+        project.configure(pipelines, extra=raised, rules=("halts.yaml",))
+        project.cli("reload")  # (or the config file's watcher, first)
+        wait_until(lambda: running() == 3, "three at a time after the reload", timeout=20)
+    finally:
+        store.close()
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(20) == 0
+    assert "global_concurrency {'sites/capture': 3}" in (project.root / "daemon-0.log").read_text()
+
+
 def test_postgresql_restarted_under_the_fleet_loses_nothing_and_says_so(
     tmp_path: Path, pg_cluster, pg_url: str, stop_fleet: list[Project]
 ):

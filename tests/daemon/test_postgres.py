@@ -4,11 +4,14 @@ password never shown, a bad URL one clear line. Runs on the session's throwaway 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import Project
+from conftest import Project, wait_until
 from pipewarden.store import open_store
 from pipewarden.store.postgres.schema import SCHEMA_VERSION
 
@@ -101,3 +104,56 @@ def test_an_unreachable_server_is_one_line_not_a_traceback(project: Project, pg_
     done = project.cli("enqueue", "sites", "a", expect=None)
     assert done.returncode != 0 and "unreachable" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_backup_is_a_pg_dump_and_vacuum_runs_outside_a_transaction(
+    project: Project, pg_url: str, tmp_path: Path
+):
+    configure(project, pg_url)
+    project.cli("enqueue", "sites", "a")
+    target = tmp_path / "backups" / "pw.dump"
+    done = project.cli("backup", str(target))
+    assert f"backed up {pg_url} to {target}" in done.stdout and target.stat().st_size > 0
+    listed = subprocess.run([shutil.which("pg_restore") or "pg_restore", "--list", str(target)],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "TABLE public items" in listed and "TABLE public run_slots" in listed
+    assert project.cli("vacuum").stdout == f"vacuumed {pg_url} (VACUUM ANALYZE)\n"
+
+
+def test_backup_without_pg_dump_says_what_to_install_in_one_line(project: Project, pg_url: str):
+    configure(project, pg_url)
+    project.cli("enqueue", "sites", "a")
+    done = subprocess.run(  # a PATH without PostgreSQL's tools
+        [sys.executable, "-m", "pipewarden", "backup", str(project.root / "pw.dump")],
+        cwd=project.root, env={**project.env(), "PATH": str(project.root)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0 and "pg_dump" in done.stderr and "postgresql-client" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+MINER = """
+def work(data):
+    raise RuntimeError(f"Widget {data['n']} refused by https://shop.example.com/w/{data['n']}")
+"""
+
+
+def test_unmatched_failures_are_mined_and_proposed_on_postgresql(project: Project, pg_url: str):
+    project.write("miner.py", MINER)
+    project.configure(
+        "sites:\n  stages:\n    - {name: one, python: 'miner:work', retry: {max_attempts: 1}}\n",
+        extra=f"drain_grace: 5s\nstore: '{pg_url}'\n",
+    )
+    project.start_daemon()
+    project.write("items.jsonl", "".join(f'{{"key": "k{n}", "data": {{"n": {n}}}}}\n'
+                                         for n in range(6)))  # fmt: skip
+    project.cli("enqueue", "sites", "--file", "items.jsonl")
+    store = open_store(Path("unused"), url=pg_url)
+    try:
+        wait_until(lambda: [count for _, _, count in store.templates()] == [6], "6 in a template")
+        wait_until(lambda: store.proposals("pending"), "a proposal made by the daemon", timeout=20)
+        ((_, template, _),) = store.templates()
+    finally:
+        store.close()
+    assert template == "RuntimeError: Widget <*> refused by <*>"
+    assert "rule(s) proposed" in project.daemon_log()

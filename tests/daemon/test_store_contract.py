@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from pipewarden.store import Claimed, FinishedRun, NewRun, Storage, open_store
-from pipewarden.store.records import FailureText, Relabel
+from pipewarden.store import Claimed, FinishedRun, NewRun, Storage, open_store, rollup
+from pipewarden.store.records import FAILURES, FailureText, Relabel, RunFilter
 from pipewarden.types import ItemState, RunStatus
 
 Opener = Callable[[], Storage]  # opens the test's store (again: what another process sees)
@@ -297,3 +297,130 @@ def test_writes_are_counted_and_reads_write_nothing(storage: Storage):
     assert storage.writes == before
     claim(storage)
     assert storage.writes == before + 1
+
+
+# -- ended runs, counted as they end (status -v and the charts read these) -------------------
+def test_ended_runs_are_counted_by_slot_outcome_and_duration_as_they_end(storage: Storage):
+    storage.enqueue(P, S, [(k, {}) for k in "abcd"], 1.0)
+    (a, ra), (b, rb), (c, rc), (d, rd) = claim(storage, now=1000.0)
+    retried = replace(ended(c, rc, RunStatus.FAILED, 1000.5), item_state=ItemState.RETRYING)
+    storage.finish([ended(a, ra, RunStatus.OK, 1000.5), ended(b, rb, RunStatus.OK, 1001.0),
+                    ended(d, rd, RunStatus.TIMED_OUT, 1001.0), retried], {})  # fmt: skip
+    counts = {(slot, outcome): runs for slot, outcome, _, runs in storage.ended_runs(P, S, 0.0)}
+    assert counts == {(3, "ok"): 2, (3, "failed"): 1, (3, "retried"): 1}  # 1000 s: slot 3
+    assert storage.ended_runs(P, S, 1200.0) == []  # from slot 4 on
+    assert storage.ended_runs(P, NEXT, 0.0) == []
+
+
+def test_runs_a_restart_ends_as_interrupted_are_counted_too(storage: Storage):
+    storage.enqueue(P, S, [("a", {})], 1.0)
+    claim(storage, now=10.0)
+    storage.recover_interrupted(20.0, set(), "the daemon stopped")
+    ended_then = [row[1:] for row in storage.ended_runs(P, S, 0.0)]
+    assert ended_then == [("interrupted", rollup.bucket(10.0), 1)]
+
+
+# -- lookups for the page, the CLI and dry runs; the audit lines ------------------------------
+def test_the_page_finds_runs_by_filter_page_by_page_with_later_successes(storage: Storage):
+    storage.enqueue(P, S, [("a", {}), ("b", {})], 1.0)
+    (a, ra), (b, rb) = claim(storage, now=10.0)
+    storage.finish([replace(ended(a, ra, RunStatus.FAILED, 11.0, label="Timeout", error="x" * 50),
+                            item_state=ItemState.QUEUED, item_stage=S, item_ready_at=11.0),
+                    ended(b, rb, RunStatus.OK, 11.0)], {})  # fmt: skip
+    ((a2, ra2),) = claim(storage, now=20.0)
+    storage.finish([replace(ended(a2, ra2, RunStatus.OK, 21.0))], {})
+    columns = ("id", "item_key", "status", "error")
+    newest = storage.find_runs(RunFilter(), columns, 10, limit=2)
+    assert [(row[1], row[2]) for row in newest] == [("a", "ok"), ("b", "ok")]
+    (failed,) = storage.find_runs(RunFilter(status=FAILURES, stage=S), columns, 10, limit=5)
+    assert failed == (ra.run_id, "a", "failed", "x" * 10, 1)  # cut; an ok run followed it
+    assert storage.later_ok(ra.run_id) and not storage.later_ok(rb.run_id)
+    older = storage.find_runs(RunFilter(before=(20.0, ra2.run_id), label="Timeout"), columns,
+                              10, limit=5)  # fmt: skip
+    assert [row[0] for row in older] == [ra.run_id]
+    assert storage.find_runs(RunFilter(since=15.0, until=25.0), columns, 10, 5)[0][0] == ra2.run_id
+    assert storage.runs_started_since(15.0) == 1 and storage.runs_started_since(0.0) == 3
+
+
+def test_held_items_halts_and_dry_run_previews(storage: Storage):
+    storage.enqueue(P, S, [("a", {}), ("b", {}), ("c", {})], 1.0)
+    (a, ra), (b, rb), _ = claim(storage, now=10.0)
+    storage.finish([ended(a, ra, RunStatus.FAILED, 11.0, label="Timeout", error="t"),
+                    ended(b, rb, RunStatus.FAILED, 11.0, label="Other", error="o")],
+                   {})  # fmt: skip
+    storage.recover_interrupted(12.0, {(P, S)}, "stopped")  # c: held for a person
+    rows, counts = storage.held_items(None, 10)
+    assert [(row[0], row[1], row[2]) for row in rows] == [(P, "c", S)] and counts == {P: 1}
+    assert storage.held_items("other", 10) == ([], {})
+    assert storage.labelled_failures("Timeout", P, S, None, 5) == (1, [(P, S, "a", "failed")])
+    assert storage.labelled_failures("Timeout", None, None, 50.0, 5) == (0, [])
+    assert storage.known_keys(P, ["a", "zz", "a"]) == {"a": "failed"}
+    assert storage.prunable_runs(100.0, 5) == (0, [])  # every run is its item's latest
+
+    storage.add_hold(halt("sms", now=5.0))
+    storage.add_hold({**halt("web", now=6.0), "scope": "channel"})
+    assert [row[0] for row in storage.halts_between({"sms"}, False, 0.0)] == ["sms"]
+    assert [row[0] for row in storage.halts_between({P}, True, 0.0)] == ["sms", "web"]
+
+
+def test_audit_lines_are_written_and_read_newest_first(storage: Storage):
+    storage.add_audit("ann (cli)", "retry", "sites/find", "3 items", 5.0)
+    with storage.transaction():
+        storage.add_audit("bob via page", "halt", "sms", "", 6.0)
+    lines = storage.audit_lines(10)
+    assert [(line[2], line[3], line[1]) for line in lines] == [
+        ("bob via page", "halt", 6.0), ("ann (cli)", "retry", 5.0)
+    ]  # fmt: skip
+    assert len(storage.audit_lines(1)) == 1
+
+
+def test_runs_tail_reads_the_latest_runs_then_those_started_since_and_the_running(
+    storage: Storage,
+):
+    storage.enqueue(P, S, [("a", {}), ("b", {})], 1.0)
+    ((a, ra),) = claim(storage, limit=1, now=10.0)
+    storage.finish([ended(a, ra, RunStatus.OK, 11.0)], {})
+    ((_, rb),) = claim(storage, limit=1, now=20.0)
+    latest = storage.runs_matching(None, P, S, None, None)
+    assert [run.id for run in latest] == [rb.run_id, ra.run_id]  # newest first
+    assert [run.id for run in storage.runs_matching(1, None, None, "ok", None)] == [ra.run_id]
+    assert storage.runs_matching(None, None, None, None, 15.0)[0].id == rb.run_id
+    assert [run.id for run in storage.runs_started_from(10.0)] == [ra.run_id, rb.run_id]
+    assert [run.status for run in storage.runs_by_id([rb.run_id])] == ["running"]
+    assert storage.runs_by_id([]) == []
+
+
+# -- templates of unmatched failures, and the rules proposed for them (issue 15) -------------
+def test_templates_keep_their_members_and_proposals_their_decisions(storage: Storage):
+    storage.enqueue(P, S, [("a", {}), ("b", {})], 1.0)
+    (a, ra), (b, rb) = claim(storage, now=10.0)
+    storage.finish([ended(a, ra, RunStatus.FAILED, 11.0, error="boom 1"),
+                    ended(b, rb, RunStatus.FAILED, 12.0, error="boom 2")], {})  # fmt: skip
+    with storage.transaction():
+        first = storage.add_template("boom <*>", 1, 11.0)
+        second = storage.add_template("bang", 1, 11.0)
+        storage.add_template_runs([(ra.run_id, first, P, S, 11.0), (rb.run_id, second, P, S, 12.0)])
+        storage.merge_template(first, second)
+        storage.update_template(first, "boom <*>", 2, 5.0)  # last_seen never goes back
+        storage.add_template_runs([(rb.run_id, first, P, S, 12.0)])  # again: replaced
+    assert storage.templates() == [(first, "boom <*>", 2)]
+    assert storage.latest_templates(5) == [first]
+    assert storage.frequent_templates(0.0, 2) == [(first, "boom <*>")]
+    assert storage.frequent_templates(11.5, 2) == []
+    assert storage.template_errors(first, 5) == ["boom 2", "boom 1"]
+    assert storage.template_counts(first, 11.5) == (2, 1, {f"{P}/{S}": 2})
+
+    assert storage.current_proposal(first) is None
+    with storage.transaction():
+        storage.add_proposal({
+            "template_id": first, "template": "boom <*>", "state": "pending",
+            "pattern": "boom", "label": "Boom", "group_name": "retriable",
+            "category": "app", "examples": "[]", "created_at": 20.0,
+        })  # fmt: skip
+    ((proposal_id, template, state),) = [storage.current_proposal(first)]
+    assert (template, state) == ("boom <*>", "pending")
+    with storage.transaction():
+        storage.update_proposal(proposal_id, {"state": "approved", "decided_by": "ann"})
+    assert storage.proposal(proposal_id)[3] == "approved"
+    assert [row[0] for row in storage.proposals("approved")] == [proposal_id]
+    assert storage.proposals("pending") == [] and storage.proposal(proposal_id + 9) is None

@@ -23,9 +23,11 @@ from pipewarden.store.postgres.books import Books
 from pipewarden.store.postgres.holds import Holds
 from pipewarden.store.postgres.leases import Leases
 from pipewarden.store.postgres.outbox import Outbox
+from pipewarden.store.postgres.proposals import Proposals
 from pipewarden.store.postgres.queue import Queue
 from pipewarden.store.postgres.schema import SCHEMA_VERSION, STEPS
 from pipewarden.store.sqlite.history import History
+from pipewarden.store.sqlite.lookups import Lookups
 from pipewarden.store.sqlite.requeue import Requeue
 from pipewarden.store.sqlite.templates import Reclassify
 
@@ -60,7 +62,19 @@ class _Database(pw.PostgresqlDatabase):
         return super().atomic(**kwargs)
 
 
-class PostgresStore(Leases, Queue, Holds, History, Requeue, Books, Outbox, Aggregates, Reclassify):
+class PostgresStore(
+    Leases,
+    Queue,
+    Holds,
+    History,
+    Requeue,
+    Books,
+    Outbox,
+    Aggregates,
+    Reclassify,
+    Lookups,
+    Proposals,
+):
     """The store in a PostgreSQL database, migrated on open (or, `read_only`, checked)."""
 
     kind = "postgresql"

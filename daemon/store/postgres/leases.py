@@ -10,14 +10,16 @@ the daemons it marked.
 
 from __future__ import annotations
 
+from pipewarden.store import rollup
 from pipewarden.store.postgres.base import Connected
 from pipewarden.store.records import Recovered
+from pipewarden.store.sqlite.rollup import Rollup
 from pipewarden.types import ItemState, RunStatus
 
 _NOW = "extract(epoch from clock_timestamp())::float8"
 
 
-class Leases(Connected):
+class Leases(Connected, Rollup):
     host: str = ""
     _started_at: float = 0.0
 
@@ -84,6 +86,7 @@ class Leases(Connected):
             (daemons,),
         ).fetchall()
         recovered = []
+        ended: list[tuple[str, str, float, str, float]] = []
         for run_id, pipeline, stage, key, item_id, attempt, started_at, daemon in rows:
             why = reason or f"daemon {daemon} stopped heartbeating"
             held = (pipeline, stage) in hold_stages
@@ -104,6 +107,8 @@ class Leases(Connected):
                 "UPDATE holds SET probe_run_id = NULL WHERE probe_run_id = %s", (run_id,)
             )
             recovered.append(Recovered(run_id, pipeline, stage, key, held))
+            ended.append((pipeline, stage, now, "interrupted", max(0.0, now - started_at)))
+        self._add_counts(rollup.counted(ended))
         if recovered:
             self._notify("recovered")
         return recovered

@@ -76,7 +76,8 @@ _KEEP_IF_NULL = ("progress", "message")  # a finish without them keeps the last 
 
 def _finish_sql() -> str:
     """Finished runs and their items' next states in one statement, one unnest for all;
-    only over runs still running (a recovered run keeps its end, its item is not moved)."""
+    only over runs still running (a recovered run keeps its end, its item is not moved).
+    Returns the runs it ended: only those are counted (store/rollup.py)."""
     fields = [("run_id", "text"), ("item_id", "int8"),
               *zip(_RUN_END_COLUMNS, _RUN_END_TYPES, strict=True),
               *((f"item_{column}", kind) for column, _, kind in _ITEM_END)]  # fmt: skip
@@ -90,9 +91,10 @@ def _finish_sql() -> str:
     return (
         f"WITH v AS (SELECT * FROM unnest({arrays}) AS v({names})),"
         f" ended AS (UPDATE runs SET {runs} FROM v WHERE runs.id = v.run_id"
-        " AND runs.status = 'running')"
-        f" UPDATE items SET {items} FROM v WHERE items.id = v.item_id"
-        " AND items.last_run_id = v.run_id"
+        " AND runs.status = 'running' RETURNING runs.id),"
+        f" moved AS (UPDATE items SET {items} FROM v WHERE items.id = v.item_id"
+        " AND items.last_run_id = v.run_id)"
+        " SELECT id FROM ended"
     )
 
 
@@ -248,7 +250,8 @@ class Queue(Connected, SqliteQueue):
             for column, field, _ in _ITEM_END:
                 values[f"item_{column}"] = [getattr(f, field) for f in finished]
             values["item_force"] = [int(force) for force in values["item_force"]]
-            self._pg.execute(_FINISH_SQL, values)
+            ended = {row[0] for row in self._pg.execute(_FINISH_SQL, values).fetchall()}
+            self._count_finished([f for f in finished if f.run_id in ended])
             self._notify("finished")
 
     def pending_count(

@@ -13,6 +13,8 @@ tree groups the items' covering indexes instead.
 
 from __future__ import annotations
 
+from pipewarden.store.rollup import BACKFILL_S, BUCKETS_PER_DOUBLING, SLOT_S
+
 BASE_VERSION = 8
 
 _BASE = [
@@ -124,6 +126,28 @@ STEPS: dict[int, list[str]] = {
         # A dead daemon's runs, found at once: only running runs are in it.
         "CREATE INDEX runs_running ON runs (daemon) WHERE status = 'running'",
         "ALTER TABLE outbox ADD COLUMN claimed_by TEXT",  # the daemon delivering the row
+    ],
+    12: [  # ended runs counted per stage, slot, outcome and duration (as SQLite's step 12)
+        """CREATE TABLE run_slots (
+            pipeline TEXT NOT NULL, stage TEXT NOT NULL, slot INTEGER NOT NULL,
+            outcome TEXT NOT NULL, bucket INTEGER NOT NULL, runs BIGINT NOT NULL,
+            PRIMARY KEY (pipeline, stage, slot, outcome, bucket))""",
+        # The last day, counted as store/rollup.py counts (floor, not CAST: that rounds here).
+        f"""INSERT INTO run_slots
+            SELECT runs.pipeline, runs.stage, floor(runs.finished_at / {SLOT_S})::int,
+                CASE WHEN runs.status IN ('ok', 'skipped', 'ignored', 'deferred', 'interrupted')
+                    THEN runs.status
+                    WHEN items.state = 'failed' AND items.stage = runs.stage THEN 'failed'
+                    ELSE 'retried' END,
+                CASE WHEN runs.duration_s >= 0.001 THEN 1 + floor(
+                    {BUCKETS_PER_DOUBLING} * log(2.0, (runs.duration_s * 1000)::numeric))::int
+                    ELSE 0 END,
+                count(*)
+            FROM runs LEFT JOIN items ON items.id = runs.item_id
+            WHERE runs.started_at >= extract(epoch FROM now()) - {BACKFILL_S + 86_400}
+                AND runs.finished_at >= extract(epoch FROM now()) - {BACKFILL_S}
+                AND runs.status <> 'running'
+            GROUP BY 1, 2, 3, 4, 5""",
     ],
 }
 SCHEMA_VERSION = max(STEPS)

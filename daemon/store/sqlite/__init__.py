@@ -19,7 +19,9 @@ from pipewarden.store.sqlite.aggregates import Aggregates
 from pipewarden.store.sqlite.books import Books
 from pipewarden.store.sqlite.history import History
 from pipewarden.store.sqlite.holds import Holds
+from pipewarden.store.sqlite.lookups import Lookups
 from pipewarden.store.sqlite.outbox import Outbox
+from pipewarden.store.sqlite.proposals import Proposals
 from pipewarden.store.sqlite.queue import Queue
 from pipewarden.store.sqlite.requeue import Requeue
 from pipewarden.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, create
@@ -40,7 +42,9 @@ class _Database(pw.SqliteDatabase):
             super().rollback()
 
 
-class SqliteStore(Queue, Holds, History, Requeue, Books, Outbox, Aggregates, Reclassify):
+class SqliteStore(
+    Queue, Holds, History, Requeue, Books, Outbox, Aggregates, Reclassify, Lookups, Proposals
+):
     """The store, opened for writing (migrated to this version's schema first) or, with
     `read_only`, for reading only: nothing is written, and an older schema is refused."""
 

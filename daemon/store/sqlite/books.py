@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipewarden.store.sqlite.base import Connected
+from pipewarden.store.sqlite.rollup import Rollup
 
 PRUNE_BATCH = 2000  # runs deleted per transaction when pruning
 
 
-class Books(Connected):
+class Books(Rollup):
     """The meta table and the store file as a whole."""
 
     def set_meta(self, key: str, value: Any) -> None:
@@ -49,6 +49,8 @@ class Books(Connected):
             self._conn.execute(
                 "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", (older_than,)
             )
+            if deleted < limit:  # the last batch: the counts of those times go too
+                self._forget_slots_before(older_than)
         return deleted
 
     def backup(self, target: Path) -> None:

@@ -99,14 +99,6 @@ class History(Connected):
             )
         ]
 
-    def stage_durations(self, pipeline: str, stage: str, since: float) -> list[tuple[str, float]]:
-        """(status, duration_s) of the stage's runs that ended since `since`."""
-        return self._conn.execute(
-            "SELECT status, duration_s FROM runs WHERE pipeline = ? AND stage = ?"
-            " AND finished_at >= ? AND status NOT IN ('running', 'interrupted')",
-            (pipeline, stage, since),
-        ).fetchall()
-
     def recent_runs(
         self, limit: int, stage: str | None = None, status: str | None = None,
         pipeline: str | None = None,

@@ -10,8 +10,9 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pipewarden.store import rollup
 from pipewarden.store.records import Claimed, Enqueued, FinishedRun, NewRun, Recovered
-from pipewarden.store.sqlite.base import Connected
+from pipewarden.store.sqlite.rollup import Rollup
 from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES, ItemState, RunStatus
 
 _RUN_END_COLUMNS = (
@@ -32,7 +33,7 @@ _CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE_STATES)
 _PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
 
 
-class Queue(Connected):
+class Queue(Rollup):
     """Items in, claims out, runs ended: what the scheduler does on every pass."""
 
     def enqueue(
@@ -163,6 +164,7 @@ class Queue(Connected):
                     for f in finished
                 ],
             )  # fmt: skip
+            self._count_finished(finished)
 
     def record_processes(self, started: Sequence[tuple[str, int, int, int]]) -> None:
         """(run id, pid, pgid, start time) of worker processes just started, in one commit:
@@ -201,6 +203,7 @@ class Queue(Connected):
         holds its items for a person instead, since its side effects must not repeat.
         """
         recovered: list[Recovered] = []
+        ended: list[tuple[str, str, float, str, float]] = []
         with self._write():
             rows = self._conn.execute(
                 "SELECT r.id, r.pipeline, r.stage, r.item_key, r.item_id, r.attempt, r.started_at"
@@ -222,6 +225,8 @@ class Queue(Connected):
                      item_id, run_id),
                 )  # fmt: skip
                 recovered.append(Recovered(run_id, pipeline, stage, key, held))
+                ended.append((pipeline, stage, now, "interrupted", max(0.0, now - started_at)))
+            self._add_counts(rollup.counted(ended))
         return recovered
 
     def next_ready_at(

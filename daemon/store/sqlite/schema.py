@@ -12,6 +12,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+from pipewarden.store.rollup import BACKFILL_S, BUCKETS_PER_DOUBLING, SLOT_S
+
 # The status tree's totals, kept by triggers in the same transaction as every item write,
 # so `pipewarden status` reads a few hundred rows instead of counting a million items.
 # Labels count only where the status tree shows them (retrying, failed, ignored).
@@ -179,6 +181,28 @@ MIGRATIONS: list[list[str]] = [
             started_at REAL NOT NULL, heartbeat_at REAL NOT NULL, stopped_at REAL,
             recovered_by TEXT)""",
         "ALTER TABLE outbox ADD COLUMN claimed_by TEXT",  # the daemon delivering the row
+    ],
+    [  # 12: ended runs counted per stage, slot, outcome and duration (store/rollup.py)
+        """CREATE TABLE run_slots (
+            pipeline TEXT NOT NULL, stage TEXT NOT NULL, slot INTEGER NOT NULL,
+            outcome TEXT NOT NULL, bucket INTEGER NOT NULL, runs INTEGER NOT NULL,
+            PRIMARY KEY (pipeline, stage, slot, outcome, bucket)) WITHOUT ROWID""",
+        # The last day of runs (what status -v and the default chart show), counted as
+        # rollup.py counts them as they end; older charts fill as runs end from now on.
+        f"""INSERT INTO run_slots
+            SELECT runs.pipeline, runs.stage, CAST(runs.finished_at / {SLOT_S} AS INTEGER),
+                CASE WHEN runs.status IN ('ok', 'skipped', 'ignored', 'deferred', 'interrupted')
+                    THEN runs.status
+                    WHEN items.state = 'failed' AND items.stage = runs.stage THEN 'failed'
+                    ELSE 'retried' END,
+                CASE WHEN runs.duration_s >= 0.001
+                    THEN 1 + CAST({BUCKETS_PER_DOUBLING} * log2(runs.duration_s * 1000) AS INTEGER)
+                    ELSE 0 END,
+                COUNT(*)
+            FROM runs LEFT JOIN items ON items.id = runs.item_id
+            WHERE runs.started_at >= unixepoch() - {BACKFILL_S + 86_400}
+                AND runs.finished_at >= unixepoch() - {BACKFILL_S} AND runs.status != 'running'
+            GROUP BY 1, 2, 3, 4, 5""",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
