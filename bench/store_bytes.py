@@ -6,8 +6,8 @@ Runs the real daemon (`pipewarden run --until-idle`) on a fresh state dir over N
 items, then checkpoints the WAL into the main file and measures it: the file's size
 (page_count * page_size, no VACUUM) over N, the item rows and the run rows and every
 index included; beside it every table and index from SQLite's `dbstat` table (bytes of
-the pages each b-tree uses, and of the payload in them), each over N. Every item must end `done` with one
-`ok` run, or the benchmark fails.
+the pages each b-tree uses, and of the payload in them), each over N. Every item must
+end `done` with one `ok` run, or the benchmark fails.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class Preview:
 def _label_filter(
     label: str, pipeline: str | None, stage: str | None, since: float | None
 ) -> tuple[str, list[Any]]:
-    where = "last_label = ? AND state IN ('failed', 'retrying')"
+    where = "last_label = ? AND state IN ('failed', 'retrying') AND state != 'done'"
     params: list[Any] = [label]
     for column, value in (("pipeline", pipeline), ("stage", stage)):
         if value is not None:

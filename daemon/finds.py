@@ -65,10 +65,12 @@ def _where(wanted: RunFilter) -> tuple[str, list[Any]]:
             clauses.append(f"runs.{column} = ?")
             params.append(value)
     if wanted.status == FAILURES:
-        clauses.append("runs.status IN ('failed', 'timed_out')")
+        clauses.append("runs.status IN ('failed', 'timed_out') AND runs.status != 'ok'")
     elif wanted.status is not None:
         clauses.append("runs.status = ?")
         params.append(wanted.status)
+        if wanted.status != "ok":  # the partial index's WHERE, so runs_by_status answers it
+            clauses.append("runs.status != 'ok'")
     if wanted.since is not None:
         clauses.append("runs.started_at >= ?")
         params.append(wanted.since)
@@ -136,8 +138,9 @@ def advice_by_label(rules: RuleSet) -> dict[str, dict[str, str]]:
 
 def held_items(store: Store, pipeline: str | None, limit: int) -> dict[str, Any]:
     """Items held for a person, oldest first (`limit` of them), and how many each pipeline has."""
-    where, params = ("state = 'held'", []) if pipeline is None else (
-        "state = 'held' AND pipeline = ?", [pipeline])  # fmt: skip
+    # `!= 'done'` repeats the partial index's WHERE, so items_label_recent answers it.
+    where, params = ("state = 'held' AND state != 'done'", []) if pipeline is None else (
+        "state = 'held' AND state != 'done' AND pipeline = ?", [pipeline])  # fmt: skip
     rows = store.db.execute_sql(
         f"SELECT pipeline, key, stage, attempt, last_label, updated_at FROM items WHERE {where}"
         " ORDER BY updated_at, id LIMIT ?",

@@ -4,7 +4,6 @@ in turn; a new backend joins by adding itself to BACKENDS."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -25,13 +24,9 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
     store.close()
 
 
-_run_numbers = itertools.count()
-
-
 def describe(channel: str = "web") -> Callable[[int, str, dict], NewRun]:
     def new_run(item_id: int, key: str, data: dict) -> NewRun:
-        number = next(_run_numbers)
-        return NewRun(f"run-{key}-{number}", item_id, channel, f"fp-{key}", "cfg", None, "t")
+        return NewRun(item_id, channel, f"fp-{key}", "cfg", None)  # the store names the run
 
     return new_run
 
@@ -86,6 +81,20 @@ def test_claim_marks_items_running_and_records_their_runs_before_any_worker_star
         assert other.item(P, "c").state == ItemState.QUEUED
     finally:
         other.close()
+
+
+def test_the_store_names_each_run_a_number_in_the_order_runs_start(storage: Storage):
+    storage.enqueue(P, S, [(f"k{n}", {}) for n in range(11)], 1.0)
+    runs = [run for _, run in claim(storage, limit=4)] + [run for _, run in claim(storage)]
+    numbers = [int(run.run_id) for run in runs]  # a string of digits at the interface
+    assert numbers == sorted(set(numbers)) and len(numbers) == 11
+    (first,) = storage.runs_with_prefix(runs[0].run_id)  # run 1 is run 1, not also run 10
+    assert first.item_key == "k0"
+    for run in (runs[0], runs[-1]):  # the worker's trace id is the one a reader sees
+        (stored,) = storage.runs_with_prefix(run.run_id)
+        assert stored.trace_id == run.trace_id and len(run.trace_id) == 32
+        assert int(run.trace_id, 16) != 0
+    assert runs[0].trace_id != runs[1].trace_id
 
 
 def test_claim_takes_only_ready_items_and_leaves_blocked_channels_queued(storage: Storage):
@@ -181,7 +190,7 @@ def test_the_guard_reads_failures_costs_and_earlier_successes(storage: Storage):
     assert storage.pipelines_of("a") == [P]
     assert len(storage.recent_runs(2)) == 2
     assert [r.item_key for r in storage.recent_runs(5, status="ok")] == ["a"]
-    assert storage.runs_with_prefix("run-a")[0].id == ra.run_id
+    assert storage.runs_with_prefix(ra.run_id)[0].id == ra.run_id
 
 
 # -- many items at once -----------------------------------------------------------------------

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from pipewarden.store.records import Claimed, Enqueued, FinishedRun, NewRun, Recovered
+from pipewarden.store.records import (
+    Claimed,
+    Enqueued,
+    FinishedRun,
+    NewRun,
+    Recovered,
+    trace_id_of,
+)
 from pipewarden.store.sqlite.base import Connected
 from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES, ItemState, RunStatus
 
@@ -115,26 +123,40 @@ class Queue(Connected):
             if not rows:
                 return []
             claimed: list[tuple[Claimed, NewRun]] = []
+            number = self._next_run_number()
             for item_id, key, data_json, attempt, force in rows:
                 data = json.loads(data_json)
                 item = Claimed(item_id, key, data, attempt + 1, bool(force))
-                claimed.append((item, describe(item_id, key, data)))
+                new_run = replace(
+                    describe(item_id, key, data),
+                    run_id=str(number), trace_id=trace_id_of(number, now),
+                )  # fmt: skip
+                claimed.append((item, new_run))
+                number += 1
             self._conn.executemany(
                 "UPDATE items SET state = 'running', attempt = ?, channel = ?, last_run_id = ?,"
                 " updated_at = ? WHERE id = ?",
                 [(c.attempt, r.channel, r.run_id, now, c.item_id) for c, r in claimed],
             )
             self._conn.executemany(
-                "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel,"
-                " status, started_at, input_fingerprint, code_ref, config_hash, rows_in,"
-                " trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?)",
+                "INSERT INTO runs (rowid, id, pipeline, stage, item_id, item_key, attempt,"
+                " channel, status, started_at, input_fingerprint, code_ref, config_hash,"
+                " rows_in) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1)",
                 [
-                    (r.run_id, pipeline, stage, c.item_id, c.key, c.attempt, r.channel, now,
-                     r.input_fingerprint, r.code_ref, r.config_hash, r.trace_id)
+                    (int(r.run_id), r.run_id, pipeline, stage, c.item_id, c.key, c.attempt,
+                     r.channel, now, r.input_fingerprint, r.code_ref, r.config_hash)
                     for c, r in claimed
                 ],
             )  # fmt: skip
         return claimed
+
+    def _next_run_number(self) -> int:
+        """A run's id is its row number, as a string: short, in the order runs start, and
+        appended at the end of every index that holds it (a random id dirtied a random
+        page per insert). The newest run is never pruned (it is its item's latest), so a
+        number is not given twice. Asked inside the write lock: no other writer races."""
+        (last,) = self._conn.execute("SELECT MAX(rowid) FROM runs").fetchone()
+        return (last or 0) + 1
 
     def finish(
         self, finished: Iterable[FinishedRun], progress: dict[str, tuple[float | None, str | None]]
@@ -178,7 +200,8 @@ class Queue(Connected):
         """(pid, pgid, start time) of the worker processes of runs left `running`."""
         return self._conn.execute(
             "SELECT pid, pgid, proc_start FROM runs INDEXED BY runs_by_status"
-            " WHERE status = 'running' AND pgid IS NOT NULL AND proc_start IS NOT NULL"
+            " WHERE status = 'running' AND status != 'ok' AND pgid IS NOT NULL"
+            " AND proc_start IS NOT NULL"
         ).fetchall()
 
     def recover_interrupted(
@@ -204,7 +227,7 @@ class Queue(Connected):
         with self._write():
             rows = self._conn.execute(
                 "SELECT r.id, r.pipeline, r.stage, r.item_key, r.item_id, r.attempt, r.started_at"
-                " FROM runs r WHERE r.status = 'running'"
+                " FROM runs r WHERE r.status = 'running' AND r.status != 'ok'"
             ).fetchall()
             for run_id, pipeline, stage, key, item_id, attempt, started_at in rows:
                 held = (pipeline, stage) in hold_stages
@@ -238,7 +261,8 @@ class Queue(Connected):
             for state in CLAIMABLE_STATES:  # one index seek each; an IN list made it a scan
                 (ready_at,) = self._conn.execute(
                     "SELECT MIN(ready_at) FROM items INDEXED BY items_claim"
-                    f" WHERE pipeline = ? AND stage = ? AND state = ?{where}",
+                    f" WHERE pipeline = ? AND stage = ? AND state = ?"
+                    f" AND state IN ({_CLAIMABLE}){where}",
                     (pipeline, stage, state, *params),
                 ).fetchone()
                 if ready_at is not None and (soonest is None or ready_at < soonest):
