@@ -71,7 +71,7 @@ class FinishedRun:
     duration_s: float
     item_stage: str
     item_state: ItemState
-    item_data: str  # JSON
+    item_data: str | None  # JSON; None: the item keeps the data it has
     item_attempt: int
     item_ready_at: float | None
     item_channel: str | None  # the channel at item_stage

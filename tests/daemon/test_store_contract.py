@@ -42,7 +42,8 @@ def ended(claimed: Claimed, run: NewRun, status: RunStatus, now: float, **fields
         run_id=run.run_id, item_id=claimed.item_id, status=status, pipeline=P, stage=S,
         channel=run.channel, finished_at=now, duration_s=1.0,
         item_stage=NEXT if ok else S, item_state=ItemState.QUEUED if ok else ItemState.FAILED,
-        item_data=json.dumps(claimed.data), item_attempt=0 if ok else claimed.attempt,
+        item_data=fields.pop("item_data", json.dumps(claimed.data)),
+        item_attempt=0 if ok else claimed.attempt,
         item_ready_at=now if ok else None, item_channel=run.channel, **fields,
     )  # fmt: skip
 
@@ -118,6 +119,13 @@ def test_finish_ends_the_run_and_moves_the_item_on_in_one_write(storage: Storage
     item = storage.item(P, "a")
     assert (item.stage, item.state) == (NEXT, ItemState.QUEUED)
     assert storage.running_runs() == []
+
+
+def test_a_run_that_returned_no_data_leaves_the_items_data_as_stored(storage: Storage):
+    storage.enqueue(P, S, [("a", {"kept": [1, 2]})], 1.0)
+    ((claimed, run),) = claim(storage)
+    storage.finish([ended(claimed, run, RunStatus.OK, 12.0, item_data=None)], {})
+    assert storage.item(P, "a").data == '{"kept": [1, 2]}'
 
 
 def test_recovery_ends_running_runs_as_interrupted_and_requeues_or_holds_their_items(

@@ -33,7 +33,8 @@ _FINISH_RUN_SQL = (
     "progress = COALESCE(?, progress), message = COALESCE(?, message) WHERE id = ?"
 )
 _FINISH_ITEM_SQL = (
-    "UPDATE items SET stage = ?, state = ?, data = ?, attempt = ?, ready_at = ?, channel = ?, "
+    "UPDATE items SET stage = ?, state = ?, data = COALESCE(?, data), attempt = ?, ready_at = ?,"
+    " channel = ?, "
     "force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ? WHERE id = ?"
 )
 _CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE_STATES)
