@@ -34,8 +34,8 @@ _FINISH_RUN_SQL = (
 )
 _FINISH_ITEM_SQL = (
     "UPDATE items SET stage = ?, state = ?, data = COALESCE(?, data), attempt = ?, ready_at = ?,"
-    " channel = ?, "
-    "force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ? WHERE id = ?"
+    " channel = ?, force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ?"
+    " WHERE id = ?"
 )
 _CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE_STATES)
 _PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
