@@ -9,8 +9,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import secrets
-import uuid
 
 from pipewarden.attempts import log_run
 from pipewarden.config import Stage
@@ -195,12 +193,10 @@ class Claims:
         item = json.dumps([stage.pipeline, key, data], sort_keys=True, default=str)
         code = self.code.get(stage.qualified_name)
         blob = item + config_hash + (self.code_ref or "") + (code.digest if code else "")
-        return NewRun(
-            run_id=uuid.uuid4().hex,
+        return NewRun(  # the store gives it its id and trace id
             item_id=item_id,
             channel=stage.channel_for(data),
-            input_fingerprint=hashlib.sha256(blob.encode()).hexdigest()[:32],
+            input_fingerprint=hashlib.sha256(blob.encode()).hexdigest()[:16],
             config_hash=config_hash,
             code_ref=self.code_ref,
-            trace_id=secrets.token_hex(16),
         )

@@ -5,7 +5,6 @@ checked so that a value the store cannot keep fails the run, never the commit.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import fields
@@ -56,9 +55,11 @@ class Judging:
             decision = probe_failed(decision, claimed.attempt, now)
         data = {**claimed.data, **report.data} if report.data else claimed.data
         duration = self.clock.monotonic() - started
-        item_data = checked_item_data(data)
+        # Nothing returned: the item's data is not encoded again, nor written (None keeps it).
+        item_data = checked_item_data(data) if report.data else None
         # What an ok run merged into its item: a checkpoint gives it back when it skips.
-        data_out = encode_json(report.data or {}) if decision.run_status is RunStatus.OK else None
+        merged = encode_json(report.data) if report.data else "{}"
+        data_out = merged if decision.run_status is RunStatus.OK else None
         finished = self._finished_run(
             slot, claimed, new_run, report, decision, data, duration, item_data=item_data,
             data_out=data_out,
@@ -105,7 +106,7 @@ class Judging:
         data: dict,
         duration_s: float,
         channel: str | None = None,  # the item's channel at its next stage, when known
-        item_data: str | None = None,  # `data` as checked JSON, when it may have changed
+        item_data: str | None = None,  # `data` as checked JSON if it changed; None keeps it
         data_out: str | None = None,  # JSON: what an ok (or skipped) run merged into the item
     ) -> FinishedRun:
         c = decision.classification
@@ -122,7 +123,7 @@ class Judging:
             duration_s=duration_s,
             item_stage=decision.item_stage,
             item_state=decision.item_state,
-            item_data=item_data or json.dumps(data, default=str),
+            item_data=item_data,
             item_attempt=decision.item_attempt,
             item_ready_at=decision.ready_at,
             item_channel=channel or slot.pipeline.stage(decision.item_stage).channel_for(data),

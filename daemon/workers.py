@@ -30,6 +30,7 @@ from pipewarden.limits import TRACEBACK_KEPT, cut
 from pipewarden.pipes import StderrReader, StdoutReader, last_line
 from pipewarden.processes import Child, describe_signal, spawn
 from pipewarden.protocol import Progress, Verdict, WorkerReport, request_line
+from pipewarden.store.records import span_id_of
 
 STOP_GRACE_S = 2.0  # grace for an idle pool worker at shutdown
 PIPE_DRAIN_S = 1.0  # once a worker's processes are gone, how long its pipes may take to close
@@ -48,7 +49,7 @@ class Job:
 
     @property
     def traceparent(self) -> str:
-        return f"00-{self.trace_id}-{self.run_id[:16]}-01"
+        return f"00-{self.trace_id}-{span_id_of(self.run_id)}-01"
 
     @property
     def request(self) -> bytes:

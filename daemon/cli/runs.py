@@ -131,7 +131,7 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
     from pipewarden.render import format_time, run_as_dict, run_detail
 
     prefix = args.run_id.strip().lower()
-    if len(prefix) < 4:
+    if len(prefix) < 4 and not prefix.isdigit():  # a run's id is a number since schema 13
         raise UsageError("give at least 4 characters of the run id")
     config = load_config(args)
     store = open_store(config, must_exist=True, read_only=True)

@@ -24,15 +24,30 @@ class Enqueued:
 
 @dataclass(frozen=True)
 class NewRun:
-    """What the scheduler knows of a run before its worker starts."""
+    """What the scheduler knows of a run before its worker starts. The store names the
+    run when it records it (`claim` returns it with `run_id` and `trace_id` given): a
+    compact, time-ordered key of the store's choosing, a string to everyone else."""
 
-    run_id: str
     item_id: int
     channel: str
     input_fingerprint: str
     config_hash: str
     code_ref: str | None
-    trace_id: str
+    run_id: str = ""
+    trace_id: str = ""
+
+
+def trace_id_of(run_number: int, started_at: float) -> str:
+    """The W3C trace id of a run, derived rather than stored: its start in microseconds
+    and its number, 16 hex digits each (unique across stores unless two runs of the same
+    number start in the same microsecond). The SQLite schema computes the same in SQL."""
+    return f"{int(started_at * 1_000_000) & 0xFFFFFFFFFFFFFFFF:016x}{run_number:016x}"
+
+
+def span_id_of(run_id: str) -> str:
+    """The W3C span id of a run: its number in 16 hex digits (a run recorded before run
+    ids were numbers, schema 13, has a uuid: its first 16 hex digits)."""
+    return f"{int(run_id):016x}" if run_id.isdigit() else run_id[:16]
 
 
 @dataclass(frozen=True)
@@ -58,7 +73,7 @@ class FinishedRun:
     duration_s: float
     item_stage: str
     item_state: ItemState
-    item_data: str  # JSON
+    item_data: str | None  # JSON; None: the item keeps the data it has
     item_attempt: int
     item_ready_at: float | None
     item_channel: str | None  # the channel at item_stage

@@ -448,4 +448,4 @@ def test_recovery_kills_a_recorded_group_only_while_its_leader_is_the_same_proce
 
 
 def new_run(item_id: int, key: str, data: dict) -> NewRun:
-    return NewRun(f"run-{key}", item_id, "work", f"fp-{key}", "cfg", None, "0" * 32)
+    return NewRun(item_id, "work", f"fp-{key}", "cfg", None)

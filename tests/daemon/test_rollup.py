@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipewarden.status import telemetry
 from pipewarden.store import STORE_FILE, FinishedRun, NewRun, open_store, rollup
+from pipewarden.store.sqlite.schema import MIGRATIONS
 from pipewarden.types import ItemState, RunStatus
 
 P, S = "sites", "find"
@@ -37,7 +38,7 @@ def _fill(
     store.enqueue(P, S, [(f"k{n}", {}) for n in range(len(runs))], now - 90_000)
     claimed = store.claim(
         P, S, len(runs), now - 90_000,
-        lambda item_id, key, data: NewRun(f"run-{key}", item_id, None, f"fp-{key}", "c", None, "t"),
+        lambda item_id, key, data: NewRun(item_id, None, f"fp-{key}", "c", None),
     )  # fmt: skip
     store.finish(
         [FinishedRun(
@@ -82,30 +83,10 @@ def test_status_telemetry_from_the_counts_agrees_with_the_runs(tmp_path: Path):
 def test_a_store_from_before_the_counts_is_counted_when_it_is_migrated(tmp_path: Path):
     # The migration counts the runs of the last days before the real clock.
     _fill(tmp_path, _runs(random.Random(5), 300), now=time.time())
-    path = tmp_path / STORE_FILE
-    with sqlite3.connect(path) as db:
+    (_, backfills) = next(s for s in MIGRATIONS if "CREATE TABLE run_slots" in s[0])
+    with sqlite3.connect(tmp_path / STORE_FILE) as db:
         counted_live = sorted(db.execute("SELECT * FROM run_slots"))
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        db.execute("DROP TABLE run_slots")  # the store as the step before made it
-        db.execute(f"PRAGMA user_version = {version - 1}")
-    open_store(tmp_path).close()  # migrates
-    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM run_slots")  # as the step that made the table found it
+        db.execute(backfills)
         assert sorted(db.execute("SELECT * FROM run_slots")) == counted_live
-    assert len(counted_live) > 100
-
-
-def test_a_postgresql_store_from_before_the_counts_is_counted_as_sqlite_counts(
-    tmp_path: Path, pg_url: str
-):
-    import psycopg
-
-    _fill(tmp_path, _runs(random.Random(5), 300), now=time.time(), url=pg_url)
-    with psycopg.connect(pg_url, autocommit=True) as db:
-        counted_live = sorted(db.execute("SELECT * FROM run_slots").fetchall())
-        db.execute("DROP TABLE run_slots")  # the store as the step before made it
-        db.execute("DELETE FROM pipewarden_schema WHERE version = (SELECT max(version)"
-                   " FROM pipewarden_schema)")  # fmt: skip
-    open_store(tmp_path, url=pg_url).close()  # migrates
-    with psycopg.connect(pg_url) as db:
-        assert sorted(db.execute("SELECT * FROM run_slots").fetchall()) == counted_live
     assert len(counted_live) > 100

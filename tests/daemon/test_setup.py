@@ -131,7 +131,8 @@ def test_every_worker_gets_a_w3c_traceparent_matching_its_run(project: Project):
         pool_run, process_run = project.runs(key)
         for seen, run in ((data["seen"], pool_run), (data["seen_cmd"], process_run)):
             assert TRACEPARENT.match(seen)
-            assert seen == f"00-{run.trace_id}-{run.id[:16]}-01"
+            # the span id is the run's number in 16 hex digits
+            assert seen == f"00-{run.trace_id}-{int(run.id):016x}-01"
 
 
 def test_init_names_the_packs_a_starter_needs_and_more_on_request(tmp_path: Path):

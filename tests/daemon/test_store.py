@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from pipewarden.errors import StoreError
-from pipewarden.store import SCHEMA_VERSION, STORE_FILE, Store
+from pipewarden.store import SCHEMA_VERSION, STORE_FILE, NewRun, Store
 from pipewarden.store.sqlite.schema import MIGRATIONS
 
 
@@ -51,6 +51,44 @@ def test_a_version_1_store_is_upgraded_in_place_keeping_its_rows(tmp_path: Path)
     )
     assert store.item("sites", "old.example").state == "done"
     store.close()
+
+
+def test_runs_recorded_before_run_ids_were_numbers_stay_findable_and_checkpointed(
+    tmp_path: Path,
+):
+    conn = sqlite3.connect(tmp_path / STORE_FILE)
+    for step in MIGRATIONS[:10]:  # the schema before compact run keys
+        for statement in step:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 10")
+    conn.execute(
+        "INSERT INTO items (pipeline, key, stage, state, data, last_run_id, created_at,"
+        " updated_at) VALUES ('sites', 'old.example', 'find', 'done', '{}', ?, 1, 1)",
+        ("9f" * 16,),
+    )
+    conn.execute(
+        "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status, started_at,"
+        " finished_at, input_fingerprint, trace_id, data_out) VALUES (?, 'sites', 'find', 1,"
+        " 'old.example', 1, 'ok', 1, 2, ?, ?, '{\"x\": 1}')",
+        ("9f" * 16, "0123456789abcdef" * 2, "ab" * 16),
+    )
+    conn.commit()
+    conn.close()
+
+    store = Store(tmp_path)
+    (old,) = store.runs_with_prefix("9f9f9f")
+    assert (old.id, old.trace_id) == ("9f" * 16, "ab" * 16)
+    # A new run's fingerprint is the first 16 hex digits of what the old run kept.
+    assert store.earlier_success("sites", "find", "0123456789abcdef") == ("9f" * 16, '{"x": 1}')
+    assert store.earlier_success("sites", "find", "0123456789abcdee") is None
+    store.enqueue("sites", "find", [("new.example", {})], 3.0)
+    ((_, new),) = store.claim("sites", "find", 1, 4.0, _describe)
+    assert new.run_id == "2"  # after the old run's row
+    store.close()
+
+
+def _describe(item_id: int, key: str, data: dict) -> NewRun:
+    return NewRun(item_id, "find", "fp", "cfg", None)
 
 
 def test_a_store_from_a_newer_pipewarden_is_refused(tmp_path: Path):

@@ -5,7 +5,6 @@ cluster (tests/pg_cluster.py), skipped with the reason where its binaries are mi
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -46,13 +45,9 @@ def storage(opener: Opener) -> Iterator[Storage]:
     store.close()
 
 
-_run_numbers = itertools.count()
-
-
 def describe(channel: str = "web") -> Callable[[int, str, dict], NewRun]:
     def new_run(item_id: int, key: str, data: dict) -> NewRun:
-        number = next(_run_numbers)
-        return NewRun(f"run-{key}-{number}", item_id, channel, f"fp-{key}", "cfg", None, "t")
+        return NewRun(item_id, channel, f"fp-{key}", "cfg", None)  # the store names the run
 
     return new_run
 
@@ -68,7 +63,8 @@ def ended(claimed: Claimed, run: NewRun, status: RunStatus, now: float, **fields
         run_id=run.run_id, item_id=claimed.item_id, status=status, pipeline=P, stage=S,
         channel=run.channel, finished_at=now, duration_s=1.0,
         item_stage=NEXT if ok else S, item_state=ItemState.QUEUED if ok else ItemState.FAILED,
-        item_data=json.dumps(claimed.data), item_attempt=0 if ok else claimed.attempt,
+        item_data=fields.pop("item_data", json.dumps(claimed.data)),
+        item_attempt=0 if ok else claimed.attempt,
         item_ready_at=now if ok else None, item_channel=run.channel, **fields,
     )  # fmt: skip
 
@@ -109,6 +105,20 @@ def test_claim_marks_items_running_and_records_their_runs_before_any_worker_star
         other.close()
 
 
+def test_the_store_names_each_run_a_number_in_the_order_runs_start(storage: Storage):
+    storage.enqueue(P, S, [(f"k{n}", {}) for n in range(11)], 1.0)
+    runs = [run for _, run in claim(storage, limit=4)] + [run for _, run in claim(storage)]
+    numbers = [int(run.run_id) for run in runs]  # a string of digits at the interface
+    assert numbers == sorted(set(numbers)) and len(numbers) == 11
+    (first,) = storage.runs_with_prefix(runs[0].run_id)  # run 1 is run 1, not also run 10
+    assert first.item_key == "k0"
+    for run in (runs[0], runs[-1]):  # the worker's trace id is the one a reader sees
+        (stored,) = storage.runs_with_prefix(run.run_id)
+        assert stored.trace_id == run.trace_id and len(run.trace_id) == 32
+        assert int(run.trace_id, 16) != 0
+    assert runs[0].trace_id != runs[1].trace_id
+
+
 def test_claim_takes_only_ready_items_and_leaves_blocked_channels_queued(storage: Storage):
     storage.enqueue(P, S, [("now", {})], 1.0)
     storage.enqueue(P, S, [("later", {})], 50.0)  # ready at 50
@@ -130,6 +140,13 @@ def test_finish_ends_the_run_and_moves_the_item_on_in_one_write(storage: Storage
     item = storage.item(P, "a")
     assert (item.stage, item.state) == (NEXT, ItemState.QUEUED)
     assert storage.running_runs() == []
+
+
+def test_a_run_that_returned_no_data_leaves_the_items_data_as_stored(storage: Storage):
+    storage.enqueue(P, S, [("a", {"kept": [1, 2]})], 1.0)
+    ((claimed, run),) = claim(storage)
+    storage.finish([ended(claimed, run, RunStatus.OK, 12.0, item_data=None)], {})
+    assert storage.item(P, "a").data == '{"kept": [1, 2]}'
 
 
 def test_recovery_ends_running_runs_as_interrupted_and_requeues_or_holds_their_items(
@@ -202,7 +219,7 @@ def test_the_guard_reads_failures_costs_and_earlier_successes(storage: Storage):
     assert storage.pipelines_of("a") == [P]
     assert len(storage.recent_runs(2)) == 2
     assert [r.item_key for r in storage.recent_runs(5, status="ok")] == ["a"]
-    assert storage.runs_with_prefix("run-a")[0].id == ra.run_id
+    assert storage.runs_with_prefix(ra.run_id)[0].id == ra.run_id
 
 
 # -- many items at once -----------------------------------------------------------------------

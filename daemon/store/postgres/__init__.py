@@ -20,13 +20,13 @@ from pipewarden.store import models
 from pipewarden.store.orm import hand_peewee_psycopg
 from pipewarden.store.postgres.aggregates import Aggregates
 from pipewarden.store.postgres.books import Books
+from pipewarden.store.postgres.history import History
 from pipewarden.store.postgres.holds import Holds
 from pipewarden.store.postgres.leases import Leases
 from pipewarden.store.postgres.outbox import Outbox
 from pipewarden.store.postgres.proposals import Proposals
 from pipewarden.store.postgres.queue import Queue
 from pipewarden.store.postgres.schema import SCHEMA_VERSION, STEPS
-from pipewarden.store.sqlite.history import History
 from pipewarden.store.sqlite.lookups import Lookups
 from pipewarden.store.sqlite.requeue import Requeue
 from pipewarden.store.sqlite.templates import Reclassify

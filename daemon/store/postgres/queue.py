@@ -9,10 +9,11 @@ runs NOTIFY the fleet (see listen.py), so an idle daemon wakes without polling.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pipewarden.store.postgres.base import Connected
-from pipewarden.store.records import Claimed, Enqueued, FinishedRun, NewRun
+from pipewarden.store.records import Claimed, Enqueued, FinishedRun, NewRun, trace_id_of
 from pipewarden.store.sqlite.queue import _RUN_END_COLUMNS
 from pipewarden.store.sqlite.queue import Queue as SqliteQueue
 from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES
@@ -87,7 +88,12 @@ def _finish_sql() -> str:
         f"{c} = COALESCE(v.{c}, runs.{c})" if c in _KEEP_IF_NULL else f"{c} = v.{c}"
         for c in _RUN_END_COLUMNS
     )
-    items = ", ".join(f"{column} = v.item_{column}" for column, _, _ in _ITEM_END)
+    items = ", ".join(
+        # no data from the worker (None): the item's data stays as stored
+        f"{column} = COALESCE(v.item_{column}, items.{column})" if column == "data"
+        else f"{column} = v.item_{column}"
+        for column, _, _ in _ITEM_END
+    )  # fmt: skip
     return (
         f"WITH v AS (SELECT * FROM unnest({arrays}) AS v({names})),"
         f" ended AS (UPDATE runs SET {runs} FROM v WHERE runs.id = v.run_id"
@@ -159,7 +165,13 @@ class Queue(Connected, SqliteQueue):
             rows = self._within_channel_caps(self._pg.execute(_claim_sql(where), params).fetchall())
             if not rows:
                 return []
-            claimed = [self._described(row, describe) for row in rows]
+            numbers = self._pg.execute(
+                "SELECT nextval('run_numbers') FROM generate_series(1, %s)", (len(rows),)
+            ).fetchall()
+            claimed = [
+                self._described(row, describe, number, now)
+                for row, (number,) in zip(rows, numbers, strict=True)
+            ]
             self._write_claims(pipeline, stage, now, claimed)
         return claimed
 
@@ -206,12 +218,16 @@ class Queue(Connected, SqliteQueue):
         ).fetchone()[0]
 
     @staticmethod
-    def _described(row: tuple, describe: Any) -> tuple[Claimed, NewRun]:
+    def _described(row: tuple, describe: Any, number: int, now: float) -> tuple[Claimed, NewRun]:
+        """The claimed item and its run, named by the fleet's run number (as on SQLite: a
+        number, in the order runs start, never given twice)."""
         import json
 
         item_id, key, data_json, attempt, force, _ = row
         data = json.loads(data_json)
-        return Claimed(item_id, key, data, attempt + 1, bool(force)), describe(item_id, key, data)
+        run = replace(describe(item_id, key, data), run_id=str(number),
+                      trace_id=trace_id_of(number, now))  # fmt: skip
+        return Claimed(item_id, key, data, attempt + 1, bool(force)), run
 
     def _write_claims(
         self, pipeline: str, stage: str, now: float, claimed: list[tuple[Claimed, NewRun]]

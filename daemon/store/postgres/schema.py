@@ -149,5 +149,9 @@ STEPS: dict[int, list[str]] = {
                 AND runs.status <> 'running'
             GROUP BY 1, 2, 3, 4, 5""",
     ],
+    13: [  # a run's id is a number, in the order runs start (as SQLite's step 13: the
+        # fleet's runs share one sequence; the trace id is still stored here)
+        "CREATE SEQUENCE run_numbers",
+    ],
 }
 SCHEMA_VERSION = max(STEPS)

@@ -39,7 +39,7 @@ class Aggregates(Connected):
             recent_sql = (
                 "SELECT COUNT(*), SUM(updated_at >= ?) FROM items INDEXED BY items_label_recent"
                 " WHERE state = ? AND pipeline = ? AND stage = ? AND last_group IS ?"
-                " AND last_label IS ? AND updated_at >= ?"
+                " AND last_label IS ? AND updated_at >= ? AND state != 'done'"
             )
             order = (2, 0, 1, 3, 4)  # the index's column order
         else:
@@ -77,13 +77,15 @@ class Aggregates(Connected):
         labels = self._conn.execute(
             "SELECT last_label, COUNT(*), SUM(updated_at >= ?), SUM(updated_at >= ?)"
             " FROM items INDEXED BY items_label_recent"
-            " WHERE state = 'deferred' AND pipeline = ? AND stage = ? GROUP BY last_label",
+            " WHERE state = 'deferred' AND state != 'done' AND pipeline = ? AND stage = ?"
+            " GROUP BY last_label",
             (since_24h, since_1h, pipeline, stage),
         ).fetchall()
         return [
             (label, total, d24 or 0, d1 or 0, self._conn.execute(
                 "SELECT ready_at FROM items INDEXED BY items_claim WHERE pipeline = ?"
                 " AND stage = ? AND state = 'deferred' AND last_label IS ?"
+                " AND state IN ('queued', 'retrying', 'deferred')"
                 " ORDER BY ready_at LIMIT 1",
                 (pipeline, stage, label),
             ).fetchone()[0])

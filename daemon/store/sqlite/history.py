@@ -24,12 +24,15 @@ class History(Connected):
         """(id, data it merged into its item) of the latest run that already succeeded at
         this stage on the same input. Runs recorded before runs kept their data (schema 7)
         do not count: what they produced cannot be given back."""
-        # INDEXED BY: left alone, the planner walks every run of the stage instead.
+        # INDEXED BY: left alone, the planner walks every run of the stage instead. A range:
+        # a run recorded before schema 13 kept 32 hex digits, of which these are the first.
         row = self._conn.execute(
             "SELECT id, data_out FROM runs INDEXED BY runs_by_fingerprint"
-            " WHERE input_fingerprint = ? AND status = 'ok' AND pipeline = ? AND stage = ?"
-            " AND data_out IS NOT NULL ORDER BY finished_at DESC LIMIT 1",
-            (fingerprint, pipeline, stage),
+            " WHERE input_fingerprint >= ? AND input_fingerprint <= ? || '~'"
+            " AND (input_fingerprint = ? OR length(input_fingerprint) = 32)"
+            " AND status = 'ok' AND pipeline = ? AND stage = ? AND data_out IS NOT NULL"
+            " ORDER BY finished_at DESC LIMIT 1",
+            (fingerprint, fingerprint, fingerprint, pipeline, stage),
         ).fetchone()
         return (row[0], row[1]) if row else None
 
@@ -84,9 +87,9 @@ class History(Connected):
         return total
 
     def running_runs(self) -> list[Run]:
-        return list(
-            self.Run.select().where(self.Run.status == "running").order_by(self.Run.started_at)
-        )
+        # `!= 'ok'` repeats the partial index's WHERE, so runs_by_status answers it.
+        running = (self.Run.status == "running") & (self.Run.status != "ok")
+        return list(self.Run.select().where(running).order_by(self.Run.started_at))
 
     def recent_durations(self, pipeline: str, stage: str, count: int) -> list[float]:
         """Durations of the stage's last `count` successful runs."""
@@ -108,11 +111,18 @@ class History(Connected):
             query = query.where(self.Run.stage == stage)
         if status:
             query = query.where(self.Run.status == status)
+            if status != "ok":  # the partial index's WHERE, so runs_by_status answers it
+                query = query.where(self.Run.status != "ok")
         if pipeline:
             query = query.where(self.Run.pipeline == pipeline)
         return list(query)
 
     def runs_with_prefix(self, prefix: str, limit: int = 20) -> list[Run]:
+        """The run with this id, else those whose id starts with it. A run's id is a
+        number since schema 13: run 12 is run 12, not also runs 120 to 129."""
+        exact = self.Run.get_or_none(self.Run.id == prefix)
+        if exact is not None:
+            return [exact]
         # Bounds instead of LIKE, so the primary key's index answers it.
         return list(
             self.Run.select()
@@ -135,8 +145,11 @@ class History(Connected):
             "SELECT pipeline FROM items WHERE key = ?", (key,))]  # fmt: skip
 
     def item_channels(self) -> list[str]:
-        """Every channel an item has now."""
-        return self._distinct("channel")
+        """Every channel an item has now, from the trigger-kept counts (items_by_channel
+        holds only the claimable items)."""
+        return [row[0] for row in self._conn.execute(
+            "SELECT DISTINCT channel FROM item_counts WHERE n > 0 AND channel != ''"
+            " ORDER BY channel")]  # fmt: skip
 
     def item_labels(self) -> list[str]:
         """Every label an item carries now."""

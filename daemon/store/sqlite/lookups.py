@@ -73,8 +73,9 @@ class Lookups(Connected):
     ) -> tuple[list[tuple[str, str, str, int, str | None, float]], dict[str, int]]:
         """(pipeline, key, stage, attempt, label, since) of held items, oldest first, and
         how many each pipeline holds."""
-        where, params = ("state = 'held'", []) if pipeline is None else (
-            "state = 'held' AND pipeline = ?", [pipeline])  # fmt: skip
+        # `!= 'done'` repeats the partial index's WHERE, so items_label_recent answers it.
+        where, params = ("state = 'held' AND state != 'done'", []) if pipeline is None else (
+            "state = 'held' AND state != 'done' AND pipeline = ?", [pipeline])  # fmt: skip
         rows = self._conn.execute(
             f"SELECT pipeline, key, stage, attempt, last_label, updated_at FROM items"
             f" WHERE {where} ORDER BY updated_at, id LIMIT ?",
@@ -105,7 +106,7 @@ class Lookups(Connected):
     ) -> tuple[int, list[tuple[str, str, str, str]]]:  # fmt: skip
         """How many failed or retrying items have `label` (as requeue_by_label picks them),
         and (pipeline, stage, key, state) of the first `sample`."""
-        where = "last_label = ? AND state IN ('failed', 'retrying')"
+        where = "last_label = ? AND state IN ('failed', 'retrying') AND state != 'done'"
         params: list[Any] = [label]
         for column, value in (("pipeline", pipeline), ("stage", stage)):
             if value is not None:
@@ -185,10 +186,12 @@ def _where(wanted: RunFilter) -> tuple[str, list[Any]]:
             clauses.append(f"runs.{column} = ?")
             params.append(value)
     if wanted.status == FAILURES:
-        clauses.append("runs.status IN ('failed', 'timed_out')")
+        clauses.append("runs.status IN ('failed', 'timed_out') AND runs.status != 'ok'")
     elif wanted.status is not None:
         clauses.append("runs.status = ?")
         params.append(wanted.status)
+        if wanted.status != "ok":  # the partial index's WHERE, so runs_by_status answers it
+            clauses.append("runs.status != 'ok'")
     if wanted.since is not None:
         clauses.append("runs.started_at >= ?")
         params.append(wanted.since)

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pipewarden.store import rollup
-from pipewarden.store.records import Claimed, Enqueued, FinishedRun, NewRun, Recovered
+from pipewarden.store.records import (
+    Claimed,
+    Enqueued,
+    FinishedRun,
+    NewRun,
+    Recovered,
+    trace_id_of,
+)
 from pipewarden.store.sqlite.rollup import Rollup
 from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES, ItemState, RunStatus
 
@@ -26,8 +34,9 @@ _FINISH_RUN_SQL = (
     "progress = COALESCE(?, progress), message = COALESCE(?, message) WHERE id = ?"
 )
 _FINISH_ITEM_SQL = (
-    "UPDATE items SET stage = ?, state = ?, data = ?, attempt = ?, ready_at = ?, channel = ?, "
-    "force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ? WHERE id = ?"
+    "UPDATE items SET stage = ?, state = ?, data = COALESCE(?, data), attempt = ?, ready_at = ?,"
+    " channel = ?, force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ?"
+    " WHERE id = ?"
 )
 _CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE_STATES)
 _PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
@@ -116,26 +125,40 @@ class Queue(Rollup):
             if not rows:
                 return []
             claimed: list[tuple[Claimed, NewRun]] = []
+            number = self._next_run_number()
             for item_id, key, data_json, attempt, force in rows:
                 data = json.loads(data_json)
                 item = Claimed(item_id, key, data, attempt + 1, bool(force))
-                claimed.append((item, describe(item_id, key, data)))
+                new_run = replace(
+                    describe(item_id, key, data),
+                    run_id=str(number), trace_id=trace_id_of(number, now),
+                )  # fmt: skip
+                claimed.append((item, new_run))
+                number += 1
             self._conn.executemany(
                 "UPDATE items SET state = 'running', attempt = ?, channel = ?, last_run_id = ?,"
                 " updated_at = ? WHERE id = ?",
                 [(c.attempt, r.channel, r.run_id, now, c.item_id) for c, r in claimed],
             )
             self._conn.executemany(
-                "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel,"
-                " status, started_at, input_fingerprint, code_ref, config_hash, rows_in,"
-                " trace_id, daemon) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?, ?)",
+                "INSERT INTO runs (rowid, id, pipeline, stage, item_id, item_key, attempt,"
+                " channel, status, started_at, input_fingerprint, code_ref, config_hash,"
+                " rows_in, daemon) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?)",
                 [
-                    (r.run_id, pipeline, stage, c.item_id, c.key, c.attempt, r.channel, now,
-                     r.input_fingerprint, r.code_ref, r.config_hash, r.trace_id, self.daemon)
+                    (int(r.run_id), r.run_id, pipeline, stage, c.item_id, c.key, c.attempt,
+                     r.channel, now, r.input_fingerprint, r.code_ref, r.config_hash, self.daemon)
                     for c, r in claimed
                 ],
             )  # fmt: skip
         return claimed
+
+    def _next_run_number(self) -> int:
+        """A run's id is its row number, as a string: short, in the order runs start, and
+        appended at the end of every index that holds it (a random id dirtied a random
+        page per insert). The newest run is never pruned (it is its item's latest), so a
+        number is not given twice. Asked inside the write lock: no other writer races."""
+        (last,) = self._conn.execute("SELECT MAX(rowid) FROM runs").fetchone()
+        return (last or 0) + 1
 
     def finish(
         self, finished: Iterable[FinishedRun], progress: dict[str, tuple[float | None, str | None]]
@@ -180,7 +203,8 @@ class Queue(Rollup):
         """(pid, pgid, start time) of the worker processes of runs left `running`."""
         return self._conn.execute(
             "SELECT pid, pgid, proc_start FROM runs INDEXED BY runs_by_status"
-            " WHERE status = 'running' AND pgid IS NOT NULL AND proc_start IS NOT NULL"
+            " WHERE status = 'running' AND status != 'ok' AND pgid IS NOT NULL"
+            " AND proc_start IS NOT NULL"
         ).fetchall()
 
     def recover_interrupted(
@@ -207,7 +231,7 @@ class Queue(Rollup):
         with self._write():
             rows = self._conn.execute(
                 "SELECT r.id, r.pipeline, r.stage, r.item_key, r.item_id, r.attempt, r.started_at"
-                " FROM runs r WHERE r.status = 'running'"
+                " FROM runs r WHERE r.status = 'running' AND r.status != 'ok'"
             ).fetchall()
             for run_id, pipeline, stage, key, item_id, attempt, started_at in rows:
                 held = (pipeline, stage) in hold_stages
@@ -243,7 +267,8 @@ class Queue(Rollup):
             for state in CLAIMABLE_STATES:  # one index seek each; an IN list made it a scan
                 (ready_at,) = self._conn.execute(
                     "SELECT MIN(ready_at) FROM items INDEXED BY items_claim"
-                    f" WHERE pipeline = ? AND stage = ? AND state = ?{where}",
+                    f" WHERE pipeline = ? AND stage = ? AND state = ?"
+                    f" AND state IN ({_CLAIMABLE}){where}",
                     (pipeline, stage, state, *params),
                 ).fetchone()
                 if ready_at is not None and (soonest is None or ready_at < soonest):

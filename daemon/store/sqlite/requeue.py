@@ -28,7 +28,7 @@ class Requeue(Connected):
         since: float | None = None, dry_run: bool = False, force: bool = False,
     ) -> int:  # fmt: skip
         """Failed and retrying items with `label` back in the queue, attempts reset."""
-        where = "last_label = ? AND state IN ('failed', 'retrying')"
+        where = "last_label = ? AND state IN ('failed', 'retrying') AND state != 'done'"
         params: list[Any] = [label]
         for column, value in (("pipeline", pipeline), ("stage", stage)):
             if value is not None:
@@ -81,7 +81,8 @@ class Requeue(Connected):
     def _held(self, pipeline: str, keys: Sequence[str] | None) -> list[tuple[int, str]]:
         if keys is None:
             return self._conn.execute(
-                "SELECT id, key FROM items WHERE state = 'held' AND pipeline = ? ORDER BY id",
+                "SELECT id, key FROM items WHERE state = 'held' AND state != 'done'"
+                " AND pipeline = ? ORDER BY id",
                 (pipeline,),
             ).fetchall()
         rows = []
@@ -103,7 +104,7 @@ class Requeue(Connected):
 
     def held_count(self, label: str, pipeline: str | None = None, stage: str | None = None) -> int:
         """Held items whose last label is `label` (a `retry` by label does not take them)."""
-        where, params = "state = 'held' AND last_label = ?", [label]
+        where, params = "state = 'held' AND state != 'done' AND last_label = ?", [label]
         for column, value in (("pipeline", pipeline), ("stage", stage)):
             if value is not None:
                 where += f" AND {column} = ?"

@@ -63,7 +63,53 @@ _COUNTS_MIGRATION = [  # 5: item counts for the status tree, and the indexes it 
     "CREATE INDEX runs_by_stage_end ON runs (pipeline, stage, finished_at, cost)",
 ]
 
-# Each step upgrades the schema by one version; a step never changes once shipped.
+# 11 (issue 13): fewer bytes per item. A new run's id is its rowid as a string (short,
+# time-ordered: appended at the end of every index; older runs keep their uuid), its trace
+# id is derived from its start and number instead of 16 random bytes kept, its input
+# fingerprint is 16 hex digits (an older run's 32 still match by prefix), and an index
+# leaves out the rows no query reads through it. Every index kept is named below by the
+# query that reads it; a partial index is read only by queries that repeat its WHERE.
+_FEWER_BYTES_MIGRATION = [
+    # Old runs keep the trace id they were given; a new run's is computed (records.trace_id_of).
+    "ALTER TABLE runs RENAME COLUMN trace_id TO trace_kept",
+    "ALTER TABLE runs ADD COLUMN trace_id TEXT GENERATED ALWAYS AS (coalesce(trace_kept,"
+    " printf('%016x%016x', CAST(started_at * 1000000 AS INTEGER), CAST(id AS INTEGER))))"
+    " VIRTUAL",
+    # runs_recent (started_at) stays: the page's run list (finds.find_runs), prune, export.
+    # runs_by_stage (pipeline, stage, started_at) stays: the page's list of a stage's runs.
+    # runs_by_stage_end stays: count_runs, last_run_statuses, recent_durations,
+    # stage_durations, cost_since (covering), the charts.
+    # running_processes, running_runs, recovery, failure_texts and the page's failures:
+    # the runs not ok, a few in a hundred.
+    "DROP INDEX runs_by_status",
+    "CREATE INDEX runs_by_status ON runs (status, started_at) WHERE status != 'ok'",
+    # earlier_success (the checkpoint lookup): only ok runs that kept their data count.
+    "DROP INDEX runs_by_fingerprint",
+    "CREATE INDEX runs_by_fingerprint ON runs (input_fingerprint)"
+    " WHERE status = 'ok' AND data_out IS NOT NULL",
+    # internal_failures_in_a_row, item_runs, prune's newer run: an item's runs, in rowid
+    # (start) order.
+    "DROP INDEX runs_by_item",
+    "CREATE INDEX runs_by_item ON runs (item_id)",
+    # label_failures (the guard's same-label count): only labelled runs.
+    "DROP INDEX runs_by_channel_label",
+    "CREATE INDEX runs_by_channel_label ON runs (channel, label, finished_at)"
+    " WHERE label IS NOT NULL",
+    # claim, next_ready_at, deferred_reasons' soonest wake: items that can be claimed.
+    "DROP INDEX items_claim",
+    "CREATE INDEX items_claim ON items (pipeline, stage, state, ready_at)"
+    " WHERE state IN ('queued', 'retrying', 'deferred')",
+    # defer_channel (business hours): the claimable items of a channel.
+    "DROP INDEX items_by_channel",
+    "CREATE INDEX items_by_channel ON items (channel, state, ready_at)"
+    " WHERE state IN ('queued', 'retrying', 'deferred')",
+    # label_counts, deferred_reasons, requeue_by_label, the held items: items not done.
+    "DROP INDEX items_label_recent",
+    """CREATE INDEX items_label_recent ON items
+        (state, pipeline, stage, last_group, last_label, updated_at) WHERE state != 'done'""",
+    # items_state_recent stays whole: state_counts' changed-lately counts of every state.
+]
+
 # Each step upgrades the schema by one version; a step never changes once shipped.
 MIGRATIONS: list[list[str]] = [
     [  # 1: items and runs
@@ -204,6 +250,7 @@ MIGRATIONS: list[list[str]] = [
                 AND runs.finished_at >= unixepoch() - {BACKFILL_S} AND runs.status != 'running'
             GROUP BY 1, 2, 3, 4, 5""",
     ],
+    _FEWER_BYTES_MIGRATION,  # 13
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -14,8 +14,8 @@ from pipewarden.store.records import FailureText, Relabel
 from pipewarden.store.sqlite.base import Connected
 
 _FAILURES = (
-    "status IN ('failed', 'timed_out') AND started_at >= ? AND group_name IS NOT NULL"
-    " AND coalesce(category, '') != 'daemon'"
+    "status IN ('failed', 'timed_out') AND status != 'ok' AND started_at >= ?"
+    " AND group_name IS NOT NULL AND coalesce(category, '') != 'daemon'"
 )
 _TEXT_KEY = "pipeline, stage, coalesce(error, ''), coalesce(error_type, ''), group_name, label"
 

@@ -1,0 +1,77 @@
+"""Every query of the hot path and the status paths reads through an index: the schema
+keeps only the indexes these need, several of them partial, and a partial index serves
+only a query that repeats its WHERE. A full scan here would be seconds on a large store."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pipewarden.store import NewRun, Store
+
+P, S = "sites", "find"
+
+
+def describe(item_id: int, key: str, data: dict) -> NewRun:
+    return NewRun(item_id, "web", f"fp-{key}", "cfg", None)
+
+
+OPERATIONS: dict[str, Callable[[Store], object]] = {
+    "claim": lambda s: s.claim(P, S, 2, 10.0, describe, ["sms"]),
+    "next_ready_at": lambda s: s.next_ready_at([(P, S)], ["sms"]),
+    "defer_channel": lambda s: s.defer_channel("sms", 99.0, 10.0, "Closed"),
+    "earlier_success": lambda s: s.earlier_success(P, S, "0123456789abcdef"),
+    "running_processes": lambda s: s.running_processes(),
+    "running_runs": lambda s: s.running_runs(),
+    "recent failed runs": lambda s: s.recent_runs(10, status="failed"),
+    "label_failures": lambda s: s.label_failures("web", "Timeout", 0.0, 3),
+    "item runs": lambda s: s.internal_failures_in_a_row(1, "1", 3),
+    "failure_texts": lambda s: s.failure_texts(0.0),
+    "state_counts": lambda s: s.state_counts(0.0, 0.0),
+    "label_counts": lambda s: s.label_counts(0.0, 0.0),
+    "deferred_reasons": lambda s: s.deferred_reasons(P, S, 0.0, 0.0),
+    "requeue_by_label": lambda s: s.requeue_by_label("Timeout", 10.0, dry_run=True),
+    "held_count": lambda s: s.held_count("Timeout"),
+    "change_held": lambda s: s.change_held(P, None, 10.0, dry_run=True),
+    "item_channels": lambda s: s.item_channels(),
+    "cost_since": lambda s: s.cost_since(P, [S], 0.0),
+}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path)
+    store.enqueue(P, S, [(f"k{n}", {}) for n in range(20)], 1.0)
+    store.enqueue(P, S, [("sms", {})], 1.0, channel_for=lambda data: "sms")
+    store.claim(P, S, 5, 2.0, describe)
+    yield store
+    store.close()
+
+
+def plans(store: Store, operation: Callable[[Store], object]) -> list[tuple[str, str]]:
+    """(statement, its query plan) of every read and write the operation made."""
+    conn: sqlite3.Connection = store.db.connection()
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        operation(store)
+    finally:
+        conn.set_trace_callback(None)
+    found = []
+    for sql in statements:
+        if sql.split()[0].upper() in ("SELECT", "UPDATE", "DELETE", "WITH"):
+            plan = conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+            found.append((sql, "; ".join(row[3] for row in plan)))
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_each_query_reads_items_and_runs_through_an_index(store: Store, name: str):
+    found = plans(store, OPERATIONS[name])
+    assert found, f"{name} ran no query"
+    for sql, plan in found:
+        for table in ("items", "runs"):
+            scans = [step for step in plan.split("; ") if step.startswith(f"SCAN {table}")]
+            assert not scans, f"{name}: {sql}\n  walks every row: {plan}"
