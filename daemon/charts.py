@@ -45,7 +45,7 @@ def _chart(store: Store, pipeline: str, stage: Stage, start: float, width: float
         f"SELECT CAST((runs.finished_at - ?) / ? AS INTEGER) AS slot, {_OUTCOME_SQL}, COUNT(*)"
         " FROM runs LEFT JOIN items ON items.id = runs.item_id"
         " WHERE runs.pipeline = ? AND runs.stage = ? AND runs.finished_at >= ?"
-        " AND runs.status NOT IN ('running') GROUP BY 1, 2",
+        " AND runs.status NOT IN ('running') AND runs.replay_of IS NULL GROUP BY 1, 2",
         (start, width, pipeline, stage.name, start),
     ).fetchall()
     for slot, outcome, count in rows:

@@ -6,7 +6,6 @@ checkpoints (an input that already passed a stage is skipped, not run again).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import secrets
@@ -14,6 +13,7 @@ import uuid
 
 from pipewarden.attempts import log_run
 from pipewarden.config import Stage
+from pipewarden.fingerprint import input_fingerprint
 from pipewarden.guard import FAILED
 from pipewarden.judging import checked_item_data
 from pipewarden.outcomes import (
@@ -191,15 +191,15 @@ class Claims:
 
     def _new_run(self, stage: Stage, item_id: int, key: str, data: dict) -> NewRun:
         config_hash = stage.config_hash
-        # The input: the item (its key belongs to it), its data, the stage, the code.
-        item = json.dumps([stage.pipeline, key, data], sort_keys=True, default=str)
         code = self.code.get(stage.qualified_name)
-        blob = item + config_hash + (self.code_ref or "") + (code.digest if code else "")
+        fingerprint = input_fingerprint(
+            stage.pipeline, key, data, config_hash, self.code_ref, code.digest if code else ""
+        )
         return NewRun(
             run_id=uuid.uuid4().hex,
             item_id=item_id,
             channel=stage.channel_for(data),
-            input_fingerprint=hashlib.sha256(blob.encode()).hexdigest()[:32],
+            input_fingerprint=fingerprint,
             config_hash=config_hash,
             code_ref=self.code_ref,
             trace_id=secrets.token_hex(16),

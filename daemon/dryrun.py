@@ -69,7 +69,7 @@ def prune_preview(store: Store, older_than: float) -> Preview:
     where = (
         "started_at < ? AND finished_at IS NOT NULL AND finished_at < ? AND status != 'running'"
         " AND EXISTS (SELECT 1 FROM runs AS newer WHERE newer.item_id = runs.item_id"
-        " AND newer.started_at > runs.started_at)"
+        " AND newer.started_at > runs.started_at AND newer.replay_of IS NULL)"
     )
     conn = store.db.connection()
     params = (older_than, older_than)

@@ -21,7 +21,8 @@ ERROR_SHOWN = 300  # characters of a run's error in a list; its record has the w
 _LATER_OK = (
     "(runs.status IN ('failed', 'timed_out') AND EXISTS (SELECT 1 FROM runs AS later"
     " WHERE later.item_id = runs.item_id AND later.stage = runs.stage"
-    " AND later.status = 'ok' AND later.started_at > runs.started_at))"
+    " AND later.status = 'ok' AND later.started_at > runs.started_at"
+    " AND later.replay_of IS NULL))"
 )
 _LISTED = ", ".join(f"runs.{name}" for name in RUN_FIELDS if name != "id")
 

@@ -437,7 +437,7 @@ def _cmd_why(args: argparse.Namespace) -> int:
         story = item_story(config, store, pipeline, args.key, time.time())
     finally:
         store.close()
-    judged = [run for run in story["runs"] if run["label"]]
+    judged = [run for run in story["runs"] if run["label"] and not run["replay_of"]]
     if story["last_label"] or judged:
         last = judged[-1] if judged else {"rule": None, "label": story["last_label"]}
         story["advice"] = advice_of(current_rules(config), last["rule"], last["label"])

@@ -155,6 +155,11 @@ class Storage(Protocol):
     def cost_since(self, pipeline: str, stages: Sequence[str], since: float) -> float:
         """The pipeline's summed run cost since `since`: one index range per stage."""
 
+    def add_replay(self, run: dict[str, Any]) -> None:
+        """A finished run that `pipewarden replay --record` ran: its fields by column name,
+        `replay_of` (the run it replayed) among them. No item changes; the reads that count
+        production work (the guard's, budgets, checkpoints, durations, charts) leave it out."""
+
     def running_runs(self) -> list[Run]: ...
 
     def recent_durations(self, pipeline: str, stage: str, count: int) -> list[float]:

@@ -81,6 +81,7 @@ class Run(pw.Model):
     original_rule_id = pw.TextField(null=True)
     original_rules_version = pw.TextField(null=True)
     reclassified_at = pw.FloatField(null=True)
+    replay_of = pw.TextField(null=True)  # schema 11: the run `pipewarden replay` ran again
 
     class Meta:
         table_name = "runs"

@@ -184,6 +184,47 @@ def test_the_guard_reads_failures_costs_and_earlier_successes(storage: Storage):
     assert storage.runs_with_prefix("run-a")[0].id == ra.run_id
 
 
+def test_a_recorded_replay_is_a_run_that_no_production_read_counts(storage: Storage):
+    storage.enqueue(P, S, [("a", {})], 1.0)
+    ((a, ra),) = claim(storage)
+    storage.finish([ended(a, ra, RunStatus.FAILED, 11.0, error="opted out", label="Opted out",
+                          cost=0.5)], {})  # fmt: skip
+    item_before = storage.item(P, "a")
+    for status, error, label in (("failed", "opted out", "Opted out"), ("ok", None, None)):
+        storage.add_replay({
+            "id": f"replay-{status}", "pipeline": P, "stage": S, "item_id": a.item_id,
+            "item_key": "a", "attempt": 1, "channel": "web", "status": status,
+            "started_at": 20.0, "finished_at": 21.0, "duration_s": 1.0, "error": error,
+            "label": label, "input_fingerprint": "fp-a", "data_out": "{}", "replay_of": ra.run_id,
+        })  # fmt: skip
+    assert [r.replay_of for r in storage.item_runs(a.item_id)] == [None, ra.run_id, ra.run_id]
+    assert storage.runs_with_prefix("replay-ok")[0].replay_of == ra.run_id
+    assert storage.label_failures("web", "Opted out", 0.0, samples=5) == (1, ["opted out"])
+    assert storage.count_runs(P, S, "ok", 0.0) == 0 and storage.count_runs(P, S, "failed", 0.0) == 1
+    assert storage.last_run_statuses(P, S, 5) == [("failed", "opted out")]
+    assert storage.earlier_success(P, S, "fp-a") is None  # a replay is no checkpoint
+    assert storage.recent_durations(P, S, 5) == []
+    assert storage.stage_durations(P, S, 0.0) == [("failed", 1.0)]
+    assert storage.cost_since(P, [S], 0.0) == 0.5
+    item_after = storage.item(P, "a")
+    assert (item_after.state, item_after.last_run_id, item_after.updated_at) == (
+        item_before.state, item_before.last_run_id, item_before.updated_at)  # fmt: skip
+    assert storage.prune_batch(older_than=15.0) == 0  # a replay does not make ra prunable
+    with pytest.raises(ValueError, match="replay_of"):
+        storage.add_replay(
+            {
+                "id": "x",
+                "pipeline": P,
+                "stage": S,
+                "item_id": a.item_id,
+                "item_key": "a",
+                "attempt": 1,
+                "status": "ok",
+                "started_at": 1.0,
+            }
+        )
+
+
 # -- many items at once -----------------------------------------------------------------------
 def test_retry_by_label_counts_first_then_requeues_and_held_items_are_released_or_failed(
     storage: Storage,

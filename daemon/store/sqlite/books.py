@@ -42,7 +42,7 @@ class Books(Connected):
                 # a newer run of the same item exists (runs_by_item answers it), so this
                 # one is not the item's latest
                 " AND EXISTS (SELECT 1 FROM runs AS newer WHERE newer.item_id = runs.item_id"
-                " AND newer.started_at > runs.started_at)"
+                " AND newer.started_at > runs.started_at AND newer.replay_of IS NULL)"
                 " LIMIT ?)",
                 (older_than, older_than, limit),
             ).rowcount

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pipewarden.store.models import Item, Run
 from pipewarden.store.sqlite.base import Connected
@@ -14,7 +15,7 @@ class History(Connected):
     def count_runs(self, pipeline: str, stage: str, status: str, since: float) -> int:
         return self._conn.execute(
             "SELECT COUNT(*) FROM runs WHERE pipeline = ? AND stage = ? AND status = ?"
-            " AND finished_at >= ?",
+            " AND finished_at >= ? AND replay_of IS NULL",
             (pipeline, stage, status, since),
         ).fetchone()[0]
 
@@ -28,7 +29,7 @@ class History(Connected):
         row = self._conn.execute(
             "SELECT id, data_out FROM runs INDEXED BY runs_by_fingerprint"
             " WHERE input_fingerprint = ? AND status = 'ok' AND pipeline = ? AND stage = ?"
-            " AND data_out IS NOT NULL ORDER BY finished_at DESC LIMIT 1",
+            " AND data_out IS NOT NULL AND replay_of IS NULL ORDER BY finished_at DESC LIMIT 1",
             (fingerprint, pipeline, stage),
         ).fetchone()
         return (row[0], row[1]) if row else None
@@ -38,7 +39,7 @@ class History(Connected):
         failed for an internal reason: an item the daemon cannot record stops there."""
         rows = self._conn.execute(
             "SELECT category, type FROM runs INDEXED BY runs_by_item WHERE item_id = ?"
-            " AND id != ? ORDER BY started_at DESC LIMIT ?",
+            " AND id != ? AND replay_of IS NULL ORDER BY started_at DESC LIMIT ?",
             (item_id, current_run, limit),
         ).fetchall()
         internal = ("daemon", "internal")  # as outcomes.INTERNAL classifies them
@@ -51,7 +52,7 @@ class History(Connected):
         latest few error texts."""
         where = (
             "FROM runs INDEXED BY runs_by_channel_label WHERE channel = ? AND label = ?"
-            " AND finished_at >= ? AND status IN ('failed', 'timed_out')"
+            " AND finished_at >= ? AND status IN ('failed', 'timed_out') AND replay_of IS NULL"
         )
         params = (channel, label, since)
         (count,) = self._conn.execute(f"SELECT COUNT(*) {where}", params).fetchone()
@@ -67,7 +68,8 @@ class History(Connected):
         newest first."""
         return self._conn.execute(
             "SELECT status, error FROM runs WHERE pipeline = ? AND stage = ?"
-            " AND finished_at IS NOT NULL AND finished_at > ? ORDER BY finished_at DESC LIMIT ?",
+            " AND finished_at IS NOT NULL AND finished_at > ? AND replay_of IS NULL"
+            " ORDER BY finished_at DESC LIMIT ?",
             (pipeline, stage, float("-inf") if since is None else since, count),
         ).fetchall()
 
@@ -83,6 +85,17 @@ class History(Connected):
             total += cost
         return total
 
+    def add_replay(self, run: dict[str, Any]) -> None:
+        """A finished run that `pipewarden replay --record` ran: its fields as columns,
+        `replay_of` among them. No item changes."""
+        if not run.get("replay_of"):
+            raise ValueError("a replay names the run it replayed (replay_of)")
+        with self._write():
+            self._conn.execute(
+                f"INSERT INTO runs ({', '.join(run)}) VALUES ({', '.join('?' * len(run))})",
+                list(run.values()),
+            )
+
     def running_runs(self) -> list[Run]:
         return list(
             self.Run.select().where(self.Run.status == "running").order_by(self.Run.started_at)
@@ -94,7 +107,8 @@ class History(Connected):
             row[0]
             for row in self._conn.execute(
                 "SELECT duration_s FROM runs WHERE pipeline = ? AND stage = ? AND status = 'ok'"
-                " AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+                " AND finished_at IS NOT NULL AND replay_of IS NULL"
+                " ORDER BY finished_at DESC LIMIT ?",
                 (pipeline, stage, count),
             )
         ]
@@ -103,7 +117,8 @@ class History(Connected):
         """(status, duration_s) of the stage's runs that ended since `since`."""
         return self._conn.execute(
             "SELECT status, duration_s FROM runs WHERE pipeline = ? AND stage = ?"
-            " AND finished_at >= ? AND status NOT IN ('running', 'interrupted')",
+            " AND finished_at >= ? AND status NOT IN ('running', 'interrupted')"
+            " AND replay_of IS NULL",
             (pipeline, stage, since),
         ).fetchall()
 

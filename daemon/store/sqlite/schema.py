@@ -172,6 +172,10 @@ MIGRATIONS: list[list[str]] = [
             WHEN NEW.relabelled_at IS NOT NULL AND NEW.last_run_id IS NOT OLD.last_run_id
             BEGIN UPDATE items SET relabelled_at = NULL WHERE id = NEW.id; END""",
     ],
+    [  # 11: a run `pipewarden replay --record` kept: the run it replayed (production reads
+        # leave such runs out; they never change an item)
+        "ALTER TABLE runs ADD COLUMN replay_of TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
