@@ -21,12 +21,16 @@ The time limit costs two clock reads (system calls) a match, more than most matc
 
 The classifier's prefilter, RE2, is linear-time but reads less syntax: `Prefilter`
 widens each rule for it and says why RE2 cannot read one (such a rule is confirmed by
-Python alone). `Matcher.repeats_a_repeat` flags the shape of catastrophic backtracking.
+Python alone). RE2 is optional (`pipewarden[re2]`): without google-re2, or with
+PIPEWARDEN_RULES_ENGINE=python, every rule is a candidate and Python confirms each in
+turn — the same answers, more slowly. `Matcher.repeats_a_repeat` flags the shape of
+catastrophic backtracking.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import re._compiler
 import re._constants as sre
@@ -36,6 +40,7 @@ from typing import Any
 
 import regex
 
+ENGINE_VARIABLE = "PIPEWARDEN_RULES_ENGINE"  # "python": no RE2 prefilter, even if installed
 MATCH_BUDGET_S = 0.025  # one rule on one message; past it the rule counts as no match
 WORK_MAX = 1_000_000  # backtracking steps a match may take without the timer (ms at worst)
 
@@ -184,14 +189,17 @@ class Prefilter:
     CHUNK = 1000  # patterns per RE2 set: bounds each set's memory
 
     def __init__(self, sources: list[str]):
-        import re2  # google-re2: imported where a prefilter is built, not by the CLI's start
-
         self.size = len(sources)
         self.refused: dict[int, str] = {}  # index -> why RE2 cannot read that pattern
+        self._sets: list[tuple[list[int], Any]] = []
+        self._whole: Any = None
+        re2 = re2_module()
+        if re2 is None:  # no RE2: every pattern is a candidate, confirmed by Python
+            self._always = list(range(self.size))
+            return
         always = [n for n, source in enumerate(sources) if PYTHON_ONLY.search(source)]
         indexed = [n for n in range(len(sources)) if n not in set(always)]
         options = _re2_options(re2)
-        self._sets: list[tuple[list[int], Any]] = []
         for start in range(0, len(indexed), self.CHUNK):
             chunk, members = re2.Set.SearchSet(options), []
             for n in indexed[start : start + self.CHUNK]:
@@ -221,6 +229,35 @@ class Prefilter:
         except UnicodeEncodeError:  # RE2 takes UTF-8; a lone surrogate is not
             return list(range(self.size))
         return sorted(hits + self._always) if hits else self._always
+
+
+def re2_module() -> Any:
+    """google-re2's module, or None where it is not installed or PIPEWARDEN_RULES_ENGINE says
+    python. Imported where a prefilter is built, not by the CLI's start."""
+    if os.environ.get(ENGINE_VARIABLE, "").strip().lower() == "python":
+        return None
+    try:
+        import re2
+    except ImportError:
+        return None
+    return re2
+
+
+def engine() -> str:
+    """Which engine prefilters the rules, as `doctor` says it."""
+    if re2_module() is None:
+        how = (
+            f"{ENGINE_VARIABLE}=python"
+            if os.environ.get(ENGINE_VARIABLE, "").strip().lower() == "python"
+            else "install pipewarden[re2]"
+        )
+        return f"Python re ({how} for RE2's one pass over all the rules: the same answers, faster)"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"RE2 prefilter (google-re2 {version('google-re2')})"
+    except PackageNotFoundError:
+        return "RE2 prefilter (google-re2)"
 
 
 def _re2_options(re2: Any) -> Any:
