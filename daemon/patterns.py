@@ -184,6 +184,10 @@ class Prefilter:
     in syntax RE2 lacks, or that RE2 refuses (`refused` says why), is always a
     candidate: Python confirms it on every text. So is every pattern when the text is
     one RE2 cannot take (a lone surrogate). Never raises for a pattern or a text.
+
+    Without RE2, a pattern is a candidate for a text that holds one of the plain ASCII
+    texts every match of it holds (`required_text`), compared without case, and for every
+    text that is not ASCII (where `re`'s case folding goes past ASCII's).
     """
 
     CHUNK = 1000  # patterns per RE2 set: bounds each set's memory
@@ -193,9 +197,11 @@ class Prefilter:
         self.refused: dict[int, str] = {}  # index -> why RE2 cannot read that pattern
         self._sets: list[tuple[list[int], Any]] = []
         self._whole: Any = None
+        self._required: list[tuple[int, tuple[str, ...]]] | None = None  # without RE2
         re2 = re2_module()
-        if re2 is None:  # no RE2: every pattern is a candidate, confirmed by Python
+        if re2 is None:
             self._always = list(range(self.size))
+            self._required = [(n, required_text(source)) for n, source in enumerate(sources)]
             return
         always = [n for n, source in enumerate(sources) if PYTHON_ONLY.search(source)]
         indexed = [n for n in range(len(sources)) if n not in set(always)]
@@ -221,6 +227,13 @@ class Prefilter:
 
     def candidates(self, text: str) -> list[int]:
         """Indexes of the patterns that may match `text`, in order."""
+        if self._required is not None:
+            if not text.isascii():
+                return self._always
+            folded = text.lower()
+            return [
+                n for n, texts in self._required if not texts or any(t in folded for t in texts)
+            ]
         try:
             if self._whole is not None:  # the common case, kept short: it runs per failure
                 hits = self._whole.Match(text)
@@ -229,6 +242,39 @@ class Prefilter:
         except UnicodeEncodeError:  # RE2 takes UTF-8; a lone surrogate is not
             return list(range(self.size))
         return sorted(hits + self._always) if hits else self._always
+
+
+def required_text(source: str, flags: int = re.IGNORECASE) -> tuple[str, ...]:
+    """Texts of ASCII characters, in lower case, one of which every match of the pattern
+    holds (the longest such choice found); () when none is known: every text may match."""
+    tree = _tree(source, flags)
+    return _required(tree) if tree is not None else ()
+
+
+def _required(items: Any) -> tuple[str, ...]:
+    choices: list[tuple[str, ...]] = []
+    run = ""
+    for op, argument in items:
+        if op is sre.LITERAL and argument < 128:
+            run += chr(argument)
+            continue
+        choices.append((run,))
+        run = ""
+        if op is sre.SUBPATTERN:
+            choices.append(_required(argument[3]))
+        elif op is sre.ATOMIC_GROUP:
+            choices.append(_required(argument))
+        elif op in (*_BACKTRACKING_REPEATS, sre.POSSESSIVE_REPEAT) and argument[0] >= 1:
+            choices.append(_required(argument[2]))
+        elif op is sre.BRANCH:
+            branches = [_required(branch) for branch in argument[1]]
+            if all(branches):  # one of each branch's texts: one of them all
+                choices.append(tuple(text for branch in branches for text in branch))
+    choices = [choice for choice in [*choices, (run,)] if choice and all(choice)]
+    if not choices:
+        return ()
+    best = max(choices, key=lambda choice: min(map(len, choice)))
+    return tuple(dict.fromkeys(text.lower() for text in best))
 
 
 def re2_module() -> Any:

@@ -11,12 +11,14 @@ import pytest
 from conftest import REPO, Project
 from pipewarden import packs
 from pipewarden.classifier import Classifier
-from pipewarden.patterns import ENGINE_VARIABLE, re2_module
+from pipewarden.patterns import ENGINE_VARIABLE, re2_module, required_text
 from pipewarden.rules import load_rules
 from test_classifier import ACCOUNT, OUTREACH, SITES
 from test_packs import corpus
 
-UNMATCHED = ["the flux capacitor overheated", "", "x" * 5000, "\ud800 a lone surrogate"]
+UNMATCHED = ["the flux capacitor overheated", "", "x" * 5000, "\ud800 a lone surrogate",
+             "Request failed with \u017ftatus code 429",  # re folds the long s to s
+             "read ECONNRESET \u212a", "HTTP 503 \u0130stanbul"]  # fmt: skip
 SCOPES = [(None, None), ("sites", "capture"), ("outreach", "send")]
 
 # Runs the CLI in a Python where `import re2` fails, as where google-re2 is not installed.
@@ -33,6 +35,21 @@ sys.meta_path.insert(0, NoRe2())
 from pipewarden.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def test_the_texts_a_pattern_requires_are_plain_ascii_runs_it_cannot_match_without():
+    assert required_text("EACCES") == ("eacces",)
+    assert required_text(r"Request failed with status code 4\d\d") == (
+        "request failed with status code 4",
+    )
+    assert required_text(r"(?x) timed \s+ out after") == ("outafter",)  # as verbose reads it
+    assert required_text("ECONNRESET|ETIMEDOUT|(Not )?found") == ("econnreset", "etimedout",
+                                                                  "found")  # fmt: skip
+    assert required_text(r"adb.*(timed? ?out|timeout)") == ("time",)  # re factors "time" out
+    assert required_text("a|.b") == ("a", "b") and required_text("a|.") == ()
+    assert required_text(r"^\d+$") == ()
+    assert required_text("(?:x)*y|z") == ("y", "z")  # a group that may be absent tells nothing
+    assert required_text("caf\u00e9 au lait") == (" au lait",)
 
 
 def _judged(classifier: Classifier, texts: list[str]) -> list[tuple]:

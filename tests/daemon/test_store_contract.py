@@ -245,6 +245,31 @@ def test_retry_by_label_counts_first_then_requeues_and_held_items_are_released_o
     assert failed.changed == ["a"] and storage.item(P, "a").state == ItemState.FAILED
 
 
+def test_retry_by_label_in_chunks_takes_each_item_once(storage: Storage):
+    storage.enqueue(P, S, [(k, {}) for k in "abcde"], 1.0)
+    storage.finish([ended(c, r, RunStatus.FAILED, 11.0, label="Timeout", error="t")
+                    for c, r in claim(storage)], {})  # fmt: skip
+    assert storage.requeue_by_label("Timeout", 20.0, before=15.0, limit=2) == 2
+    assert storage.requeue_by_label("Timeout", 20.0, before=15.0, limit=2, dry_run=True) == 2
+    # The two requeued fail again meanwhile: a later chunk of the same retry leaves them be.
+    again = claim(storage, now=21.0)
+    storage.finish([ended(c, r, RunStatus.FAILED, 22.0, label="Timeout", error="t")
+                    for c, r in again], {})  # fmt: skip
+    assert storage.requeue_by_label("Timeout", 30.0, before=15.0, limit=2) == 2
+    assert storage.requeue_by_label("Timeout", 30.0, before=15.0, limit=2) == 1
+    assert storage.requeue_by_label("Timeout", 30.0, before=15.0, limit=2) == 0
+    assert storage.requeue_by_label("Timeout", 30.0, dry_run=True) == 2  # those two, failed
+
+
+def test_a_backup_reports_its_progress_up_to_the_whole(storage: Storage, tmp_path: Path):
+    storage.enqueue(P, S, [(f"k{n}", {"pad": "x" * 3000}) for n in range(400)], 1.0)
+    seen: list[tuple[int, int]] = []
+    storage.backup(tmp_path / "copy.db", lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] > 1_000_000
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert (tmp_path / "copy.db").stat().st_size > 1_000_000
+
+
 # -- books, outbox, aggregates ----------------------------------------------------------------
 def test_meta_prune_and_export(storage: Storage):
     storage.set_meta("reload", {"ok": True})
