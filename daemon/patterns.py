@@ -36,6 +36,7 @@ import re._compiler
 import re._constants as sre
 import re._parser
 import warnings
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import regex
@@ -225,15 +226,10 @@ class Prefilter:
         whole = len(self._sets) == 1 and not self._always  # one set, indexes as given
         self._whole = self._sets[0][1] if whole else None
 
-    def candidates(self, text: str) -> list[int]:
+    def candidates(self, text: str) -> Iterable[int]:
         """Indexes of the patterns that may match `text`, in order."""
         if self._required is not None:
-            if not text.isascii():
-                return self._always
-            folded = text.lower()
-            return [
-                n for n, texts in self._required if not texts or any(t in folded for t in texts)
-            ]
+            return self._python_candidates(text)
         try:
             if self._whole is not None:  # the common case, kept short: it runs per failure
                 hits = self._whole.Match(text)
@@ -242,6 +238,21 @@ class Prefilter:
         except UnicodeEncodeError:  # RE2 takes UTF-8; a lone surrogate is not
             return list(range(self.size))
         return sorted(hits + self._always) if hits else self._always
+
+    def _python_candidates(self, text: str) -> Iterator[int]:
+        """Without RE2: one at a time, as the caller stops at the first that matches."""
+        if not text.isascii():
+            yield from self._always
+            return
+        folded = text.lower()
+        for n, texts in self._required or ():
+            if not texts:
+                yield n
+                continue
+            for required in texts:
+                if required in folded:
+                    yield n
+                    break
 
 
 def required_text(source: str, flags: int = re.IGNORECASE) -> tuple[str, ...]:
