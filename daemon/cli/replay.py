@@ -14,6 +14,7 @@ from pipewarden.cli.shared import (
     load_config,
     open_store,
 )
+from pipewarden.errors import UsageError
 
 if TYPE_CHECKING:
     from pipewarden.config import Stage
@@ -36,6 +37,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="keep the replay as a run marked replay (shown by `why` and `runs`; never counted"
         " by status, halts, budgets or checkpoints)",
     )  # fmt: skip
+    replay.add_argument(
+        "--force", action="store_true",
+        help="replay a stage whose side effects must not repeat (on_interrupt: hold) anyway",
+    )  # fmt: skip
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -50,6 +55,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         run = find_run(store, args.run_id)
         assert store is not None
         stage = stage_of(config, run)
+        if stage.on_interrupt == "hold" and not args.force:
+            raise UsageError(
+                f"{stage.qualified_name} does what must not be done twice (on_interrupt: hold):"
+                " a replay does it again — add --force to replay it anyway (its worker sees"
+                " PIPEWARDEN_REPLAY and may skip the side effect)"
+            )
         code = stage_code(config).get(stage.qualified_name)
         code_digest = code.digest if code else ""
         found = replay_input(store, run, stage, code_digest)

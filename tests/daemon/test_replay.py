@@ -184,6 +184,27 @@ def test_a_replay_past_the_stage_timeout_ends_the_whole_tree(project: Project):
     assert f"{'type':<18}" in done.stdout
 
 
+def test_a_stage_whose_side_effects_must_not_repeat_is_replayed_only_with_force(
+    project: Project,
+):
+    project.write("send.py", "import os, sys\nprint('sent', os.environ.get('PIPEWARDEN_REPLAY'))\n")
+    project.configure("""
+        outreach:
+          stages:
+            - {name: send, command: [python3, send.py], on_interrupt: hold}
+    """)  # fmt: skip
+    project.cli("enqueue", "outreach", "o-1")
+    assert project.start_daemon("--until-idle").wait(30) == 0
+    (run,) = project.runs("o-1")
+    refused = project.cli("replay", run.id, expect=2)
+    assert refused.stderr.startswith(
+        "pipewarden: outreach/send does what must not be done twice (on_interrupt: hold):"
+    )
+    assert refused.stdout == ""
+    forced = project.cli("replay", run.id, "--force", expect=0)
+    assert f"sent {run.id}\n" in forced.stdout
+
+
 def test_an_unknown_run_id_is_one_line_and_exit_2(project: Project):
     _ran(project)
     done = project.cli("replay", "ffffffff", expect=2)
