@@ -4,6 +4,7 @@ in force (see replay.py)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from pipewarden.cli.shared import (
@@ -67,7 +68,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         ruleset = load_rules(config.rule_paths, config.path.parent)
         for line in _header(run, stage, found.note):
             print(line, flush=True)
-        replayed = replay(config, ruleset, run, stage, found)
+        try:
+            replayed = replay(config, ruleset, run, stage, found)
+        except KeyboardInterrupt:  # the worker's whole tree was ended on the way out
+            print("replay interrupted: the worker and all it started were stopped",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_FAILURE
         print("\n".join(_result_lines(replayed)), flush=True)
         if args.record:
             row = replay_record(replayed, detect_code_ref(config.path.parent), code_digest)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -182,6 +183,32 @@ def test_a_replay_past_the_stage_timeout_ends_the_whole_tree(project: Project):
     assert f"{'status':<18}timed_out" in done.stdout
     assert "Timed out after 1s" in done.stdout
     assert f"{'type':<18}" in done.stdout
+
+
+def test_ctrl_c_ends_the_replay_and_everything_its_worker_started(project: Project):
+    project.write("hang.py", HANG)
+    project.configure("""
+        slow:
+          stages:
+            - {name: wait, command: [python3, hang.py], timeout: 1s, retry: {max_attempts: 1}}
+    """)  # fmt: skip
+    project.cli("enqueue", "slow", "x")
+    assert project.start_daemon("--until-idle").wait(30) == 0
+    (run,) = project.runs("x")
+    replay = subprocess.Popen(
+        [sys.executable, "-m", "pipewarden", "replay", run.id], cwd=project.root,
+        env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert replay.stdout is not None
+    line = ""
+    while not line.startswith("child "):
+        line = replay.stdout.readline()
+        assert line, "the replay ended before its worker started a child"
+    replay.send_signal(signal.SIGINT)
+    _, err = replay.communicate(timeout=20)
+    assert replay.returncode == 1
+    assert err == "replay interrupted: the worker and all it started were stopped\n"
+    assert process_gone(int(line.split()[1]))
 
 
 def test_a_stage_whose_side_effects_must_not_repeat_is_replayed_only_with_force(
