@@ -29,7 +29,7 @@ import random
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipewarden.classifier import Classification, Classifier
@@ -37,6 +37,7 @@ from pipewarden.config import Config, Stage
 from pipewarden.containment import containment
 from pipewarden.errors import UsageError
 from pipewarden.fingerprint import input_fingerprint
+from pipewarden.inputs import encode_json
 from pipewarden.outcomes import Decision, decide
 from pipewarden.pipes import StderrReader, StdoutReader
 from pipewarden.protocol import Verdict, WorkerReport, error_text
@@ -85,17 +86,16 @@ def find_run(store: Storage | None, prefix: str) -> Run:
 
 
 def stage_of(config: Config, run: Run) -> Stage:
+    """The run's stage as the config has it now; UsageError where it has it no more."""
+    pipeline = config.pipelines.get(run.pipeline)
     try:
-        return config.pipeline(run.pipeline).stage(run.stage)
-    except (KeyError, UsageError):
+        if pipeline is None:
+            raise KeyError(run.pipeline)
+        return pipeline.stage(run.stage)
+    except KeyError:
         raise UsageError(
-            f"run {run.id[:8]} ran stage {run.pipeline}/{run.stage}, which the config no longer"
-            " has: nothing to replay it with"
-        ) from None
-    except Exception as exc:  # the config's own "no pipeline named ..."
-        raise UsageError(
-            f"run {run.id[:8]} ran pipeline {run.pipeline}, which the config no longer has:"
-            f" nothing to replay it with ({exc})"
+            f"run {run.id[:8]} ran stage {run.pipeline}/{run.stage}, which {config.path} no"
+            " longer has: nothing to replay it with"
         ) from None
 
 
@@ -178,8 +178,6 @@ def replay(
 
 def _replaying(stage: Stage, run_id: str) -> Stage:
     """The stage with PIPEWARDEN_REPLAY in its workers' environment."""
-    from dataclasses import replace
-
     return replace(stage, env=(*stage.env, (REPLAY_VARIABLE, run_id)))
 
 
@@ -251,6 +249,6 @@ def replay_record(replayed: Replayed, code_ref: str | None, code_digest: str) ->
         "code_ref": code_ref, "config_hash": stage.config_hash, "rows_in": 1,
         "rows_out": report.rows_out, "trace_id": run.trace_id,
         "progress": 1.0 if ok else None,
-        "data_out": json.dumps(report.data or {}) if ok else None,
+        "data_out": encode_json(report.data or {}) if ok else None,
         "replay_of": run.id,
     }  # fmt: skip

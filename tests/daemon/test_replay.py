@@ -233,9 +233,15 @@ def test_a_stage_whose_side_effects_must_not_repeat_is_replayed_only_with_force(
 
 
 def test_an_unknown_run_id_is_one_line_and_exit_2(project: Project):
-    _ran(project)
+    runs = _ran(project)
     done = project.cli("replay", "ffffffff", expect=2)
     assert done.stderr == (
         "pipewarden: no run with id starting 'ffffffff' (see `pipewarden runs tail`)\n"
     )
     assert done.stdout == ""
+    project.configure(PIPELINES.split("    - name: capture")[0])  # capture is gone
+    gone = project.cli("replay", runs["capture"].id, expect=2)
+    assert gone.stderr == (
+        f"pipewarden: run {runs['capture'].id[:8]} ran stage sites/capture, which"
+        f" {project.config_path} no longer has: nothing to replay it with\n"
+    )
