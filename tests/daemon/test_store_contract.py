@@ -188,14 +188,15 @@ def test_a_recorded_replay_is_a_run_that_no_production_read_counts(storage: Stor
     storage.enqueue(P, S, [("a", {})], 1.0)
     ((a, ra),) = claim(storage)
     storage.finish([ended(a, ra, RunStatus.FAILED, 11.0, error="opted out", label="Opted out",
-                          cost=0.5)], {})  # fmt: skip
+                          group_name="terminal", cost=0.5)], {})  # fmt: skip
     item_before = storage.item(P, "a")
     for status, error, label in (("failed", "opted out", "Opted out"), ("ok", None, None)):
         storage.add_replay({
             "id": f"replay-{status}", "pipeline": P, "stage": S, "item_id": a.item_id,
             "item_key": "a", "attempt": 1, "channel": "web", "status": status,
             "started_at": 20.0, "finished_at": 21.0, "duration_s": 1.0, "error": error,
-            "label": label, "input_fingerprint": "fp-a", "data_out": "{}", "replay_of": ra.run_id,
+            "label": label, "group_name": label and "terminal", "input_fingerprint": "fp-a",
+            "data_out": "{}", "replay_of": ra.run_id,
         })  # fmt: skip
     assert [r.replay_of for r in storage.item_runs(a.item_id)] == [None, ra.run_id, ra.run_id]
     assert storage.runs_with_prefix("replay-ok")[0].replay_of == ra.run_id
@@ -206,6 +207,7 @@ def test_a_recorded_replay_is_a_run_that_no_production_read_counts(storage: Stor
     assert storage.recent_durations(P, S, 5) == []
     assert storage.stage_durations(P, S, 0.0) == [("failed", 1.0)]
     assert storage.cost_since(P, [S], 0.0) == 0.5
+    assert [t.runs for t in storage.failure_texts(None)] == [1]  # what a backtest replays
     item_after = storage.item(P, "a")
     assert (item_after.state, item_after.last_run_id, item_after.updated_at) == (
         item_before.state, item_before.last_run_id, item_before.updated_at)  # fmt: skip
