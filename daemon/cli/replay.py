@@ -14,6 +14,7 @@ from pipewarden.cli.shared import (
     add_command,
     load_config,
     open_store,
+    who,
 )
 from pipewarden.errors import UsageError
 
@@ -45,6 +46,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    import time
+
+    from pipewarden import audit
     from pipewarden.daemon import detect_code_ref
     from pipewarden.reload import stage_code
     from pipewarden.replay import find_run, replay, replay_input, replay_record, stage_of
@@ -77,7 +81,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print("\n".join(_result_lines(replayed)), flush=True)
         if args.record:
             row = replay_record(replayed, detect_code_ref(config.path.parent), code_digest)
-            store.add_replay(row)
+            with store.transaction():  # the run and its audit line, together
+                store.add_replay(row)
+                target = f"run {run.id[:8]} at {stage.qualified_name}"
+                detail = f"recorded as run {row['id'][:8]}: {row['status']}"
+                audit.record(store, who(), "replay", target, detail, time.time())
             shown = f"`pipewarden runs show {row['id'][:8]}`"
             print(f"\nrecorded as run {row['id']}, marked a replay ({shown})")
     finally:

@@ -155,6 +155,15 @@ def test_record_keeps_a_run_marked_replay_that_status_and_the_guard_do_not_count
     assert f"replay of run {failed.id[:8]}" in why
     tail = project.cli("runs", "tail").stdout
     assert f"(replay of {failed.id[:8]})" in tail
+    store = project.store()
+    try:  # who replayed what: a replay runs the worker's side effects again
+        (line,) = store.db.execute_sql("SELECT who, action, target, detail FROM audit").fetchall()
+    finally:
+        store.close()
+    assert line[0].endswith(" (cli)") and line[1:] == (
+        "replay", f"run {failed.id[:8]} at sites/capture",
+        f"recorded as run {replayed.id[:8]}: failed",
+    )  # fmt: skip
 
 
 HANG = """
