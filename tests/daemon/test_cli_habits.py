@@ -202,6 +202,31 @@ def test_runs_tail_follow_gets_a_run_from_the_daemons_events(project: Project):
     follow_a_run_that_starts_after_it(project)
 
 
+def test_runs_that_end_before_the_event_stream_connects_are_shown_first(project: Project):
+    from pipewarden.client import DaemonApi
+    from pipewarden.config import load_config
+    from pipewarden.runfeed import RunFilter, ended_since, follow_events
+
+    project.write("steps.py", FOLLOWED_STEPS)
+    project.configure(FOLLOWED)
+    project.start_daemon()
+    wait_until(lambda: (project.state_dir / "api.token").exists(), "the API's token")
+    daemon = DaemonApi(load_config(project.config_path))
+    store = project.store()
+    read_at, running = time.time(), {run.id for run in store.running_runs()}
+    # `runs tail -f` has printed what it read; both runs end before it is subscribed.
+    project.cli("enqueue", "sites", "k")
+    wait_until(lambda: project.item("sites", "k").state == "failed", "both runs to end")
+    feed = follow_events(daemon, RunFilter(), lambda: ended_since(store, RunFilter(), read_at,
+                                                                  running))  # fmt: skip
+    try:
+        assert [(run.stage, run.status) for run in (next(feed), next(feed))] == [
+            ("find", "ok"), ("capture", "failed")]  # fmt: skip
+    finally:
+        feed.close()
+        store.close()
+
+
 def test_runs_tail_follow_polls_the_store_where_no_api_streams_events(project: Project):
     project.write("steps.py", FOLLOWED_STEPS)
     project.configure(FOLLOWED, extra="api: {enabled: false}\ndrain_grace: 5s")
