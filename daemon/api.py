@@ -207,7 +207,7 @@ ENQUEUE_BODY: Schema = {"pipeline": Param(str), "items": Param(list), "force": P
 RETRY_BODY: Schema = {
     "label": Param(str), "pipeline": Param(str, None), "stage": Param(str, None),
     "since_s": Param(float, None, above=0), "dry_run": Param(bool, False),
-    "force": Param(bool, False),
+    "force": Param(bool, False), "before": Param(float, None), "limit": Param(int, None, above=0),
 }  # fmt: skip
 RELEASE_BODY: Schema = {
     "pipeline": Param(str), "keys": Param(list, None), "all_held": Param(bool, False),
@@ -327,7 +327,10 @@ def _build_app(api: ApiServer) -> Starlette:
 
     async def retry(request: Request) -> Response:
         data = await body(request, RETRY_BODY)
-        count = control.retry(daemon.store, daemon.config, data, who(request), daemon.clock.now())
+        # Off the loop, as an enqueue: the CLI sends a big retry in chunks.
+        count = await asyncio.to_thread(
+            control.retry, daemon.store, daemon.config, data, who(request), daemon.clock.now()
+        )
         changed()
         return JSONResponse({"label": data["label"], "items": count, "dry_run": data["dry_run"],
                              "held": control.held_count(daemon.store, data)})  # fmt: skip

@@ -6,12 +6,12 @@ checkpoints (an input that already passed a stage is skipped, not run again).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 
 from pipewarden.attempts import log_run
 from pipewarden.config import Stage
+from pipewarden.fingerprint import input_fingerprint
 from pipewarden.guard import FAILED
 from pipewarden.judging import checked_item_data
 from pipewarden.outcomes import (
@@ -189,14 +189,14 @@ class Claims:
 
     def _new_run(self, stage: Stage, item_id: int, key: str, data: dict) -> NewRun:
         config_hash = stage.config_hash
-        # The input: the item (its key belongs to it), its data, the stage, the code.
-        item = json.dumps([stage.pipeline, key, data], sort_keys=True, default=str)
         code = self.code.get(stage.qualified_name)
-        blob = item + config_hash + (self.code_ref or "") + (code.digest if code else "")
+        fingerprint = input_fingerprint(
+            stage.pipeline, key, data, config_hash, self.code_ref, code.digest if code else ""
+        )
         return NewRun(  # the store gives it its id and trace id
             item_id=item_id,
             channel=stage.channel_for(data),
-            input_fingerprint=hashlib.sha256(blob.encode()).hexdigest()[:16],
+            input_fingerprint=fingerprint,
             config_hash=config_hash,
             code_ref=self.code_ref,
         )

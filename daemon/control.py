@@ -120,12 +120,14 @@ def retry(store: Storage, config: Config, request: dict[str, Any], who: str, now
         config.pipeline(pipeline)
     since_s = field(request, "since_s", float, None)
     dry_run = field(request, "dry_run", bool, False)
+    # A big retry comes in chunks (`limit`), each its own transaction, all of one `before`.
+    before, limit = field(request, "before", float, None), field(request, "limit", int, None)
     with store.transaction():
         count = store.requeue_by_label(
             label, now, pipeline, stage, now - since_s if since_s else None, dry_run,
-            field(request, "force", bool, False),
+            field(request, "force", bool, False), before, limit,
         )  # fmt: skip
-        if not dry_run:
+        if not dry_run:  # a chunk of a big retry: a line for what it requeued
             where = "/".join(part for part in (pipeline, stage) if part) or "every pipeline"
             audit.record(store, who, "retry", f"label {label!r} in {where}",
                          f"{count:,} item(s) requeued", now)  # fmt: skip

@@ -21,21 +21,27 @@ The time limit costs two clock reads (system calls) a match, more than most matc
 
 The classifier's prefilter, RE2, is linear-time but reads less syntax: `Prefilter`
 widens each rule for it and says why RE2 cannot read one (such a rule is confirmed by
-Python alone). `Matcher.repeats_a_repeat` flags the shape of catastrophic backtracking.
+Python alone). RE2 is optional (`pipewarden[re2]`): without google-re2, or with
+PIPEWARDEN_RULES_ENGINE=python, every rule is a candidate and Python confirms each in
+turn — the same answers, more slowly. `Matcher.repeats_a_repeat` flags the shape of
+catastrophic backtracking.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import re._compiler
 import re._constants as sre
 import re._parser
 import warnings
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import regex
 
+ENGINE_VARIABLE = "PIPEWARDEN_RULES_ENGINE"  # "python": no RE2 prefilter, even if installed
 MATCH_BUDGET_S = 0.025  # one rule on one message; past it the rule counts as no match
 WORK_MAX = 1_000_000  # backtracking steps a match may take without the timer (ms at worst)
 
@@ -179,19 +185,28 @@ class Prefilter:
     in syntax RE2 lacks, or that RE2 refuses (`refused` says why), is always a
     candidate: Python confirms it on every text. So is every pattern when the text is
     one RE2 cannot take (a lone surrogate). Never raises for a pattern or a text.
+
+    Without RE2, a pattern is a candidate for a text that holds one of the plain ASCII
+    texts every match of it holds (`required_text`), compared without case, and for every
+    text that is not ASCII (where `re`'s case folding goes past ASCII's).
     """
 
     CHUNK = 1000  # patterns per RE2 set: bounds each set's memory
 
     def __init__(self, sources: list[str]):
-        import re2  # google-re2: imported where a prefilter is built, not by the CLI's start
-
         self.size = len(sources)
         self.refused: dict[int, str] = {}  # index -> why RE2 cannot read that pattern
+        self._sets: list[tuple[list[int], Any]] = []
+        self._whole: Any = None
+        self._required: list[tuple[int, tuple[str, ...]]] | None = None  # without RE2
+        re2 = re2_module()
+        if re2 is None:
+            self._always = list(range(self.size))
+            self._required = [(n, required_text(source)) for n, source in enumerate(sources)]
+            return
         always = [n for n, source in enumerate(sources) if PYTHON_ONLY.search(source)]
         indexed = [n for n in range(len(sources)) if n not in set(always)]
         options = _re2_options(re2)
-        self._sets: list[tuple[list[int], Any]] = []
         for start in range(0, len(indexed), self.CHUNK):
             chunk, members = re2.Set.SearchSet(options), []
             for n in indexed[start : start + self.CHUNK]:
@@ -211,8 +226,10 @@ class Prefilter:
         whole = len(self._sets) == 1 and not self._always  # one set, indexes as given
         self._whole = self._sets[0][1] if whole else None
 
-    def candidates(self, text: str) -> list[int]:
+    def candidates(self, text: str) -> Iterable[int]:
         """Indexes of the patterns that may match `text`, in order."""
+        if self._required is not None:
+            return self._python_candidates(text)
         try:
             if self._whole is not None:  # the common case, kept short: it runs per failure
                 hits = self._whole.Match(text)
@@ -221,6 +238,83 @@ class Prefilter:
         except UnicodeEncodeError:  # RE2 takes UTF-8; a lone surrogate is not
             return list(range(self.size))
         return sorted(hits + self._always) if hits else self._always
+
+    def _python_candidates(self, text: str) -> Iterator[int]:
+        """Without RE2: one at a time, as the caller stops at the first that matches."""
+        if not text.isascii():
+            yield from self._always
+            return
+        folded = text.lower()
+        for n, texts in self._required or ():
+            if not texts:
+                yield n
+                continue
+            for required in texts:
+                if required in folded:
+                    yield n
+                    break
+
+
+def required_text(source: str, flags: int = re.IGNORECASE) -> tuple[str, ...]:
+    """Texts of ASCII characters, in lower case, one of which every match of the pattern
+    holds (the longest such choice found); () when none is known: every text may match."""
+    tree = _tree(source, flags)
+    return _required(tree) if tree is not None else ()
+
+
+def _required(items: Any) -> tuple[str, ...]:
+    choices: list[tuple[str, ...]] = []
+    run = ""
+    for op, argument in items:
+        if op is sre.LITERAL and argument < 128:
+            run += chr(argument)
+            continue
+        choices.append((run,))
+        run = ""
+        if op is sre.SUBPATTERN:
+            choices.append(_required(argument[3]))
+        elif op is sre.ATOMIC_GROUP:
+            choices.append(_required(argument))
+        elif op in (*_BACKTRACKING_REPEATS, sre.POSSESSIVE_REPEAT) and argument[0] >= 1:
+            choices.append(_required(argument[2]))
+        elif op is sre.BRANCH:
+            branches = [_required(branch) for branch in argument[1]]
+            if all(branches):  # one of each branch's texts: one of them all
+                choices.append(tuple(text for branch in branches for text in branch))
+    choices = [choice for choice in [*choices, (run,)] if choice and all(choice)]
+    if not choices:
+        return ()
+    best = max(choices, key=lambda choice: min(map(len, choice)))
+    return tuple(dict.fromkeys(text.lower() for text in best))
+
+
+def re2_module() -> Any:
+    """google-re2's module, or None where it is not installed or PIPEWARDEN_RULES_ENGINE says
+    python. Imported where a prefilter is built, not by the CLI's start."""
+    if os.environ.get(ENGINE_VARIABLE, "").strip().lower() == "python":
+        return None
+    try:
+        import re2
+    except ImportError:
+        return None
+    return re2
+
+
+def engine() -> str:
+    """Which engine prefilters the rules, as `doctor` says it."""
+    if re2_module() is None:
+        how = (
+            f"{ENGINE_VARIABLE}=python"
+            if os.environ.get(ENGINE_VARIABLE, "").strip().lower() == "python"
+            else "install pipewarden[re2]"
+        )
+        return f"Python re ({how} for RE2's one pass over all the rules: the same answers, faster)"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"RE2 prefilter (google-re2 {version('google-re2')})"
+    except PackageNotFoundError:
+        return "RE2 prefilter (google-re2)"
 
 
 def _re2_options(re2: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Progress of long work (a bulk enqueue, prune, export) as a bar on a terminal's stderr.
+"""Progress of long work (a bulk enqueue or retry, prune, backup, export) as a bar on a
+terminal's stderr.
 
 tqdm is imported only when stderr is a terminal: a pipe, a log or cron gets nothing, and
 commands that show no bar never pay for the import.
@@ -25,6 +26,14 @@ class Progress:
     def advance(self, done: int) -> None:
         if self._bar is not None:
             self._bar.update(done)
+
+    def reach(self, done: int, total: int) -> None:
+        """`done` of `total` in all (work whose size is known only once it has begun)."""
+        if self._bar is not None:
+            if self._bar.total != total:
+                self._bar.total = total
+                self._bar.refresh()  # the size, as soon as it is known
+            self._bar.update(done - self._bar.n)
 
     def __enter__(self) -> Progress:
         return self

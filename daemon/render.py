@@ -373,10 +373,12 @@ def first_line(text: str | None) -> str:
 
 
 def _label_and_error(run: Any) -> str:
+    replay_of = getattr(run, "replay_of", None)  # followed runs (events) are never replays
+    mark = f"(replay of {replay_of[:8]}) " if replay_of else ""
     if not run.error:
-        return ""
+        return mark.rstrip()
     first = first_line(run.error)
-    return f"[{run.label}] {first}" if run.label else first
+    return mark + (f"[{run.label}] {first}" if run.label else first)
 
 
 RUN_FIELDS: Sequence[str] = (
@@ -385,7 +387,7 @@ RUN_FIELDS: Sequence[str] = (
     "category", "type", "rule_id", "rules_version", "error_type", "progress", "message",
     "input_fingerprint", "code_ref", "config_hash", "rows_in", "rows_out", "cost", "trace_id",
     "reclassified_at", "original_group", "original_label", "original_rule_id",
-    "original_rules_version",
+    "original_rules_version", "replay_of",
 )  # fmt: skip
 _BLOCK_FIELDS = ("error", "traceback", "output")
 
@@ -528,6 +530,11 @@ def story_lines(story: dict[str, Any]) -> list[str]:
             lines.append(f"      {_rebucketed_line(run['rebucketed'])}")
         if run.get("probe_of") is not None:
             lines.append(f"      {_probe_line(run, story['holds'])}")
+        if run.get("replay_of"):
+            lines.append(
+                f"      replay of run {run['replay_of'][:8]} (`pipewarden replay --record`):"
+                " not counted as the item's work"
+            )
     if story["backoff_s"]:
         delays = ", ".join(format_duration(d) for d in story["backoff_s"])
         lines += ["", f"retry policy at {story['stage']}: {story['max_attempts']} attempts,"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -62,19 +62,37 @@ def poll_store(store: Store, where: RunFilter, after: float, running: set[str]) 
         time.sleep(POLL_S)
 
 
-def follow_events(daemon: DaemonApi, where: RunFilter) -> Iterator[Any]:
+def ended_since(store: Store, where: RunFilter, after: float, running: set[str]) -> list[Any]:
+    """The runs that match and ended since `after`: those started since, and those that were
+    `running` then, once they are done."""
+    run = store.Run
+    rows = list(run.select().where(run.started_at >= after).order_by(run.started_at))
+    if running:
+        rows += list(run.select().where(run.id.in_(list(running))))
+    return [row for row in rows if row.status != "running" and where.matches(row)]
+
+
+def follow_events(
+    daemon: DaemonApi, where: RunFilter, catch_up: Callable[[], list[Any]] = list
+) -> Iterator[Any]:
     """Each run that ends, as the daemon's event stream tells it; returns when the stream
-    ends (the daemon stopped)."""
+    ends (the daemon stopped). Once the stream is connected, `catch_up()` first: the runs
+    that ended before it was (each shown once, though its event may follow)."""
+    caught: set[str] = set()
     with daemon.http(timeout=None) as client, client.stream("GET", "/api/events") as answer:
         if answer.status_code != 200:
             return
         event = ""
         for line in answer.iter_lines():
-            if line.startswith("event: "):
+            if line == ": connected":  # subscribed: what ended before is in the store
+                for run in catch_up():
+                    caught.add(run.id)
+                    yield run
+            elif line.startswith("event: "):
                 event = line.removeprefix("event: ")
             elif line.startswith("data: ") and event == "run_finished":
                 run = run_of_event(json.loads(line.removeprefix("data: ")))
-                if where.matches(run):
+                if where.matches(run) and run.id not in caught:
                     yield run
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from pipewarden import packs
 from pipewarden.config import Config, find_config_path, load_config
 from pipewarden.errors import PipewardenError, UsageError
+from pipewarden.patterns import engine
 from pipewarden.rules import load_rules
 from pipewarden.store import SCHEMA_VERSION, STORE_FILE
 
@@ -137,6 +138,7 @@ def _rules(config: Config) -> Iterator[Finding]:
         yield Finding(False, f"rules: {exc}", "fix the rule; `pipewarden rules check` re-checks")
         return
     yield Finding(True, f"rules: {len(ruleset.rules)} rules, {len(ruleset.halts)} halt rules")
+    yield Finding(True, f"rules engine: {engine()}")
     for warning in ruleset.warnings:
         yield Finding(False, f"rules: {warning}")
 

@@ -22,6 +22,7 @@ def item_story(config: Config, store: Storage, pipeline: str, key: str, now: flo
     if item is None:
         raise PipewardenError(f"no item '{key}' in pipeline '{pipeline}'")
     runs = store.item_runs(item.id)
+    work = [run for run in runs if run.replay_of is None]  # a replay is not the item's work
     stage = config.pipelines.get(pipeline) and _stage_or_none(config, pipeline, item.stage)
     targets = {item.channel, f"{pipeline}/{item.stage}", pipeline} - {None}
     holds = [hold_as_dict(h) for h in store.holds_on(targets, since=item.created_at)]
@@ -41,7 +42,7 @@ def item_story(config: Config, store: Storage, pipeline: str, key: str, now: flo
         "backoff_s": backoff_schedule(stage.retry) if stage else [],
         "max_attempts": stage.retry.max_attempts if stage else None,
         "holds": holds,
-        "next": _next_step(item, holds, stage, now, runs[-1] if runs else None),
+        "next": _next_step(item, holds, stage, now, work[-1] if work else None),
     }
 
 
@@ -52,7 +53,7 @@ def _run(run: Any) -> dict[str, Any]:
         "error": run.error,
         "group": run.group_name, "label": run.label, "rule": run.rule_id,
         "progress": finite(run.progress), "message": run.message, "probe_of": run.probe_of,
-        "rebucketed": _rebucketed(run),
+        "rebucketed": _rebucketed(run), "replay_of": run.replay_of,
     }  # fmt: skip
 
 

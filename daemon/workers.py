@@ -188,6 +188,10 @@ async def _drained(stdout: StdoutReader, stderr: StderrReader) -> None:
 class ProcessWorker:
     """A fresh process per attempt: the item on stdin, then stdin closed."""
 
+    # What reads the worker's pipes (`pipewarden replay` shows them on the terminal too).
+    stdout_reader: type[StdoutReader] = StdoutReader
+    stderr_reader: type[StderrReader] = StderrReader
+
     def __init__(self, stage: Stage):
         self.stage = stage
 
@@ -203,7 +207,7 @@ class ProcessWorker:
 
     async def run(self, job: Job, on_progress: ProgressCallback) -> WorkerReport:
         stage = self.stage
-        stdout, stderr = StdoutReader(), StderrReader()
+        stdout, stderr = self.stdout_reader(), self.stderr_reader()
         child = spawn(worker_argv(stage), stage.cwd, worker_env(stage, job.run_id, job))
         containment.track(child, job.run_id, job.run_id)
         reply = stdout.begin(on_progress)
@@ -243,18 +247,21 @@ class ProcessWorker:
 class PoolWorker:
     """One long-lived process reading items one after another; replaced when it dies."""
 
+    stdout_reader: type[StdoutReader] = StdoutReader
+    stderr_reader: type[StderrReader] = StderrReader
+
     def __init__(self, stage: Stage):
         self.stage = stage
         self._child: Child | None = None
-        self._stdout = StdoutReader()
-        self._stderr = StderrReader()
+        self._stdout = self.stdout_reader()
+        self._stderr = self.stderr_reader()
 
     async def _ensure_started(self, job: Job) -> Child:
         child = self._child
         if child is not None and child.returncode is None and not self._stdout.out_of_step:
             return child
         await self._discard(self.stage.grace_s)  # dead or out of step: what is left of it goes
-        self._stdout, self._stderr = StdoutReader(), StderrReader()
+        self._stdout, self._stderr = self.stdout_reader(), self.stderr_reader()
         worker_id = uuid.uuid4().hex
         child = spawn(worker_argv(self.stage), self.stage.cwd, worker_env(self.stage, worker_id))
         containment.track(child, worker_id, job.run_id)  # recorded once, on the run it starts for

@@ -15,6 +15,7 @@ from pipewarden.cli import (
     completion,
     halts,
     items,
+    replay,
     rules,
     runs,
     service,
@@ -30,7 +31,7 @@ from pipewarden.cli.shared import (
 )
 from pipewarden.errors import ConfigError, PipewardenError, UsageError
 
-GROUPS = (service, items, runs, halts, rules, books, setup, templates, completion)
+GROUPS = (service, items, runs, replay, halts, rules, books, setup, templates, completion)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,15 +110,19 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     target = Path(args.path).resolve()
     if target.exists():
         raise UsageError(f"{target} exists: choose a new path (a backup never overwrites)")
+    from pipewarden.progress import Progress
+
     store = open_store(load_config(args), must_exist=True)
     if store is None:
         raise PipewardenError("there is no store to back up yet")
     try:
-        store.backup(target)
         if store.kind != "sqlite":  # pg_dump checked what it read; restore with pg_restore
+            store.backup(target)
             print(f"backed up {store.path} to {target} (pg_dump's custom format: pg_restore"
                   " restores it)")  # fmt: skip
             return EXIT_OK
+        with Progress(None, "backup", "B") as bar:
+            store.backup(target, bar.reach)
     except sqlite3.Error as exc:  # a damaged store is its own line; else the copy's disk
         from pipewarden.faults import fault_of
 

@@ -97,6 +97,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             sub.add_argument("--reason", required=True, help="why they fail, as their error text")
 
 
+RETRY_CHUNK = 1000  # items requeued a transaction (and an API request), as an enqueue
 ENQUEUE_CHUNK = 1000  # items a transaction (and an API request) takes: a daemon's loop and
 # its /health keep answering between them, whatever the size of the file
 
@@ -275,9 +276,7 @@ def _cmd_item(args: argparse.Namespace) -> int:
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
-    import time
 
-    from pipewarden import control
     from pipewarden._yaml import parse_duration
 
     config = load_config(args)
@@ -293,25 +292,17 @@ def _cmd_retry(args: argparse.Namespace) -> int:
                 f"--since takes a duration such as 24h or 30m, not '{args.since}'"
             ) from None
     daemon = daemon_api(config)
-    preview = None
-    if args.dry_run:  # nothing changes: read the store, whether a daemon runs or not
-        preview, held = _retry_preview(config, request)
-        count = preview.total
-    elif daemon.running:
-        answer = daemon.post("/api/retry", request)
-        count, held = answer["items"], answer["held"]
-    else:
-        store = open_store(config)
-        count = control.retry(store, config, request, who(), time.time())
-        held = control.held_count(store, request)
-        store.close()
+    preview, held = _retry_preview(config, request)  # the count first: the bar's total
+    count = preview.total
+    if not args.dry_run:  # nothing changes on a dry run: the store was read, daemon or not
+        count, held = _retry_in_chunks(config, daemon, request, count)
     scope = "".join(f" in {v}" for v in (args.pipeline, args.stage) if v)
     if args.json:
-        sample = {"sample": preview.sample} if preview else {}
+        sample = {"sample": preview.sample} if args.dry_run else {}
         print_json({"label": args.label, "items": count, "dry_run": args.dry_run, "held": held,
                     **sample})  # fmt: skip
         return EXIT_OK
-    if preview is not None:
+    if args.dry_run:
         head = f"would requeue {count:,} failed or retrying item(s) labelled '{args.label}'{scope}"
         print("\n".join(preview.lines(head)))
     elif count:
@@ -325,6 +316,42 @@ def _cmd_retry(args: argparse.Namespace) -> int:
             " `pipewarden fail PIPELINE KEY... --reason TEXT`"
         )
     return EXIT_OK
+
+
+def _retry_in_chunks(
+    config: Config, daemon: DaemonApi, request: dict[str, Any], total: int
+) -> tuple[int, int]:
+    """Requeue RETRY_CHUNK items at a time, each chunk its own transaction, through the
+    daemon's API when one runs, else on the store: (items requeued, held ones left). A bar
+    on a terminal for more than one chunk."""
+    import time
+
+    from pipewarden import control
+    from pipewarden.progress import Progress
+
+    # Only items that last changed before now: one requeued and failed again meanwhile is not
+    # taken twice.
+    chunked = {**request, "before": time.time(), "limit": RETRY_CHUNK}
+    store = None if daemon.running else open_store(config)
+    count, held = 0, 0
+    try:
+        with Progress(total, "retry", "item", shown=total > RETRY_CHUNK) as bar:
+            while True:
+                if store is None:
+                    answer = daemon.post("/api/retry", chunked)
+                    done, held = answer["items"], answer["held"]
+                else:
+                    done = control.retry(store, config, chunked, who(), time.time())
+                count += done
+                bar.advance(done)
+                if done < RETRY_CHUNK:
+                    break
+        if store is not None:
+            held = control.held_count(store, request)
+    finally:
+        if store is not None:
+            store.close()
+    return count, held
 
 
 def _retry_preview(config: Config, request: dict[str, Any]) -> tuple[Preview, int]:
@@ -438,7 +465,7 @@ def _cmd_why(args: argparse.Namespace) -> int:
         story = item_story(config, store, pipeline, args.key, time.time())
     finally:
         store.close()
-    judged = [run for run in story["runs"] if run["label"]]
+    judged = [run for run in story["runs"] if run["label"] and not run["replay_of"]]
     if story["last_label"] or judged:
         last = judged[-1] if judged else {"rule": None, "label": story["last_label"]}
         story["advice"] = advice_of(current_rules(config), last["rule"], last["label"])

@@ -77,6 +77,8 @@ def _cmd_runs_tail(args: argparse.Namespace) -> int:
     where = RunFilter(args.pipeline, args.stage, args.status, since)
     limit = args.n if args.n is not None or since is not None else TAIL_DEFAULT
     store = open_store(config, must_exist=True, read_only=True)
+    read_at = time.time()  # a follow shows what ends from here on, none missed
+    running = {run.id for run in store.running_runs()} if store and args.follow else set()
     runs = latest_runs(store, limit, where) if store else []
     if args.json and not args.follow:
         print_json([run_as_dict(run) for run in runs])
@@ -91,7 +93,7 @@ def _cmd_runs_tail(args: argparse.Namespace) -> int:
         show(run)
     if args.follow:
         with contextlib.suppress(KeyboardInterrupt):  # the way out of a follow, as `tail -f`
-            _follow(config, store, where, show)
+            _follow(config, store, where, show, read_at, running)
     if store:
         store.close()
     return EXIT_OK
@@ -104,24 +106,33 @@ def _json_line(run: Any) -> None:
     print(json.dumps(fields, default=str), flush=True)
 
 
-def _follow(config: Config, store: Storage | None, where: Any, show: Callable[[Any], None]) -> None:
-    """Show each run as it ends: from the daemon's events while one runs, else (and after
-    it stops) from the store."""
+def _follow(
+    config: Config, store: Storage | None, where: Any, show: Callable[[Any], None],
+    read_at: float, running: set[str],
+) -> None:  # fmt: skip
+    """Show each run as it ends after `read_at` (`running` then: the ids of the runs in
+    flight): from the daemon's events while one runs, else (and after it stops) from the
+    store."""
     import time
 
-    from pipewarden.runfeed import POLL_S, follow_events, poll_store
+    from pipewarden.runfeed import POLL_S, ended_since, follow_events, poll_store
 
-    started = time.time()
     daemon = daemon_api(config)
     if daemon.running:
-        for run in follow_events(daemon, where):
+
+        def catch_up() -> list[Any]:  # what ended before the stream was connected
+            nonlocal store
+            store = store or open_store(config, must_exist=True, read_only=True)
+            return ended_since(store, where, read_at, running) if store else []
+
+        for run in follow_events(daemon, where, catch_up):
             show(run)
-        started = time.time()  # the daemon stopped: what it ended is shown
+        read_at, running = time.time(), set()  # the daemon stopped: what it ended is shown
     while store is None:  # nothing enqueued yet: wait for the store
         time.sleep(POLL_S)
         store = open_store(config, must_exist=True, read_only=True)
-    running = {run.id for run in store.running_runs()}
-    for run in poll_store(store, where, started, running):
+    running |= {run.id for run in store.running_runs()}
+    for run in poll_store(store, where, read_at, running):
         show(run)
 
 

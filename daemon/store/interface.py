@@ -157,6 +157,12 @@ class Storage(Protocol):
     def cost_since(self, pipeline: str, stages: Sequence[str], since: float) -> float:
         """The pipeline's summed run cost since `since`: one index range per stage."""
 
+    def add_replay(self, run: dict[str, Any]) -> str:
+        """A finished run that `pipewarden replay --record` ran: its fields by column name,
+        `replay_of` (the run it replayed) among them; returns the id the store gave it. No
+        item changes; the reads that count production work (the guard's, budgets,
+        checkpoints, durations, charts) leave it out."""
+
     def running_runs(self) -> list[Run]: ...
 
     def recent_durations(self, pipeline: str, stage: str, count: int) -> list[float]:
@@ -197,8 +203,11 @@ class Storage(Protocol):
     def requeue_by_label(
         self, label: str, now: float, pipeline: str | None = None, stage: str | None = None,
         since: float | None = None, dry_run: bool = False, force: bool = False,
+        before: float | None = None, limit: int | None = None,
     ) -> int:  # fmt: skip
-        """Failed and retrying items with `label` back in the queue, attempts reset."""
+        """Failed and retrying items with `label` back in the queue, attempts reset; with
+        `before`, only those whose last change was before it (a retry in chunks never takes
+        an item twice); at most `limit` of them."""
 
     def change_held(
         self, pipeline: str, keys: Sequence[str] | None, now: float,
@@ -223,8 +232,9 @@ class Storage(Protocol):
     def prune_batch(self, older_than: float, limit: int = ...) -> int:
         """Delete up to `limit` finished runs that ended before `older_than`."""
 
-    def backup(self, target: Path) -> None:
-        """A consistent copy while others write: SQLite's online backup, from one snapshot."""
+    def backup(self, target: Path, on_progress: Any = None) -> None:
+        """A consistent copy while others write, from one snapshot; `on_progress(bytes
+        copied, bytes in all)`, a Callable[[int, int], None], as it goes."""
 
     def vacuum(self) -> None: ...
 

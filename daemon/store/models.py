@@ -82,6 +82,7 @@ class Run(pw.Model):
     original_rules_version = pw.TextField(null=True)
     reclassified_at = pw.FloatField(null=True)
     daemon = pw.TextField(null=True)  # schema 11: host:pid of the daemon that ran it
+    replay_of = pw.TextField(null=True)  # schema 14: the run `pipewarden replay` ran again
 
     class Meta:
         table_name = "runs"

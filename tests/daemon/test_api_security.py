@@ -427,7 +427,10 @@ BAD_INPUT = [
     ("POST", "/api/retry", {"label": "Rate limited", "since_s": 0},
      "'since_s' must be above 0, not 0"),
     ("POST", "/api/retry", {"label": "Rate limited", "since": 3600},
-     "unknown field 'since': it takes label, pipeline, stage, since_s, dry_run, force"),
+     "unknown field 'since': it takes label, pipeline, stage, since_s, dry_run, force, before,"
+     " limit"),
+    ("POST", "/api/retry", {"label": "Rate limited", "limit": 0},
+     "'limit' must be above 0, not 0"),
     ("POST", "/api/pause", {"scope": "channel", "target": 5},
      "'target' must be text, not a whole number"),
     ("POST", "/api/pause", {"scope": "everything", "target": "sms"},

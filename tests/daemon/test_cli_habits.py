@@ -202,6 +202,31 @@ def test_runs_tail_follow_gets_a_run_from_the_daemons_events(project: Project):
     follow_a_run_that_starts_after_it(project)
 
 
+def test_runs_that_end_before_the_event_stream_connects_are_shown_first(project: Project):
+    from pipewarden.client import DaemonApi
+    from pipewarden.config import load_config
+    from pipewarden.runfeed import RunFilter, ended_since, follow_events
+
+    project.write("steps.py", FOLLOWED_STEPS)
+    project.configure(FOLLOWED)
+    project.start_daemon()
+    wait_until(lambda: (project.state_dir / "api.token").exists(), "the API's token")
+    daemon = DaemonApi(load_config(project.config_path))
+    store = project.store()
+    read_at, running = time.time(), {run.id for run in store.running_runs()}
+    # `runs tail -f` has printed what it read; both runs end before it is subscribed.
+    project.cli("enqueue", "sites", "k")
+    wait_until(lambda: project.item("sites", "k").state == "failed", "both runs to end")
+    feed = follow_events(daemon, RunFilter(), lambda: ended_since(store, RunFilter(), read_at,
+                                                                  running))  # fmt: skip
+    try:
+        assert [(run.stage, run.status) for run in (next(feed), next(feed))] == [
+            ("find", "ok"), ("capture", "failed")]  # fmt: skip
+    finally:
+        feed.close()
+        store.close()
+
+
 def test_runs_tail_follow_polls_the_store_where_no_api_streams_events(project: Project):
     project.write("steps.py", FOLLOWED_STEPS)
     project.configure(FOLLOWED, extra="api: {enabled: false}\ndrain_grace: 5s")
@@ -329,6 +354,84 @@ def test_a_long_enqueue_shows_progress_on_a_terminal_and_none_in_a_pipe(project:
     assert "enqueue:" in shown and "item/s" in shown and "%|" in shown, shown
     assert shown.rstrip().endswith("enqueued 5000 new item(s) into sites/find")
     piped = project.cli("enqueue", "sites", "--file", "items.jsonl")
+    assert piped.stderr == ""
+
+
+def _failed_items(project: Project, count: int, label: str, data: dict | None = None) -> None:
+    """`count` items of sites failed at find with `label`, written through the store."""
+    from pipewarden.store import FinishedRun, NewRun
+    from pipewarden.types import ItemState, RunStatus
+
+    store = project.store()
+    try:
+        store.enqueue("sites", "find", [(f"k{n}", data or {}) for n in range(count)], 1.0)
+
+        def new_run(item_id: int, key: str, data: dict) -> NewRun:
+            return NewRun(f"run-{key}", item_id, "sites/find", f"fp-{key}", "c", None, "t")
+
+        claimed = store.claim("sites", "find", count, 2.0, new_run)
+        store.finish([
+            FinishedRun(
+                run_id=run.run_id, item_id=item.item_id, status=RunStatus.FAILED,
+                pipeline="sites", stage="find", channel=run.channel, finished_at=3.0,
+                duration_s=1.0, item_stage="find", item_state=ItemState.FAILED,
+                item_data=json.dumps(item.data), item_attempt=1, item_ready_at=None,
+                item_channel=run.channel, error="EACCES: permission denied", label=label,
+                group_name="retriable",
+            )
+            for item, run in claimed
+        ], {})  # fmt: skip
+    finally:
+        store.close()
+
+
+def test_a_big_retry_shows_progress_on_a_terminal_in_chunks_through_the_daemon(
+    project: Project,
+):
+    project.write("steps.py", "def find(data):\n    return None\n")
+    project.configure(CONFIG)
+    _failed_items(project, 2500, "Permission denied")
+    shown = tty_output(project, ["retry", "--label", "Permission denied"], 100)
+    text = "\n".join(shown)
+    assert "retry:" in text and "item/s" in text and "%|" in text, text
+    assert shown[-1] == (
+        "requeued 2500 item(s) labelled 'Permission denied'; no daemon is running (it takes"
+        " effect when one starts)"
+    )
+    assert project.item("sites", "k2499").state == "queued"
+
+    project.cli("pause", "--pipeline", "sites")  # through the daemon they wait, queued
+    store = project.store()
+    try:  # failed again, as if they had run
+        store.db.execute_sql("UPDATE items SET state = 'failed' WHERE pipeline = 'sites'")
+    finally:
+        store.close()
+    project.start_daemon()
+    piped = project.cli("retry", "--label", "Permission denied")
+    assert piped.stdout.startswith("requeued 2500 item(s) labelled 'Permission denied'; the")
+    assert piped.stderr == ""  # no bar in a pipe
+    store = project.store()
+    try:  # the audit: a line per chunk of 1,000 the daemon requeued
+        details = [
+            row[0]
+            for row in store.db.execute_sql(
+                "SELECT detail FROM audit WHERE action = 'retry' AND who LIKE '%api%' ORDER BY id"
+            )
+        ]
+    finally:
+        store.close()
+    assert details == ["1,000 item(s) requeued", "1,000 item(s) requeued", "500 item(s) requeued"]
+
+
+def test_a_backup_shows_progress_on_a_terminal_and_none_in_a_pipe(project: Project):
+    project.write("steps.py", "def find(data):\n    return None\n")
+    project.configure(CONFIG)
+    _failed_items(project, 600, "Permission denied", {"page": "x" * 20_000})  # 12 MB of data
+    shown = tty_output(project, ["backup", str(project.root / "copy.db")], 100)
+    text = "\n".join(shown)
+    assert "backup:" in text and "%|" in text and "MB" in text, text
+    assert shown[-1].endswith("copy.db (integrity check: ok)")
+    piped = project.cli("backup", str(project.root / "again.db"))
     assert piped.stderr == ""
 
 

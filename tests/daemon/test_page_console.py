@@ -324,6 +324,24 @@ def test_finds_an_item_runs_by_filter_page_by_page_and_a_runs_whole_record(
     record.locator("dd", has_text="terminal · Widget quota spent · account").wait_for()
 
 
+def test_a_recorded_replay_is_marked_in_the_runs_and_its_record(project: Project, browser):  # noqa: F811
+    url = start(project)
+    enqueue(project, "late", blocked=True)
+    wait_until(lambda: state(project, "late") == "failed", "the blocked send")
+    (original,) = project.runs("late")
+    project.cli("replay", original.id, "--record", expect=1)
+    page = opened(browser, url)
+    page.locator("#runs-label").fill("Widget quota spent")
+    page.locator("#runs-form button[type=submit]").click()
+    rows = page.locator("#runs tr.found-run")
+    wait_until(lambda: rows.count() == 2, "the run and its replay")
+    replayed = rows.filter(has_text="failed · replay")
+    assert replayed.count() == 1
+    replayed.locator(".clickable").click()
+    record = page.locator("#record .run-record")
+    record.locator("dd", has_text=f"run {original.id[:8]} (pipewarden replay --record").wait_for()
+
+
 def test_the_api_refuses_bad_filters_with_the_reason(project: Project):
     import httpx
 

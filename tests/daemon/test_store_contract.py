@@ -222,6 +222,50 @@ def test_the_guard_reads_failures_costs_and_earlier_successes(storage: Storage):
     assert storage.runs_with_prefix(ra.run_id)[0].id == ra.run_id
 
 
+def test_a_recorded_replay_is_a_run_that_no_production_read_counts(storage: Storage):
+    storage.enqueue(P, S, [("a", {})], 1.0)
+    ((a, ra),) = claim(storage)
+    storage.finish([ended(a, ra, RunStatus.FAILED, 11.0, error="opted out", label="Opted out",
+                          group_name="terminal", cost=0.5)], {})  # fmt: skip
+    item_before = storage.item(P, "a")
+    for status, error, label in (("failed", "opted out", "Opted out"), ("ok", None, None)):
+        storage.add_replay({
+            "pipeline": P, "stage": S, "item_id": a.item_id,
+            "item_key": "a", "attempt": 1, "channel": "web", "status": status,
+            "started_at": 20.0, "finished_at": 21.0, "duration_s": 1.0, "error": error,
+            "label": label, "group_name": label and "terminal", "input_fingerprint": "fp-a",
+            "data_out": "{}", "replay_of": ra.run_id,
+        })  # fmt: skip
+    runs = storage.item_runs(a.item_id)
+    assert [r.replay_of for r in runs] == [None, ra.run_id, ra.run_id]
+    replays = [r.id for r in runs if r.replay_of]  # the store names them, as it names any run
+    assert storage.runs_with_prefix(replays[1])[0].replay_of == ra.run_id
+    assert storage.label_failures("web", "Opted out", 0.0, samples=5) == (1, ["opted out"])
+    assert storage.count_runs(P, S, "ok", 0.0) == 0 and storage.count_runs(P, S, "failed", 0.0) == 1
+    assert storage.last_run_statuses(P, S, 5) == [("failed", "opted out")]
+    assert storage.earlier_success(P, S, "fp-a") is None  # a replay is no checkpoint
+    assert storage.recent_durations(P, S, 5) == []
+    assert [row[1:] for row in storage.ended_runs(P, S, 0.0)] == [("failed", rollup.bucket(1.0), 1)]
+    assert storage.cost_since(P, [S], 0.0) == 0.5
+    assert [t.runs for t in storage.failure_texts(None)] == [1]  # what a backtest replays
+    item_after = storage.item(P, "a")
+    assert (item_after.state, item_after.last_run_id, item_after.updated_at) == (
+        item_before.state, item_before.last_run_id, item_before.updated_at)  # fmt: skip
+    assert storage.prune_batch(older_than=15.0) == 0  # a replay does not make ra prunable
+    with pytest.raises(ValueError, match="replay_of"):
+        storage.add_replay(
+            {
+                "pipeline": P,
+                "stage": S,
+                "item_id": a.item_id,
+                "item_key": "a",
+                "attempt": 1,
+                "status": "ok",
+                "started_at": 1.0,
+            }
+        )
+
+
 # -- many items at once -----------------------------------------------------------------------
 def test_retry_by_label_counts_first_then_requeues_and_held_items_are_released_or_failed(
     storage: Storage,
@@ -265,6 +309,32 @@ def test_reclassify_keeps_the_first_classification_and_marks_items_until_their_n
     assert storage.requeue_by_label("Widget gone", 50.0) == 2
     claim(storage, limit=1, now=51.0)  # a's next run: its mark ends, b's stays
     assert storage.reclassified_counts() == {(P, S, "queued", "site", "Widget gone"): 1}
+
+
+def test_retry_by_label_in_chunks_takes_each_item_once(storage: Storage):
+    storage.enqueue(P, S, [(k, {}) for k in "abcde"], 1.0)
+    storage.finish([ended(c, r, RunStatus.FAILED, 11.0, label="Timeout", error="t")
+                    for c, r in claim(storage)], {})  # fmt: skip
+    assert storage.requeue_by_label("Timeout", 20.0, before=15.0, limit=2) == 2
+    assert storage.requeue_by_label("Timeout", 20.0, before=15.0, limit=2, dry_run=True) == 2
+    # The two requeued fail again meanwhile: a later chunk of the same retry leaves them be.
+    again = claim(storage, now=21.0)
+    storage.finish([ended(c, r, RunStatus.FAILED, 22.0, label="Timeout", error="t")
+                    for c, r in again], {})  # fmt: skip
+    assert storage.requeue_by_label("Timeout", 30.0, before=15.0, limit=2) == 2
+    assert storage.requeue_by_label("Timeout", 30.0, before=15.0, limit=2) == 1
+    assert storage.requeue_by_label("Timeout", 30.0, before=15.0, limit=2) == 0
+    assert storage.requeue_by_label("Timeout", 30.0, dry_run=True) == 2  # those two, failed
+
+
+def test_a_backup_reports_its_progress_up_to_the_whole(storage: Storage, tmp_path: Path):
+    storage.enqueue(P, S, [(f"k{n}", {"pad": "x" * 3000}) for n in range(400)], 1.0)
+    seen: list[tuple[int, int]] = []
+    storage.backup(tmp_path / "copy.db", lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] > 0
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    if storage.kind == "sqlite":  # page by page; pg_dump says only when it is done
+        assert seen[-1][0] > 1_000_000 and (tmp_path / "copy.db").stat().st_size > 1_000_000
 
 
 # -- books, outbox, aggregates ----------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ class Books(Connected, SqliteBooks):
                 "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE started_at < %s"
                 " AND finished_at IS NOT NULL AND finished_at < %s AND status <> 'running'"
                 " AND EXISTS (SELECT 1 FROM runs AS newer WHERE newer.item_id = runs.item_id"
-                " AND newer.started_at > runs.started_at) LIMIT %s)",
+                " AND newer.started_at > runs.started_at AND newer.replay_of IS NULL) LIMIT %s)",
                 (older_than, older_than, limit),
             ).rowcount
             self._pg.execute(
@@ -35,7 +36,7 @@ class Books(Connected, SqliteBooks):
                 self._forget_slots_before(older_than)
         return deleted
 
-    def backup(self, target: Path) -> None:
+    def backup(self, target: Path, on_progress: Callable[[int, int], None] | None = None) -> None:
         """A consistent copy while others write: pg_dump's custom format, from one snapshot
         (restored with pg_restore)."""
         pg_dump = shutil.which("pg_dump")
@@ -57,6 +58,9 @@ class Books(Connected, SqliteBooks):
             target.unlink(missing_ok=True)
             why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
             raise StoreError(f"pg_dump of {self.path} failed: {why}")
+        if on_progress is not None:  # pg_dump tells nothing on its way: done is all
+            size = target.stat().st_size
+            on_progress(size, size)
 
     def vacuum(self) -> None:
         """VACUUM ANALYZE, which PostgreSQL runs only outside a transaction."""

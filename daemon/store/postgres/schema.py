@@ -153,5 +153,6 @@ STEPS: dict[int, list[str]] = {
         # fleet's runs share one sequence; the trace id is still stored here)
         "CREATE SEQUENCE run_numbers",
     ],
+    14: ["ALTER TABLE runs ADD COLUMN replay_of TEXT"],  # as SQLite's step 14
 }
 SCHEMA_VERSION = max(STEPS)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pipewarden.store.sqlite.rollup import Rollup
 
 PRUNE_BATCH = 2000  # runs deleted per transaction when pruning
+BACKUP_STEP_PAGES = 1024  # pages a backup copies between two reports of its progress
 
 
 class Books(Rollup):
@@ -42,7 +43,7 @@ class Books(Rollup):
                 # a newer run of the same item exists (runs_by_item answers it), so this
                 # one is not the item's latest
                 " AND EXISTS (SELECT 1 FROM runs AS newer WHERE newer.item_id = runs.item_id"
-                " AND newer.started_at > runs.started_at)"
+                " AND newer.started_at > runs.started_at AND newer.replay_of IS NULL)"
                 " LIMIT ?)",
                 (older_than, older_than, limit),
             ).rowcount
@@ -53,12 +54,26 @@ class Books(Rollup):
                 self._forget_slots_before(older_than)
         return deleted
 
-    def backup(self, target: Path) -> None:
-        """A consistent copy while others write: SQLite's online backup, from one snapshot."""
+    def backup(self, target: Path, on_progress: Callable[[int, int], None] | None = None) -> None:
+        """A consistent copy while others write: SQLite's online backup, from one snapshot,
+        in steps; `on_progress(bytes copied, bytes in all)` after each."""
         target.parent.mkdir(parents=True, exist_ok=True)
+        (page_size,) = self._conn.execute("PRAGMA page_size").fetchone()
+
+        def step(status: int, remaining: int, total: int) -> None:
+            if on_progress is not None:
+                on_progress((total - remaining) * page_size, total * page_size)
+
         destination = sqlite3.connect(target)
         try:
-            self._conn.backup(destination)
+            # A read transaction held across the steps keeps them on one snapshot: without
+            # it, each commit of another writer would start the copy over.
+            self._conn.execute("BEGIN")
+            try:
+                self._conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                self._conn.backup(destination, pages=BACKUP_STEP_PAGES, progress=step)
+            finally:
+                self._conn.execute("COMMIT")
         finally:
             destination.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pipewarden.store.models import Item, Run
 from pipewarden.store.sqlite.base import Connected
@@ -14,7 +15,7 @@ class History(Connected):
     def count_runs(self, pipeline: str, stage: str, status: str, since: float) -> int:
         return self._conn.execute(
             "SELECT COUNT(*) FROM runs WHERE pipeline = ? AND stage = ? AND status = ?"
-            " AND finished_at >= ?",
+            " AND finished_at >= ? AND replay_of IS NULL",
             (pipeline, stage, status, since),
         ).fetchone()[0]
 
@@ -31,6 +32,7 @@ class History(Connected):
             " WHERE input_fingerprint >= ? AND input_fingerprint <= ? || '~'"
             " AND (input_fingerprint = ? OR length(input_fingerprint) = 32)"
             " AND status = 'ok' AND pipeline = ? AND stage = ? AND data_out IS NOT NULL"
+            " AND replay_of IS NULL"
             " ORDER BY finished_at DESC LIMIT 1",
             (fingerprint, fingerprint, fingerprint, pipeline, stage),
         ).fetchone()
@@ -41,7 +43,7 @@ class History(Connected):
         failed for an internal reason: an item the daemon cannot record stops there."""
         rows = self._conn.execute(
             "SELECT category, type FROM runs INDEXED BY runs_by_item WHERE item_id = ?"
-            " AND id != ? ORDER BY started_at DESC LIMIT ?",
+            " AND id != ? AND replay_of IS NULL ORDER BY started_at DESC LIMIT ?",
             (item_id, current_run, limit),
         ).fetchall()
         internal = ("daemon", "internal")  # as outcomes.INTERNAL classifies them
@@ -54,7 +56,7 @@ class History(Connected):
         latest few error texts."""
         where = (
             "FROM runs INDEXED BY runs_by_channel_label WHERE channel = ? AND label = ?"
-            " AND finished_at >= ? AND status IN ('failed', 'timed_out')"
+            " AND finished_at >= ? AND status IN ('failed', 'timed_out') AND replay_of IS NULL"
         )
         params = (channel, label, since)
         (count,) = self._conn.execute(f"SELECT COUNT(*) {where}", params).fetchone()
@@ -70,7 +72,8 @@ class History(Connected):
         newest first."""
         return self._conn.execute(
             "SELECT status, error FROM runs WHERE pipeline = ? AND stage = ?"
-            " AND finished_at IS NOT NULL AND finished_at > ? ORDER BY finished_at DESC LIMIT ?",
+            " AND finished_at IS NOT NULL AND finished_at > ? AND replay_of IS NULL"
+            " ORDER BY finished_at DESC LIMIT ?",
             (pipeline, stage, float("-inf") if since is None else since, count),
         ).fetchall()
 
@@ -86,6 +89,24 @@ class History(Connected):
             total += cost
         return total
 
+    def add_replay(self, run: dict[str, Any]) -> str:
+        """A finished run that `pipewarden replay --record` ran: its fields as columns,
+        `replay_of` among them, and its id the next run number; it keeps the replayed run's
+        trace id (trace_id is derived here: a given one is kept in trace_kept). No item
+        changes."""
+        if not run.get("replay_of"):
+            raise ValueError("a replay names the run it replayed (replay_of)")
+        with self._write():
+            (last,) = self._conn.execute("SELECT MAX(rowid) FROM runs").fetchone()
+            number = (last or 0) + 1
+            row = {**run, "rowid": number, "id": str(number)}
+            row["trace_kept"] = row.pop("trace_id", None)
+            self._conn.execute(
+                f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
+        return row["id"]
+
     def running_runs(self) -> list[Run]:
         # `!= 'ok'` repeats the partial index's WHERE, so runs_by_status answers it.
         running = (self.Run.status == "running") & (self.Run.status != "ok")
@@ -97,7 +118,8 @@ class History(Connected):
             row[0]
             for row in self._conn.execute(
                 "SELECT duration_s FROM runs WHERE pipeline = ? AND stage = ? AND status = 'ok'"
-                " AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+                " AND finished_at IS NOT NULL AND replay_of IS NULL"
+                " ORDER BY finished_at DESC LIMIT ?",
                 (pipeline, stage, count),
             )
         ]

@@ -19,13 +19,14 @@ KEYS_PER_QUERY = 500  # keys looked up at once (SQLite's variable limit is far a
 _LATER_OK = (
     "(runs.status IN ('failed', 'timed_out') AND EXISTS (SELECT 1 FROM runs AS later"
     " WHERE later.item_id = runs.item_id AND later.stage = runs.stage"
-    " AND later.status = 'ok' AND later.started_at > runs.started_at))"
+    " AND later.status = 'ok' AND later.started_at > runs.started_at"
+    " AND later.replay_of IS NULL))"
 )
 # The runs `prune` deletes (as Books.prune_batch picks them).
 _PRUNABLE = (
     "started_at < ? AND finished_at IS NOT NULL AND finished_at < ? AND status != 'running'"
     " AND EXISTS (SELECT 1 FROM runs AS newer WHERE newer.item_id = runs.item_id"
-    " AND newer.started_at > runs.started_at)"
+    " AND newer.started_at > runs.started_at AND newer.replay_of IS NULL)"
 )
 
 

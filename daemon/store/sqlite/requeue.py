@@ -26,17 +26,23 @@ class Requeue(Connected):
     def requeue_by_label(
         self, label: str, now: float, pipeline: str | None = None, stage: str | None = None,
         since: float | None = None, dry_run: bool = False, force: bool = False,
+        before: float | None = None, limit: int | None = None,
     ) -> int:  # fmt: skip
-        """Failed and retrying items with `label` back in the queue, attempts reset."""
+        """Failed and retrying items with `label` back in the queue, attempts reset; with
+        `before`, only those whose last change was before it; at most `limit` of them."""
         where = "last_label = ? AND state IN ('failed', 'retrying') AND state != 'done'"
         params: list[Any] = [label]
         for column, value in (("pipeline", pipeline), ("stage", stage)):
             if value is not None:
                 where += f" AND {column} = ?"
                 params.append(value)
-        if since is not None:
-            where += " AND updated_at >= ?"
-            params.append(since)
+        for bound, value in ((">=", since), ("<", before)):
+            if value is not None:
+                where += f" AND updated_at {bound} ?"
+                params.append(value)
+        if limit is not None:
+            where = f"id IN (SELECT id FROM items WHERE {where} ORDER BY id LIMIT ?)"
+            params.append(limit)
         with self._write():
             if dry_run:
                 return self._conn.execute(

@@ -251,6 +251,10 @@ MIGRATIONS: list[list[str]] = [
             GROUP BY 1, 2, 3, 4, 5""",
     ],
     _FEWER_BYTES_MIGRATION,  # 13
+    [  # 14: a run `pipewarden replay --record` kept: the run it replayed (production reads
+        # leave such runs out; they never change an item)
+        "ALTER TABLE runs ADD COLUMN replay_of TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

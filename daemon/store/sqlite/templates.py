@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pipewarden.store.records import FailureText, Relabel
 from pipewarden.store.sqlite.base import Connected
 
-_FAILURES = (
+_FAILURES = (  # a recorded replay is no production failure: it keeps its own judgement
     "status IN ('failed', 'timed_out') AND status != 'ok' AND started_at >= ?"
-    " AND group_name IS NOT NULL AND coalesce(category, '') != 'daemon'"
+    " AND group_name IS NOT NULL AND coalesce(category, '') != 'daemon' AND replay_of IS NULL"
 )
 _TEXT_KEY = "pipeline, stage, coalesce(error, ''), coalesce(error_type, ''), group_name, label"
 

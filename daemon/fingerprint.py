@@ -1,0 +1,18 @@
+"""A run's input fingerprint: the item (its key belongs to it), its data, the stage's config
+and code. The same fingerprint at the same stage is the same work (a checkpoint skips it),
+and `pipewarden replay` checks by it that the data it rebuilt is what a run had."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def input_fingerprint(
+    pipeline: str, key: str, data: dict[str, Any], config_hash: str, code_ref: str | None,
+    code_digest: str,
+) -> str:  # fmt: skip
+    item = json.dumps([pipeline, key, data], sort_keys=True, default=str)
+    blob = item + config_hash + (code_ref or "") + code_digest
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
