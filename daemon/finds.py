@@ -42,7 +42,7 @@ def run_record(store: Store, rules: RuleSet, run_id: str) -> dict[str, Any] | No
     if len(matches) != 1:
         return None
     run = matches[0]
-    item = store.Item.get_or_none(store.Item.id == run.item_id)
+    item = store.item(run.pipeline, run.item_key)
     return {
         **run_as_dict(run),
         "data_out": _json_or_text(run.data_out),
