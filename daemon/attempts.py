@@ -25,6 +25,16 @@ PROGRESS_WRITE_S = 1.0  # live progress reaches the store at most this often
 class Attempts:
     """The scheduler's attempts (see scheduler.Scheduler for the state it shares)."""
 
+    async def _attempts(self, slot: StageSlot, claimed: Claimed, new_run: NewRun) -> None:
+        """A worker's turn: the attempt, then the items handed ahead to its slot, one after
+        another without waiting for a commit, for as long as nothing that finished and is
+        not written yet may raise a halt (a failure, a cost: the guard judges it first)."""
+        while True:
+            await self._attempt(slot, claimed, new_run)
+            if self._may_halt or (handed := self._hand_ahead(slot)) is None:
+                return
+            claimed, new_run = handed
+
     async def _attempt(self, slot: StageSlot, claimed: Claimed, new_run: NewRun) -> None:
         job = Job(new_run.run_id, claimed.key, claimed.attempt, claimed.data, new_run.trace_id)
         started = self.clock.monotonic()
@@ -47,9 +57,9 @@ class Attempts:
             )
         self._add_finished(finished, claimed.key, claimed.attempt)
         log_run(self.config.log_runs, slot.stage, claimed, new_run, decision)
-        if new_run.run_id in self._probes:
+        if new_run.run_id in self._probes:  # its halt is cleared or kept by the next pass
             hold_id = self._probes.pop(new_run.run_id)
-            self._finish_probe(hold_id, claimed, decision, self.clock.now())
+            self._probe_ends.append((hold_id, claimed, decision, self.clock.now()))
 
     def _record_progress(self, run_id: str, progress: Progress) -> None:
         self._progress[run_id] = (progress.fraction, progress.message)

@@ -37,6 +37,7 @@ from pipewarden.scheduler import Scheduler
 from pipewarden.sdnotify import SystemdNotifier
 from pipewarden.store import STORE_FILE, Storage, open_store
 from pipewarden.template_feed import TemplateFeed
+from pipewarden.writer import Writer
 
 log = logging.getLogger("pipewarden.daemon")
 
@@ -130,13 +131,14 @@ class Daemon:
         await self.outage.wait_out(lock.acquire)  # its pid cannot be written on a full disk
         store = self._store = await self.outage.wait_out(lambda: open_store(self.config.state_dir))
         self.outage.relieve = partial(faults.make_room, store)
+        writer = Writer(store)  # the scheduler's passes and the workers' records, off the loop
         umask = os.umask(0o077)  # what the daemon and its workers write: their user's alone
         try:
             stopped_cleanly = await self.outage.wait_out(
                 lambda: faults.check_after_unclean_stop(store)
             )
             notifier = Notifier(store, self.config.notify, self.clock)
-            containment.enable(self.config.state_dir, store.record_processes)
+            containment.enable(self.config.state_dir, writer.later(store.record_processes))
             await self._kill_leftovers(store, stopped_cleanly is False)
             await self.outage.wait_out(lambda: self._recover(store, notifier))
             self._code = await asyncio.to_thread(reload_module.stage_code, self.config)
@@ -150,6 +152,7 @@ class Daemon:
                 detect_code_ref(self.config.path.parent),
                 self.events,
                 code=self._code,
+                writer=writer,
             )
             scheduler.observers, scheduler.outage = self.observers, self.outage
             feed = TemplateFeed(store)  # issue 15: unmatched failures mined, rules proposed
@@ -198,6 +201,7 @@ class Daemon:
         finally:
             self._remove_signal_handlers()
             containment.disable()
+            writer.close()
             store.close()
             lock.release()
             os.umask(umask)

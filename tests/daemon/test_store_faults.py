@@ -355,6 +355,9 @@ def test_damage_a_crash_left_is_found_by_the_quick_check_at_the_next_start(
     path = project.state_dir / STORE_FILE
     store = sqlite3.connect(path)
     store.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file, none in the WAL
+    # The runs it left (the two started, and those handed ahead to their pool slots).
+    runs = store.execute("SELECT id, status FROM runs ORDER BY id").fetchall()
+    assert len(runs) >= 2 and {status for _, status in runs} == {"running"}
     (page,) = store.execute(  # the items table's last leaf: no read at the start touches it
         "SELECT max(pageno) FROM dbstat WHERE name = 'items' AND pagetype = 'leaf'"
     ).fetchone()
@@ -368,7 +371,7 @@ def test_damage_a_crash_left_is_found_by_the_quick_check_at_the_next_start(
         f"pipewarden: store {path} is damaged (database disk image is malformed) {DAMAGED_FIX}\n"
     )
     check = sqlite3.connect(path)  # refused before a write: the crash's runs are as it left them
-    assert check.execute("SELECT status FROM runs").fetchall() == [("running",), ("running",)]
+    assert check.execute("SELECT id, status FROM runs ORDER BY id").fetchall() == runs
     check.close()
 
 

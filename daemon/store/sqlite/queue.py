@@ -136,6 +136,21 @@ class Queue(Connected):
             )  # fmt: skip
         return claimed
 
+    def unclaim(self, runs: Sequence[tuple[str, int]]) -> None:
+        """(run id, item id) of claims never sent to a worker, given back untouched: the run
+        rows go, the items are queued again with their attempts unspent."""
+        with self._write():
+            self._conn.executemany(
+                "UPDATE items SET state = 'queued', attempt = attempt - 1,"
+                " last_run_id = (SELECT id FROM runs INDEXED BY runs_by_item WHERE item_id = ?1"
+                " AND id != ?2 ORDER BY started_at DESC LIMIT 1)"
+                " WHERE id = ?1 AND state = 'running' AND last_run_id = ?2",
+                [(item_id, run_id) for run_id, item_id in runs],
+            )
+            self._conn.executemany(
+                "DELETE FROM runs WHERE id = ? AND status = 'running'", [(r,) for r, _ in runs]
+            )
+
     def finish(
         self, finished: Iterable[FinishedRun], progress: dict[str, tuple[float | None, str | None]]
     ) -> None:
