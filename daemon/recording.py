@@ -86,6 +86,9 @@ class Recording:
 
     def _take_batch(self, now: float) -> Batch:
         """What the pass writes, taken from the loop (given back if its commit fails)."""
+        if self._group_commit is not None:
+            self._group_commit.cancel()
+            self._group_commit = None
         batch = Batch(
             now, self.guard, self._finished, self._progress, self._probe_ends, self._put_back,
             self.claiming,

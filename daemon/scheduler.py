@@ -105,6 +105,7 @@ class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
         self._handing = threading.Lock()  # the slots' items ahead: the loop's and the writer's
         self._progress: dict[str, tuple[float | None, str | None]] = {}
         self._progress_timer: asyncio.TimerHandle | None = None  # the next progress write
+        self._group_commit: asyncio.TimerHandle | None = None  # the pass finished runs wait for
         self._progress_written = float("-inf")  # monotonic time of the last one
         self._probes: dict[str, int] = {}  # run id -> the hold it probes
         self._holds = Holds(frozenset(), frozenset(), frozenset(), (), ())

@@ -18,6 +18,8 @@ from pipewarden.store import Claimed, Hold, NewRun
 from pipewarden.workers import executor_for
 
 log = logging.getLogger("pipewarden.scheduler")
+AHEAD_PER_WORKER = 8  # items claimed ahead per worker of a quick stage
+QUICK_S = 0.5  # attempts quicker than this (on average) gain from items claimed ahead
 
 
 @dataclass(eq=False)
@@ -33,6 +35,7 @@ class StageSlot:
     in_flight: int = 0
     replaces: StageSlot | None = None  # a retired slot whose last attempts still run
     ahead: deque[tuple[Claimed, NewRun]] = field(default_factory=deque)
+    pace: float | None = None  # the attempts' recent mean duration (s): how far to claim ahead
 
     @property
     def busy(self) -> int:
@@ -52,13 +55,19 @@ class StageSlot:
 
     @property
     def ahead_allowed(self) -> int:
-        """One item ahead per pool worker. None for a process stage (a fresh process per
-        item gains nothing from it), nor for `on_interrupt: hold`: a crash would hold an
-        item for a person as if it had started."""
-        stage = self.stage
-        if stage.mode != "pool" or stage.on_interrupt == "hold":
+        """How many items a claim may hand the slot ahead of its workers: AHEAD_PER_WORKER
+        per worker for a quick stage (a worker done with one starts the next at once, and a
+        pass writes several ends in one commit), one while its pace is not known yet. None
+        for a slow stage (a commit is nothing beside its attempts, and an item ahead would
+        show as running long before it runs), nor for `on_interrupt: hold` (a crash would
+        hold an item for a person as if it had started)."""
+        if self.stage.on_interrupt == "hold" or (self.pace is not None and self.pace >= QUICK_S):
             return 0
-        return self.executor.capacity
+        return self.executor.capacity * (1 if self.pace is None else AHEAD_PER_WORKER)
+
+    def timed(self, duration_s: float) -> None:
+        """An attempt took `duration_s`: the pace follows the last few."""
+        self.pace = duration_s if self.pace is None else 0.8 * self.pace + 0.2 * duration_s
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,7 @@ def test_stepping_the_loop_claims_finishes_and_retries_at_the_chosen_times(proje
             (1, "failed", START), (2, "ok", START + 65),
         ]  # fmt: skip
     finally:
+        scheduler.writer.close()
         store.close()
 
 
@@ -116,13 +117,13 @@ halts:
 """
 
 
-def stepped(project: Project) -> tuple[Scheduler, object]:
+def stepped(project: Project, more: str = "") -> tuple[Scheduler, object]:
     """A scheduler over a pool stage of one worker, items a, b and c queued."""
     project.write("w.py", GATED)
     project.write("halt.yaml", HALT_AT_ONCE)
     project.configure(
         "sites:\n  stages:\n    - name: fetch\n      python: 'w:work'\n      mode: pool\n"
-        "      channel: web\n      retry: {max_attempts: 3, backoff: 60s, jitter: 0}\n",
+        f"      channel: web\n      retry: {{max_attempts: 3, backoff: 60s, jitter: 0}}\n{more}",
         rules=(str(project.root / "halt.yaml"),),
     )
     config = load_config(project.config_path)
@@ -164,6 +165,7 @@ def test_a_halt_raised_while_an_item_is_handed_ahead_puts_it_back_untouched(proj
         asyncio.run(steps())
         assert untouched(store, "b") and untouched(store, "c")
     finally:
+        scheduler.writer.close()
         store.close()
 
 
@@ -188,6 +190,7 @@ def test_a_pause_seen_while_an_item_is_handed_ahead_puts_it_back_untouched(proje
         asyncio.run(steps())
         assert untouched(store, "b") and untouched(store, "c")
     finally:
+        scheduler.writer.close()
         store.close()
 
 
@@ -205,4 +208,22 @@ def test_a_stop_puts_back_what_was_handed_ahead(project: Project):
         assert store.item("sites", "a").state == "done"
         assert untouched(store, "b") and untouched(store, "c")
     finally:
+        scheduler.writer.close()
+        store.close()
+
+
+def test_an_on_interrupt_hold_stage_is_never_handed_an_item_ahead(project: Project):
+    scheduler, store = stepped(project, "      on_interrupt: hold\n")
+
+    async def steps() -> None:
+        assert await scheduler.step()
+        assert store.item("sites", "a").state == "running"
+        assert untouched(store, "b") and untouched(store, "c")  # a crash holds nothing unrun
+        (project.root / "gate").touch()
+        assert await scheduler.drain(10.0, "test done")
+
+    try:
+        asyncio.run(steps())
+    finally:
+        scheduler.writer.close()
         store.close()
