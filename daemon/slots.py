@@ -57,17 +57,20 @@ class StageSlot:
     def ahead_allowed(self) -> int:
         """How many items a claim may hand the slot ahead of its workers: AHEAD_PER_WORKER
         per worker for a quick stage (a worker done with one starts the next at once, and a
-        pass writes several ends in one commit), one while its pace is not known yet. None
-        for a slow stage (a commit is nothing beside its attempts, and an item ahead would
-        show as running long before it runs), nor for `on_interrupt: hold` (a crash would
-        hold an item for a person as if it had started)."""
-        if self.stage.on_interrupt == "hold" or (self.pace is not None and self.pace >= QUICK_S):
+        pass writes several ends in one commit). None before its pace is known, nor for a
+        slow stage (a commit is nothing beside its attempts, and an item ahead would show as
+        running long before it runs), nor for `on_interrupt: hold` (a crash would hold an
+        item for a person as if it had started)."""
+        quick = self.pace is not None and self.pace < QUICK_S
+        if not quick or self.stage.on_interrupt == "hold":
             return 0
-        return self.executor.capacity * (1 if self.pace is None else AHEAD_PER_WORKER)
+        return self.executor.capacity * AHEAD_PER_WORKER
 
     def timed(self, duration_s: float) -> None:
-        """An attempt took `duration_s`: the pace follows the last few."""
-        self.pace = duration_s if self.pace is None else 0.8 * self.pace + 0.2 * duration_s
+        """An attempt took `duration_s`: a quicker one sets the pace at once (a pool worker's
+        first attempt includes its start), a slower one moves it by a fifth."""
+        pace = self.pace
+        self.pace = duration_s if pace is None else min(duration_s, 0.8 * pace + 0.2 * duration_s)
 
 
 @dataclass(frozen=True)
