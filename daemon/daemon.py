@@ -171,7 +171,7 @@ class Daemon:
                 self._spawn(self._watch_files())
             api = await self._start_api()
             self.systemd.ready(self.summary())
-            self._spawn(self.systemd.watchdog(self.summary))
+            self._spawn(self.systemd.watchdog(self.summary, lambda s: writer.busy_for() > s))
             self._spawn(self._keep_the_books())
             self._spawn(containment.keep_sweeping())
             self._spawn(feed.keep_proposing(self.clock.now))

@@ -178,6 +178,10 @@ class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
                 "%d finished run(s) not recorded: the next start requeues their items",
                 len(self._finished),
             )
+        if ahead := sum(len(slot.ahead) for slot in (*self._slots, *self._retired)):
+            log.error(
+                "%d item(s) claimed ahead not given back: the next start requeues them", ahead
+            )
         else:
             await self.notifier.flush(self.clock.now(), timeout_s=NOTIFY_AT_STOP_S)
         await asyncio.gather(*(slot.executor.stop() for slot in (*self._slots, *self._retired)))

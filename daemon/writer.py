@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -29,16 +30,30 @@ class Writer:
     def __init__(self, store: Storage):
         self.store = store
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipewarden-writer")
+        self._since: float | None = None  # when the write under way began (monotonic)
 
     async def run(self, work: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._timed, work)
+
+    def busy_for(self) -> float:
+        """How long the write under way has taken so far (0: none). The loop no longer waits
+        inside SQLite, so a store that does not answer shows here (systemd's watchdog)."""
+        since = self._since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _timed(self, work: Callable[[], T]) -> T:
+        self._since = time.monotonic()
+        try:
+            return work()
+        finally:
+            self._since = None
 
     def later(self, write: Callable[..., Any]) -> Callable[..., None]:
         """`write` as a callback that queues it for the writer (a record for recovery only:
         a store that cannot take it skips it, and a failure is logged, not raised)."""
 
         def queued(*args: Any) -> None:
-            self._thread.submit(self._quietly, write, args)
+            self._thread.submit(self._timed, lambda: self._quietly(write, args))
 
         return queued
 
