@@ -20,8 +20,9 @@ TIMEOUT_WINDOW_S = 600.0  # watchdog timeouts are counted over this window to no
 class Announce:
     """The scheduler's notifications (see scheduler.Scheduler for the state it shares)."""
 
-    def _notify_halt(self, hold: Hold, now: float) -> None:
-        self.events.publish("halt", target=hold.target, scope=hold.scope, reason=hold.reason)
+    def _notify_halt(self, hold: Hold, now: float, events: list[tuple[str, dict]]) -> None:
+        """On the writer's thread: the notification joins the pass, its event `events`."""
+        events.append(("halt", dict(target=hold.target, scope=hold.scope, reason=hold.reason)))
         event = "budget" if hold.scope == "pipeline" else "halt"
         samples = json.loads(hold.samples or "[]")
         body = [

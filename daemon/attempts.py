@@ -20,10 +20,32 @@ from pipewarden.workers import Job
 
 log = logging.getLogger("pipewarden.scheduler")
 PROGRESS_WRITE_S = 1.0  # live progress reaches the store at most this often
+GROUP_COMMIT_S = 0.01  # how long a finished run may wait for others to share its commit
 
 
 class Attempts:
     """The scheduler's attempts (see scheduler.Scheduler for the state it shares)."""
+
+    async def _attempts(self, slot: StageSlot, claimed: Claimed, new_run: NewRun) -> None:
+        """A worker's turn: the attempt, then the items handed ahead to its slot, one after
+        another without waiting for a commit, for as long as nothing that finished and is
+        not written yet may raise a halt (a failure, a cost: the guard judges it first)."""
+        while True:
+            await self._attempt(slot, claimed, new_run)
+            handed = None if self._may_halt else self._hand_ahead(slot)
+            self._to_be_written(slot)
+            if handed is None:
+                return
+            claimed, new_run = handed
+
+    def _to_be_written(self, slot: StageSlot) -> None:
+        """An attempt ended: a pass writes it now when the guard must judge it, a worker is
+        free or the items ahead run low; else within GROUP_COMMIT_S, with the others that
+        end meanwhile (one commit for all)."""
+        if self._may_halt or slot.idle > 0 or len(slot.ahead) <= slot.ahead_allowed // 2:
+            self.wake()
+        elif self._group_commit is None:
+            self._group_commit = asyncio.get_running_loop().call_later(GROUP_COMMIT_S, self.wake)
 
     async def _attempt(self, slot: StageSlot, claimed: Claimed, new_run: NewRun) -> None:
         job = Job(new_run.run_id, claimed.key, claimed.attempt, claimed.data, new_run.trace_id)
@@ -37,7 +59,7 @@ class Attempts:
             report = WorkerReport(Verdict.ERROR, error=f"cannot start worker: {exc}")
         finally:
             slot.in_flight -= 1
-            self._wake.set()
+            slot.timed(self.clock.monotonic() - started)
         try:
             finished, decision = self._judge(slot, claimed, new_run, report, started)
         except Exception as exc:  # a bad value or a bug here must not lose or spin the item
@@ -47,9 +69,9 @@ class Attempts:
             )
         self._add_finished(finished, claimed.key, claimed.attempt)
         log_run(self.config.log_runs, slot.stage, claimed, new_run, decision)
-        if new_run.run_id in self._probes:
+        if new_run.run_id in self._probes:  # its halt is cleared or kept by the next pass
             hold_id = self._probes.pop(new_run.run_id)
-            self._finish_probe(hold_id, claimed, decision, self.clock.now())
+            self._probe_ends.append((hold_id, claimed, decision, self.clock.now()))
 
     def _record_progress(self, run_id: str, progress: Progress) -> None:
         self._progress[run_id] = (progress.fraction, progress.message)

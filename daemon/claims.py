@@ -20,7 +20,8 @@ from pipewarden.outcomes import (
     skipped,
 )
 from pipewarden.protocol import Verdict, WorkerReport
-from pipewarden.slots import StageSlot
+from pipewarden.recording import Batch, Handed, finished_event
+from pipewarden.slots import Holds, StageSlot
 from pipewarden.store import Claimed, Hold, NewRun
 from pipewarden.types import RunStatus
 
@@ -40,23 +41,32 @@ class Claims:
                 if deferred:
                     log.info("%d item(s) of channel %s wait for business hours", deferred, channel)
 
-    def _dispatch(self, now: float) -> None:
-        holds = self._holds
+    def _dispatch(self, batch: Batch) -> None:
+        holds, now = batch.holds, batch.now
+        assert holds is not None
         for hold in holds.probes:
-            self._start_probe(hold, now)
+            self._start_probe(batch, hold)
         blocked = sorted(holds.channels)
         for slot in self._slots:
-            if slot.free > 0 and not holds.blocks(slot):
-                self._claim(slot, slot.free, now, blocked)
+            if (free := self._free(slot, batch)) > 0 and not holds.blocks(slot):
+                self._claim(batch, slot, free, now, blocked)
+
+    def _free(self, slot: StageSlot, batch: Batch) -> int:
+        with self._handing:  # the loop hands items ahead meanwhile
+            free = slot.free
+        return free - batch.claimed_for(slot)
 
     def _claim(
         self,
+        batch: Batch,
         slot: StageSlot,
         limit: int,
         now: float,
         blocked: list[str],
         only_channel: str | None = None,
     ) -> list[str]:
+        """Claim up to `limit` items for `slot` (on the writer's thread): those the loop may
+        start once the pass is committed join `batch.claimed`; returns their run ids."""
         stage = slot.stage
 
         def describe(item_id: int, key: str, data: dict) -> NewRun:
@@ -75,22 +85,74 @@ class Claims:
                 )
             )
             # A checkpoint: this very input already passed this stage.
-            if earlier and self._record_skipped(slot, item, new_run, earlier, now):
+            if earlier and self._record_skipped(batch, slot, item, new_run, earlier, now):
                 continue
-            self.events.publish(
-                "run_started", run_id=new_run.run_id, pipeline=slot.pipeline.name,
-                stage=stage.name, key=item.key, attempt=item.attempt, channel=new_run.channel,
-                started_at=now,
-            )  # fmt: skip
-            slot.in_flight += 1
-            task = asyncio.create_task(self._attempt(slot, item, new_run))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            batch.claimed.append((slot, item, new_run))
             started.append(new_run.run_id)
         return started
 
+    def _take_back(self, batch: Batch) -> None:
+        """Items handed ahead that may not start go back untouched in this very commit (their
+        run rows gone, their attempts unspent): every one when the daemon stops claiming,
+        else those a hold keeps back (a halt this pass raised, a pause it sees). Taken under
+        the lock the loop hands them out with, none of them reaches a worker after."""
+        with self._handing:
+            for slot in (*self._slots, *self._retired):
+                keep = []
+                for claimed, new_run in slot.ahead:
+                    if batch.claiming and not self._held_back(slot, new_run, batch.holds):
+                        keep.append((claimed, new_run))
+                    else:
+                        batch.taken_back.append((slot, claimed, new_run))
+                if len(keep) < len(slot.ahead):
+                    slot.ahead.clear()
+                    slot.ahead.extend(keep)
+        given_back = [*batch.put_back, *batch.taken_back]
+        if given_back:
+            self.store.unclaim([(new_run.run_id, claimed.item_id)
+                                for _, claimed, new_run in given_back])  # fmt: skip
+            log.info("%d item(s) handed ahead went back to the queue untouched", len(given_back))
+
+    def _return_ahead(self, taken_back: list[Handed]) -> None:
+        """A pass not committed: what it took back is ahead of its slots again."""
+        with self._handing:
+            for slot, claimed, new_run in reversed(taken_back):
+                slot.ahead.appendleft((claimed, new_run))
+
+    def _held_back(self, slot: StageSlot, new_run: NewRun, holds: Holds | None) -> bool:
+        if new_run.run_id in self._probes:  # let through to test a halt
+            return False
+        return holds is not None and (holds.blocks(slot) or new_run.channel in holds.channels)
+
+    def _start_ahead(self, slot: StageSlot) -> None:
+        """On the loop: an attempt for each idle worker, from the items handed ahead."""
+        while slot.idle > 0 and (handed := self._hand_ahead(slot)) is not None:
+            task = asyncio.create_task(self._attempts(slot, *handed))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _hand_ahead(self, slot: StageSlot) -> tuple[Claimed, NewRun] | None:
+        """The slot's next item ahead, now counted in flight for a worker to take; None when
+        there is none, the daemon stops claiming, or a hold keeps it back (a pass gives it
+        back)."""
+        with self._handing:
+            if not slot.ahead or not self.claiming:
+                return None
+            claimed, new_run = slot.ahead[0]
+            if self._held_back(slot, new_run, self._holds):
+                return None
+            slot.ahead.popleft()
+            slot.in_flight += 1
+        self.events.publish(
+            "run_started", run_id=new_run.run_id, pipeline=slot.pipeline.name,
+            stage=slot.stage.name, key=claimed.key, attempt=claimed.attempt,
+            channel=new_run.channel, started_at=self.clock.now(),
+        )  # fmt: skip
+        return claimed, new_run
+
     def _record_skipped(
         self,
+        batch: Batch,
         slot: StageSlot,
         claimed: Claimed,
         new_run: NewRun,
@@ -115,22 +177,20 @@ class Claims:
             return False
         decision = skipped(slot.pipeline, slot.stage, claimed.attempt, now, earlier_id)
         report = WorkerReport(Verdict.OK)
-        self._add_finished(
-            self._finished_run(
-                slot, claimed, new_run, report, decision, data, 0.0, item_data=item_data,
-                data_out=produced,
-            ),
-            claimed.key,
-            claimed.attempt,
+        run = self._finished_run(
+            slot, claimed, new_run, report, decision, data, 0.0, item_data=item_data,
+            data_out=produced,
         )  # fmt: skip
+        batch.skipped.append(run)
+        batch.events.append(("run_finished", finished_event(run, claimed.key, claimed.attempt)))
         log_run(self.config.log_runs, slot.stage, claimed, new_run, decision)
         return True
 
-    def _lift_budget_halts(self, holds: list[Hold], now: float) -> list[Hold]:
+    def _lift_budget_halts(self, holds: list[Hold], batch: Batch) -> list[Hold]:
         """A budget's halt lifts itself when its day is over; returns the holds still on."""
-        active = []
+        active, now = [], batch.now
         for hold in holds:
-            lifts_at = self.guard.budget_lifts_at(hold)
+            lifts_at = batch.guard.budget_lifts_at(hold)
             if lifts_at is None or lifts_at > now:
                 active.append(hold)
                 continue
@@ -139,20 +199,22 @@ class Claims:
             self.notifier.halt_resolved(hold, "A new budget day began", now)
         return active
 
-    def _start_probe(self, hold: Hold, now: float) -> None:
+    def _start_probe(self, batch: Batch, hold: Hold) -> None:
         """After a halt's cool-down, let exactly one item through to test the water."""
+        holds, now = batch.holds, batch.now
+        assert holds is not None
         for slot in self._slots:
-            if slot.free <= 0:
+            if self._free(slot, batch) <= 0:
                 continue
             if hold.scope == "stage":
                 if slot.stage.qualified_name != hold.target:
                     continue
-                run_ids = self._claim(slot, 1, now, sorted(self._holds.channels))
+                run_ids = self._claim(batch, slot, 1, now, sorted(holds.channels))
             else:
-                others = sorted(self._holds.channels - {hold.target})
-                run_ids = self._claim(slot, 1, now, others, only_channel=hold.target)
+                others = sorted(holds.channels - {hold.target})
+                run_ids = self._claim(batch, slot, 1, now, others, only_channel=hold.target)
             if run_ids:
-                self._probes[run_ids[0]] = hold.id
+                batch.probes[run_ids[0]] = hold.id
                 self.store.update_hold(hold.id, probe_run_id=run_ids[0])
                 log.info("probing halted %s %s with one item", hold.scope, hold.target)
                 return

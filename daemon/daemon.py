@@ -38,6 +38,7 @@ from pipewarden.scheduler import Scheduler
 from pipewarden.sdnotify import SystemdNotifier
 from pipewarden.store import STORE_FILE, Storage, open_configured
 from pipewarden.template_feed import TemplateFeed
+from pipewarden.writer import Writer
 
 log = logging.getLogger("pipewarden.daemon")
 
@@ -140,13 +141,14 @@ class Daemon:
         )
         self.outage.relieve = partial(faults.make_room, store)
         stop_listening: Callable[[], None] = str  # a no-op, until a shared store listens
+        writer = Writer(store)  # the scheduler's passes and the workers' records, off the loop
         umask = os.umask(0o077)  # what the daemon and its workers write: their user's alone
         try:
             stopped_cleanly = await self.outage.wait_out(
                 lambda: faults.check_after_unclean_stop(store)
             )
             notifier = Notifier(store, self.config.notify, self.clock)
-            containment.enable(self.config.state_dir, store.record_processes)
+            containment.enable(self.config.state_dir, writer.later(store.record_processes))
             await self._kill_leftovers(store, stopped_cleanly is False)
             await self.outage.wait_out(lambda: self._recover(store, notifier))
             self._code = await asyncio.to_thread(reload_module.stage_code, self.config)
@@ -160,6 +162,7 @@ class Daemon:
                 detect_code_ref(self.config.path.parent),
                 self.events,
                 code=self._code,
+                writer=writer,
             )
             scheduler.observers, scheduler.outage = self.observers, self.outage
             feed = TemplateFeed(store)  # issue 15: unmatched failures mined, rules proposed
@@ -183,7 +186,7 @@ class Daemon:
                 self._spawn(self._watch_files())
             api = await self._start_api()
             self.systemd.ready(self.summary())
-            self._spawn(self.systemd.watchdog(self.summary))
+            self._spawn(self.systemd.watchdog(self.summary, lambda s: writer.busy_for() > s))
             self._spawn(self._keep_the_books())
             self._spawn(containment.keep_sweeping())
             self._spawn(feed.keep_proposing(self.clock.now))
@@ -209,6 +212,7 @@ class Daemon:
             self._remove_signal_handlers()
             containment.disable()
             stop_listening()
+            writer.close()
             store.close()
             lock.release()
             os.umask(umask)

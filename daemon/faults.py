@@ -259,10 +259,11 @@ def make_room(store: Store) -> bool:
         return False  # no WAL of ours to checkpoint: the server's disk is its own
     connection = store.db.connection()
     try:
-        connection.execute(f"PRAGMA wal_autocheckpoint = {FULL_DISK_WAL_PAGES}")
-        connection.execute(f"PRAGMA journal_size_limit = {FULL_DISK_WAL_BYTES}")
+        # Kept for the connections opened from now on too (the writer's thread has its own).
+        store.db.pragma("wal_autocheckpoint", FULL_DISK_WAL_PAGES, permanent=True)
+        store.db.pragma("journal_size_limit", FULL_DISK_WAL_BYTES, permanent=True)
         _, frames, checkpointed = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    except sqlite3.Error:  # no room even for that: the outage goes on
+    except Exception:  # no room even for that (sqlite3's error, or Peewee's around it)
         return False
     return frames > 0 and checkpointed == frames
 

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from functools import partial
+import threading
 from typing import Any
 
 from pipewarden import faults
@@ -45,11 +45,13 @@ from pipewarden.events import EventBus
 from pipewarden.guard import Guard
 from pipewarden.judging import Judging
 from pipewarden.notifier import Notifier
-from pipewarden.recording import Recording
+from pipewarden.outcomes import Decision
+from pipewarden.recording import Batch, Handed, Recording
 from pipewarden.reload import StageCode
 from pipewarden.slots import Holds, LiveConfig, StageSlot
-from pipewarden.store import FinishedRun, Hold, Storage
+from pipewarden.store import Claimed, FinishedRun, Hold, Storage
 from pipewarden.workers import executor_for
+from pipewarden.writer import Writer
 
 log = logging.getLogger("pipewarden.scheduler")
 
@@ -73,11 +75,13 @@ class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
         events: EventBus | None = None,
         rng: random.Random | None = None,
         code: dict[str, StageCode] | None = None,
+        writer: Writer | None = None,
     ):
         self.config = config
         self.events = events or EventBus()
         self.observers: list[Any] = []  # e.g. metrics: told of every batch of finished runs
         self.store = store
+        self.writer = writer or Writer(store)  # the store's writes, off the loop
         self.classifier = classifier
         self.guard = guard
         self.notifier = notifier
@@ -95,8 +99,13 @@ class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
         self._retired: list[StageSlot] = []  # replaced by a reload; stopped once idle
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: list[FinishedRun] = []
+        self._may_halt = 0  # of the runs finished and not committed, failures and costs
+        self._probe_ends: list[tuple[int, Claimed, Decision, float]] = []  # for the next pass
+        self._put_back: list[Handed] = []  # handed ahead, never sent: back to the queue
+        self._handing = threading.Lock()  # the slots' items ahead: the loop's and the writer's
         self._progress: dict[str, tuple[float | None, str | None]] = {}
         self._progress_timer: asyncio.TimerHandle | None = None  # the next progress write
+        self._group_commit: asyncio.TimerHandle | None = None  # the pass finished runs wait for
         self._progress_written = float("-inf")  # monotonic time of the last one
         self._probes: dict[str, int] = {}  # run id -> the hold it probes
         self._holds = Holds(frozenset(), frozenset(), frozenset(), (), ())
@@ -137,7 +146,7 @@ class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
         start as tasks), let the notifier deliver what is due. False when the store could
         not take it (nothing of it is left behind). A test drives the loop with it."""
         now = self.clock.now()
-        if not self._in_one_commit(partial(self._pass, now)):
+        if not await self._in_one_commit(self._pass, now):
             return False
         self.notifier.tick(now)
         await self._stop_retired()
@@ -161,7 +170,7 @@ class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
             self._interrupt_reason = reason
             await asyncio.wait(leftover)
         with contextlib.suppress(faults.StoreFault):  # damaged: the daemon says so as it exits
-            self._in_one_commit(self.flush)
+            await self._in_one_commit(self._last_pass, self.clock.now())
         if self._progress_timer is not None:
             self._progress_timer.cancel()
         if self._finished:
@@ -169,21 +178,35 @@ class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
                 "%d finished run(s) not recorded: the next start requeues their items",
                 len(self._finished),
             )
+        if ahead := sum(len(slot.ahead) for slot in (*self._slots, *self._retired)):
+            log.error(
+                "%d item(s) claimed ahead not given back: the next start requeues them", ahead
+            )
         else:
             await self.notifier.flush(self.clock.now(), timeout_s=NOTIFY_AT_STOP_S)
         await asyncio.gather(*(slot.executor.stop() for slot in (*self._slots, *self._retired)))
         return not self._finished
 
-    def _pass(self, now: float) -> list[FinishedRun]:
-        """Write what finished, raise and lift halts, claim what fits; returns what it wrote."""
-        written = self.flush()  # first: a halt it raises must stop this very pass's claims
-        holds = self._lift_budget_halts(self.store.active_holds(), now)
-        self._holds = Holds.from_rows(holds, now)
-        if self.claiming and self.outage.fault is None:
+    def _pass(self, batch: Batch) -> None:
+        """On the writer's thread, in one transaction: write what finished, raise and lift
+        halts, give back what they keep from starting, claim what fits."""
+        now = batch.now
+        self._end_probes(batch)
+        # First: a halt it raises must stop this very pass's claims.
+        self.flush(batch, batch.finished, batch.progress)
+        holds = self._lift_budget_halts(self.store.active_holds(), batch)
+        batch.holds = Holds.from_rows(holds, now)
+        self._take_back(batch)
+        if batch.claiming and self.outage.fault is None:
             self._defer_closed_channels(now)
-            self._dispatch(now)
-            written += self.flush()  # skipped runs end in the pass that claimed them
-        return written
+            self._dispatch(batch)
+            self.flush(batch, batch.skipped)  # skipped runs end in the pass that claimed them
+
+    def _last_pass(self, batch: Batch) -> None:
+        """At a stop: write what finished; what was handed ahead goes back to the queue."""
+        self._end_probes(batch)
+        self.flush(batch, batch.finished, batch.progress)
+        self._take_back(batch)
 
     async def _sleep(self, delay: float | None) -> None:
         """Until woken (a run ended, an enqueue, a stop) or until `delay` has passed."""

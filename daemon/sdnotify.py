@@ -3,7 +3,8 @@
 The protocol is one datagram per message to the socket in $NOTIFY_SOCKET (a path, or
 an abstract name starting with '@'). Outside systemd there is no socket and every call
 does nothing. Watchdog pings come from a task on the daemon's event loop, so a wedged
-loop misses them and systemd restarts the daemon, which is the point.
+loop misses them, and so does a store write that does not end (`stuck`): systemd restarts
+the daemon, which is the point.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ class SystemdNotifier:
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=stopping: draining running attempts")
 
-    async def watchdog(self, status: Callable[[], str]) -> None:
-        """Ping at half the watchdog interval, with a fresh one-line STATUS, until cancelled."""
+    async def watchdog(
+        self, status: Callable[[], str], stuck: Callable[[float], bool] = lambda after: False
+    ) -> None:
+        """Ping at half the watchdog interval, with a fresh one-line STATUS, until cancelled;
+        no ping while `stuck(a quarter of the interval)`."""
         if self.watchdog_s is None or not self.address:
             return
         while True:
-            self.send("WATCHDOG=1", f"STATUS={status()}")
+            if not stuck(self.watchdog_s / 4):
+                self.send("WATCHDOG=1", f"STATUS={status()}")
             await asyncio.sleep(self.watchdog_s / 2)

@@ -7,25 +7,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from pipewarden.classifier import Classifier
 from pipewarden.config import Config, Pipeline, Stage
 from pipewarden.guard import Guard
 from pipewarden.reload import StageCode
-from pipewarden.store import Hold
+from pipewarden.store import Claimed, Hold, NewRun
 from pipewarden.workers import executor_for
 
 log = logging.getLogger("pipewarden.scheduler")
+AHEAD_PER_WORKER = 8  # items claimed ahead per worker of a quick stage
+QUICK_S = 0.5  # attempts quicker than this (on average) gain from items claimed ahead
 
 
-@dataclass
+@dataclass(eq=False)
 class StageSlot:
+    """A stage's executor, its attempts under way and, for a pool, the items handed to it
+    ahead: claimed (their run rows committed) but not sent to a worker yet, so that a worker
+    done with one item starts the next without waiting for a commit. A halt or a pause
+    gives those back untouched (see claims.Claims._take_back)."""
+
     pipeline: Pipeline
     stage: Stage
     executor: object
     in_flight: int = 0
     replaces: StageSlot | None = None  # a retired slot whose last attempts still run
+    ahead: deque[tuple[Claimed, NewRun]] = field(default_factory=deque)
+    pace: float | None = None  # the attempts' recent mean duration (s): how far to claim ahead
 
     @property
     def busy(self) -> int:
@@ -33,9 +43,34 @@ class StageSlot:
         return self.in_flight + (self.replaces.busy if self.replaces else 0)
 
     @property
-    def free(self) -> int:
+    def idle(self) -> int:
+        """Workers free for an attempt now."""
         # The stage's concurrency holds across a swap: new workers start as old ones finish.
         return self.executor.capacity - self.busy
+
+    @property
+    def free(self) -> int:
+        """Items the slot may be given by a claim: its idle workers, and as many ahead."""
+        return self.idle + self.ahead_allowed - len(self.ahead)
+
+    @property
+    def ahead_allowed(self) -> int:
+        """How many items a claim may hand the slot ahead of its workers: AHEAD_PER_WORKER
+        per worker for a quick stage (a worker done with one starts the next at once, and a
+        pass writes several ends in one commit). None before its pace is known, nor for a
+        slow stage (a commit is nothing beside its attempts, and an item ahead would show as
+        running long before it runs), nor for `on_interrupt: hold` (a crash would hold an
+        item for a person as if it had started)."""
+        quick = self.pace is not None and self.pace < QUICK_S
+        if not quick or self.stage.on_interrupt == "hold":
+            return 0
+        return self.executor.capacity * AHEAD_PER_WORKER
+
+    def timed(self, duration_s: float) -> None:
+        """An attempt took `duration_s`: a quicker one sets the pace at once (a pool worker's
+        first attempt includes its start), a slower one moves it by a fifth."""
+        pace = self.pace
+        self.pace = duration_s if pace is None else min(duration_s, 0.8 * pace + 0.2 * duration_s)
 
 
 @dataclass(frozen=True)
@@ -88,7 +123,7 @@ class LiveConfig:
                 slot = current.pop(stage.qualified_name, None)
                 edited = self._edited(stage, code, config) if slot is not None else []
                 if slot is not None and edited and stage.mode == "pool":
-                    self._retired.append(slot)
+                    self._retire(slot)
                     slots.append(StageSlot(pipeline, stage, executor_for(stage), replaces=slot))
                     changes.append(
                         f"stage {stage.qualified_name} replaced: {', '.join(edited)} changed —"
@@ -111,11 +146,11 @@ class LiveConfig:
                     changes.append(f"stage {stage.qualified_name} updated")
                     continue
                 if slot is not None:
-                    self._retired.append(slot)
+                    self._retire(slot)
                 changes.append(f"stage {stage.qualified_name} {'replaced' if slot else 'added'}")
                 slots.append(StageSlot(pipeline, stage, executor_for(stage), replaces=slot))
         for name, slot in current.items():
-            self._retired.append(slot)
+            self._retire(slot)
             changes.append(f"stage {name} removed (its items wait)")
         self._slots = slots
         self.config, self.classifier, self.guard, self.code = config, classifier, guard, code
@@ -131,6 +166,13 @@ class LiveConfig:
         if new is None:
             return old.edited(None, root) if old else []
         return new.edited(old, root)
+
+    def _retire(self, slot: StageSlot) -> None:
+        """The slot takes no more items: those handed to it ahead go back to the queue."""
+        self._retired.append(slot)
+        with self._handing:
+            self._put_back += [(slot, *handed) for handed in slot.ahead]
+            slot.ahead.clear()
 
     async def _stop_retired(self) -> None:
         idle = [slot for slot in self._retired if slot.in_flight == 0]

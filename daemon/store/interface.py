@@ -74,6 +74,11 @@ class Storage(Protocol):
     ) -> list[tuple[Claimed, NewRun]]:
         """Mark up to `limit` ready items running and write their run rows, atomically."""
 
+    def unclaim(self, runs: Sequence[tuple[str, int]]) -> None:
+        """(run id, item id) of claims never sent to a worker (items handed ahead that a halt,
+        a pause or a stop kept back), given back untouched: their run rows deleted, their
+        items queued again at the attempt they had, last run as before the claim."""
+
     def finish(
         self, finished: Iterable[FinishedRun], progress: dict[str, tuple[float | None, str | None]]
     ) -> None:

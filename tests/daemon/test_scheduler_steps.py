@@ -91,4 +91,154 @@ def test_stepping_the_loop_claims_finishes_and_retries_at_the_chosen_times(proje
             (1, "failed", START), (2, "ok", START + 65),
         ]  # fmt: skip
     finally:
+        scheduler.writer.close()
+        store.close()
+
+
+GATED = """
+import pathlib
+import time
+
+
+def work(data, ctx):
+    if ctx.key == "a":  # the first item waits for the test, then fails or succeeds
+        while not pathlib.Path("gate").exists():
+            time.sleep(0.01)
+        if pathlib.Path("fail").exists():
+            raise ConnectionResetError("connection reset by peer")
+    return {}
+"""
+HALT_AT_ONCE = """
+halts:
+  - when: same_label
+    channels: [web]
+    count: 1
+    within: 1h
+"""
+
+
+def stepped(project: Project, more: str = "") -> tuple[Scheduler, object]:
+    """A scheduler over a pool stage of one worker, its first items queued (see warm_up)."""
+    project.write("w.py", GATED)
+    project.write("halt.yaml", HALT_AT_ONCE)
+    project.configure(
+        "sites:\n  stages:\n    - name: fetch\n      python: 'w:work'\n      mode: pool\n"
+        f"      channel: web\n      retry: {{max_attempts: 3, backoff: 60s, jitter: 0}}\n{more}",
+        rules=(str(project.root / "halt.yaml"),),
+    )
+    config = load_config(project.config_path)
+    rules = load_rules(config.rule_paths, config.path.parent)
+    store = open_store(config.state_dir)
+    (stage,) = config.pipelines["sites"].stages
+    store.enqueue("sites", "fetch", [("w1", {}), ("w2", {})], START, stage.channel_for)
+    clock = SetClock(START)
+    scheduler = Scheduler(
+        config, store, Classifier(rules), Guard(store, rules.halts, stages_by_pipeline(config)),
+        Notifier(store, config.notify, clock), clock, None, rng=random.Random(1),
+    )  # fmt: skip
+    return scheduler, store
+
+
+async def warm_up(scheduler: Scheduler, store) -> None:
+    """Two quick items through the stage, so that its pace is known (items are claimed
+    ahead for a quick stage only); then a (held by the test), b and c are queued."""
+    for _ in range(2):
+        assert await scheduler.step()
+        await settled(scheduler)
+    assert await scheduler.step()
+    assert [store.item("sites", key).state for key in ("w1", "w2")] == ["done", "done"]
+    (stage,) = scheduler.config.pipelines["sites"].stages
+    store.enqueue("sites", "fetch", [("a", {}), ("b", {}), ("c", {})], START, stage.channel_for)
+
+
+def untouched(store, key: str) -> bool:
+    """Queued at its first attempt, with no run of it recorded: as if never claimed."""
+    item = store.item("sites", key)
+    return (item.state, item.attempt, store.item_runs(item.id)) == ("queued", 0, [])
+
+
+def test_a_halt_raised_while_an_item_is_handed_ahead_puts_it_back_untouched(project: Project):
+    scheduler, store = stepped(project)
+    (project.root / "fail").touch()
+
+    async def steps() -> None:
+        await warm_up(scheduler, store)
+        assert await scheduler.step()  # a goes to the worker, b and c are handed ahead of it
+        assert [store.item("sites", k).state for k in "bc"] == ["running"] * 2  # rows first
+        (project.root / "gate").touch()
+        await settled(scheduler)  # a failed: b waits for the guard's judgement, not sent
+        assert await scheduler.step()  # a's failure halts web; b goes back in that commit
+        assert [h.target for h in store.active_holds()] == ["web"]
+        assert untouched(store, "b") and untouched(store, "c")
+        assert scheduler.in_flight == 0
+        await scheduler.drain(1.0, "test done")
+
+    try:
+        asyncio.run(steps())
+        assert untouched(store, "b") and untouched(store, "c")
+    finally:
+        scheduler.writer.close()
+        store.close()
+
+
+def test_a_pause_seen_while_an_item_is_handed_ahead_puts_it_back_untouched(project: Project):
+    scheduler, store = stepped(project)
+
+    async def steps() -> None:
+        await warm_up(scheduler, store)
+        assert await scheduler.step()
+        assert [store.item("sites", k).state for k in "bc"] == ["running"] * 2
+        project.cli("pause", "--stage", "sites/fetch")
+        assert await scheduler.step()  # sees the pause: b and c go back while a still runs
+        assert untouched(store, "b") and untouched(store, "c")
+        assert store.item("sites", "a").state == "running"
+        (project.root / "gate").touch()
+        await settled(scheduler)  # a went through; the worker is given nothing after it
+        assert await scheduler.step()
+        assert store.item("sites", "a").state == "done"
+        assert scheduler.in_flight == 0
+        await scheduler.drain(1.0, "test done")
+
+    try:
+        asyncio.run(steps())
+        assert untouched(store, "b") and untouched(store, "c")
+    finally:
+        scheduler.writer.close()
+        store.close()
+
+
+def test_a_stop_puts_back_what_was_handed_ahead(project: Project):
+    scheduler, store = stepped(project)
+
+    async def steps() -> None:
+        await warm_up(scheduler, store)
+        assert await scheduler.step()
+        assert [store.item("sites", k).state for k in "bc"] == ["running"] * 2
+        (project.root / "gate").touch()
+        assert await scheduler.drain(10.0, "test done")  # a ends; b and c are never sent
+
+    try:
+        asyncio.run(steps())
+        assert store.item("sites", "a").state == "done"
+        assert untouched(store, "b") and untouched(store, "c")
+    finally:
+        scheduler.writer.close()
+        store.close()
+
+
+def test_an_on_interrupt_hold_stage_is_never_handed_an_item_ahead(project: Project):
+    scheduler, store = stepped(project, "      on_interrupt: hold\n")
+
+    async def steps() -> None:
+        await warm_up(scheduler, store)
+        assert await scheduler.step()
+        assert store.item("sites", "a").state == "running"
+        assert untouched(store, "b") and untouched(store, "c")  # a crash holds nothing unrun
+        (project.root / "gate").touch()
+        assert await scheduler.drain(10.0, "test done")
+
+    try:
+        asyncio.run(steps())
+    finally:
+        scheduler.writer.close()
         store.close()

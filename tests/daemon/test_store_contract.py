@@ -149,6 +149,22 @@ def test_a_run_that_returned_no_data_leaves_the_items_data_as_stored(storage: St
     assert storage.item(P, "a").data == '{"kept": [1, 2]}'
 
 
+def test_claims_never_sent_to_a_worker_go_back_untouched(storage: Storage):
+    storage.enqueue(P, S, [("a", {}), ("b", {})], 1.0)
+    ((a, run_a),) = claim(storage, limit=1)
+    storage.finish([replace(ended(a, run_a, RunStatus.FAILED, 2.0, error="boom"),
+                            item_state=ItemState.RETRYING, item_ready_at=3.0)], {})  # fmt: skip
+    (b, run_b), (again, run_again) = claim(storage, now=4.0)
+    assert (again.key, again.attempt, b.attempt) == ("a", 2, 1)
+    storage.unclaim([(run_again.run_id, again.item_id), (run_b.run_id, b.item_id)])
+    item_a, item_b = storage.item(P, "a"), storage.item(P, "b")
+    assert (item_a.state, item_a.attempt, item_a.last_run_id) == ("queued", 1, run_a.run_id)
+    assert (item_b.state, item_b.attempt, item_b.last_run_id) == ("queued", 0, None)
+    assert [r.id for r in storage.item_runs(a.item_id)] == [run_a.run_id]
+    assert storage.item_runs(b.item_id) == [] and storage.running_runs() == []
+    assert [(c.key, c.attempt) for c, _ in claim(storage, now=5.0)] == [("b", 1), ("a", 2)]
+
+
 def test_recovery_ends_running_runs_as_interrupted_and_requeues_or_holds_their_items(
     storage: Storage,
 ):

@@ -243,6 +243,10 @@ class Queue(Connected, SqliteQueue):
             "stage": stage, "daemon": self.daemon,
         })  # fmt: skip
 
+    def unclaim(self, runs: Sequence[tuple[str, int]]) -> None:
+        """As on SQLite: claims never sent to a worker, given back untouched."""
+        SqliteQueue.unclaim(self, runs)  # type: ignore[arg-type]
+
     def finish(
         self, finished: Iterable[FinishedRun], progress: dict[str, tuple[float | None, str | None]]
     ) -> None:

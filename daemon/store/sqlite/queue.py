@@ -156,9 +156,25 @@ class Queue(Rollup):
         """A run's id is its row number, as a string: short, in the order runs start, and
         appended at the end of every index that holds it (a random id dirtied a random
         page per insert). The newest run is never pruned (it is its item's latest), so a
-        number is not given twice. Asked inside the write lock: no other writer races."""
+        number is not given twice, but for a claim taken back before its worker started
+        (`unclaim`): nobody saw that run. Asked inside the write lock: no other writer races."""
         (last,) = self._conn.execute("SELECT MAX(rowid) FROM runs").fetchone()
         return (last or 0) + 1
+
+    def unclaim(self, runs: Sequence[tuple[str, int]]) -> None:
+        """(run id, item id) of claims never sent to a worker, given back untouched: the run
+        rows go, the items are queued again with their attempts unspent."""
+        with self._write():
+            self._conn.executemany(
+                "UPDATE items SET state = 'queued', attempt = attempt - 1,"
+                " last_run_id = (SELECT id FROM runs INDEXED BY runs_by_item WHERE item_id = ?"
+                " AND id != ? ORDER BY started_at DESC LIMIT 1)"
+                " WHERE id = ? AND state = 'running' AND last_run_id = ?",
+                [(item_id, run_id, item_id, run_id) for run_id, item_id in runs],
+            )
+            self._conn.executemany(
+                "DELETE FROM runs WHERE id = ? AND status = 'running'", [(r,) for r, _ in runs]
+            )
 
     def finish(
         self, finished: Iterable[FinishedRun], progress: dict[str, tuple[float | None, str | None]]
