@@ -19,9 +19,12 @@ CLAIM_S = 120.0  # a delivery takes at most this long (Apprise's timeouts are sh
 
 class Outbox(Connected, SqliteOutbox):
     def due_notifications(self, now: float, stopping: bool) -> list[OutboxRow]:
-        """Undelivered rows due now (at a stop: also every one never tried), oldest first,
-        taken for this daemon to deliver."""
-        ready = "next_try_at <= %(now)s" + (" OR attempts = 0" if stopping else "")
+        """Undelivered rows due now (at a stop: also every one never tried that no other
+        daemon is delivering), oldest first, taken for this daemon to deliver."""
+        # A row another daemon took is never tried until its delivery ends: at a stop,
+        # taking it too delivered it twice.
+        untried = " OR (attempts = 0 AND (claimed_by IS NULL OR claimed_by = %(me)s))"
+        ready = "next_try_at <= %(now)s" + (untried if stopping else "")
         return self._take(f"({ready})", {"now": now})
 
     def unsent(self, target: str, events: Sequence[str]) -> list[OutboxRow]:
