@@ -135,13 +135,15 @@ def root(prerequisites: None) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def wheels(root: Path) -> Path:
-    """Everything `pip install .` needs, fetched here with this machine's pip settings."""
-    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    """Everything the README's `pip install '.[re2]'` needs, fetched here with this
+    machine's pip settings."""
+    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + b"[re2]").hexdigest()[:16]
     folder = CACHE / f"wheels-{key}"
     if not (folder / ".complete").exists():
         shutil.rmtree(folder, ignore_errors=True)
         _run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(folder),
-              str(REPO), "setuptools>=64", "wheel"], CACHE / "wheels.log", timeout=600)  # fmt: skip
+              f"{REPO}[re2]", "setuptools>=64", "wheel"], CACHE / "wheels.log",
+             timeout=600)  # fmt: skip
         for built in folder.glob("pipewarden-*"):
             built.unlink()  # the checkout itself is built inside, as the README says
         (folder / ".complete").touch()
