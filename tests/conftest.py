@@ -76,6 +76,35 @@ class Project:
         env.setdefault("BROWSER", "true")  # `pipewarden open` prints its link, opens nothing
         return env
 
+    def on_a_terminal(self, *args: str, columns: int | None = None) -> tuple[int, str]:
+        """`pipewarden ARGS` on a terminal (a pty, `columns` wide if given): its exit code
+        and all it showed there."""
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        leader, follower = pty.openpty()
+        env = {**self.env(), "NO_COLOR": "1"}
+        if columns is not None:
+            fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+            env.pop("COLUMNS", None)
+        command = [sys.executable, "-m", "pipewarden", *args]
+        proc = subprocess.Popen(command, cwd=self.root, env=env, stdin=follower,
+                                stdout=follower, stderr=follower)  # fmt: skip
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other end is closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        return proc.wait(30), b"".join(chunks).decode().replace("\r\n", "\n")
+
     def cli(self, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [sys.executable, "-m", "pipewarden", *args],

@@ -256,30 +256,9 @@ def test_runs_tail_fits_the_terminal_and_cuts_nothing_in_a_pipe(project: Project
 
 def tty_output(project: Project, args: list[str], columns: int) -> list[str]:
     """What `pipewarden ARGS` prints on a terminal `columns` wide (a pty)."""
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    env = {**project.env(), "NO_COLOR": "1"}
-    env.pop("COLUMNS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "pipewarden", *args], cwd=project.root,
-                            env=env, stdin=follower, stdout=follower, stderr=follower)  # fmt: skip
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the other end is closed
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    assert proc.wait(30) == 0
-    return b"".join(chunks).decode().replace("\r\n", "\n").splitlines()
+    code, shown = project.on_a_terminal(*args, columns=columns)
+    assert code == 0, shown
+    return shown.splitlines()
 
 
 def test_a_200000_line_enqueue_through_the_daemon_leaves_health_answering(project: Project):

@@ -4,7 +4,6 @@ judged by the rules in force; `--record` keeps it as a run no production count s
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -46,28 +45,6 @@ def _ran(project: Project) -> dict[str, object]:
     return {run.stage: run for run in project.runs("a.com")}
 
 
-def tty_run(project: Project, *args: str) -> tuple[int, str]:
-    """`pipewarden ARGS` on a terminal (a pty): its exit code and all it showed there."""
-    import pty
-
-    leader, follower = pty.openpty()
-    env = {**project.env(), "NO_COLOR": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipewarden", *args], cwd=project.root,
-                            env=env, stdin=follower, stdout=follower, stderr=follower)  # fmt: skip
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the other end is closed
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    return proc.wait(30), b"".join(chunks).decode().replace("\r\n", "\n")
-
-
 def test_a_command_stage_is_replayed_on_the_terminal_and_judged_by_the_rules_now(
     project: Project,
 ):
@@ -84,7 +61,7 @@ def test_a_command_stage_is_replayed_on_the_terminal_and_judged_by_the_rules_now
     config = project.config_path.read_text()
     project.config_path.write_text(config.replace("rules: [", "rules: [mine.yaml, "))
 
-    code, shown = tty_run(project, "replay", failed.id[:10])
+    code, shown = project.on_a_terminal("replay", failed.id[:10])
     assert code == 1, shown  # the worker failed
     assert f"replaying run {failed.id[:8]}: sites/capture on 'a.com', attempt 1" in shown
     assert "input:   the data the run had (its input fingerprint matches)" in shown
