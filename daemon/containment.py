@@ -67,6 +67,7 @@ KILL_WAIT_S = 2.0  # how long SIGKILLed processes may take to be gone
 RECORD_AFTER_S = 0.05  # new workers are recorded on their runs this soon, in one commit
 SWEEP_EVERY_S = 1.0
 SENTINEL_STOP_S = 2.0
+SETTLE_S = 0.2  # how long an orphan's environment may read empty before the sweep decides
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 
 StartedCallback = Callable[[list[tuple[str, int, int, int]]], None]  # run, pid, pgid, start
@@ -98,6 +99,7 @@ class Containment:
         self._unrecorded: list[_Worker] = []
         self._recording: asyncio.TimerHandle | None = None
         self._board: GroupBoard | None = None  # the groups the sentinel kills if we die
+        self._envless: set[int] = set()  # orphans whose environment read empty last sweep
 
     # -- the daemon's life ------------------------------------------------------------
     def enable(self, state_dir: Path, on_started: StartedCallback | None = None) -> None:
@@ -198,7 +200,7 @@ class Containment:
         if not whole and not self._orphans():  # after each pool item: the usual answer
             return 0
         worker = self._workers[child.pid]
-        doomed = self._remains(worker, child, whole)
+        doomed = await self._settled_remains(worker, child, whole)
         if not doomed and not (whole and signal_group(child.pgid, 0)):
             return 0
         for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILL_WAIT_S)):
@@ -207,18 +209,36 @@ class Containment:
             signal_pids(doomed, signum)
             if await self._all_gone(child, doomed, whole, wait_s):
                 return signum
-            doomed |= self._remains(worker, child, whole)
+            doomed |= self._remains(worker, child, whole)[0]
         log.warning(
             "processes of worker %d still there %gs after SIGKILL: %s",
             child.pid, KILL_WAIT_S, sorted(pid for pid in doomed if not gone(pid)),
         )  # fmt: skip
         return signal.SIGKILL
 
-    def _remains(self, worker: _Worker, child: Child, whole: bool) -> set[int]:
-        roots = [pid for pid, stat in self._orphans() if self._of(worker, pid, stat)]
+    async def _settled_remains(self, worker: _Worker, child: Child, whole: bool) -> set[int]:
+        """What is left of the attempt, once every orphan's environment could be read: one
+        in the middle of an execve reads as empty (it may be this worker's, marked)."""
+        deadline = time.monotonic() + SETTLE_S
+        pause = 0.001
+        doomed, unsettled = self._remains(worker, child, whole)
+        while unsettled and time.monotonic() < deadline:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.02)
+            doomed, unsettled = self._remains(worker, child, whole)
+        return doomed  # still unreadable: started with no environment; the sweep decides
+
+    def _remains(self, worker: _Worker, child: Child, whole: bool) -> tuple[set[int], set[int]]:
+        """The attempt's processes left, and the orphans whose environment read empty."""
+        roots, unsettled = [], set()
+        for pid, stat in self._orphans():
+            if (its := self._is_of(worker, pid, stat)) is None:
+                unsettled.add(pid)
+            elif its:
+                roots.append(pid)
         if whole and child.returncode is None:
             roots.append(child.pid)
-        return set(roots) | descendants(roots)
+        return set(roots) | descendants(roots), unsettled
 
     async def _all_gone(self, child: Child, doomed: set[int], whole: bool, wait_s: float) -> bool:
         deadline = time.monotonic() + wait_s
@@ -236,13 +256,26 @@ class Containment:
 
     # -- orphans ----------------------------------------------------------------------
     def sweep(self) -> None:
-        """Reap orphans that exited; SIGKILL those that no attempt in flight claims."""
+        """Reap orphans that exited; SIGKILL those that no attempt in flight claims.
+
+        One whose environment reads empty is left for the next sweep: it may be in the
+        middle of an execve, marked as a running attempt's; empty twice, it has none.
+        """
+        running = [w for w in self._workers.values() if w.run_id]
+        envless = set()
         for pid, stat in self._orphans():
             if stat.state in ("Z", "X"):
                 _reap(pid)
-            elif not any(self._of(w, pid, stat) for w in self._workers.values() if w.run_id):
+                continue
+            if any(self._in_group_of(w, stat) for w in running):
+                continue
+            marks = _marks(pid)
+            if marks is None and pid not in self._envless:
+                envless.add(pid)
+            elif not any(marks == self._mark_of(w) for w in running):
                 log.info("killing process %d, left behind by an attempt that ended", pid)
                 signal_pids({pid} | descendants([pid]), signal.SIGKILL)
+        self._envless = envless
 
     async def keep_sweeping(self) -> None:
         while True:
@@ -268,12 +301,21 @@ class Containment:
             if stat.state in ("Z", "X"):
                 _reap(pid)
 
-    def _of(self, worker: _Worker, pid: int, stat: ProcStat) -> bool:
-        """Whether an orphan is this worker's: in its session or group, or carrying its mark."""
-        if worker.child.pgid in (stat.session, stat.pgrp):
+    @staticmethod
+    def _in_group_of(worker: _Worker, stat: ProcStat) -> bool:
+        return worker.child.pgid in (stat.session, stat.pgrp)
+
+    def _is_of(self, worker: _Worker, pid: int, stat: ProcStat) -> bool | None:
+        """Whether an orphan is this worker's: in its session or group, or carrying its mark
+        (None: its environment reads empty, so it cannot be told yet)."""
+        if self._in_group_of(worker, stat):
             return True
-        marks = environ(pid)
-        return (marks.get(MARK_WORKER), marks.get(MARK_DAEMON)) == (worker.worker_id, self.instance)
+        marks = _marks(pid)
+        return None if marks is None else marks == self._mark_of(worker)
+
+    def _mark_of(self, worker: _Worker) -> tuple[str, str]:
+        """What the processes `worker` starts carry (see `_marks`)."""
+        return worker.worker_id, self.instance
 
     # -- after an unclean stop ----------------------------------------------------------
     async def kill_leftovers(self, interrupted: Iterable[Identity]) -> int:
@@ -307,6 +349,13 @@ def find_marked(mark: str, value: str, groups: Iterable[int] = ()) -> set[int]:
     return marked | {
         pid for pid, stat in stats.items() if stat.session in sessions or stat.pgrp in sessions
     }
+
+
+def _marks(pid: int) -> tuple[str | None, str | None] | None:
+    """The worker and daemon an orphan is marked with; None while its environment reads
+    empty (as it does in the middle of an execve, or for a process started with none)."""
+    marks = environ(pid)
+    return (marks.get(MARK_WORKER), marks.get(MARK_DAEMON)) if marks else None
 
 
 def _reap(pid: int) -> None:

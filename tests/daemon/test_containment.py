@@ -103,6 +103,62 @@ def test_a_child_a_worker_leaves_behind_is_gone_when_its_run_ends_ok(
     wait_until(lambda: not zombies_of(daemon.pid), "the daemon to reap what it killed", 5)
 
 
+def test_children_caught_in_the_middle_of_an_execve_as_their_runs_end_go_with_them(
+    project: Project, pid_files: None
+):
+    # Each child leaves the worker's session and execs again and again: a process in the
+    # middle of an execve reads as having no environment, so no mark, for a moment. Missed
+    # as its run ends, it would live on until the sweep found it, and say so in the log.
+    project.write("again.sh", '[ "$1" -gt 0 ] && exec sh again.sh $(($1 - 1))\nexec sleep 300\n')
+    project.write(
+        "escape.sh",
+        """
+        read line
+        for i in 1 2 3; do
+          (setsid sh again.sh 5000 </dev/null >/dev/null 2>&1 & echo $! > $PIPEWARDEN_RUN_ID-$i.pid)
+        done
+        exit 0
+        """,
+    )
+    one_stage(project, "command: [sh, escape.sh]")
+    keys = [f"item-{n}" for n in range(12)]
+    for key in keys:
+        project.cli("enqueue", "sites", key)
+    project.start_daemon()
+
+    runs = [wait_until(lambda k=key: finished(project, k), f"{key}'s run")[0] for key in keys]
+
+    assert {run.status for run in runs} == {"ok"}
+    pids = [pid_in(project, f"{run.id}-{n}.pid") for run in runs for n in (1, 2, 3)]
+    wait_until(lambda: all(process_gone(pid) for pid in pids), "the children to be gone", 5)
+    assert "left behind by an attempt that ended" not in project.daemon_log()
+
+
+def test_an_escaped_child_with_no_environment_is_ended_by_the_sweep(
+    project: Project, pid_files: None
+):
+    # No mark and a session of its own: nothing ties it to its run but having been
+    # orphaned to the daemon while no attempt claims it. The sweep looks twice, then kills.
+    project.write(
+        "escape.sh",
+        """
+        read line
+        (setsid env -i sleep 300 </dev/null >/dev/null 2>&1 & echo $! > child.pid)
+        while grep -q PIPEWARDEN /proc/$(cat child.pid)/environ; do sleep 0.01; done
+        """,
+    )
+    one_stage(project, "command: [sh, escape.sh]")
+    project.cli("enqueue", "sites", "a")
+    project.start_daemon()
+
+    (run,) = wait_until(lambda: finished(project, "a"), "the run to end")
+
+    assert run.status == "ok"
+    child = pid_in(project, "child.pid")
+    wait_until(lambda: process_gone(child), "the sweep to end the child", 5)
+    assert f"killing process {child}, left behind" in project.daemon_log()
+
+
 def test_what_escapes_a_pool_worker_ends_with_the_item_and_the_worker_lives_on(
     project: Project, pid_files: None
 ):
