@@ -330,11 +330,14 @@ class Containment:
             for identity in interrupted
             if (stat := proc_stat(identity.pid)) is not None and stat.start == identity.start
         }
-        doomed = find_marked(MARK_STATE_DIR, self.state_dir, groups)
-        signal_pids(doomed, signal.SIGKILL)
-        deadline = time.monotonic() + KILL_WAIT_S
-        while not all(gone(pid) for pid in doomed) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        doomed: set[int] = set()
+        for _ in range(2):  # a process in the middle of an execve reads unmarked once
+            found = find_marked(MARK_STATE_DIR, self.state_dir, groups) - doomed
+            signal_pids(found, signal.SIGKILL)
+            doomed |= found
+            deadline = time.monotonic() + KILL_WAIT_S
+            while not all(gone(pid) for pid in found) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
         return len(doomed)
 
 
