@@ -8,11 +8,14 @@ import hashlib
 import json
 from typing import Any
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, default=str)  # what json.dumps(..., sort_keys=True,
+# default=str) makes once per call; fingerprints already stored depend on its exact text
+
 
 def input_fingerprint(
     pipeline: str, key: str, data: dict[str, Any], config_hash: str, code_ref: str | None,
     code_digest: str,
 ) -> str:  # fmt: skip
-    item = json.dumps([pipeline, key, data], sort_keys=True, default=str)
+    item = _CANONICAL.encode([pipeline, key, data])
     blob = item + config_hash + (code_ref or "") + code_digest
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -155,20 +155,27 @@ def _storable(run: FinishedRun) -> FinishedRun:
     """`run` if SQLite keeps every field as given; ValueError naming the first it would not.
 
     Checked before the run joins the batch: a value SQLite refuses would fail the whole
-    commit, and a NaN it silently stores as NULL (an item never due again).
+    commit, and a NaN it silently stores as NULL (an item never due again). Per run, so by
+    exact type (enums and bools are always storable) and ASCII text is never encoded.
     """
-    for spec in fields(run):
-        value = getattr(run, spec.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"'{spec.name}' is {value}, which the store cannot keep")
-        if isinstance(value, int) and not -(2**63) <= value < 2**63:
-            raise ValueError(f"'{spec.name}' is beyond a 64-bit integer")
-        if isinstance(value, str):
+    for name in _RUN_FIELDS:
+        value = getattr(run, name)
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                raise ValueError(f"'{name}' is {value}, which the store cannot keep")
+        elif kind is int:
+            if not -(2**63) <= value < 2**63:
+                raise ValueError(f"'{name}' is beyond a 64-bit integer")
+        elif kind is str and not value.isascii():
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                raise ValueError(f"'{spec.name}' is not valid UTF-8 text") from None
+                raise ValueError(f"'{name}' is not valid UTF-8 text") from None
     return run
+
+
+_RUN_FIELDS = tuple(spec.name for spec in fields(FinishedRun))
 
 
 def checked_item_data(data: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -69,6 +70,8 @@ class Progress:
 
 
 _RESULT_KEYS = ("ok", "defer", "defer_until", "ignore")
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one per process: json.dumps makes one a call
+_MAYBE_NOT_FINITE = re.compile(r"NaN|Infinity|\d[eE]")  # 1e999 parses as infinity
 _CONSTANTS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _TYPES_MAX = 32  # exception types kept from a reply's "types" (a class chain is short)
 _NAME_MAX = 200  # characters of one exception type's name
@@ -80,7 +83,7 @@ def request_line(
     message = {
         "item": key, "run": run_id, "attempt": attempt, "data": data, "traceparent": traceparent,
     }  # fmt: skip
-    return (json.dumps(message, separators=(",", ":")) + "\n").encode()
+    return (_COMPACT.encode(message) + "\n").encode()
 
 
 def parse_line(raw: bytes, now: float | None = None) -> WorkerReport | Progress | str:
@@ -100,7 +103,7 @@ def parse_line(raw: bytes, now: float | None = None) -> WorkerReport | Progress 
     if not isinstance(message, dict):
         return text
     if any(key in message for key in _RESULT_KEYS):
-        return _parse_result(message, time.time() if now is None else now)
+        return _parse_result(message, time.time() if now is None else now, text)
     if "progress" in message or "message" in message:
         return Progress(_fraction(message.get("progress")), _progress_text(message.get("message")))
     return text
@@ -116,9 +119,10 @@ def error_text(value: Any) -> str | None:
     return None if text is None else cut(text, ERROR_TEXT_MAX)
 
 
-def _parse_result(message: dict[str, Any], now: float) -> WorkerReport:
+def _parse_result(message: dict[str, Any], now: float, text: str) -> WorkerReport:
     try:
-        _check_numbers(message)
+        if _MAYBE_NOT_FINITE.search(text):  # else no number in it can be NaN or infinite
+            _check_numbers(message)
         extras = {"cost": _cost(message.get("cost")), "rows_out": _rows(message.get("rows_out"))}
         if "ignore" in message:
             reason = _reported(message["ignore"]) or "ignored by the worker"
