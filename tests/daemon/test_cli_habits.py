@@ -262,8 +262,6 @@ def tty_output(project: Project, args: list[str], columns: int) -> list[str]:
 
 
 def test_a_200000_line_enqueue_through_the_daemon_leaves_health_answering(project: Project):
-    import httpx
-
     project.write("steps.py", "def find(data):\n    return None\n")
     project.configure(CONFIG, extra="drain_grace: 5s\n")
     project.cli("pause", "--pipeline", "sites")  # the items wait: only the enqueue is measured
@@ -271,6 +269,9 @@ def test_a_200000_line_enqueue_through_the_daemon_leaves_health_answering(projec
     project.start_daemon()
     health = f"http://127.0.0.1:{project.api_port}/health"
     wait_until(lambda: _answers(health), "the API")
+    # What this machine's load alone makes of an answer: on a busy host a quiet daemon's
+    # /health is slow too, and the bound (0.5 s, as the issue asks, on a quiet one) grows.
+    quiet = max(_answer_time(health) for _ in range(20))
     enqueue = subprocess.Popen(
         [sys.executable, "-m", "pipewarden", "enqueue", "sites", "--file", "items.jsonl"],
         cwd=project.root, env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -278,13 +279,20 @@ def test_a_200000_line_enqueue_through_the_daemon_leaves_health_answering(projec
     )  # fmt: skip
     slowest = 0.0
     while enqueue.poll() is None:
-        started = time.monotonic()
-        assert httpx.get(health, timeout=5).status_code == 200
-        slowest = max(slowest, time.monotonic() - started)
+        slowest = max(slowest, _answer_time(health))
     out, err = enqueue.communicate()
     assert enqueue.returncode == 0, err
     assert out == "enqueued 200000 new item(s) into sites/find\n"
-    assert slowest < 0.5, f"/health took {slowest:.2f} s during the enqueue"
+    bound = max(0.5, 4 * quiet)
+    assert slowest < bound, f"/health took {slowest:.2f} s in the enqueue, {quiet:.2f} s before"
+
+
+def _answer_time(url: str) -> float:
+    import httpx
+
+    started = time.monotonic()
+    assert httpx.get(url, timeout=5).status_code == 200
+    return time.monotonic() - started
 
 
 def _answers(url: str) -> bool:
