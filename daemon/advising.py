@@ -22,7 +22,7 @@ def current_rules(config: Config) -> RuleSet | None:
     from pipewarden.rules import load_rules
 
     try:
-        return load_rules(config.rule_paths, config.path.parent, lint=False)
+        return load_rules(config.rule_paths, config.path.parent, lint=False, patterns=False)
     except PipewardenError:
         return None
 

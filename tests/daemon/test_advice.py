@@ -114,3 +114,17 @@ def test_the_shipped_rules_say_what_to_do_where_the_fix_is_known(
     project.configure("p:\n  stages:\n    - {name: s, command: ['true']}\n")
     shown = project.cli("rules", "test", error).stdout
     assert label in shown and advised in shown, shown
+
+
+def test_rules_read_for_their_advice_give_the_same_advice_and_never_classify(project: Project):
+    from pipewarden.finds import advice_by_label
+    from pipewarden.rules import load_rules
+
+    path = project.write("advice.yaml", RULES)
+    full = load_rules([path], project.root)
+    advice_only = load_rules([path], project.root, lint=False, patterns=False)
+
+    assert advice_by_label(advice_only) == advice_by_label(full) != {}
+    assert [r.id for r in advice_only.rules] == [r.id for r in full.rules]
+    with pytest.raises(RuntimeError, match="cannot classify"):
+        advice_only.rules[0].pattern.search("capture disk is not mounted", 1.0)
