@@ -7,8 +7,8 @@ state dir, which only the daemon's user can read. A store that is missing where 
 service keeps its state elsewhere, or that this user may not read, is one line that says
 what to pass or which group to join, never an empty tree or a traceback.
 
-Kept free of heavy imports: requests go through the standard library's http.client;
-httpx is imported only to follow the event stream.
+Kept free of heavy imports: requests go through http11.py (a few lines of HTTP/1.1 on a
+kept connection); httpx is imported only to follow the event stream.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from pipewarden.errors import PipewardenError, UsageError
+from pipewarden.http11 import Connection, Disconnected
 from pipewarden.lock import running_daemon_pid
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class DaemonApi:
 
     def __init__(self, config: Config):
         self.config = config
-        self._connection: Any = None  # http.client.HTTPConnection, made at the first request
+        self._connection: Connection | None = None  # made at the first request
         self.socket = config.api.socket if config.api.enabled else None
         if self.socket is not None and socket_answers(self.socket):
             self.running, self.token = True, ""
@@ -154,10 +155,8 @@ class DaemonApi:
         return answer
 
     def _send(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
-        """One request on the kept connection (the standard library's http.client: httpx
-        took longer to import than a one-item enqueue takes)."""
-        import http.client
-
+        """One request on the kept connection (one for every request: a bulk enqueue sends
+        many)."""
         # A daemon that has just taken its lock may not serve its API (or have written its
         # token) yet: give it a moment before saying it does not answer.
         deadline = time.monotonic() + API_START_WAIT_S
@@ -166,41 +165,26 @@ class DaemonApi:
                 self.token = self._read_token()
             reused = self._connection is not None
             try:
-                if self._connection is None:  # one for every request: a bulk enqueue sends many
+                if self._connection is None or self._connection.closed:
                     self._connection = self._connect()
-                self._connection.request(method, path, body, self._headers(body))
-                response = self._connection.getresponse()
-                return response.status, response.read()
+                return self._connection.request(method, path, body, self._headers(body))
             except (ConnectionRefusedError, FileNotFoundError) as exc:
                 self._close_connection()
                 if time.monotonic() > deadline:
                     raise self._no_answer(exc) from None
                 time.sleep(0.05)
-            except (http.client.RemoteDisconnected, BrokenPipeError) as exc:
+            except (Disconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self._close_connection()
                 if not reused:  # a kept connection the daemon closed meanwhile: once more
                     raise self._no_answer(exc) from None
-            except (OSError, http.client.HTTPException) as exc:
+            except OSError as exc:
                 self._close_connection()
                 raise self._no_answer(exc) from None
 
-    def _connect(self) -> Any:
-        import http.client
-
+    def _connect(self) -> Connection:
         if self.socket is None:
-            connection = http.client.HTTPConnection("127.0.0.1", self.config.api.port, timeout=30)
-            connection.connect()
-            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return connection
-        connection = http.client.HTTPConnection("localhost", timeout=30)
-        connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        connection.sock.settimeout(30)
-        try:
-            connection.sock.connect(str(self.socket))
-        except OSError:
-            connection.close()
-            raise
-        return connection
+            return Connection.tcp(self.config.api.port)
+        return Connection.unix(self.socket)
 
     def _headers(self, body: bytes | None) -> dict[str, str]:
         headers = {CLIENT_HEADER: "cli"}  # for the audit: what a person used
@@ -284,17 +268,14 @@ def _service_elsewhere(config: Config) -> str | None:
 
 
 def _state_dir_behind(path: Path) -> str:
-    import http.client
-
-    connection = http.client.HTTPConnection("localhost", timeout=PROBE_TIMEOUT_S)
-    connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    connection.sock.settimeout(PROBE_TIMEOUT_S)
     try:
-        connection.sock.connect(str(path))
-        connection.request("GET", "/api/status")
-        answer = json.loads(connection.getresponse().read() or b"{}")
-        return str(answer.get("daemon", {}).get("state_dir", "?"))
-    except (OSError, ValueError, http.client.HTTPException):
+        connection = Connection.unix(path, timeout=PROBE_TIMEOUT_S)
+    except OSError:
+        return "?"
+    try:
+        _, content = connection.request("GET", "/api/status")
+        return str(json.loads(content or b"{}").get("daemon", {}).get("state_dir", "?"))
+    except (OSError, ValueError):
         return "?"
     finally:
         connection.close()
@@ -302,14 +283,14 @@ def _state_dir_behind(path: Path) -> str:
 
 def health_answers(port: int) -> bool:
     """True when a pipewarden daemon's /health answers on 127.0.0.1:`port`."""
-    import http.client
-
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=PROBE_TIMEOUT_S)
     try:
-        connection.request("GET", "/health")
-        response = connection.getresponse()
-        return response.status == 200 and json.loads(response.read() or b"{}").get("ok") is True
-    except (OSError, ValueError, http.client.HTTPException):
+        connection = Connection.tcp(port, timeout=PROBE_TIMEOUT_S)
+    except OSError:
+        return False
+    try:
+        status, content = connection.request("GET", "/health")
+        return status == 200 and json.loads(content or b"{}").get("ok") is True
+    except (OSError, ValueError):
         return False
     finally:
         connection.close()
