@@ -78,6 +78,21 @@ def test_enqueue_sorts_items_into_new_restarted_unchanged_and_held(storage: Stor
     assert json.loads(storage.item(P, "a").data) == {"n": 1}  # queued: left as it was
 
 
+def test_enqueue_of_held_repeated_and_forced_keys(storage: Storage):
+    storage.enqueue(P, S, [("a", {})], 1.0)
+    claim(storage)
+    storage.recover_interrupted(2.0, {(P, S)}, "stopped")  # a: held for a person
+    twice = storage.enqueue(P, S, [("a", {}), ("b", {"n": 1}), ("b", {"n": 2})], 3.0)
+    assert (twice.held, twice.new, twice.unchanged) == (["a"], ["b"], ["b"])
+    assert json.loads(storage.item(P, "b").data) == {"n": 1}  # the second found it queued
+    forced = storage.enqueue(P, S, [("a", {"n": 3}), ("b", None)], 4.0, force=True)
+    assert (forced.restarted, forced.data_replaced) == (["a", "b"], ["a"])
+    item = storage.item(P, "a")
+    assert (item.state, json.loads(item.data), item.force) == (ItemState.QUEUED, {"n": 3}, 1)
+    routed = storage.enqueue(P, S, [("c", {"to": "sms"})], 5.0, channel_for=lambda d: d["to"])
+    assert routed.new == ["c"] and storage.item(P, "c").channel == "sms"
+
+
 def test_a_finished_item_starts_again_keeping_its_data_unless_data_is_given(storage: Storage):
     storage.enqueue(P, S, [("a", {"n": 1}), ("b", {"n": 1})], 1.0)
     storage.finish([ended(c, r, RunStatus.FAILED, 2.0, error="boom") for c, r in claim(storage)],

@@ -110,7 +110,7 @@ class Leases(Connected, Rollup):
             ended.append((pipeline, stage, now, "interrupted", max(0.0, now - started_at)))
         self._add_counts(rollup.counted(ended))
         if recovered:
-            self._notify("recovered")
+            self._holds_changed("recovered")  # their probes are due again
         return recovered
 
     def recover_interrupted(
