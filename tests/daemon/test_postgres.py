@@ -3,15 +3,22 @@ password never shown, a bad URL one clear line. Runs on the session's throwaway 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import Project, wait_until
+from pipewarden import control
+from pipewarden.clock import Clock
+from pipewarden.config import load_config
+from pipewarden.daemon import Daemon
+from pipewarden.rules import load_rules
 from pipewarden.store import open_store
 from pipewarden.store.postgres.schema import SCHEMA_VERSION
 
@@ -157,3 +164,51 @@ def test_unmatched_failures_are_mined_and_proposed_on_postgresql(project: Projec
         store.close()
     assert template == "RuntimeError: Widget <*> refused by <*>"
     assert "rule(s) proposed" in project.daemon_log()
+
+
+async def _until(predicate, what: str, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def test_an_idle_daemon_is_woken_by_the_fleets_changes_and_polls_nothing(
+    project: Project, pg_url: str
+):
+    """Another host pauses a stage, enqueues behind the pause, resumes: the idle daemon
+    makes no transaction until told, never starts the paused stage's item, and runs it
+    once the pause is gone (the holds it keeps between passes are told of each change)."""
+    configure(project, pg_url)
+    config = load_config(project.config_path)
+    daemon = Daemon(config, load_rules(config.rule_paths, config.path.parent), Clock())
+    other = open_store(Path("unused"), url=pg_url)  # another host's CLI, on the same store
+    listening = False
+
+    async def scenario() -> list[str]:
+        nonlocal listening
+        running = asyncio.create_task(daemon.run(watch_files=False))
+        await _until(lambda: daemon._scheduler is not None and daemon.store.writes > 0, "a pass")
+        await asyncio.sleep(0.3)  # the start's own writes settle
+        before = daemon.store.writes
+        await asyncio.sleep(1.0)
+        idle = daemon.store.writes - before
+        listening = daemon.store.holds_seen.listening  # so the holds read are kept
+        control.pause(other, config, "stage", "sites/one", "someone", time.time())
+        await _until(lambda: daemon._scheduler.halted_targets() == ["sites/one"], "the pause")
+        seen = daemon.store.writes
+        other.enqueue("sites", "one", [("a", {})], time.time())
+        await _until(lambda: daemon.store.writes > seen, "the pass the enqueue woke")
+        behind_the_pause = other.item("sites", "a").state
+        control.resume(other, config, "stage", "sites/one", "someone", time.time())
+        await _until(lambda: other.item("sites", "a").state == "done", "the item, resumed")
+        daemon.request_stop("test done")
+        assert await running == 0
+        return [f"idle writes {idle}", behind_the_pause]
+
+    try:
+        assert asyncio.run(scenario()) == ["idle writes 0", "queued"]
+    finally:
+        other.close()
+    assert listening

@@ -146,8 +146,8 @@ class PostgresStore(
         return None
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
-        """Call `wake` (from another thread) whenever another daemon changed something
-        this one's scheduler acts on; returns what stops listening."""
+        """Call `wake` (on the running loop, the daemon's) whenever another daemon changed
+        something this one's scheduler acts on; returns what stops listening."""
         from pipewarden.store.postgres.listen import Listener
 
         return Listener(self.url, self._params, self.daemon, wake, self.holds_seen).start().stop
