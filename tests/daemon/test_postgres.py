@@ -212,3 +212,41 @@ def test_an_idle_daemon_is_woken_by_the_fleets_changes_and_polls_nothing(
     finally:
         other.close()
     assert listening
+
+
+def test_status_counts_stay_exact_across_connections_and_after_a_fold(pg_url: str):
+    """Two connections (two daemons) change items; one goes; a fold moves its counts and
+    those older than a day's window: the status reads what grouping the items says."""
+    from pipewarden.store.postgres import counts
+
+    now = time.time()
+    first, second = (open_store(Path("unused"), url=pg_url) for _ in range(2))
+    first.enqueue("sites", "one", [(f"old{n}", {}) for n in range(3)], now - 30 * 3600)
+    second.enqueue("sites", "one", [(f"new{n}", {}) for n in range(4)], now - 1800)
+    first.enqueue("sites", "one", [("old0", {})], now)  # queued: unchanged
+    gone, kept = first._pg.info.backend_pid, second._pg.info.backend_pid
+    first.close()  # its connection, and so its shard's owner, is gone
+    alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+    wait_until(lambda: second._pg.execute(alive, (gone,)).fetchone()[0] == 0, "its backend gone")
+    try:
+        grouped = _grouped_state_counts(second, now - 86400, now - 3600)
+        assert sorted(second.state_counts(now - 86400, now - 3600)) == grouped
+        with second.transaction():
+            counts.fold(second._pg, now)
+        shards = {row[0] for row in second._pg.execute("SELECT shard FROM item_counts")}
+        assert gone not in shards and shards <= {0, kept}
+        assert second.get_meta("item_counts_folded_before") is not None
+        assert sorted(second.state_counts(now - 86400, now - 3600)) == grouped
+        week = _grouped_state_counts(second, now - 7 * 86400, now - 3600)  # before the fold
+        assert sorted(second.state_counts(now - 7 * 86400, now - 3600)) == week
+        assert second.item_totals() == {("sites", "one", "queued"): 7}
+    finally:
+        second.close()
+
+
+def _grouped_state_counts(store, since_24h: float, since_1h: float) -> list[tuple]:
+    return sorted(store._pg.execute(
+        "SELECT pipeline, stage, state, COALESCE(channel, ''), count(*),"
+        " count(*) FILTER (WHERE updated_at >= %s), count(*) FILTER (WHERE updated_at >= %s)"
+        " FROM items GROUP BY 1, 2, 3, 4", (since_24h, since_1h),
+    ).fetchall())  # fmt: skip
