@@ -83,7 +83,8 @@ _KEEP_IF_NULL = ("progress", "message")  # a finish without them keeps the last 
 def _finish_sql() -> str:
     """Finished runs and their items' next states in one statement, one unnest for all;
     only over runs still running (a recovered run keeps its end, its item is not moved).
-    Returns the runs it ended: only those are counted (store/rollup.py)."""
+    Returns the runs it ended: only those are counted (store/rollup.py); tells the fleet
+    in the same round trip."""
     fields = [("run_id", "text"), ("item_id", "int8"),
               *zip(_RUN_END_COLUMNS, _RUN_END_TYPES, strict=True),
               *((f"item_{column}", kind) for column, _, kind in _ITEM_END)]  # fmt: skip
@@ -104,8 +105,9 @@ def _finish_sql() -> str:
         f" ended AS (UPDATE runs SET {runs} FROM v WHERE runs.id = v.run_id"
         " AND runs.status = 'running' RETURNING runs.id),"
         f" moved AS (UPDATE items SET {items} FROM v WHERE items.id = v.item_id"
-        " AND items.last_run_id = v.run_id)"
-        " SELECT id FROM ended"
+        " AND items.last_run_id = v.run_id),"
+        " told AS (SELECT pg_notify('pipewarden', %(payload)s))"  # the fleet, at commit
+        " SELECT array(SELECT id FROM ended), (SELECT count(*) FROM told)"
     )
 
 
@@ -260,7 +262,7 @@ class Queue(Connected, SqliteQueue):
                 )
             if not finished:
                 return
-            values: dict[str, list[Any]] = {
+            values: dict[str, Any] = {
                 "run_id": [f.run_id for f in finished], "item_id": [f.item_id for f in finished],
             }  # fmt: skip
             for column in _RUN_END_COLUMNS:
@@ -268,9 +270,9 @@ class Queue(Connected, SqliteQueue):
             for column, field, _ in _ITEM_END:
                 values[f"item_{column}"] = [getattr(f, field) for f in finished]
             values["item_force"] = [int(force) for force in values["item_force"]]
-            ended = {row[0] for row in self._pg.execute(_FINISH_SQL, values).fetchall()}
+            values["payload"] = f"finished {self.daemon or ''}"
+            ended = set(self._pg.execute(_FINISH_SQL, values).fetchone()[0])
             self._count_finished([f for f in finished if f.run_id in ended])
-            self._notify("finished")
 
     def next_ready_at(
         self,
