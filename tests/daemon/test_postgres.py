@@ -250,3 +250,31 @@ def _grouped_state_counts(store, since_24h: float, since_1h: float) -> list[tupl
         " count(*) FILTER (WHERE updated_at >= %s), count(*) FILTER (WHERE updated_at >= %s)"
         " FROM items GROUP BY 1, 2, 3, 4", (since_24h, since_1h),
     ).fetchall())  # fmt: skip
+
+
+def test_the_upgrade_to_kept_counts_counts_the_items_there_already(pg_url: str):
+    """A store of schema 14 with items, old and recent: once upgraded, status says what
+    grouping its items says."""
+    now = time.time()
+    store = open_store(Path("unused"), url=pg_url)
+    store.enqueue("sites", "one", [(f"old{n}", {}) for n in range(3)], now - 40 * 3600)
+    store.enqueue("sites", "one", [(f"new{n}", {}) for n in range(2)], now - 600)
+    with store.transaction():  # back to schema 14, its items kept
+        kinds = ("insert", "update", "delete")
+        for statement in (
+            "DROP TABLE item_counts", "DROP INDEX items_recent", "DROP INDEX items_deferred",
+            *(f"DROP TRIGGER pipewarden_count_{kind} ON items" for kind in kinds),
+            *(f"DROP FUNCTION pipewarden_count_{kind}()" for kind in kinds),
+            "DELETE FROM pipewarden_schema WHERE version > 14",
+        ):  # fmt: skip
+            store._pg.execute(statement)
+    store.close()
+    upgraded = open_store(Path("unused"), url=pg_url)
+    try:
+        assert upgraded.found_schema == 14
+        for since in (now - 86400, now - 7 * 86400):  # within the counts, and before them
+            grouped = _grouped_state_counts(upgraded, since, now - 3600)
+            assert sorted(upgraded.state_counts(since, now - 3600)) == grouped
+        assert upgraded.item_totals() == {("sites", "one", "queued"): 5}
+    finally:
+        upgraded.close()

@@ -90,7 +90,7 @@ STEP = [
         shard="0",
     ),
     f"""INSERT INTO meta (key, value)
-        SELECT '{{FOLDED_KEY}}', floor(({_EPOCH} - {FOLD_AFTER_S}) / {SLOT_S})::int::text
+        SELECT '{FOLDED_KEY}', floor(({_EPOCH} - {FOLD_AFTER_S}) / {SLOT_S})::int::text
         WHERE EXISTS (SELECT 1 FROM items WHERE updated_at < {_EPOCH} - {FOLD_AFTER_S})""",
 ]
 
