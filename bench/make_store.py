@@ -6,7 +6,8 @@
 Items spread over the example's pipelines and stages, in every state, with labels on
 the failures and timestamps over the last 30 days; each item gets its runs, and the last
 day's ended runs are counted (run_slots) as the migration to the counts does. `--url`
-builds the same store in an empty PostgreSQL database (COPY) and points DIR's config at it.
+builds the same store in an empty PostgreSQL database (COPY: its triggers keep the status
+counts, folded at the end as a daemon folds them) and points DIR's config at it.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def _insert_into_sqlite(state_dir: Path, rows: Iterator[tuple[list, list]]) -> i
 def _copy_into_postgresql(url: str, rows: Iterator[tuple[list, list]]) -> int:
     import psycopg
     from pipewarden.store import open_store
+    from pipewarden.store.postgres import counts
     from pipewarden.store.postgres.schema import STEPS
 
     open_store(Path("unused"), url=url).close()  # the schema, at the current version
@@ -139,6 +141,7 @@ def _copy_into_postgresql(url: str, rows: Iterator[tuple[list, list]]) -> int:
             conn.commit()
             count += len(runs)
         conn.execute(STEPS[12][1])  # the last day's runs counted, as the migration does
+        counts.fold(conn, time.time())  # the status counts' old slots, as a daemon folds them
         conn.commit()
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE")

@@ -1,6 +1,7 @@
 """pipewarden on PostgreSQL with 1, 2 and 3 daemons, beside SQLite and Procrastinate.
 
     nice .venv/bin/python bench/postgres.py [--items 5000] [--reps 3] [--latency 50]
+                                            [--only throughput|latency] [--baseline DIR]
 
 No-op items (pool mode, one stage, concurrency 1 per daemon) through: pipewarden on SQLite
 (one daemon), pipewarden on PostgreSQL with 1, 2 and 3 daemons sharing the queue (each its
@@ -11,7 +12,14 @@ the same throwaway server (tests/pg_cluster.py: Debian's postgresql-15, fsync of
 alike). Reps are interleaved; medians are printed, then each rep. The rate counts from the
 first item done to the last. Then the dispatch latency on PostgreSQL: an idle daemon, one
 item enqueued at a time through the store, until its worker starts (the worker stamps the
-time), so LISTEN/NOTIFY is what wakes the daemon.
+time), so LISTEN/NOTIFY is what wakes the daemon. The first item starts the pool's worker
+process: it is a warm-up, printed apart.
+
+`--baseline DIR` runs every pipewarden configuration a second time with another version
+of the package (DIR holds a `pipewarden` folder, e.g. `git archive REV daemon` unpacked
+and renamed), interleaved with the rest: its daemons, its enqueues (the latency's
+enqueue through the store is that version's too, in a process of its own), alternating
+sample by sample.
 """
 
 from __future__ import annotations
@@ -94,34 +102,41 @@ def _project(root: Path, store: str, function: str = "noop") -> Path:
     return root
 
 
-def _enqueue(root: Path, items: int) -> None:
+def _env(baseline: str | None) -> dict[str, str] | None:
+    return {**os.environ, "PYTHONPATH": baseline} if baseline else None
+
+
+def _enqueue(root: Path, items: int, baseline: str | None = None) -> None:
     lines = (json.dumps({"key": f"item-{n}", "data": {"n": n}}) for n in range(items))
     (root / "items.jsonl").write_text("\n".join(lines) + "\n")
     subprocess.run([sys.executable, "-m", "pipewarden", "enqueue", "bench", "--file",
                     "items.jsonl", "--config", "config.yaml"], cwd=root, check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+                   stdout=subprocess.DEVNULL, env=_env(baseline))  # fmt: skip
 
 
-def _daemon(root: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "pipewarden", "run", "--until-idle",
-                             "--config", "config.yaml"], cwd=root,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+def _daemon(root: Path, baseline: str | None = None, until_idle: bool = True):
+    return subprocess.Popen([sys.executable, "-m", "pipewarden", "run",
+                             *(["--until-idle"] if until_idle else []), "--config",
+                             "config.yaml"], cwd=root, stderr=subprocess.DEVNULL,
+                            env=_env(baseline))  # fmt: skip
 
 
-def pipewarden(cluster: pg_cluster.Cluster | None, daemons: int, items: int):
+def pipewarden(
+    cluster: pg_cluster.Cluster | None, daemons: int, items: int, baseline: str | None = None
+):
     with tempfile.TemporaryDirectory(prefix="pw-pg-bench-") as folder:
         if cluster is None:
             root = _project(Path(folder) / "d0", "")
-            _enqueue(root, items)
+            _enqueue(root, items, baseline)
             db = root / ".pipewarden" / "pipewarden.db"
             done = _sqlite_done(db)
-            running = [_daemon(root)]
+            running = [_daemon(root, baseline)]
         else:
             url = cluster.create_database(f"pw_{time.monotonic_ns()}")
             roots = [_project(Path(folder) / f"d{n}", f"store: '{url}'\n") for n in range(daemons)]
-            _enqueue(roots[0], items)
+            _enqueue(roots[0], items, baseline)
             done = count(url, "SELECT count(*) FROM items WHERE state = 'done'")
-            running = [_daemon(root) for root in roots]
+            running = [_daemon(root, baseline) for root in roots]
         try:
             return watch(running, done, items)
         finally:
@@ -180,31 +195,74 @@ def procrastinate(cluster: pg_cluster.Cluster, python: Path, items: int):
             worker.wait(60)
 
 
-def latency(cluster: pg_cluster.Cluster, samples: int) -> list[float]:
-    """ms from enqueue (through the store, as the API does) to the worker's start."""
-    from pipewarden.store import open_store
+class Sampler:
+    """An idle daemon on a database of its own, and a process that enqueues one item at a
+    time through the store (of the same version) and says in how many ms its worker
+    started."""
 
-    with tempfile.TemporaryDirectory(prefix="pw-pg-latency-") as folder:
+    def __init__(self, cluster: pg_cluster.Cluster, folder: Path, baseline: str | None):
         url = cluster.create_database(f"lat_{time.monotonic_ns()}")
-        root = _project(Path(folder) / "d0", f"store: '{url}'\n", function="stamp")
-        daemon = subprocess.Popen([sys.executable, "-m", "pipewarden", "run", "--config",
-                                   "config.yaml"], cwd=root, stderr=subprocess.DEVNULL)  # fmt: skip
-        store = open_store(root, url=url)
+        root = _project(folder, f"store: '{url}'\n", function="stamp")
+        self.daemon = _daemon(root, baseline, until_idle=False)
+        self.enqueuer = subprocess.Popen(
+            [sys.executable, __file__, "--sample-for", url, str(root)], env=_env(baseline),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.ask("ready")
+
+    def ask(self, what: str) -> str:
+        assert self.enqueuer.stdin is not None and self.enqueuer.stdout is not None
+        self.enqueuer.stdin.write(what + "\n")
+        self.enqueuer.stdin.flush()
+        if not (answer := self.enqueuer.stdout.readline().strip()):
+            raise SystemExit("FAILED: the latency sampler stopped")
+        return answer
+
+    def close(self) -> None:
+        self.enqueuer.terminate()
+        self.daemon.terminate()
+        self.enqueuer.wait(30)
+        self.daemon.wait(30)
+
+
+def latency(cluster: pg_cluster.Cluster, samples: int, baseline: str | None):
+    """{version: (warm-up ms, [ms, ...])} from enqueue (through the store, as the API
+    does) to the worker's start, the versions' samples alternating."""
+    with tempfile.TemporaryDirectory(prefix="pw-pg-latency-") as folder:
+        versions = {"pipewarden": None, **({"baseline": baseline} if baseline else {})}
+        samplers = {}
         try:
-            _wait(lambda: store.get_meta("stopped_cleanly") is False, "the daemon to start")
-            time.sleep(1.0)  # idle: nothing but LISTEN/NOTIFY can wake it
-            found = []
+            for name, path in versions.items():
+                samplers[name] = Sampler(cluster, Path(folder) / name, path)
+            found: dict[str, tuple[float, list[float]]] = {}
+            for name, sampler in samplers.items():
+                found[name] = (float(sampler.ask("k-warm")), [])
             for n in range(samples):
-                sent = time.time()
-                store.enqueue("bench", "noop", [(f"k{n}", {})], sent)
-                item = _wait(lambda n=n: _done(store, f"k{n}"), "the item")
-                found.append((json.loads(item.data)["started"] - sent) * 1000)
-                time.sleep(0.05)
+                for name, sampler in samplers.items():
+                    found[name][1].append(float(sampler.ask(f"k{n}")))
             return found
         finally:
-            store.close()
-            daemon.terminate()
-            daemon.wait(30)
+            for sampler in samplers.values():
+                sampler.close()
+
+
+def sample_for(url: str, root: Path) -> None:
+    """The enqueuing side of a Sampler: a key per line in, ms to its worker's start out."""
+    from pipewarden.store import open_store
+
+    store = open_store(root, url=url)
+    _wait(lambda: store.get_meta("stopped_cleanly") is False, "the daemon to start")
+    for line in sys.stdin:
+        key = line.strip()
+        if key != "ready":
+            time.sleep(0.05)  # idle: nothing but LISTEN/NOTIFY can wake the daemon
+            sent = time.time()
+            store.enqueue("bench", "noop", [(key, {})], sent)
+            item = _wait(lambda key=key: _done(store, key), "the item")
+            print(f"{(json.loads(item.data)['started'] - sent) * 1000:.3f}", flush=True)
+        else:
+            time.sleep(1.0)
+            print("ready", flush=True)
 
 
 def _done(store, key: str):
@@ -226,44 +284,65 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=5000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--latency", type=int, default=50, help="samples (0: skip)")
+    parser.add_argument("--only", choices=["throughput", "latency"])
+    parser.add_argument("--baseline", help="a folder holding another version's pipewarden")
+    parser.add_argument("--sample-for", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.sample_for:
+        sample_for(args.sample_for[0], Path(args.sample_for[1]))
+        return 0
     if (why := pg_cluster.missing()) is not None:
         raise SystemExit(why)
-    python = procrastinate_python()
+    print(f"load average {os.getloadavg()[0]:.1f} at the start")
     cluster = pg_cluster.Cluster().start()
     try:
-        runs = {
-            "sqlite, 1 daemon": lambda: pipewarden(None, 1, args.items),
-            "postgresql, 1 daemon": lambda: pipewarden(cluster, 1, args.items),
-            "postgresql, 2 daemons": lambda: pipewarden(cluster, 2, args.items),
-            "postgresql, 3 daemons": lambda: pipewarden(cluster, 3, args.items),
-            "procrastinate, 1 worker": lambda: procrastinate(cluster, python, args.items),
-        }
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
-        names = list(runs)
-        for rep in range(args.reps):
-            for name in names[rep % len(names) :] + names[: rep % len(names)]:
-                results[name].append(runs[name]())
-        print(f"{args.items:,} no-op items, pool mode, concurrency 1 per daemon; "
-              f"medians of {args.reps} (each rep)")  # fmt: skip
-        medians = {}
-        for name, figures in results.items():
-            rate = statistics.median(f[0] for f in figures)
-            cpu = statistics.median(f[1] for f in figures)
-            medians[name] = rate
-            each = ", ".join(f"{f[0]:,.0f}" for f in figures)
-            print(f"  {name:<24} {rate:>7,.0f}/s  {cpu:>6,.0f} µs CPU/item  ({each})")
-        base = medians["procrastinate, 1 worker"]
-        for name in names[:4]:
-            print(f"  {name:<24} {medians[name] / base:.2f}× Procrastinate")
-        if args.latency:
-            found = sorted(latency(cluster, args.latency))
-            p50, p99 = found[len(found) // 2], found[min(len(found) - 1, len(found) * 99 // 100)]
-            print(f"dispatch enqueue → worker start (PostgreSQL, LISTEN/NOTIFY): "
-                  f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(found)} samples)")  # fmt: skip
+        if args.only != "latency":
+            throughput(cluster, args)
+        if args.latency and args.only != "throughput":
+            for name, (warm, found) in latency(cluster, args.latency, args.baseline).items():
+                found.sort()
+                p50 = found[len(found) // 2]
+                p99 = found[min(len(found) - 1, len(found) * 99 // 100)]
+                print(f"dispatch enqueue → worker start, {name} (PostgreSQL, LISTEN/NOTIFY):"
+                      f" p50 {p50:.1f} ms, p90 {found[len(found) * 9 // 10]:.1f} ms,"
+                      f" p99 {p99:.1f} ms ({len(found)} samples; the warm-up item, which"
+                      f" starts the pool's worker: {warm:.0f} ms)")  # fmt: skip
     finally:
         cluster.stop()
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return 0
+
+
+def throughput(cluster: pg_cluster.Cluster, args: argparse.Namespace) -> None:
+    python = procrastinate_python()
+    runs = {
+        "sqlite, 1 daemon": lambda: pipewarden(None, 1, args.items),
+        "postgresql, 1 daemon": lambda: pipewarden(cluster, 1, args.items),
+        "postgresql, 2 daemons": lambda: pipewarden(cluster, 2, args.items),
+        "postgresql, 3 daemons": lambda: pipewarden(cluster, 3, args.items),
+        "procrastinate, 1 worker": lambda: procrastinate(cluster, python, args.items),
+    }
+    if args.baseline:
+        runs["baseline postgresql, 1 daemon"] = lambda: pipewarden(
+            cluster, 1, args.items, args.baseline
+        )
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    names = list(runs)
+    for rep in range(args.reps):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            results[name].append(runs[name]())
+    print(f"{args.items:,} no-op items, pool mode, concurrency 1 per daemon; "
+          f"medians of {args.reps} (each rep)")  # fmt: skip
+    medians = {}
+    for name, figures in results.items():
+        rate = statistics.median(f[0] for f in figures)
+        cpu = statistics.median(f[1] for f in figures)
+        medians[name] = rate
+        each = ", ".join(f"{f[0]:,.0f}" for f in figures)
+        print(f"  {name:<30} {rate:>7,.0f}/s  {cpu:>6,.0f} µs CPU/item  ({each})")
+    base = medians["procrastinate, 1 worker"]
+    for name in [n for n in names if "postgresql" in n or "sqlite" in n]:
+        print(f"  {name:<30} {medians[name] / base:.2f}× Procrastinate")
 
 
 if __name__ == "__main__":

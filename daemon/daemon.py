@@ -172,8 +172,7 @@ class Daemon:
             if store.kind != "sqlite":  # a fleet's store: heartbeats, and the others' changes
                 self._spawn(lease.keep(store, self.config.lease_s, self._hold_stages(),
                                        self.request_stop))  # fmt: skip
-                loop = asyncio.get_running_loop()
-                stop_listening = store.listen(lambda: loop.call_soon_threadsafe(scheduler.wake))
+                stop_listening = store.listen(scheduler.wake)  # on this loop
             self._record_reload(ok=True, why="start")
             log.info(
                 "pipewarden running: %d pipeline(s), %d rule(s), %d halt rule(s), store %s",

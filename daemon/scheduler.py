@@ -139,6 +139,7 @@ class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
             if until_idle and not self.in_flight and self._nothing_left():
                 log.info("nothing left to do: stopping (--until-idle)")
                 return
+            await asyncio.sleep(0)  # the workers this pass started get their items first
             await self._sleep(self._seconds_until_due(until_idle))
 
     async def step(self) -> bool:

@@ -145,18 +145,17 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from pipewarden.store import SCHEMA_VERSION
-
     config = load_config(args)
     store = open_store(config, must_exist=True)
     if store is None:
         print(f"no store at {config.state_dir}: nothing to migrate (the first start makes one)")
         return EXIT_OK
+    version = store.schema_version()  # its backend's: PostgreSQL has steps SQLite has not
     store.close()
-    if store.found_schema == SCHEMA_VERSION:
-        print(f"store {store.path}: schema {SCHEMA_VERSION} already")
+    if store.found_schema == version:
+        print(f"store {store.path}: schema {version} already")
     else:
-        print(f"store {store.path}: migrated from schema {store.found_schema} to {SCHEMA_VERSION}")
+        print(f"store {store.path}: migrated from schema {store.found_schema} to {version}")
     return EXIT_OK
 
 

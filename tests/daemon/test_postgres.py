@@ -3,15 +3,22 @@ password never shown, a bad URL one clear line. Runs on the session's throwaway 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import Project, wait_until
+from pipewarden import control
+from pipewarden.clock import Clock
+from pipewarden.config import load_config
+from pipewarden.daemon import Daemon
+from pipewarden.rules import load_rules
 from pipewarden.store import open_store
 from pipewarden.store.postgres.schema import SCHEMA_VERSION
 
@@ -157,3 +164,117 @@ def test_unmatched_failures_are_mined_and_proposed_on_postgresql(project: Projec
         store.close()
     assert template == "RuntimeError: Widget <*> refused by <*>"
     assert "rule(s) proposed" in project.daemon_log()
+
+
+async def _until(predicate, what: str, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def test_an_idle_daemon_is_woken_by_the_fleets_changes_and_polls_nothing(
+    project: Project, pg_url: str
+):
+    """Another host pauses a stage, enqueues behind the pause, resumes: the idle daemon
+    makes no transaction until told, never starts the paused stage's item, and runs it
+    once the pause is gone (the holds it keeps between passes are told of each change)."""
+    configure(project, pg_url)
+    config = load_config(project.config_path)
+    daemon = Daemon(config, load_rules(config.rule_paths, config.path.parent), Clock())
+    other = open_store(Path("unused"), url=pg_url)  # another host's CLI, on the same store
+    listening = False
+
+    async def scenario() -> list[str]:
+        nonlocal listening
+        running = asyncio.create_task(daemon.run(watch_files=False))
+        await _until(lambda: daemon._scheduler is not None and daemon.store.writes > 0, "a pass")
+        await asyncio.sleep(0.3)  # the start's own writes settle
+        before = daemon.store.writes
+        await asyncio.sleep(1.0)
+        idle = daemon.store.writes - before
+        listening = daemon.store.holds_seen.listening  # so the holds read are kept
+        control.pause(other, config, "stage", "sites/one", "someone", time.time())
+        await _until(lambda: daemon._scheduler.halted_targets() == ["sites/one"], "the pause")
+        seen = daemon.store.writes
+        other.enqueue("sites", "one", [("a", {})], time.time())
+        await _until(lambda: daemon.store.writes > seen, "the pass the enqueue woke")
+        behind_the_pause = other.item("sites", "a").state
+        control.resume(other, config, "stage", "sites/one", "someone", time.time())
+        await _until(lambda: other.item("sites", "a").state == "done", "the item, resumed")
+        daemon.request_stop("test done")
+        assert await running == 0
+        return [f"idle writes {idle}", behind_the_pause]
+
+    try:
+        assert asyncio.run(scenario()) == ["idle writes 0", "queued"]
+    finally:
+        other.close()
+    assert listening
+
+
+def test_status_counts_stay_exact_across_connections_and_after_a_fold(pg_url: str):
+    """Two connections (two daemons) change items; one goes; a fold moves its counts and
+    those older than a day's window: the status reads what grouping the items says."""
+    from pipewarden.store.postgres import counts
+
+    now = time.time()
+    first, second = (open_store(Path("unused"), url=pg_url) for _ in range(2))
+    first.enqueue("sites", "one", [(f"old{n}", {}) for n in range(3)], now - 30 * 3600)
+    second.enqueue("sites", "one", [(f"new{n}", {}) for n in range(4)], now - 1800)
+    first.enqueue("sites", "one", [("old0", {})], now)  # queued: unchanged
+    gone, kept = first._pg.info.backend_pid, second._pg.info.backend_pid
+    first.close()  # its connection, and so its shard's owner, is gone
+    alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+    wait_until(lambda: second._pg.execute(alive, (gone,)).fetchone()[0] == 0, "its backend gone")
+    try:
+        grouped = _grouped_state_counts(second, now - 86400, now - 3600)
+        assert sorted(second.state_counts(now - 86400, now - 3600)) == grouped
+        with second.transaction():
+            counts.fold(second._pg, now)
+        shards = {row[0] for row in second._pg.execute("SELECT shard FROM item_counts")}
+        assert gone not in shards and shards <= {0, kept}
+        assert second.get_meta("item_counts_folded_before") is not None
+        assert sorted(second.state_counts(now - 86400, now - 3600)) == grouped
+        week = _grouped_state_counts(second, now - 7 * 86400, now - 3600)  # before the fold
+        assert sorted(second.state_counts(now - 7 * 86400, now - 3600)) == week
+        assert second.item_totals() == {("sites", "one", "queued"): 7}
+    finally:
+        second.close()
+
+
+def _grouped_state_counts(store, since_24h: float, since_1h: float) -> list[tuple]:
+    return sorted(store._pg.execute(
+        "SELECT pipeline, stage, state, COALESCE(channel, ''), count(*),"
+        " count(*) FILTER (WHERE updated_at >= %s), count(*) FILTER (WHERE updated_at >= %s)"
+        " FROM items GROUP BY 1, 2, 3, 4", (since_24h, since_1h),
+    ).fetchall())  # fmt: skip
+
+
+def test_the_upgrade_to_kept_counts_counts_the_items_there_already(pg_url: str):
+    """A store of schema 14 with items, old and recent: once upgraded, status says what
+    grouping its items says."""
+    now = time.time()
+    store = open_store(Path("unused"), url=pg_url)
+    store.enqueue("sites", "one", [(f"old{n}", {}) for n in range(3)], now - 40 * 3600)
+    store.enqueue("sites", "one", [(f"new{n}", {}) for n in range(2)], now - 600)
+    with store.transaction():  # back to schema 14, its items kept
+        kinds = ("insert", "update", "delete")
+        for statement in (
+            "DROP TABLE item_counts", "DROP INDEX items_recent", "DROP INDEX items_deferred",
+            *(f"DROP TRIGGER pipewarden_count_{kind} ON items" for kind in kinds),
+            *(f"DROP FUNCTION pipewarden_count_{kind}()" for kind in kinds),
+            "DELETE FROM pipewarden_schema WHERE version > 14",
+        ):  # fmt: skip
+            store._pg.execute(statement)
+    store.close()
+    upgraded = open_store(Path("unused"), url=pg_url)
+    try:
+        assert upgraded.found_schema == 14
+        for since in (now - 86400, now - 7 * 86400):  # within the counts, and before them
+            grouped = _grouped_state_counts(upgraded, since, now - 3600)
+            assert sorted(upgraded.state_counts(since, now - 3600)) == grouped
+        assert upgraded.item_totals() == {("sites", "one", "queued"): 5}
+    finally:
+        upgraded.close()

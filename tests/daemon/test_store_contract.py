@@ -78,6 +78,21 @@ def test_enqueue_sorts_items_into_new_restarted_unchanged_and_held(storage: Stor
     assert json.loads(storage.item(P, "a").data) == {"n": 1}  # queued: left as it was
 
 
+def test_enqueue_of_held_repeated_and_forced_keys(storage: Storage):
+    storage.enqueue(P, S, [("a", {})], 1.0)
+    claim(storage)
+    storage.recover_interrupted(2.0, {(P, S)}, "stopped")  # a: held for a person
+    twice = storage.enqueue(P, S, [("a", {}), ("b", {"n": 1}), ("b", {"n": 2})], 3.0)
+    assert (twice.held, twice.new, twice.unchanged) == (["a"], ["b"], ["b"])
+    assert json.loads(storage.item(P, "b").data) == {"n": 1}  # the second found it queued
+    forced = storage.enqueue(P, S, [("a", {"n": 3}), ("b", None)], 4.0, force=True)
+    assert (forced.restarted, forced.data_replaced) == (["a", "b"], ["a"])
+    item = storage.item(P, "a")
+    assert (item.state, json.loads(item.data), item.force) == (ItemState.QUEUED, {"n": 3}, 1)
+    routed = storage.enqueue(P, S, [("c", {"to": "sms"})], 5.0, channel_for=lambda d: d["to"])
+    assert routed.new == ["c"] and storage.item(P, "c").channel == "sms"
+
+
 def test_a_finished_item_starts_again_keeping_its_data_unless_data_is_given(storage: Storage):
     storage.enqueue(P, S, [("a", {"n": 1}), ("b", {"n": 1})], 1.0)
     storage.finish([ended(c, r, RunStatus.FAILED, 2.0, error="boom") for c, r in claim(storage)],
@@ -390,6 +405,32 @@ def test_the_status_aggregates_count_items_with_their_recent_changes(storage: St
     assert counts == {"failed": (1, 1, 1), "running": (1, 1, 0)}
     (label,) = storage.label_counts(since_24h=0.0, since_1h=0.0)
     assert label[2:5] == ("failed", "terminal", "Boom")
+
+
+def test_the_status_counts_of_recent_changes_are_exact_for_windows_starting_anywhere(
+    storage: Storage,
+):
+    """Items changed over a few hours, the windows starting between and on their times:
+    every count as grouping the items themselves says."""
+    keys = [f"k{n}" for n in range(12)]
+    for n, key in enumerate(keys):
+        storage.enqueue(P, S, [(key, {})], 1000.0 + n * 250.0, channel_for=lambda d: "web")
+    claimed = claim(storage, limit=6, now=4100.0)
+    storage.finish([ended(c, r, RunStatus.FAILED, 4100.0 + 300.0 * n, label="Boom",
+                          group_name="terminal", error="boom")
+                    for n, (c, r) in enumerate(claimed[:4])], {})  # fmt: skip
+    items = [storage.item(P, key) for key in keys]
+    for since in (0.0, 999.0, 1000.0, 1750.0, 2999.9, 4100.0, 4400.0, 4700.1, 9e9):
+        expected: dict[str, list[int]] = {}
+        for item in items:
+            row = expected.setdefault(item.state, [0, 0])
+            row[0] += 1
+            row[1] += item.updated_at >= since
+        counts = {row[2]: list(row[4:6]) for row in storage.state_counts(since, since)}
+        assert counts == expected, f"since {since}"
+        (label,) = storage.label_counts(since, since)
+        assert label[5:7] == (4, sum(1 for i in items if i.state == "failed"
+                                     and i.updated_at >= since)), f"since {since}"  # fmt: skip
 
 
 def test_writes_are_counted_and_reads_write_nothing(storage: Storage):

@@ -8,6 +8,7 @@ psycopg 3 connection per thread; the hot path runs plain SQL on that same connec
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from pipewarden.store import models
 from pipewarden.store.orm import hand_peewee_psycopg
 from pipewarden.store.postgres.aggregates import Aggregates
 from pipewarden.store.postgres.books import Books
+from pipewarden.store.postgres.enqueue import Enqueue
 from pipewarden.store.postgres.history import History
-from pipewarden.store.postgres.holds import Holds
+from pipewarden.store.postgres.holds import Holds, HoldsSeen
 from pipewarden.store.postgres.leases import Leases
 from pipewarden.store.postgres.outbox import Outbox
 from pipewarden.store.postgres.proposals import Proposals
@@ -64,6 +66,7 @@ class _Database(pw.PostgresqlDatabase):
 
 class PostgresStore(
     Leases,
+    Enqueue,
     Queue,
     Holds,
     History,
@@ -99,6 +102,8 @@ class PostgresStore(
         self.Hold = models.bound(models.Hold, self.db)
         self.Outbox = models.bound(models.Outbox, self.db)
         self.writes = 0
+        self._claim_reads = threading.local()
+        self.holds_seen = HoldsSeen()
         self.global_caps: dict[str, int] = {}  # set by the daemon (lease.join)
         try:
             self.found_schema = self.schema_version()
@@ -141,11 +146,11 @@ class PostgresStore(
         return None
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
-        """Call `wake` (from another thread) whenever another daemon changed something
-        this one's scheduler acts on; returns what stops listening."""
+        """Call `wake` (on the running loop, the daemon's) whenever another daemon changed
+        something this one's scheduler acts on; returns what stops listening."""
         from pipewarden.store.postgres.listen import Listener
 
-        return Listener(self.url, self._params, self.daemon, wake).start().stop
+        return Listener(self.url, self._params, self.daemon, wake, self.holds_seen).start().stop
 
     def close(self) -> None:
         if not self.db.is_closed():

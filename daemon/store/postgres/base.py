@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import peewee as pw
@@ -56,6 +56,7 @@ class Connected:
     daemon: str | None = None  # host:pid of the daemon this store runs for (its lease)
     lease_s: float = 30.0  # a daemon silent this long is dead: its runs are recovered
     global_caps: dict[str, int]  # "pipeline/stage" or channel -> runs at once, fleet-wide
+    holds_seen: Any  # holds.HoldsSeen: the active holds as last read
 
     @property
     def _conn(self) -> _Translated:
@@ -66,10 +67,16 @@ class Connected:
         """The psycopg connection itself, for the statements written for PostgreSQL."""
         return self.db.connection()
 
-    def transaction(self) -> Any:
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
         """One write transaction; the scheduler wraps a whole loop pass in it (one commit)."""
         self.writes += 1
-        return self.db.atomic()
+        try:
+            with self.db.atomic():
+                yield
+        finally:
+            if not self.db.in_transaction():
+                self.holds_seen.transaction_ended()
 
     def _write(self) -> Any:
         return contextlib.nullcontext() if self.db.in_transaction() else self.transaction()

@@ -3,14 +3,56 @@ its trigger-kept counts, which PostgreSQL does not keep (see schema.py)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
 from typing import Any
 
 from pipewarden.store.sqlite.history import History as SqliteHistory
+
+# The latest run of a stage (%(pipeline)s, %(stage)s) that already succeeded on the same
+# input, as sqlite.history.History.earlier_success reads it; {fingerprint} is an SQL
+# expression (a claim's reads it for each item it writes).
+EARLIER_SUCCESS_SQL = (
+    "SELECT id, data_out FROM runs WHERE input_fingerprint >= {fingerprint}"
+    " AND input_fingerprint <= {fingerprint} || '~' AND (input_fingerprint = {fingerprint}"
+    " OR length(input_fingerprint) = 32) AND status = 'ok' AND pipeline = %(pipeline)s"
+    " AND stage = %(stage)s AND data_out IS NOT NULL AND replay_of IS NULL"
+    " ORDER BY finished_at DESC LIMIT 1"
+)
 
 
 class History(SqliteHistory):
     _pg: Any  # the psycopg connection (postgres/base.py), in the store this joins
     _write: Any
+    _claim_reads: threading.local  # per thread: the checkpoints the last claim read
+    writes: int
+    db: Any
+
+    def _read_checkpoints(self, pipeline: str, stage: str, rows: Iterable[tuple]) -> None:
+        """What a claim's write returned: for each item not forced, its checkpoint (or
+        none), kept for the earlier_success that the scheduler asks next, on this thread,
+        within the transaction that claimed (`writes` counts each begun)."""
+        self._claim_reads.checkpoints = (self.writes, {
+            (pipeline, stage, fingerprint): None if run_id is None else (run_id, data_out)
+            for fingerprint, run_id, data_out in rows
+        })  # fmt: skip
+
+    def _forget_checkpoints(self) -> None:
+        self._claim_reads.checkpoints = (-1, {})
+
+    def earlier_success(
+        self, pipeline: str, stage: str, fingerprint: str
+    ) -> tuple[str, str] | None:
+        """As on SQLite; for an item just claimed in this transaction, what its claim read
+        (no round trip)."""
+        serial, read = getattr(self._claim_reads, "checkpoints", (-1, {}))
+        key = (pipeline, stage, fingerprint)
+        if serial == self.writes and key in read and self.db.in_transaction():
+            return read.pop(key)
+        return self._pg.execute(
+            EARLIER_SUCCESS_SQL.format(fingerprint="%(fingerprint)s"),
+            {"pipeline": pipeline, "stage": stage, "fingerprint": fingerprint},
+        ).fetchone()
 
     def item_channels(self) -> list[str]:
         """Every channel an item has now (items_by_channel holds every item here)."""

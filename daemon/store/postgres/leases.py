@@ -10,7 +10,10 @@ the daemons it marked.
 
 from __future__ import annotations
 
+import time
+
 from pipewarden.store import rollup
+from pipewarden.store.postgres import counts
 from pipewarden.store.postgres.base import Connected
 from pipewarden.store.records import Recovered
 from pipewarden.store.sqlite.rollup import Rollup
@@ -22,6 +25,7 @@ _NOW = "extract(epoch from clock_timestamp())::float8"
 class Leases(Connected, Rollup):
     host: str = ""
     _started_at: float = 0.0
+    _fold_at: float = 0.0  # monotonic: when a heartbeat next folds the status counts
 
     def join_fleet(self, host: str, pid: int, started_at: float, lease_s: float) -> None:
         """Run as `host:pid`. A lease left by an earlier daemon with this host and pid is a
@@ -54,6 +58,9 @@ class Leases(Connected, Rollup):
                 " RETURNING id",
                 (self.daemon,),
             ).fetchone()
+            if time.monotonic() >= self._fold_at:  # the status counts kept small
+                counts.fold(self._pg, time.time())
+                self._fold_at = time.monotonic() + counts.FOLD_EVERY_S
         return row is not None
 
     def leave_fleet(self) -> None:
@@ -110,7 +117,7 @@ class Leases(Connected, Rollup):
             ended.append((pipeline, stage, now, "interrupted", max(0.0, now - started_at)))
         self._add_counts(rollup.counted(ended))
         if recovered:
-            self._notify("recovered")
+            self._holds_changed("recovered")  # their probes are due again
         return recovered
 
     def recover_interrupted(

@@ -13,25 +13,30 @@ from dataclasses import replace
 from typing import Any
 
 from pipewarden.store.postgres.base import Connected
-from pipewarden.store.records import Claimed, Enqueued, FinishedRun, NewRun, trace_id_of
-from pipewarden.store.sqlite.queue import _RUN_END_COLUMNS
+from pipewarden.store.postgres.history import EARLIER_SUCCESS_SQL
+from pipewarden.store.records import Claimed, FinishedRun, NewRun, trace_id_of
+from pipewarden.store.sqlite.queue import _RUN_END_COLUMNS, _channel_filter
 from pipewarden.store.sqlite.queue import Queue as SqliteQueue
 from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES
 
-# One statement per batch: the items marked running and their run rows, from one unnest.
+# One statement per batch: the items marked running and their run rows, from one unnest;
+# it returns each item's checkpoint, read in the same round trip (see history.py).
 _CLAIM_WRITE_SQL = (
     "WITH v AS (SELECT * FROM unnest(%(run_ids)s::text[], %(ids)s::bigint[], %(keys)s::text[],"
     " %(attempts)s::int[], %(channels)s::text[], %(fingerprints)s::text[],"
-    " %(code_refs)s::text[], %(config_hashes)s::text[], %(trace_ids)s::text[])"
-    " AS v(id, item_id, item_key, attempt, channel, fingerprint, code_ref, config_hash,"
-    " trace_id)), claimed AS (UPDATE items SET state = 'running', attempt = v.attempt,"
-    " channel = v.channel, last_run_id = v.id, updated_at = %(now)s FROM v"
-    " WHERE items.id = v.item_id)"
-    " INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel, status,"
-    " started_at, input_fingerprint, code_ref, config_hash, rows_in, trace_id, daemon)"
+    " %(code_refs)s::text[], %(config_hashes)s::text[], %(trace_ids)s::text[],"
+    " %(forced)s::bool[]) AS v(id, item_id, item_key, attempt, channel, fingerprint, code_ref,"
+    " config_hash, trace_id, forced)), claimed AS (UPDATE items SET state = 'running',"
+    " attempt = v.attempt, channel = v.channel, last_run_id = v.id, updated_at = %(now)s"
+    " FROM v WHERE items.id = v.item_id),"
+    " started AS (INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel,"
+    " status, started_at, input_fingerprint, code_ref, config_hash, rows_in, trace_id, daemon)"
     " SELECT v.id, %(pipeline)s, %(stage)s, v.item_id, v.item_key, v.attempt, v.channel,"
     " 'running', %(now)s, v.fingerprint, v.code_ref, v.config_hash, 1, v.trace_id, %(daemon)s"
-    " FROM v"
+    " FROM v)"
+    " SELECT v.fingerprint, earlier.id, earlier.data_out FROM v LEFT JOIN LATERAL"
+    f" ({EARLIER_SUCCESS_SQL.format(fingerprint='v.fingerprint')}) AS earlier ON true"
+    " WHERE NOT v.forced"
 )
 _RUN_END_TYPES = (
     "text",
@@ -78,7 +83,8 @@ _KEEP_IF_NULL = ("progress", "message")  # a finish without them keeps the last 
 def _finish_sql() -> str:
     """Finished runs and their items' next states in one statement, one unnest for all;
     only over runs still running (a recovered run keeps its end, its item is not moved).
-    Returns the runs it ended: only those are counted (store/rollup.py)."""
+    Returns the runs it ended: only those are counted (store/rollup.py); tells the fleet
+    in the same round trip."""
     fields = [("run_id", "text"), ("item_id", "int8"),
               *zip(_RUN_END_COLUMNS, _RUN_END_TYPES, strict=True),
               *((f"item_{column}", kind) for column, _, kind in _ITEM_END)]  # fmt: skip
@@ -99,8 +105,9 @@ def _finish_sql() -> str:
         f" ended AS (UPDATE runs SET {runs} FROM v WHERE runs.id = v.run_id"
         " AND runs.status = 'running' RETURNING runs.id),"
         f" moved AS (UPDATE items SET {items} FROM v WHERE items.id = v.item_id"
-        " AND items.last_run_id = v.run_id)"
-        " SELECT id FROM ended"
+        " AND items.last_run_id = v.run_id),"
+        " told AS (SELECT pg_notify('pipewarden', %(payload)s))"  # the fleet, at commit
+        " SELECT array(SELECT id FROM ended), (SELECT count(*) FROM told)"
     )
 
 
@@ -112,7 +119,9 @@ def _claim_sql(where: str) -> str:
 
     One branch per claimable state, each an index range in ready_at order (an IN list of
     states made PostgreSQL sort every queued item on each claim); a branch may lock a few
-    rows past the limit, left as they are and free again at this commit.
+    rows past the limit, left as they are and free again at this commit. Each item comes
+    with its run's number (a claim a channel's cap leaves out leaves a gap: numbers are
+    never given twice, not necessarily all given).
     """
     branches = [
         f"s{n} AS (SELECT id, key, data, attempt, force, channel, ready_at FROM items"
@@ -123,20 +132,15 @@ def _claim_sql(where: str) -> str:
     ]
     union = " UNION ALL ".join(f"SELECT * FROM s{n}" for n in range(len(branches)))
     return (
-        f"WITH {', '.join(branches)} SELECT id, key, data, attempt, force, channel"
-        f" FROM ({union}) AS ready ORDER BY ready_at, id LIMIT %(n)s"
+        f"WITH {', '.join(branches)}, ready AS (SELECT * FROM ({union}) AS u"
+        " ORDER BY ready_at, id LIMIT %(n)s)"
+        " SELECT id, key, data, attempt, force, channel, nextval('run_numbers') FROM ready"
+        " ORDER BY ready_at, id"
     )
 
 
 class Queue(Connected, SqliteQueue):
     """The SQLite queue's statements where they are the same SQL; claims said again."""
-
-    def enqueue(self, *args: Any, **kwargs: Any) -> Enqueued:
-        with self._write():
-            result = SqliteQueue.enqueue(self, *args, **kwargs)
-            if result.new or result.restarted:
-                self._notify("enqueue")
-        return result
 
     def claim(
         self,
@@ -165,13 +169,7 @@ class Queue(Connected, SqliteQueue):
             rows = self._within_channel_caps(self._pg.execute(_claim_sql(where), params).fetchall())
             if not rows:
                 return []
-            numbers = self._pg.execute(
-                "SELECT nextval('run_numbers') FROM generate_series(1, %s)", (len(rows),)
-            ).fetchall()
-            claimed = [
-                self._described(row, describe, number, now)
-                for row, (number,) in zip(rows, numbers, strict=True)
-            ]
+            claimed = [self._described(row, describe, now) for row in rows]
             self._write_claims(pipeline, stage, now, claimed)
         return claimed
 
@@ -218,12 +216,12 @@ class Queue(Connected, SqliteQueue):
         ).fetchone()[0]
 
     @staticmethod
-    def _described(row: tuple, describe: Any, number: int, now: float) -> tuple[Claimed, NewRun]:
+    def _described(row: tuple, describe: Any, now: float) -> tuple[Claimed, NewRun]:
         """The claimed item and its run, named by the fleet's run number (as on SQLite: a
         number, in the order runs start, never given twice)."""
         import json
 
-        item_id, key, data_json, attempt, force, _ = row
+        item_id, key, data_json, attempt, force, _, number = row
         data = json.loads(data_json)
         run = replace(describe(item_id, key, data), run_id=str(number),
                       trace_id=trace_id_of(number, now))  # fmt: skip
@@ -233,15 +231,16 @@ class Queue(Connected, SqliteQueue):
         self, pipeline: str, stage: str, now: float, claimed: list[tuple[Claimed, NewRun]]
     ) -> None:
         items, runs = [c for c, _ in claimed], [r for _, r in claimed]
-        self._pg.execute(_CLAIM_WRITE_SQL, {
+        checkpoints = self._pg.execute(_CLAIM_WRITE_SQL, {
             "run_ids": [r.run_id for r in runs], "ids": [c.item_id for c in items],
             "keys": [c.key for c in items], "attempts": [c.attempt for c in items],
             "channels": [r.channel for r in runs],
             "fingerprints": [r.input_fingerprint for r in runs],
             "code_refs": [r.code_ref for r in runs], "config_hashes": [r.config_hash for r in runs],
             "trace_ids": [r.trace_id for r in runs], "now": now, "pipeline": pipeline,
-            "stage": stage, "daemon": self.daemon,
-        })  # fmt: skip
+            "stage": stage, "daemon": self.daemon, "forced": [c.force for c in items],
+        }).fetchall()  # fmt: skip
+        self._read_checkpoints(pipeline, stage, checkpoints)
 
     def unclaim(self, runs: Sequence[tuple[str, int]]) -> None:
         """As on SQLite: claims never sent to a worker, given back untouched."""
@@ -253,6 +252,7 @@ class Queue(Connected, SqliteQueue):
         """As on SQLite, but only over runs still running: a run another daemon recovered
         (this one was found dead) keeps its end, and its item is not moved twice."""
         finished = list(finished)
+        self._forget_checkpoints()  # a run ended ok is the next claim's checkpoint
         with self._write():
             if progress:
                 self._conn.executemany(
@@ -262,7 +262,7 @@ class Queue(Connected, SqliteQueue):
                 )
             if not finished:
                 return
-            values: dict[str, list[Any]] = {
+            values: dict[str, Any] = {
                 "run_id": [f.run_id for f in finished], "item_id": [f.item_id for f in finished],
             }  # fmt: skip
             for column in _RUN_END_COLUMNS:
@@ -270,9 +270,30 @@ class Queue(Connected, SqliteQueue):
             for column, field, _ in _ITEM_END:
                 values[f"item_{column}"] = [getattr(f, field) for f in finished]
             values["item_force"] = [int(force) for force in values["item_force"]]
-            ended = {row[0] for row in self._pg.execute(_FINISH_SQL, values).fetchall()}
+            values["payload"] = f"finished {self.daemon or ''}"
+            ended = set(self._pg.execute(_FINISH_SQL, values).fetchone()[0])
             self._count_finished([f for f in finished if f.run_id in ended])
-            self._notify("finished")
+
+    def next_ready_at(
+        self,
+        stages: Sequence[tuple[str, str]],
+        blocked_channels: Sequence[str] = (),
+        only_channel: str | None = None,
+    ) -> float | None:
+        """As on SQLite, in one round trip: the loop asks it before it sleeps, each pass."""
+        if not stages:
+            return None
+        where, channels = _channel_filter(blocked_channels, only_channel)
+        seek = (
+            "(SELECT MIN(ready_at) FROM items WHERE pipeline = ? AND stage = ? AND state = ?"
+            f"{where})"
+        )
+        seeks, params = [], []
+        for pipeline, stage in stages:
+            for state in CLAIMABLE_STATES:  # one index seek each; an IN list made it a scan
+                seeks.append(seek)
+                params += [pipeline, stage, state, *channels]
+        return self._conn.execute(f"SELECT LEAST({', '.join(seeks)})", params).fetchone()[0]
 
     def pending_count(
         self,

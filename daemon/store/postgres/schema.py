@@ -6,13 +6,14 @@ PostgreSQL never had (index swaps, trigger-kept counts). Every later step is wri
 here and in sqlite/schema.py under the same number, each in its own dialect, so one
 version means one set of tables and columns on both backends.
 
-The status counts are not trigger-kept here: several daemons writing the same count rows
-would queue on their row locks on every claim (and deadlock across stages); the status
-tree groups the items' covering indexes instead.
+The status counts are trigger-kept from step 16 on (PostgreSQL only; see counts.py): in
+rows of each connection's own, since several daemons writing the same count rows would
+queue on their row locks on every claim (and deadlock across stages).
 """
 
 from __future__ import annotations
 
+from pipewarden.store.postgres import counts
 from pipewarden.store.rollup import BACKFILL_S, BUCKETS_PER_DOUBLING, SLOT_S
 
 BASE_VERSION = 8
@@ -154,5 +155,6 @@ STEPS: dict[int, list[str]] = {
         "CREATE SEQUENCE run_numbers",
     ],
     14: ["ALTER TABLE runs ADD COLUMN replay_of TEXT"],  # as SQLite's step 14
+    16: counts.STEP,  # the status tree's counts, per hour, trigger-kept (PostgreSQL only)
 }
 SCHEMA_VERSION = max(STEPS)
