@@ -67,7 +67,8 @@ KILL_WAIT_S = 2.0  # how long SIGKILLed processes may take to be gone
 RECORD_AFTER_S = 0.05  # new workers are recorded on their runs this soon, in one commit
 SWEEP_EVERY_S = 1.0
 SENTINEL_STOP_S = 2.0
-SETTLE_S = 0.2  # how long an orphan's environment may read empty before the sweep decides
+EMPTY_LOOKS = 3  # how often an environment that reads empty is read again, 0.2 ms apart
+SETTLE_S = 1.0  # how long an orphan may be in the middle of an execve before the sweep decides
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 
 StartedCallback = Callable[[list[tuple[str, int, int, int]]], None]  # run, pid, pgid, start
@@ -99,7 +100,7 @@ class Containment:
         self._unrecorded: list[_Worker] = []
         self._recording: asyncio.TimerHandle | None = None
         self._board: GroupBoard | None = None  # the groups the sentinel kills if we die
-        self._envless: set[int] = set()  # orphans whose environment read empty last sweep
+        self._unreadable: set[int] = set()  # orphans whose marks could not be read last sweep
 
     # -- the daemon's life ------------------------------------------------------------
     def enable(self, state_dir: Path, on_started: StartedCallback | None = None) -> None:
@@ -217,8 +218,8 @@ class Containment:
         return signal.SIGKILL
 
     async def _settled_remains(self, worker: _Worker, child: Child, whole: bool) -> set[int]:
-        """What is left of the attempt, once every orphan's environment could be read: one
-        in the middle of an execve reads as empty (it may be this worker's, marked)."""
+        """What is left of the attempt, once every orphan's marks could be read: one in the
+        middle of an execve has none to read for a moment (it may be this worker's)."""
         deadline = time.monotonic() + SETTLE_S
         pause = 0.001
         doomed, unsettled = self._remains(worker, child, whole)
@@ -226,10 +227,10 @@ class Containment:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.02)
             doomed, unsettled = self._remains(worker, child, whole)
-        return doomed  # still unreadable: started with no environment; the sweep decides
+        return doomed  # still unreadable: the sweep decides
 
     def _remains(self, worker: _Worker, child: Child, whole: bool) -> tuple[set[int], set[int]]:
-        """The attempt's processes left, and the orphans whose environment read empty."""
+        """The attempt's processes left, and the orphans whose marks cannot be read yet."""
         roots, unsettled = [], set()
         for pid, stat in self._orphans():
             if (its := self._is_of(worker, pid, stat)) is None:
@@ -258,11 +259,11 @@ class Containment:
     def sweep(self) -> None:
         """Reap orphans that exited; SIGKILL those that no attempt in flight claims.
 
-        One whose environment reads empty is left for the next sweep: it may be in the
-        middle of an execve, marked as a running attempt's; empty twice, it has none.
+        One in the middle of an execve (its marks unreadable) is left for the next sweep:
+        it may be a running attempt's; unreadable twice, it is killed if unclaimed.
         """
         running = [w for w in self._workers.values() if w.run_id]
-        envless = set()
+        unreadable = set()
         for pid, stat in self._orphans():
             if stat.state in ("Z", "X"):
                 _reap(pid)
@@ -270,12 +271,12 @@ class Containment:
             if any(self._in_group_of(w, stat) for w in running):
                 continue
             marks = _marks(pid)
-            if marks is None and pid not in self._envless:
-                envless.add(pid)
+            if marks is None and pid not in self._unreadable:
+                unreadable.add(pid)
             elif not any(marks == self._mark_of(w) for w in running):
                 log.info("killing process %d, left behind by an attempt that ended", pid)
                 signal_pids({pid} | descendants([pid]), signal.SIGKILL)
-        self._envless = envless
+        self._unreadable = unreadable
 
     async def keep_sweeping(self) -> None:
         while True:
@@ -355,10 +356,22 @@ def find_marked(mark: str, value: str, groups: Iterable[int] = ()) -> set[int]:
 
 
 def _marks(pid: int) -> tuple[str | None, str | None] | None:
-    """The worker and daemon an orphan is marked with; None while its environment reads
-    empty (as it does in the middle of an execve, or for a process started with none)."""
-    marks = environ(pid)
-    return (marks.get(MARK_WORKER), marks.get(MARK_DAEMON)) if marks else None
+    """The worker and daemon an orphan is marked with; None while that cannot be told.
+
+    An environment reads empty in the middle of an execve (the new image's is not set up:
+    the kernel shows its end as 0, then its start and end as one while it fills it in), and
+    for a process started with none (start and end one, and still empty when read again).
+    """
+    if marks := environ(pid):
+        return marks.get(MARK_WORKER), marks.get(MARK_DAEMON)
+    stat = proc_stat(pid)
+    if stat is None or stat.env_end == 0 or stat.env_start != stat.env_end:
+        return None
+    for _ in range(EMPTY_LOOKS):  # filling it in takes microseconds: look a few times apart
+        time.sleep(0.0002)
+        if marks := environ(pid):
+            return marks.get(MARK_WORKER), marks.get(MARK_DAEMON)
+    return None, None
 
 
 def _reap(pid: int) -> None:

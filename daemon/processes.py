@@ -52,6 +52,8 @@ class ProcStat:
     pgrp: int
     session: int
     start: int
+    env_start: int = 1  # where its environment lies (0: in the middle of an execve; see
+    env_end: int = 1  # containment._marks), 1 where the kernel does not say
 
 
 def proc_stat(pid: int) -> ProcStat | None:
@@ -63,9 +65,11 @@ def proc_stat(pid: int) -> ProcStat | None:
         return None
     # The command name may hold spaces and parentheses; fields resume after the last ')'.
     fields = raw[raw.rfind(b")") + 2 :].split()
+    environment = (int(fields[47]), int(fields[48])) if len(fields) > 48 else ()  # Linux 3.5
     return ProcStat(
-        fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19])
-    )
+        fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]),
+        *environment,
+    )  # fmt: skip
 
 
 def gone(pid: int) -> bool:
