@@ -243,6 +243,12 @@ class Queue(Connected, SqliteQueue):
             "stage": stage, "daemon": self.daemon,
         })  # fmt: skip
 
+    RUN_KEY = "id"  # the shared statements write a run by its id here (SQLite: its number)
+
+    @staticmethod
+    def run_key(run_id: str) -> Any:
+        return run_id
+
     def unclaim(self, runs: Sequence[tuple[str, int]]) -> None:
         """As on SQLite: claims never sent to a worker, given back untouched."""
         SqliteQueue.unclaim(self, runs)  # type: ignore[arg-type]

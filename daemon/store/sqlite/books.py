@@ -87,5 +87,8 @@ class Books(Rollup):
         columns = [column[0] for column in cursor.description]
         for row in cursor:
             run = dict(zip(columns, row, strict=True))
-            run.pop("trace_kept", None)  # an old run's trace id: it is in trace_id too
+            # SQLite's own columns: what they hold is in id, trace_id, input_fingerprint and
+            # config_hash (or nothing: `room`)
+            for kept in ("trace_kept", "run_no", "input_fp", "config_fp", "room"):
+                run.pop(kept, None)
             yield run

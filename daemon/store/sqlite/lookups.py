@@ -16,7 +16,7 @@ from pipewarden.store.sqlite.base import Connected
 
 KEYS_PER_QUERY = 500  # keys looked up at once (SQLite's variable limit is far above)
 # A failed run "later succeeded" when an ok run of the same item at the same stage followed it.
-_LATER_OK = (
+LATER_OK = (
     "(runs.status IN ('failed', 'timed_out') AND EXISTS (SELECT 1 FROM runs AS later"
     " WHERE later.item_id = runs.item_id AND later.stage = runs.stage"
     " AND later.status = 'ok' AND later.started_at > runs.started_at"
@@ -58,14 +58,14 @@ class Lookups(Connected):
             else f"runs.{name}" for name in columns
         )  # fmt: skip
         return self._conn.execute(
-            f"SELECT {listed}, {_LATER_OK} FROM runs{where}"
+            f"SELECT {listed}, {LATER_OK} FROM runs{where}"
             " ORDER BY runs.started_at DESC, runs.id DESC LIMIT ?",
             (*params, limit),
         ).fetchall()
 
     def later_ok(self, run_id: str) -> bool:
         """Whether the failed run `run_id` was followed by an ok run of its item's stage."""
-        row = self._conn.execute(f"SELECT {_LATER_OK} FROM runs WHERE id = ?", (run_id,))
+        row = self._conn.execute(f"SELECT {LATER_OK} FROM runs WHERE id = ?", (run_id,))
         found = row.fetchone()
         return bool(found and found[0])
 

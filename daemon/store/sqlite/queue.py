@@ -21,6 +21,7 @@ from pipewarden.store.records import (
     trace_id_of,
 )
 from pipewarden.store.sqlite.rollup import Rollup
+from pipewarden.store.sqlite.runkeys import pack_hex64
 from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES, ItemState, RunStatus
 
 _RUN_END_COLUMNS = (
@@ -31,8 +32,12 @@ _RUN_END_COLUMNS = (
 )  # fmt: skip
 _FINISH_RUN_SQL = (
     f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _RUN_END_COLUMNS[:-2])}, "
-    "progress = COALESCE(?, progress), message = COALESCE(?, message) WHERE id = ?"
+    "progress = COALESCE(?, progress), message = COALESCE(?, message), room = NULL"
+    " WHERE run_no = ?"
 )
+# The bytes an ok run's end adds to its row (finished_at, duration_s, pid, pgid, proc_start,
+# data_out; less the shorter status), reserved at its claim: see schema 15's `room`.
+_END_ROOM = 24
 _FINISH_ITEM_SQL = (
     "UPDATE items SET stage = ?, state = ?, data = COALESCE(?, data), attempt = ?, ready_at = ?,"
     " channel = ?, force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ?"
@@ -44,6 +49,14 @@ _PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
 
 class Queue(Rollup):
     """Items in, claims out, runs ended: what the scheduler does on every pass."""
+
+    # The column a run is written by, and its value for a run id: the run number here
+    # (schema 15's primary key); PostgreSQL's runs are keyed by their id.
+    RUN_KEY = "run_no"
+
+    @staticmethod
+    def run_key(run_id: str) -> Any:
+        return int(run_id)
 
     def enqueue(
         self,
@@ -141,12 +154,14 @@ class Queue(Rollup):
                 [(c.attempt, r.channel, r.run_id, now, c.item_id) for c, r in claimed],
             )
             self._conn.executemany(
-                "INSERT INTO runs (rowid, id, pipeline, stage, item_id, item_key, attempt,"
-                " channel, status, started_at, input_fingerprint, code_ref, config_hash,"
-                " rows_in, daemon) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?)",
+                "INSERT INTO runs (run_no, id, pipeline, stage, item_id, item_key, attempt,"
+                " channel, status, started_at, input_fp, code_ref, config_fp, rows_in, daemon,"
+                f" room) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?,"
+                f" zeroblob({_END_ROOM}))",
                 [
                     (int(r.run_id), r.run_id, pipeline, stage, c.item_id, c.key, c.attempt,
-                     r.channel, now, r.input_fingerprint, r.code_ref, r.config_hash, self.daemon)
+                     r.channel, now, pack_hex64(r.input_fingerprint), r.code_ref,
+                     pack_hex64(r.config_hash), self.daemon)
                     for c, r in claimed
                 ],
             )  # fmt: skip
@@ -158,7 +173,7 @@ class Queue(Rollup):
         page per insert). The newest run is never pruned (it is its item's latest), so a
         number is not given twice, but for a claim taken back before its worker started
         (`unclaim`): nobody saw that run. Asked inside the write lock: no other writer races."""
-        (last,) = self._conn.execute("SELECT MAX(rowid) FROM runs").fetchone()
+        (last,) = self._conn.execute("SELECT MAX(run_no) FROM runs").fetchone()
         return (last or 0) + 1
 
     def unclaim(self, runs: Sequence[tuple[str, int]]) -> None:
@@ -173,7 +188,8 @@ class Queue(Rollup):
                 [(item_id, run_id, item_id, run_id) for run_id, item_id in runs],
             )
             self._conn.executemany(
-                "DELETE FROM runs WHERE id = ? AND status = 'running'", [(r,) for r, _ in runs]
+                f"DELETE FROM runs WHERE {self.RUN_KEY} = ? AND status = 'running'",
+                [(self.run_key(r),) for r, _ in runs],
             )
 
     def finish(
@@ -185,14 +201,14 @@ class Queue(Rollup):
             if progress:
                 self._conn.executemany(
                     "UPDATE runs SET progress = COALESCE(?, progress),"
-                    " message = COALESCE(?, message) WHERE id = ? AND status = 'running'",
-                    [(p, m, run_id) for run_id, (p, m) in progress.items()],
+                    " message = COALESCE(?, message) WHERE run_no = ? AND status = 'running'",
+                    [(p, m, int(run_id)) for run_id, (p, m) in progress.items()],
                 )
             if not finished:
                 return
             self._conn.executemany(
                 _FINISH_RUN_SQL,
-                [(*(getattr(f, c) for c in _RUN_END_COLUMNS), f.run_id) for f in finished],
+                [(*(getattr(f, c) for c in _RUN_END_COLUMNS), int(f.run_id)) for f in finished],
             )
             self._conn.executemany(
                 _FINISH_ITEM_SQL,
@@ -210,9 +226,9 @@ class Queue(Rollup):
         if the daemon dies, the next one can still find them."""
         with self._write():
             self._conn.executemany(
-                "UPDATE runs SET pid = ?, pgid = ?, proc_start = ? WHERE id = ?"
+                f"UPDATE runs SET pid = ?, pgid = ?, proc_start = ? WHERE {self.RUN_KEY} = ?"
                 " AND status = 'running'",
-                [(pid, pgid, start, run_id) for run_id, pid, pgid, start in started],
+                [(pid, pgid, start, self.run_key(r)) for r, pid, pgid, start in started],
             )
 
     def running_processes(self) -> list[tuple[int, int, int]]:
@@ -246,16 +262,16 @@ class Queue(Rollup):
         ended: list[tuple[str, str, float, str, float]] = []
         with self._write():
             rows = self._conn.execute(
-                "SELECT r.id, r.pipeline, r.stage, r.item_key, r.item_id, r.attempt, r.started_at"
-                " FROM runs r WHERE r.status = 'running' AND r.status != 'ok'"
+                "SELECT r.run_no, r.id, r.pipeline, r.stage, r.item_key, r.item_id, r.attempt,"
+                " r.started_at FROM runs r WHERE r.status = 'running' AND r.status != 'ok'"
             ).fetchall()
-            for run_id, pipeline, stage, key, item_id, attempt, started_at in rows:
+            for run_no, run_id, pipeline, stage, key, item_id, attempt, started_at in rows:
                 held = (pipeline, stage) in hold_stages
                 self._conn.execute(
                     "UPDATE runs SET status = ?, finished_at = ?, duration_s = ?, error = ?,"
                     " group_name = 'retriable', label = 'Interrupted', category = 'daemon',"
-                    " type = 'interrupted' WHERE id = ?",
-                    (RunStatus.INTERRUPTED, now, max(0.0, now - started_at), reason, run_id),
+                    " type = 'interrupted' WHERE run_no = ?",
+                    (RunStatus.INTERRUPTED, now, max(0.0, now - started_at), reason, run_no),
                 )
                 self._conn.execute(
                     "UPDATE items SET state = ?, attempt = ?, ready_at = ?, last_error = ?,"

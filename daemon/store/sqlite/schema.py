@@ -110,6 +110,106 @@ _FEWER_BYTES_MIGRATION = [
     # items_state_recent stays whole: state_counts' changed-lately counts of every state.
 ]
 
+# 15 (issue 13): fewer bytes per run, the runs table rebuilt. Its key is an INTEGER PRIMARY
+# KEY, the run number (a run's id is that number as a string, since schema 13), so the
+# unique index of the text id goes: an older run's uuid is found through a partial index of
+# the runs whose id is not their number. The input fingerprint and the config hash, 16 hex
+# digits each, are kept as one 8-byte integer (`input_fp`, `config_fp`; any other text as it
+# is) and read back as the same text through generated columns. template_runs loses its
+# foreign key to runs(id), which needs that unique index: a trigger forgets a deleted run.
+# `room` is the room a run's end will take, reserved by its claim (zeros) and given back by
+# its finish: the row is rewritten in place instead of growing out of its page, which split
+# the newest pages of the table and left them three quarters full.
+_HEX_DIGIT = "(instr('0123456789abcdef', substr({x}, {i}, 1)) - 1)"
+_HEX64 = " | ".join(f"({_HEX_DIGIT.format(x='{x}', i=i + 1)} << {60 - 4 * i})" for i in range(16))
+
+
+def _packed(column: str) -> str:
+    """SQL of a text column's packed form: 16 lowercase hex digits as the signed 64-bit
+    integer of their bits (records.pack_hex64 in SQL), anything else as it is."""
+    hex64 = _HEX64.replace("{x}", column)
+    return (
+        f"CASE WHEN length({column}) = 16 AND NOT {column} GLOB '*[^0-9a-f]*'"
+        f" THEN {hex64} ELSE {column} END"
+    )
+
+
+def _unpacked(column: str) -> str:
+    return (
+        f"CASE WHEN typeof({column}) = 'integer' THEN printf('%016x', {column}) ELSE {column} END"
+    )
+
+
+_RUN_COLUMNS_14 = (
+    "id, pipeline, stage, item_id, item_key, attempt, channel, status, started_at, finished_at,"
+    " duration_s, exit_code, signal, pid, error, error_type, traceback, output, group_name,"
+    " label, category, type, rule_id, rules_version, code_ref, rows_in, rows_out, cost,"
+    " trace_kept, progress, message, pgid, proc_start, data_out, probe_of, original_group,"
+    " original_label, original_category, original_type, original_rule_id,"
+    " original_rules_version, reclassified_at, daemon, replay_of"
+)
+_RUN_KEY_MIGRATION = [
+    # The columns in the order they had (SELECT * reads the same), the packed ones at the end.
+    """CREATE TABLE runs_next (
+        id TEXT NOT NULL, pipeline TEXT NOT NULL, stage TEXT NOT NULL,
+        item_id INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+        item_key TEXT NOT NULL, attempt INTEGER NOT NULL, channel TEXT,
+        status TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL,
+        duration_s REAL, exit_code INTEGER, signal INTEGER, pid INTEGER,
+        error TEXT, error_type TEXT, traceback TEXT, output TEXT,
+        group_name TEXT, label TEXT, category TEXT, type TEXT, rule_id TEXT,
+        rules_version TEXT, input_fingerprint TEXT GENERATED ALWAYS AS ("""
+    + _unpacked("input_fp")
+    + """) VIRTUAL, code_ref TEXT, config_hash TEXT GENERATED ALWAYS AS ("""
+    + _unpacked("config_fp")
+    + """) VIRTUAL,
+        rows_in INTEGER, rows_out INTEGER, cost REAL, trace_kept TEXT, progress REAL,
+        message TEXT, pgid INTEGER, proc_start INTEGER, data_out TEXT, probe_of INTEGER,
+        original_group TEXT, original_label TEXT, original_category TEXT, original_type TEXT,
+        original_rule_id TEXT, original_rules_version TEXT, reclassified_at REAL, daemon TEXT,
+        trace_id TEXT GENERATED ALWAYS AS (coalesce(trace_kept, printf('%016x%016x',
+            CAST(started_at * 1000000 AS INTEGER), CAST(id AS INTEGER)))) VIRTUAL,
+        replay_of TEXT, run_no INTEGER PRIMARY KEY, input_fp, config_fp, room BLOB)""",
+    f"INSERT INTO runs_next (run_no, {_RUN_COLUMNS_14}, input_fp, config_fp)"
+    f" SELECT rowid, {_RUN_COLUMNS_14}, {_packed('input_fingerprint')},"
+    f" {_packed('config_hash')} FROM runs ORDER BY rowid",
+    """CREATE TABLE template_runs_next (
+        run_id TEXT PRIMARY KEY, template_id INTEGER NOT NULL, pipeline TEXT NOT NULL,
+        stage TEXT NOT NULL, seen_at REAL NOT NULL)""",
+    "INSERT INTO template_runs_next SELECT * FROM template_runs",
+    # template_runs first: while it names runs as its parent, dropping runs deletes its rows.
+    "DROP TABLE template_runs",
+    "DROP TABLE runs",
+    "ALTER TABLE runs_next RENAME TO runs",
+    "ALTER TABLE template_runs_next RENAME TO template_runs",
+    "CREATE INDEX template_runs_by_template ON template_runs (template_id, seen_at)",
+    """CREATE TRIGGER runs_forget_templates AFTER DELETE ON runs
+        BEGIN DELETE FROM template_runs WHERE run_id = OLD.id; END""",
+    # A run found by an id that is not its number (a uuid of before schema 13): runs_by_id,
+    # runs_with_prefix, later_ok, run_facts. No run recorded since is in it.
+    "CREATE INDEX runs_by_old_id ON runs (id) WHERE id IS NOT CAST(run_no AS TEXT)",
+    # The indexes of step 13 again, each named by the queries that read it:
+    # find_runs (the page's run list), runs_started_from, runs_started_since, runs_matching,
+    # recent_runs, prune_batch, export_runs: runs by start.
+    "CREATE INDEX runs_recent ON runs (started_at)",
+    # The same, of one stage (the page's and the API's runs of a stage).
+    "CREATE INDEX runs_by_stage ON runs (pipeline, stage, started_at)",
+    # count_runs, last_run_statuses, recent_durations, cost_since (covering).
+    "CREATE INDEX runs_by_stage_end ON runs (pipeline, stage, finished_at, cost)",
+    # running_processes, running_runs, recovery, failure_texts, the page's failures.
+    "CREATE INDEX runs_by_status ON runs (status, started_at) WHERE status != 'ok'",
+    # earlier_success (the checkpoint lookup), on the packed fingerprint.
+    "CREATE INDEX runs_by_fingerprint ON runs (input_fp)"
+    " WHERE status = 'ok' AND data_out IS NOT NULL",
+    # internal_failures_in_a_row, item_runs, unclaim, prune's newer run.
+    "CREATE INDEX runs_by_item ON runs (item_id)",
+    # label_failures (the guard's same-label count).
+    "CREATE INDEX runs_by_channel_label ON runs (channel, label, finished_at)"
+    " WHERE label IS NOT NULL",
+    # reclassify's items, reclassified runs.
+    "CREATE INDEX runs_reclassified ON runs (reclassified_at) WHERE reclassified_at IS NOT NULL",
+]
+
 # Each step upgrades the schema by one version; a step never changes once shipped.
 MIGRATIONS: list[list[str]] = [
     [  # 1: items and runs
@@ -255,6 +355,7 @@ MIGRATIONS: list[list[str]] = [
         # leave such runs out; they never change an item)
         "ALTER TABLE runs ADD COLUMN replay_of TEXT",
     ],
+    _RUN_KEY_MIGRATION,  # 15
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
