@@ -34,7 +34,8 @@ _RUNS: list[tuple[int, dict[str, Any]]] = [
          "type": "timeout", "rule_id": "net-slow", "rules_version": "v2",
          "original_group": "terminal", "original_label": "Timeout", "original_category": "net",
          "original_type": "t", "original_rule_id": "r1", "original_rules_version": "v1",
-         "reclassified_at": 350.0, "input_fingerprint": "00000000000000ff", "config_hash": CONFIG,
+         "reclassified_at": 1796187287.5944312, "input_fingerprint": "00000000000000ff",
+         "config_hash": CONFIG,
          "cost": 0.5, "rows_out": 3, "message": "fetching", "channel": "upstream"}),
     (4, {"id": "4", "item_id": 2, "item_key": "bad.example", "attempt": 2, "status": "timed_out",
          "started_at": 400.0, "finished_at": 430.0, "duration_s": 30.0, "signal": 9,
@@ -148,12 +149,27 @@ def test_after_the_rebuild_runs_are_numbered_on_and_found_by_their_keys(tmp_path
     assert store.later_ok("3") is False
     assert store.run_facts(["4"]) == {"4": ("sites", "find", "find", "Timeout", "bad.example")}
     assert store.template_errors(1, 5) == ["Timeout: upstream took 30s"]
+    # an ok run keeps no failure object; a failed one reads back through its columns
+    failures = dict(conn.execute("SELECT id, failure FROM runs WHERE id IN ('2', '3')"))
+    assert failures["2"] is None and json.loads(failures["3"])["rule_id"] == "net-slow"
+    # a stage's runs, by the stage's number (runs 1 and 2: 5 is a replay)
+    assert store.count_runs("sites", "find", "ok", 0.0) == 2
+    assert store.last_run_statuses("sites", "find", 2) == [
+        ("timed_out", "killed after 30s"), ("failed", "Timeout: upstream took 30s")
+    ]  # fmt: skip
+    assert store.cost_since("sites", ["find"], 0.0) == 0.5
+    conn.execute(  # a row written by hand, without the number: the schema gives it one
+        "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status, started_at,"
+        " finished_at) VALUES ('by-hand', 'sites', 'other', 1, 'ok.example', 1, 'ok', 800, 801)"
+    )
+    assert store.count_runs("sites", "other", "ok", 0.0) == 1
+    assert store.count_runs("sites", "none", "ok", 0.0) == 0
     store.enqueue("sites", "find", [("new.example", {})], 700.0)
     ((_, new),) = store.claim("sites", "find", 1, 701.0, _describe)
-    assert new.run_id == "7"
-    (claimed,) = store.runs_by_id(["7"])
+    assert new.run_id == "8"
+    (claimed,) = store.runs_by_id(["8"])
     assert (claimed.input_fingerprint, claimed.config_hash) == (HIGH_FINGERPRINT, CONFIG)
-    assert [r.id for r in store.runs_with_prefix("7")] == ["7"]
+    assert [r.id for r in store.runs_with_prefix("8")] == ["8"]
     # a deleted run leaves no template member behind (the foreign key was a trigger's work)
     conn.execute("DELETE FROM runs WHERE run_no = 3")
     assert conn.execute("SELECT count(*) FROM template_runs").fetchone()[0] == 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from pipewarden.store import NewRun, Store
+from pipewarden.store.records import RunFilter
 
 P, S = "sites", "find"
 
@@ -46,6 +47,15 @@ OPERATIONS: dict[str, Callable[[Store], object]] = {
     "record_processes": lambda s: s.record_processes([("1", 10, 10, 100)]),
     "unclaim": lambda s: s.unclaim([("5", 5)]),
     "finish": lambda s: s.finish([], {"1": (0.5, "half")}),
+    # a stage's runs, by its number (schema 15: runs_by_stage, runs_by_stage_end)
+    "count_runs": lambda s: s.count_runs(P, S, "ok", 0.0),
+    "last_run_statuses": lambda s: s.last_run_statuses(P, S, 5, 0.0),
+    "recent_durations": lambda s: s.recent_durations(P, S, 5),
+    "a stage's recent runs": lambda s: s.recent_runs(10, stage=S, pipeline=P),
+    "a stage's runs since": lambda s: s.runs_matching(None, P, S, None, 1.0),
+    "the page's runs of a stage": lambda s: s.find_runs(
+        RunFilter(pipeline=P, stage=S), ["id", "status"], 80, 50
+    ),
 }
 
 

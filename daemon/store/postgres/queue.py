@@ -243,11 +243,11 @@ class Queue(Connected, SqliteQueue):
             "stage": stage, "daemon": self.daemon,
         })  # fmt: skip
 
-    RUN_KEY = "id"  # the shared statements write a run by its id here (SQLite: its number)
+    RUN_WHERE = "id = ?"  # the shared statements write a run by its id here
 
     @staticmethod
-    def run_key(run_id: str) -> Any:
-        return run_id
+    def run_params(run_id: str) -> tuple[Any, ...]:
+        return (run_id,)
 
     def unclaim(self, runs: Sequence[tuple[str, int]]) -> None:
         """As on SQLite: claims never sent to a worker, given back untouched."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from peewee import SQL
 from pipewarden.store.models import Run
 from pipewarden.store.records import FAILURES, RunFilter
 from pipewarden.store.sqlite.base import Connected
@@ -53,6 +54,8 @@ class Lookups(Connected):
         """`columns` of the runs `wanted` picks, newest first, then whether a later attempt
         succeeded (0/1); `limit` rows at most, each `error` cut at `error_shown` characters."""
         where, params = _where(wanted)
+        if (one_stage := self._one_stage(wanted.pipeline, wanted.stage))[0]:
+            where, params = f"{where} AND runs.{one_stage[0]}", [*params, *one_stage[1]]
         listed = ", ".join(
             f"substr(runs.error, 1, {int(error_shown)})" if name == "error"
             else f"runs.{name}" for name in columns
@@ -164,6 +167,8 @@ class Lookups(Connected):
                 query = query.where(getattr(run, column) == value)
         if since is not None:
             query = query.where(run.started_at >= since)
+        if (one_stage := self._one_stage(pipeline, stage))[0]:
+            query = query.where(SQL(*one_stage))
         return list(query)
 
     def runs_started_from(self, after: float) -> list[Run]:

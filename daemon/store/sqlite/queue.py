@@ -21,7 +21,14 @@ from pipewarden.store.records import (
     trace_id_of,
 )
 from pipewarden.store.sqlite.rollup import Rollup
-from pipewarden.store.sqlite.runkeys import pack_hex64
+from pipewarden.store.sqlite.runkeys import (
+    BY_ID,
+    STAGE_NO,
+    failure_json,
+    pack_hex64,
+    run_number,
+)
+from pipewarden.store.sqlite.schema import FAILURE_COLUMNS
 from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES, ItemState, RunStatus
 
 _RUN_END_COLUMNS = (
@@ -30,10 +37,13 @@ _RUN_END_COLUMNS = (
     "traceback", "output", "group_name", "label", "category", "type", "rule_id",
     "rules_version", "rows_out", "cost", "data_out", "probe_of", "progress", "message",
 )  # fmt: skip
+# An ended run's columns in its row, and those kept in its failure object (schema 15).
+_ROW_END_COLUMNS = tuple(c for c in _RUN_END_COLUMNS[:-2] if c not in FAILURE_COLUMNS)
+_FAILURE_END_COLUMNS = tuple(c for c in _RUN_END_COLUMNS if c in FAILURE_COLUMNS)
 _FINISH_RUN_SQL = (
-    f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _RUN_END_COLUMNS[:-2])}, "
-    "progress = COALESCE(?, progress), message = COALESCE(?, message), room = NULL"
-    " WHERE run_no = ?"
+    f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _ROW_END_COLUMNS)}, failure = ?,"
+    " progress = COALESCE(?, progress), message = COALESCE(?, message), room = NULL"
+    f" WHERE {BY_ID}"
 )
 # The bytes an ok run's end adds to its row (finished_at, duration_s, pid, pgid, proc_start,
 # data_out; less the shorter status), reserved at its claim: see schema 15's `room`.
@@ -50,13 +60,13 @@ _PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
 class Queue(Rollup):
     """Items in, claims out, runs ended: what the scheduler does on every pass."""
 
-    # The column a run is written by, and its value for a run id: the run number here
-    # (schema 15's primary key); PostgreSQL's runs are keyed by their id.
-    RUN_KEY = "run_no"
+    # The run a write is of, by its id, and the parameters for one id: by number here, or
+    # an older id (runkeys.BY_ID); by the id on PostgreSQL.
+    RUN_WHERE = BY_ID
 
     @staticmethod
-    def run_key(run_id: str) -> Any:
-        return int(run_id)
+    def run_params(run_id: str) -> tuple[Any, ...]:
+        return (run_number(run_id), run_id, run_id)
 
     def enqueue(
         self,
@@ -156,12 +166,12 @@ class Queue(Rollup):
             self._conn.executemany(
                 "INSERT INTO runs (run_no, id, pipeline, stage, item_id, item_key, attempt,"
                 " channel, status, started_at, input_fp, code_ref, config_fp, rows_in, daemon,"
-                f" room) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?,"
-                f" zeroblob({_END_ROOM}))",
+                " room, stage_no) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?,"
+                f" zeroblob({_END_ROOM}), {STAGE_NO})",
                 [
                     (int(r.run_id), r.run_id, pipeline, stage, c.item_id, c.key, c.attempt,
                      r.channel, now, pack_hex64(r.input_fingerprint), r.code_ref,
-                     pack_hex64(r.config_hash), self.daemon)
+                     pack_hex64(r.config_hash), self.daemon, pipeline, stage)
                     for c, r in claimed
                 ],
             )  # fmt: skip
@@ -188,8 +198,8 @@ class Queue(Rollup):
                 [(item_id, run_id, item_id, run_id) for run_id, item_id in runs],
             )
             self._conn.executemany(
-                f"DELETE FROM runs WHERE {self.RUN_KEY} = ? AND status = 'running'",
-                [(self.run_key(r),) for r, _ in runs],
+                f"DELETE FROM runs WHERE {self.RUN_WHERE} AND status = 'running'",
+                [self.run_params(r) for r, _ in runs],
             )
 
     def finish(
@@ -201,14 +211,23 @@ class Queue(Rollup):
             if progress:
                 self._conn.executemany(
                     "UPDATE runs SET progress = COALESCE(?, progress),"
-                    " message = COALESCE(?, message) WHERE run_no = ? AND status = 'running'",
-                    [(p, m, int(run_id)) for run_id, (p, m) in progress.items()],
+                    f" message = COALESCE(?, message) WHERE {BY_ID} AND status = 'running'",
+                    [(p, m, *self.run_params(run_id)) for run_id, (p, m) in progress.items()],
                 )
             if not finished:
                 return
             self._conn.executemany(
                 _FINISH_RUN_SQL,
-                [(*(getattr(f, c) for c in _RUN_END_COLUMNS), int(f.run_id)) for f in finished],
+                [
+                    (
+                        *(getattr(f, c) for c in _ROW_END_COLUMNS),
+                        _failure_of(f),
+                        f.progress,
+                        f.message,
+                        *self.run_params(f.run_id),
+                    )
+                    for f in finished
+                ],
             )
             self._conn.executemany(
                 _FINISH_ITEM_SQL,
@@ -226,9 +245,9 @@ class Queue(Rollup):
         if the daemon dies, the next one can still find them."""
         with self._write():
             self._conn.executemany(
-                f"UPDATE runs SET pid = ?, pgid = ?, proc_start = ? WHERE {self.RUN_KEY} = ?"
+                f"UPDATE runs SET pid = ?, pgid = ?, proc_start = ? WHERE {self.RUN_WHERE}"
                 " AND status = 'running'",
-                [(pid, pgid, start, self.run_key(r)) for r, pid, pgid, start in started],
+                [(pid, pgid, start, *self.run_params(r)) for r, pid, pgid, start in started],
             )
 
     def running_processes(self) -> list[tuple[int, int, int]]:
@@ -268,9 +287,10 @@ class Queue(Rollup):
             for run_no, run_id, pipeline, stage, key, item_id, attempt, started_at in rows:
                 held = (pipeline, stage) in hold_stages
                 self._conn.execute(
-                    "UPDATE runs SET status = ?, finished_at = ?, duration_s = ?, error = ?,"
-                    " group_name = 'retriable', label = 'Interrupted', category = 'daemon',"
-                    " type = 'interrupted' WHERE run_no = ?",
+                    "UPDATE runs SET status = ?, finished_at = ?, duration_s = ?,"
+                    " failure = json_patch(coalesce(failure, '{}'), json_object('error', ?,"
+                    " 'group_name', 'retriable', 'label', 'Interrupted', 'category', 'daemon',"
+                    " 'type', 'interrupted')) WHERE run_no = ?",
                     (RunStatus.INTERRUPTED, now, max(0.0, now - started_at), reason, run_no),
                 )
                 self._conn.execute(
@@ -343,3 +363,8 @@ def _channel_filter(blocked: Sequence[str], only: str | None) -> tuple[str, list
         where += " AND channel = ?"
         params.append(only)
     return where, params
+
+
+def _failure_of(run: FinishedRun) -> str | None:
+    """The run's failure object (schema 15): None for a run that ended without one."""
+    return failure_json({c: getattr(run, c) for c in _FAILURE_END_COLUMNS})

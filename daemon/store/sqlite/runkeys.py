@@ -8,6 +8,7 @@ hex hash (input fingerprint, config hash) is kept as the signed 64-bit integer o
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -16,13 +17,24 @@ from peewee import SQL
 from pipewarden.store.models import Run
 from pipewarden.store.sqlite.base import Connected
 from pipewarden.store.sqlite.lookups import LATER_OK
+from pipewarden.store.sqlite.schema import FAILURE_COLUMNS
+from pipewarden.store.sqlite.templates import first
 
 _HEX64 = re.compile(r"[0-9a-f]{16}")
 IDS_PER_QUERY = 400  # ids looked up at once: twice as many parameters, SQLite's limit far above
 
+# The run with an id: by its number, or by runs_by_old_id. Parameters: the id's number
+# (run_number: None if it is none), the id, the id again.
+BY_ID = "((run_no = ? AND id = ?) OR (id = ? AND id IS NOT CAST(run_no AS TEXT)))"
+
 # The runs whose id is one of some ids: by number where the id is one, by runs_by_old_id
 # (whose WHERE this repeats) where the run kept an older id.
 OLD_ID = "{at}id IS NOT CAST({at}run_no AS TEXT)"
+
+
+# The number of the stage (pipeline = ?, stage = ?) in `stages`, which the stage indexes
+# hold instead of the two names (NULL, and no run found, for a stage that never ran).
+STAGE_NO = "(SELECT no FROM stages WHERE pipeline = ? AND stage = ?)"
 
 
 def pack_hex64(text: str | None) -> int | str | None:
@@ -32,6 +44,13 @@ def pack_hex64(text: str | None) -> int | str | None:
         return text
     number = int(text, 16)
     return number - (1 << 64) if number >= 1 << 63 else number
+
+
+def failure_json(values: dict[str, Any]) -> str | None:
+    """The failure object of a run (schema 15's `failure`): the columns given that are not
+    None, as JSON; None when every one is (an ok run's)."""
+    kept = {name: value for name, value in values.items() if value is not None}
+    return json.dumps(kept, ensure_ascii=False) if kept else None
 
 
 def run_number(run_id: str) -> int | None:
@@ -57,6 +76,67 @@ def ids_where(run_ids: Sequence[str], table: str = "") -> tuple[str, list[object
 class RunKeys(Connected):
     """The reads and writes that find runs by id or fingerprint, on the SQLite keys (the
     shared parts ask the same by column on PostgreSQL)."""
+
+    def _one_stage(self, pipeline: str | None, stage: str | None) -> tuple[str, list[Any]]:
+        """A stage's runs by its number: runs_by_stage and runs_by_stage_end hold it."""
+        if pipeline is None or stage is None:
+            return "", []
+        return f"stage_no = {STAGE_NO}", [pipeline, stage]
+
+    def count_runs(self, pipeline: str, stage: str, status: str, since: float) -> int:
+        return self._conn.execute(
+            f"SELECT COUNT(*) FROM runs WHERE stage_no = {STAGE_NO} AND status = ?"
+            " AND finished_at >= ? AND replay_of IS NULL",
+            (pipeline, stage, status, since),
+        ).fetchone()[0]
+
+    def last_run_statuses(
+        self, pipeline: str, stage: str, count: int, since: float | None = None
+    ) -> list[tuple[str, str]]:
+        """(status, error) of the stage's last `count` runs finished (after `since`),
+        newest first."""
+        return self._conn.execute(
+            f"SELECT status, error FROM runs WHERE stage_no = {STAGE_NO}"
+            " AND finished_at IS NOT NULL AND finished_at > ? AND replay_of IS NULL"
+            " ORDER BY finished_at DESC LIMIT ?",
+            (pipeline, stage, float("-inf") if since is None else since, count),
+        ).fetchall()
+
+    def recent_durations(self, pipeline: str, stage: str, count: int) -> list[float]:
+        """Durations of the stage's last `count` successful runs."""
+        return [
+            row[0]
+            for row in self._conn.execute(
+                f"SELECT duration_s FROM runs WHERE stage_no = {STAGE_NO} AND status = 'ok'"
+                " AND finished_at IS NOT NULL AND replay_of IS NULL"
+                " ORDER BY finished_at DESC LIMIT ?",
+                (pipeline, stage, count),
+            )
+        ]
+
+    def cost_since(self, pipeline: str, stages: Sequence[str], since: float) -> float:
+        """The pipeline's summed run cost since `since`: one index range per stage."""
+        total = 0.0
+        for stage in stages:
+            (cost,) = self._conn.execute(
+                "SELECT COALESCE(SUM(cost), 0) FROM runs INDEXED BY runs_by_stage_end"
+                f" WHERE stage_no = {STAGE_NO} AND finished_at >= ?",
+                (pipeline, stage, since),
+            ).fetchone()
+            total += cost
+        return total
+
+    def _relabel_sql(self) -> str:
+        """The new classification of a re-bucketed failure, and its first one kept beside
+        it, written into its failure object."""
+        return f"""failure = json_set(coalesce(failure, '{{}}'),
+            '$.original_group', {first("group_name")}, '$.original_label', {first("label")},
+            '$.original_category', {first("category")}, '$.original_type', {first("type")},
+            '$.original_rule_id', {first("rule_id")},
+            '$.original_rules_version', {first("rules_version")},
+            '$.group_name', r.new_group, '$.label', r.new_label, '$.category', r.new_category,
+            '$.type', r.new_type, '$.rule_id', r.new_rule_id, '$.rules_version', ?),
+            reclassified_at = ?"""
 
     def earlier_success(
         self, pipeline: str, stage: str, fingerprint: str
@@ -95,6 +175,7 @@ class RunKeys(Connected):
             row["trace_kept"] = row.pop("trace_id", None)
             row["input_fp"] = pack_hex64(row.pop("input_fingerprint", None))
             row["config_fp"] = pack_hex64(row.pop("config_hash", None))
+            row["failure"] = failure_json({c: row.pop(c) for c in FAILURE_COLUMNS if c in row})
             self._conn.execute(
                 f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                 list(row.values()),
