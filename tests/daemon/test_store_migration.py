@@ -158,11 +158,12 @@ def test_after_the_rebuild_runs_are_numbered_on_and_found_by_their_keys(tmp_path
         ("timed_out", "killed after 30s"), ("failed", "Timeout: upstream took 30s")
     ]  # fmt: skip
     assert store.cost_since("sites", ["find"], 0.0) == 0.5
-    conn.execute(  # a row written by hand, without the number: the schema gives it one
-        "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status, started_at,"
-        " finished_at) VALUES ('by-hand', 'sites', 'other', 1, 'ok.example', 1, 'ok', 800, 801)"
-    )
-    assert store.count_runs("sites", "other", "ok", 0.0) == 1
+    replayed = {"pipeline": "sites", "stage": "other", "item_id": 1, "item_key": "ok.example",
+                "attempt": 1, "status": "ok", "started_at": 800.0, "finished_at": 801.0,
+                "replay_of": "2"}  # fmt: skip
+    assert store.add_replay(replayed) == "7"  # a stage's first run gives it its number
+    assert store.runs_by_id(["7"])[0].stage == "other"
+    assert conn.execute("SELECT count(*) FROM stages").fetchone()[0] == 2
     assert store.count_runs("sites", "none", "ok", 0.0) == 0
     store.enqueue("sites", "find", [("new.example", {})], 700.0)
     ((_, new),) = store.claim("sites", "find", 1, 701.0, _describe)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from operator import attrgetter
 from typing import Any
 
 from pipewarden.store import rollup
@@ -40,6 +41,7 @@ _RUN_END_COLUMNS = (
 # An ended run's columns in its row, and those kept in its failure object (schema 15).
 _ROW_END_COLUMNS = tuple(c for c in _RUN_END_COLUMNS[:-2] if c not in FAILURE_COLUMNS)
 _FAILURE_END_COLUMNS = tuple(c for c in _RUN_END_COLUMNS if c in FAILURE_COLUMNS)
+_failure_values = attrgetter(*_FAILURE_END_COLUMNS)
 _FINISH_RUN_SQL = (
     f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _ROW_END_COLUMNS)}, failure = ?,"
     " progress = COALESCE(?, progress), message = COALESCE(?, message), room = NULL"
@@ -66,7 +68,7 @@ class Queue(Rollup):
 
     @staticmethod
     def run_params(run_id: str) -> tuple[Any, ...]:
-        return (run_number(run_id), run_id, run_id)
+        return (run_id, run_number(run_id))
 
     def enqueue(
         self,
@@ -148,7 +150,7 @@ class Queue(Rollup):
             if not rows:
                 return []
             claimed: list[tuple[Claimed, NewRun]] = []
-            number = self._next_run_number()
+            number, stage_no = self._next_numbers(pipeline, stage)
             for item_id, key, data_json, attempt, force in rows:
                 data = json.loads(data_json)
                 item = Claimed(item_id, key, data, attempt + 1, bool(force))
@@ -167,24 +169,38 @@ class Queue(Rollup):
                 "INSERT INTO runs (run_no, id, pipeline, stage, item_id, item_key, attempt,"
                 " channel, status, started_at, input_fp, code_ref, config_fp, rows_in, daemon,"
                 " room, stage_no) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?,"
-                f" zeroblob({_END_ROOM}), {STAGE_NO})",
+                f" zeroblob({_END_ROOM}), ?)",
                 [
                     (int(r.run_id), r.run_id, pipeline, stage, c.item_id, c.key, c.attempt,
                      r.channel, now, pack_hex64(r.input_fingerprint), r.code_ref,
-                     pack_hex64(r.config_hash), self.daemon, pipeline, stage)
+                     pack_hex64(r.config_hash), self.daemon, stage_no)
                     for c, r in claimed
                 ],
             )  # fmt: skip
         return claimed
 
-    def _next_run_number(self) -> int:
-        """A run's id is its row number, as a string: short, in the order runs start, and
+    def _next_numbers(self, pipeline: str, stage: str) -> tuple[int, int]:
+        """The next run's number, and the number of its stage.
+
+        A run's id is its row number, as a string: short, in the order runs start, and
         appended at the end of every index that holds it (a random id dirtied a random
         page per insert). The newest run is never pruned (it is its item's latest), so a
         number is not given twice, but for a claim taken back before its worker started
-        (`unclaim`): nobody saw that run. Asked inside the write lock: no other writer races."""
-        (last,) = self._conn.execute("SELECT MAX(run_no) FROM runs").fetchone()
-        return (last or 0) + 1
+        (`unclaim`): nobody saw that run. Asked inside the write lock: no other writer races.
+        The stage's number is asked in the same statement; its first run makes it."""
+        last, stage_no = self._conn.execute(
+            f"SELECT MAX(run_no), {STAGE_NO} FROM runs", (pipeline, stage)
+        ).fetchone()
+        return (last or 0) + 1, stage_no or self._stage_number(pipeline, stage)
+
+    def _stage_number(self, pipeline: str, stage: str) -> int:
+        """The stage's number in `stages` (schema 15), made if it has none yet."""
+        self._conn.execute(
+            "INSERT OR IGNORE INTO stages (pipeline, stage) VALUES (?, ?)", (pipeline, stage)
+        )
+        return self._conn.execute(
+            "SELECT no FROM stages WHERE pipeline = ? AND stage = ?", (pipeline, stage)
+        ).fetchone()[0]
 
     def unclaim(self, runs: Sequence[tuple[str, int]]) -> None:
         """(run id, item id) of claims never sent to a worker, given back untouched: the run
@@ -211,7 +227,8 @@ class Queue(Rollup):
             if progress:
                 self._conn.executemany(
                     "UPDATE runs SET progress = COALESCE(?, progress),"
-                    f" message = COALESCE(?, message) WHERE {BY_ID} AND status = 'running'",
+                    f" message = COALESCE(?, message) WHERE {self.RUN_WHERE}"
+                    " AND status = 'running'",
                     [(p, m, *self.run_params(run_id)) for run_id, (p, m) in progress.items()],
                 )
             if not finished:
@@ -290,7 +307,7 @@ class Queue(Rollup):
                     "UPDATE runs SET status = ?, finished_at = ?, duration_s = ?,"
                     " failure = json_patch(coalesce(failure, '{}'), json_object('error', ?,"
                     " 'group_name', 'retriable', 'label', 'Interrupted', 'category', 'daemon',"
-                    " 'type', 'interrupted')) WHERE run_no = ?",
+                    " 'type', 'interrupted')), room = NULL WHERE run_no = ?",
                     (RunStatus.INTERRUPTED, now, max(0.0, now - started_at), reason, run_no),
                 )
                 self._conn.execute(
@@ -367,4 +384,7 @@ def _channel_filter(blocked: Sequence[str], only: str | None) -> tuple[str, list
 
 def _failure_of(run: FinishedRun) -> str | None:
     """The run's failure object (schema 15): None for a run that ended without one."""
-    return failure_json({c: getattr(run, c) for c in _FAILURE_END_COLUMNS})
+    values = _failure_values(run)
+    if values.count(None) == len(values):  # an ok run's, at once
+        return None
+    return failure_json(dict(zip(_FAILURE_END_COLUMNS, values, strict=True)))

@@ -23,9 +23,13 @@ from pipewarden.store.sqlite.templates import first
 _HEX64 = re.compile(r"[0-9a-f]{16}")
 IDS_PER_QUERY = 400  # ids looked up at once: twice as many parameters, SQLite's limit far above
 
-# The run with an id: by its number, or by runs_by_old_id. Parameters: the id's number
-# (run_number: None if it is none), the id, the id again.
-BY_ID = "((run_no = ? AND id = ?) OR (id = ? AND id IS NOT CAST(run_no AS TEXT)))"
+# The run with an id: the run whose older id it is (runs_by_old_id, empty but for runs of
+# before schema 13 and rows written by hand), else the run it is the number of; one lookup
+# of the primary key. Parameters: the id, its number (run_number: None if it is none).
+BY_ID = (
+    "run_no = coalesce((SELECT run_no FROM runs WHERE id = ?"
+    " AND id IS NOT CAST(run_no AS TEXT)), ?)"
+)
 
 # The runs whose id is one of some ids: by number where the id is one, by runs_by_old_id
 # (whose WHERE this repeats) where the run kept an older id.
@@ -33,7 +37,8 @@ OLD_ID = "{at}id IS NOT CAST({at}run_no AS TEXT)"
 
 
 # The number of the stage (pipeline = ?, stage = ?) in `stages`, which the stage indexes
-# hold instead of the two names (NULL, and no run found, for a stage that never ran).
+# hold instead of the two names (NULL, and no run found, for a stage that never ran). Each
+# writer of a run gives it: the claim (Queue._next_numbers), a replay, the migration.
 STAGE_NO = "(SELECT no FROM stages WHERE pipeline = ? AND stage = ?)"
 
 
@@ -176,6 +181,7 @@ class RunKeys(Connected):
             row["input_fp"] = pack_hex64(row.pop("input_fingerprint", None))
             row["config_fp"] = pack_hex64(row.pop("config_hash", None))
             row["failure"] = failure_json({c: row.pop(c) for c in FAILURE_COLUMNS if c in row})
+            row["stage_no"] = self._stage_number(row["pipeline"], row["stage"])
             self._conn.execute(
                 f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                 list(row.values()),

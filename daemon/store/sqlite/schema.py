@@ -220,12 +220,6 @@ _RUN_KEY_MIGRATION = [
     "CREATE INDEX template_runs_by_template ON template_runs (template_id, seen_at)",
     """CREATE TRIGGER runs_forget_templates AFTER DELETE ON runs
         BEGIN DELETE FROM template_runs WHERE run_id = OLD.id; END""",
-    # Every run has its stage's number: a writer that did not look it up (the first run of
-    # a stage, a replay, a row written by hand) has it looked up, or made, here.
-    f"""CREATE TRIGGER runs_numbered_stage AFTER INSERT ON runs WHEN NEW.stage_no IS NULL
-        BEGIN INSERT OR IGNORE INTO stages (pipeline, stage) VALUES (NEW.pipeline, NEW.stage);
-        UPDATE runs SET stage_no = {STAGE_NO.format(at="NEW.")} WHERE run_no = NEW.run_no;
-        END""",
     # A run found by an id that is not its number (a uuid of before schema 13): runs_by_id,
     # runs_with_prefix, later_ok, run_facts. No run recorded since is in it.
     "CREATE INDEX runs_by_old_id ON runs (id) WHERE id IS NOT CAST(run_no AS TEXT)",
