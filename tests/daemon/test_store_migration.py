@@ -147,6 +147,8 @@ def test_after_the_rebuild_runs_are_numbered_on_and_found_by_their_keys(tmp_path
     assert store.earlier_success("sites", "find", "00000000000000ff") is None  # it failed
     assert {r.id for r in store.runs_by_id(["3", OLD_ID, "6", "66"])} == {OLD_ID, "3", "6"}
     assert store.later_ok("3") is False
+    for odd in ("²", "5" * 25, "007", ""):  # what a person may type: no run, and no error
+        assert (store.runs_by_id([odd]), store.runs_with_prefix(odd or "x")) == ([], [])
     assert store.run_facts(["4"]) == {"4": ("sites", "find", "find", "Timeout", "bad.example")}
     assert store.template_errors(1, 5) == ["Timeout: upstream took 30s"]
     # an ok run keeps no failure object; a failed one reads back through its columns

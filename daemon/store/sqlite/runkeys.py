@@ -1,9 +1,11 @@
-"""How the SQLite store keys its runs (schema 15): by number, with short packed hashes.
+"""How the SQLite store keys and packs its runs (schema 15), and the reads that follow.
 
 A run's number is the table's INTEGER PRIMARY KEY and its id that number as a string; a
 run recorded before schema 13 kept its uuid, found through `runs_by_old_id`. A 16-digit
 hex hash (input fingerprint, config hash) is kept as the signed 64-bit integer of its bits:
-9 bytes instead of 17, in the row and in every index entry.
+9 bytes instead of 17, in the row and in every index entry. A stage is a number in the
+stage indexes, and what only a failure writes is one JSON object (`failure_json`). The
+shared parts (history, lookups, templates) ask the same by column on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ def failure_json(values: dict[str, Any]) -> str | None:
 
 
 def run_number(run_id: str) -> int | None:
-    """The run number an id names, if it is one as the store writes them."""
-    return int(run_id) if run_id.isdigit() and str(int(run_id)) == run_id else None
+    """The run number an id names, if it is one as the store writes them (no sign, no
+    leading zero, within SQLite's integers)."""
+    digits = run_id.isascii() and run_id.isdigit() and len(run_id) <= 18
+    return int(run_id) if digits and str(int(run_id)) == run_id else None
 
 
 def ids_where(run_ids: Sequence[str], table: str = "") -> tuple[str, list[object]]:
@@ -204,7 +208,7 @@ class RunKeys(Connected):
         # the numbers that do, one range of the primary key per length up to the newest.
         started = [f"(id >= ? AND id < ? AND {OLD_ID.format(at='')})"]
         params: list[object] = [prefix, prefix + "\uffff"]
-        if prefix.isdigit() and not prefix.startswith("0"):
+        if prefix.isascii() and prefix.isdigit() and not prefix.startswith("0"):
             (last,) = self._conn.execute("SELECT MAX(run_no) FROM runs").fetchone()
             low, width = int(prefix) * 10, 10
             while last is not None and low <= last:

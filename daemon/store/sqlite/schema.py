@@ -119,7 +119,7 @@ _FEWER_BYTES_MIGRATION = [
 # foreign key to runs(id), which needs that unique index: a trigger forgets a deleted run.
 # `room` is the room a run's end will take, reserved by its claim (zeros) and given back by
 # its finish: the row is rewritten in place instead of growing out of its page, which split
-# the newest pages of the table and left them three quarters full. `stage_no` names the
+# the newest pages of the table and left them four fifths full. `stage_no` names the
 # run's (pipeline, stage) by a small number (`stages`), which the two stage indexes hold
 # instead of both names. `failure` holds the columns only a failure fills (FAILURE_COLUMNS).
 _HEX_DIGIT = "(instr('0123456789abcdef', substr({x}, {i}, 1)) - 1)"
@@ -128,7 +128,7 @@ _HEX64 = " | ".join(f"({_HEX_DIGIT.format(x='{x}', i=i + 1)} << {60 - 4 * i})" f
 
 def _packed(column: str) -> str:
     """SQL of a text column's packed form: 16 lowercase hex digits as the signed 64-bit
-    integer of their bits (records.pack_hex64 in SQL), anything else as it is."""
+    integer of their bits (runkeys.pack_hex64 in SQL), anything else as it is."""
     hex64 = _HEX64.replace("{x}", column)
     return (
         f"CASE WHEN length({column}) = 16 AND NOT {column} GLOB '*[^0-9a-f]*'"
@@ -156,7 +156,8 @@ _RUN_COLUMNS_14 = (
 # What only a failure (or a probe) writes, kept in one JSON object, NULL on the ok runs: 18
 # columns of the row's header gone from them. Each is read back under its own name by a
 # generated column; runkeys.failure_json writes the object. No REAL is among them: SQLite
-# writes a number into JSON with 15 digits, which would round a time.
+# writes a number into JSON with 15 digits, which would round a time. The queue writes by
+# this list too: a later step that moves another column into the object gives its own.
 _FAILURE_TYPES = {"signal": "INTEGER", "probe_of": "INTEGER"}
 FAILURE_COLUMNS = (
     "signal", "error", "error_type", "traceback", "output", "group_name", "label", "category",
