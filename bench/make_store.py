@@ -124,11 +124,11 @@ def _insert_into_sqlite(state_dir: Path, rows: Iterator[tuple[list, list]]) -> i
 
 
 # A run as the SQLite store writes it (schema 15): its number, and the id that is that
-# number; its stage's number; what only a failure has in its failure object.
+# number; its stage's number; its classification in its failure object.
 SQLITE_RUN_INSERT = (
     "INSERT INTO runs (run_no, id, pipeline, stage, item_id, item_key, attempt, channel, status,"
-    " started_at, finished_at, duration_s, failure, stage_no)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " started_at, finished_at, duration_s, error, failure, stage_no)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -137,8 +137,9 @@ def _sqlite_run(run: tuple, stage_numbers: dict[tuple[str, str], int]) -> tuple:
 
     hex_id, pipeline, stage, *kept, label, group, error = run
     number = int(hex_id, 16)
-    failure = failure_json({"label": label, "group_name": group, "error": error})
-    return (number, str(number), pipeline, stage, *kept, failure, stage_numbers[pipeline, stage])
+    failure = failure_json({"label": label, "group_name": group})
+    return (number, str(number), pipeline, stage, *kept, error, failure,
+            stage_numbers[pipeline, stage])  # fmt: skip
 
 
 def _copy_into_postgresql(url: str, rows: Iterator[tuple[list, list]]) -> int:

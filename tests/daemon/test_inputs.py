@@ -156,9 +156,8 @@ def test_bad_values_an_older_version_stored_never_crash_why_item_or_the_api(proj
         conn.execute("UPDATE items SET state = 'deferred', ready_at = NULL WHERE key = 'null'")
         conn.execute(
             "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status,"
-            " started_at, finished_at, duration_s, cost, progress, failure) SELECT 'run1', 's',"
-            " 'a', id, key, 1, 'failed', 1e300, -1e300, 1e999, 1e999, -1e999,"
-            " json_object('error', 'x') FROM items"
+            " started_at, finished_at, duration_s, cost, progress, error) SELECT 'run1', 's', 'a',"
+            " id, key, 1, 'failed', 1e300, -1e300, 1e999, 1e999, -1e999, 'x' FROM items"
             " WHERE key = 'dead'"
         )
     store.close()

@@ -29,7 +29,7 @@ _RUNS: list[tuple[int, dict[str, Any]]] = [
     (3, {"id": "3", "item_id": 2, "item_key": "bad.example", "status": "failed",
          "started_at": 300.0, "finished_at": 301.0, "duration_s": 1.0, "exit_code": 1,
          "error": "Timeout: upstream took 30s", "error_type": "TimeoutError",
-         "traceback": "Traceback (most recent call last):\n  boom", "output": "half a line",
+         "traceback": "Traceback (most recent call last):\n  boom", "output": "half a line\x00",
          "group_name": "retriable", "label": "Slow upstream", "category": "network",
          "type": "timeout", "rule_id": "net-slow", "rules_version": "v2",
          "original_group": "terminal", "original_label": "Timeout", "original_category": "net",

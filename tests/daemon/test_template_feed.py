@@ -182,8 +182,7 @@ def test_a_proposal_regex_catches_its_template_and_no_other(project: Project):
             run_id = f"{template_id}-{n}"
             store.db.execute_sql(
                 "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status,"
-                " started_at, failure) VALUES (?, 'p', 's', 1, 'k', 1, 'failed', ?,"
-                " json_object('error', ?))",
+                " started_at, error) VALUES (?, 'p', 's', 1, 'k', 1, 'failed', ?, ?)",
                 (run_id, now, text),
             )  # fmt: skip
             store.db.execute_sql(

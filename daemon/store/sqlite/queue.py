@@ -304,9 +304,9 @@ class Queue(Rollup):
             for run_no, run_id, pipeline, stage, key, item_id, attempt, started_at in rows:
                 held = (pipeline, stage) in hold_stages
                 self._conn.execute(
-                    "UPDATE runs SET status = ?, finished_at = ?, duration_s = ?,"
-                    " failure = json_patch(coalesce(failure, '{}'), json_object('error', ?,"
-                    " 'group_name', 'retriable', 'label', 'Interrupted', 'category', 'daemon',"
+                    "UPDATE runs SET status = ?, finished_at = ?, duration_s = ?, error = ?,"
+                    " failure = json_patch(coalesce(failure, '{}'), json_object("
+                    "'group_name', 'retriable', 'label', 'Interrupted', 'category', 'daemon',"
                     " 'type', 'interrupted')), room = NULL WHERE run_no = ?",
                     (RunStatus.INTERRUPTED, now, max(0.0, now - started_at), reason, run_no),
                 )

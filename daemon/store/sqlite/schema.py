@@ -153,16 +153,17 @@ _RUN_COLUMNS_14 = (
     " original_label, original_category, original_type, original_rule_id,"
     " original_rules_version, reclassified_at, daemon, replay_of"
 )
-# What only a failure (or a probe) writes, kept in one JSON object, NULL on the ok runs: 18
-# columns of the row's header gone from them. Each is read back under its own name by a
-# generated column; runkeys.failure_json writes the object. No REAL is among them: SQLite
-# writes a number into JSON with 15 digits, which would round a time. The queue writes by
-# this list too: a later step that moves another column into the object gives its own.
+# What only a failure's classification (or a probe) writes, kept in one JSON object, NULL on
+# the ok runs: 14 columns of the row's header gone from them. Each is read back under its own
+# name by a generated column; runkeys.failure_json writes the object. No REAL is among them
+# (SQLite writes a number into JSON with 15 digits, which would round a time), nor the texts
+# a worker wrote (error, error_type, traceback, output): SQLite's JSON cuts a text at a NUL.
+# The queue writes by this list too: a later step that moves another column in gives its own.
 _FAILURE_TYPES = {"signal": "INTEGER", "probe_of": "INTEGER"}
 FAILURE_COLUMNS = (
-    "signal", "error", "error_type", "traceback", "output", "group_name", "label", "category",
-    "type", "rule_id", "rules_version", "probe_of", "original_group", "original_label",
-    "original_category", "original_type", "original_rule_id", "original_rules_version",
+    "signal", "group_name", "label", "category", "type", "rule_id", "rules_version", "probe_of",
+    "original_group", "original_label", "original_category", "original_type",
+    "original_rule_id", "original_rules_version",
 )  # fmt: skip
 
 
@@ -189,7 +190,8 @@ _RUN_KEY_MIGRATION = [
         item_key TEXT NOT NULL, attempt INTEGER NOT NULL, channel TEXT,
         status TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL,
         duration_s REAL, exit_code INTEGER, {_failed("signal")}, pid INTEGER,
-        {_failed("error", "error_type", "traceback", "output", "group_name", "label")},
+        error TEXT, error_type TEXT, traceback TEXT, output TEXT,
+        {_failed("group_name", "label")},
         {_failed("category", "type", "rule_id", "rules_version")},
         input_fingerprint TEXT GENERATED ALWAYS AS ({_unpacked("input_fp")}) VIRTUAL,
         code_ref TEXT, config_hash TEXT GENERATED ALWAYS AS ({_unpacked("config_fp")}) VIRTUAL,
