@@ -70,9 +70,9 @@ def build(folder: Path, failures: int, texts: int) -> None:
         )
         conn.executemany(
             "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status,"
-            " started_at, finished_at, error, error_type, group_name, label, category, type)"
-            " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, 'unknown', 'Unknown', 'unknown',"
-            " 'unknown')",
+            " started_at, finished_at, error, error_type, failure) VALUES (?, ?, ?, ?, ?, 1, ?,"
+            " ?, ?, ?, ?, json_object('group_name', 'unknown', 'label', 'Unknown',"
+            " 'category', 'unknown', 'type', 'unknown'))",
             runs,
         )
         conn.commit()

@@ -108,11 +108,13 @@ def _insert_into_sqlite(state_dir: Path, rows: Iterator[tuple[list, list]]) -> i
     conn = sqlite3.connect(state_dir / STORE_FILE)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = OFF")
+    conn.executemany("INSERT OR IGNORE INTO stages (pipeline, stage) VALUES (?, ?)", STAGES)
+    numbers = {(p, s): n for n, p, s in conn.execute("SELECT no, pipeline, stage FROM stages")}
     count = 0
     for items, runs in rows:
         conn.executemany(f"INSERT INTO items ({ITEM_COLUMNS}) VALUES ({', '.join('?' * 13)})",
                          items)  # fmt: skip
-        conn.executemany(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES ({', '.join('?' * 14)})", runs)
+        conn.executemany(SQLITE_RUN_INSERT, [_sqlite_run(run, numbers) for run in runs])
         conn.commit()
         count += len(runs)
     conn.execute(MIGRATIONS[11][1])  # step 12's backfill: the last day's runs counted
@@ -120,6 +122,25 @@ def _insert_into_sqlite(state_dir: Path, rows: Iterator[tuple[list, list]]) -> i
     conn.execute("ANALYZE")
     conn.close()
     return count
+
+
+# A run as the SQLite store writes it (schema 15): its number, and the id that is that
+# number; its stage's number; its classification in its failure object.
+SQLITE_RUN_INSERT = (
+    "INSERT INTO runs (run_no, id, pipeline, stage, item_id, item_key, attempt, channel, status,"
+    " started_at, finished_at, duration_s, error, failure, stage_no)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _sqlite_run(run: tuple, stage_numbers: dict[tuple[str, str], int]) -> tuple:
+    from pipewarden.store.sqlite.runkeys import failure_json
+
+    hex_id, pipeline, stage, *kept, label, group, error = run
+    number = int(hex_id, 16)
+    failure = failure_json({"label": label, "group_name": group})
+    return (number, str(number), pipeline, stage, *kept, error, failure,
+            stage_numbers[pipeline, stage])  # fmt: skip
 
 
 def _copy_into_postgresql(url: str, rows: Iterator[tuple[list, list]]) -> int:

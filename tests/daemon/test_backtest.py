@@ -54,9 +54,9 @@ def seeded(project: Project) -> None:
             )
             conn.execute(
                 "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status,"
-                " started_at, finished_at, error, error_type, group_name, label, category,"
-                " type, rules_version) VALUES (?, 'sites', 'work', ?, ?, 1, ?, ?, ?, ?, ?, ?,"
-                " ?, ?, ?, 'v-old')",
+                " started_at, finished_at, error, error_type, failure) VALUES (?, 'sites',"
+                " 'work', ?, ?, 1, ?, ?, ?, ?, ?, json_object('group_name', ?, 'label', ?,"
+                " 'category', ?, 'type', ?, 'rules_version', 'v-old'))",
                 (f"run{n}", n + 1, f"k{n}", "timed_out" if error == TIMEOUT else "failed",
                  at, at + 1, error, error_type, group, label, category, category),
             )  # fmt: skip

@@ -20,7 +20,7 @@ from pipewarden.daemon import Daemon
 from pipewarden.errors import ConfigError
 from pipewarden.guard import Guard
 from pipewarden.rules import HaltRule, load_rules
-from pipewarden.store import FinishedRun, Store
+from pipewarden.store import FinishedRun, NewRun, Store
 from pipewarden.types import ItemState, RunStatus
 
 _keys = itertools.count()
@@ -33,13 +33,14 @@ def failed_run(store: Store, channel: str, label: str, status=RunStatus.FAILED, 
     """Record one finished run as the scheduler would, at the (frozen) current time."""
     now = time.time()
     store.enqueue("outreach", "send", [(f"item-{next(_keys)}", {})], now)
-    item_id = store.db.connection().execute("SELECT MAX(id) FROM items").fetchone()[0]
-    run_id = f"run{item_id:06d}"
-    store.db.connection().execute(
-        "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel, status,"
-        " started_at) VALUES (?, 'outreach', 'send', ?, 'k', 1, ?, 'running', ?)",
-        (run_id, item_id, channel, now),
+    ((claimed, new_run),) = store.claim(
+        "outreach",
+        "send",
+        1,
+        now,
+        lambda item_id, key, data: NewRun(item_id, channel, "fp", "cfg", None),
     )
+    item_id, run_id = claimed.item_id, new_run.run_id
     run = FinishedRun(
         run_id=run_id, item_id=item_id, status=status, pipeline="outreach",
         stage=extra.pop("stage", "send"), channel=channel, finished_at=now, duration_s=0.1,

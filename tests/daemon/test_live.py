@@ -175,11 +175,14 @@ def test_an_eta_says_what_it_rests_on_and_closed_or_paused_channels_have_none(pr
         items = [(f"{method}-{n}", {"contact_method": method})
                  for method in ("email", "form", "sms") for n in range(3)]  # fmt: skip
         store.enqueue("outreach", "send", items, now, stage.channel_for)
+        # (a run written by hand names its stage's number too: schema 15)
+        store.db.connection().execute("INSERT INTO stages (pipeline, stage) VALUES (?, ?)",
+                                      ("outreach", "send"))  # fmt: skip
         for n, seconds in enumerate((1.0, 2.0, 9.0)):  # three ok runs: the median is 2s
             store.db.connection().execute(
                 "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status,"
-                " started_at, finished_at, duration_s) VALUES (?, 'outreach', 'send', 1, 'x', 1,"
-                " 'ok', ?, ?, ?)",
+                " started_at, finished_at, duration_s, stage_no) VALUES (?, 'outreach', 'send',"
+                " 1, 'x', 1, 'ok', ?, ?, ?, (SELECT no FROM stages WHERE stage = 'send'))",
                 (f"r{n}", now - 60, now - 60 + seconds, seconds),
             )
         pause = {"scope": "channel", "target": "sms", "kind": "pause", "created_by": "ann",

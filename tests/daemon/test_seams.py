@@ -14,7 +14,7 @@ from conftest import Project, wait_until
 from freezegun import freeze_time
 from pipewarden.guard import Guard
 from pipewarden.rules import HaltRule
-from pipewarden.store import FinishedRun, Store
+from pipewarden.store import FinishedRun, NewRun, Store
 from pipewarden.types import ItemState, RunStatus
 
 
@@ -324,14 +324,16 @@ def recorded(store: Store, status: RunStatus, cost: float | None = None) -> Fini
     now = time.time()
     key = f"k{store.db.connection().execute('SELECT COUNT(*) FROM items').fetchone()[0]}"
     store.enqueue("outreach", "send", [(key, {})], now)
-    item_id = store.item("outreach", key).id
-    store.db.connection().execute(
-        "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, channel, status,"
-        " started_at) VALUES (?, 'outreach', 'send', ?, ?, 1, 'send', 'running', ?)",
-        (key, item_id, key, now),
+    ((claimed, new_run),) = store.claim(
+        "outreach",
+        "send",
+        1,
+        now,
+        lambda item_id, key, data: NewRun(item_id, "send", "fp", "cfg", None),
     )
+    item_id = claimed.item_id
     run = FinishedRun(
-        run_id=key, item_id=item_id, status=status, pipeline="outreach", stage="send",
+        run_id=new_run.run_id, item_id=item_id, status=status, pipeline="outreach", stage="send",
         channel="send", finished_at=now, duration_s=0.1, item_stage="send",
         item_state=ItemState.FAILED, item_data="{}", item_attempt=1, item_ready_at=None,
         item_channel="send", error="boom", label="Boom", cost=cost,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from pipewarden.store import NewRun, Store
+from pipewarden.store.records import RunFilter
 
 P, S = "sites", "find"
 
@@ -37,6 +38,24 @@ OPERATIONS: dict[str, Callable[[Store], object]] = {
     "change_held": lambda s: s.change_held(P, None, 10.0, dry_run=True),
     "item_channels": lambda s: s.item_channels(),
     "cost_since": lambda s: s.cost_since(P, [S], 0.0),
+    # what finds a run by its id (schema 15: by number, or an older id by runs_by_old_id)
+    "runs_by_id": lambda s: s.runs_by_id(["1", "2", "1f0e2d3c4b5a69788796a5b4c3d2e1f0"]),
+    "runs_with_prefix": lambda s: s.runs_with_prefix("9"),
+    "later_ok": lambda s: s.later_ok("2"),
+    "run_facts": lambda s: s.run_facts(["1", "2"]),
+    "template_errors": lambda s: s.template_errors(1, 3),
+    "record_processes": lambda s: s.record_processes([("1", 10, 10, 100)]),
+    "unclaim": lambda s: s.unclaim([("5", 5)]),
+    "finish": lambda s: s.finish([], {"1": (0.5, "half")}),
+    # a stage's runs, by its number (schema 15: runs_by_stage, runs_by_stage_end)
+    "count_runs": lambda s: s.count_runs(P, S, "ok", 0.0),
+    "last_run_statuses": lambda s: s.last_run_statuses(P, S, 5, 0.0),
+    "recent_durations": lambda s: s.recent_durations(P, S, 5),
+    "a stage's recent runs": lambda s: s.recent_runs(10, stage=S, pipeline=P),
+    "a stage's runs since": lambda s: s.runs_matching(None, P, S, None, 1.0),
+    "the page's runs of a stage": lambda s: s.find_runs(
+        RunFilter(pipeline=P, stage=S), ["id", "status"], 80, 50
+    ),
 }
 
 
@@ -46,6 +65,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
     store.enqueue(P, S, [(f"k{n}", {}) for n in range(20)], 1.0)
     store.enqueue(P, S, [("sms", {})], 1.0, channel_for=lambda data: "sms")
     store.claim(P, S, 5, 2.0, describe)
+    store.add_template_runs([("1", 1, P, S, 2.0), ("2", 1, P, S, 2.0)])
     yield store
     store.close()
 

@@ -242,6 +242,12 @@ class Queue(Connected, SqliteQueue):
         }).fetchall()  # fmt: skip
         self._read_checkpoints(pipeline, stage, checkpoints)
 
+    RUN_WHERE = "id = ?"  # the shared statements write a run by its id here
+
+    @staticmethod
+    def run_params(run_id: str) -> tuple[Any, ...]:
+        return (run_id,)
+
     def unclaim(self, runs: Sequence[tuple[str, int]]) -> None:
         """As on SQLite: claims never sent to a worker, given back untouched."""
         SqliteQueue.unclaim(self, runs)  # type: ignore[arg-type]

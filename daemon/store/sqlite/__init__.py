@@ -24,6 +24,7 @@ from pipewarden.store.sqlite.outbox import Outbox
 from pipewarden.store.sqlite.proposals import Proposals
 from pipewarden.store.sqlite.queue import Queue
 from pipewarden.store.sqlite.requeue import Requeue
+from pipewarden.store.sqlite.runkeys import RunKeys
 from pipewarden.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, create
 from pipewarden.store.sqlite.templates import Reclassify
 
@@ -43,7 +44,17 @@ class _Database(pw.SqliteDatabase):
 
 
 class SqliteStore(
-    Queue, Holds, History, Requeue, Books, Outbox, Aggregates, Reclassify, Lookups, Proposals
+    RunKeys,
+    Queue,
+    Holds,
+    History,
+    Requeue,
+    Books,
+    Outbox,
+    Aggregates,
+    Reclassify,
+    Lookups,
+    Proposals,
 ):
     """The store, opened for writing (migrated to this version's schema first) or, with
     `read_only`, for reading only: nothing is written, and an older schema is refused."""

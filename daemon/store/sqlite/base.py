@@ -32,3 +32,8 @@ class Connected:
 
     def _write(self) -> Any:
         return contextlib.nullcontext() if self.db.in_transaction() else self.transaction()
+
+    def _one_stage(self, pipeline: str | None, stage: str | None) -> tuple[str, list[Any]]:
+        """SQL (and its parameters) a backend adds to a query of one stage's runs, so that
+        its own index of them answers it (runkeys.RunKeys on SQLite); here none."""
+        return "", []

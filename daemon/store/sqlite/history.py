@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from peewee import SQL
 from pipewarden.store.models import Item, Run
 from pipewarden.store.sqlite.base import Connected
 
@@ -137,6 +138,8 @@ class History(Connected):
                 query = query.where(self.Run.status != "ok")
         if pipeline:
             query = query.where(self.Run.pipeline == pipeline)
+        if (one_stage := self._one_stage(pipeline, stage))[0]:
+            query = query.where(SQL(*one_stage))
         return list(query)
 
     def runs_with_prefix(self, prefix: str, limit: int = 20) -> list[Run]:

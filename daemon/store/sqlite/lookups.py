@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from peewee import SQL
 from pipewarden.store.models import Run
 from pipewarden.store.records import FAILURES, RunFilter
 from pipewarden.store.sqlite.base import Connected
 
 KEYS_PER_QUERY = 500  # keys looked up at once (SQLite's variable limit is far above)
 # A failed run "later succeeded" when an ok run of the same item at the same stage followed it.
-_LATER_OK = (
+LATER_OK = (
     "(runs.status IN ('failed', 'timed_out') AND EXISTS (SELECT 1 FROM runs AS later"
     " WHERE later.item_id = runs.item_id AND later.stage = runs.stage"
     " AND later.status = 'ok' AND later.started_at > runs.started_at"
@@ -53,19 +54,21 @@ class Lookups(Connected):
         """`columns` of the runs `wanted` picks, newest first, then whether a later attempt
         succeeded (0/1); `limit` rows at most, each `error` cut at `error_shown` characters."""
         where, params = _where(wanted)
+        if (one_stage := self._one_stage(wanted.pipeline, wanted.stage))[0]:
+            where, params = f"{where} AND runs.{one_stage[0]}", [*params, *one_stage[1]]
         listed = ", ".join(
             f"substr(runs.error, 1, {int(error_shown)})" if name == "error"
             else f"runs.{name}" for name in columns
         )  # fmt: skip
         return self._conn.execute(
-            f"SELECT {listed}, {_LATER_OK} FROM runs{where}"
+            f"SELECT {listed}, {LATER_OK} FROM runs{where}"
             " ORDER BY runs.started_at DESC, runs.id DESC LIMIT ?",
             (*params, limit),
         ).fetchall()
 
     def later_ok(self, run_id: str) -> bool:
         """Whether the failed run `run_id` was followed by an ok run of its item's stage."""
-        row = self._conn.execute(f"SELECT {_LATER_OK} FROM runs WHERE id = ?", (run_id,))
+        row = self._conn.execute(f"SELECT {LATER_OK} FROM runs WHERE id = ?", (run_id,))
         found = row.fetchone()
         return bool(found and found[0])
 
@@ -164,6 +167,8 @@ class Lookups(Connected):
                 query = query.where(getattr(run, column) == value)
         if since is not None:
             query = query.where(run.started_at >= since)
+        if (one_stage := self._one_stage(pipeline, stage))[0]:
+            query = query.where(SQL(*one_stage))
         return list(query)
 
     def runs_started_from(self, after: float) -> list[Run]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from operator import attrgetter
 from typing import Any
 
 from pipewarden.store import rollup
@@ -21,6 +22,14 @@ from pipewarden.store.records import (
     trace_id_of,
 )
 from pipewarden.store.sqlite.rollup import Rollup
+from pipewarden.store.sqlite.runkeys import (
+    BY_ID,
+    STAGE_NO,
+    failure_json,
+    pack_hex64,
+    run_number,
+)
+from pipewarden.store.sqlite.schema import FAILURE_COLUMNS
 from pipewarden.types import CLAIMABLE_STATES, PENDING_STATES, ItemState, RunStatus
 
 _RUN_END_COLUMNS = (
@@ -29,10 +38,18 @@ _RUN_END_COLUMNS = (
     "traceback", "output", "group_name", "label", "category", "type", "rule_id",
     "rules_version", "rows_out", "cost", "data_out", "probe_of", "progress", "message",
 )  # fmt: skip
+# An ended run's columns in its row, and those kept in its failure object (schema 15).
+_ROW_END_COLUMNS = tuple(c for c in _RUN_END_COLUMNS[:-2] if c not in FAILURE_COLUMNS)
+_FAILURE_END_COLUMNS = tuple(c for c in _RUN_END_COLUMNS if c in FAILURE_COLUMNS)
+_failure_values = attrgetter(*_FAILURE_END_COLUMNS)
 _FINISH_RUN_SQL = (
-    f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _RUN_END_COLUMNS[:-2])}, "
-    "progress = COALESCE(?, progress), message = COALESCE(?, message) WHERE id = ?"
+    f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _ROW_END_COLUMNS)}, failure = ?,"
+    " progress = COALESCE(?, progress), message = COALESCE(?, message), room = NULL"
+    f" WHERE {BY_ID}"
 )
+# The bytes an ok run's end adds to its row (finished_at, duration_s, pid, pgid, proc_start,
+# data_out; less the shorter status), reserved at its claim: see schema 15's `room`.
+_END_ROOM = 24
 _FINISH_ITEM_SQL = (
     "UPDATE items SET stage = ?, state = ?, data = COALESCE(?, data), attempt = ?, ready_at = ?,"
     " channel = ?, force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ?"
@@ -44,6 +61,14 @@ _PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
 
 class Queue(Rollup):
     """Items in, claims out, runs ended: what the scheduler does on every pass."""
+
+    # The run a write is of, by its id, and the parameters for one id: by number here, or
+    # an older id (runkeys.BY_ID); by the id on PostgreSQL.
+    RUN_WHERE = BY_ID
+
+    @staticmethod
+    def run_params(run_id: str) -> tuple[Any, ...]:
+        return (run_id, run_number(run_id))
 
     def enqueue(
         self,
@@ -125,7 +150,7 @@ class Queue(Rollup):
             if not rows:
                 return []
             claimed: list[tuple[Claimed, NewRun]] = []
-            number = self._next_run_number()
+            number, stage_no = self._next_numbers(pipeline, stage)
             for item_id, key, data_json, attempt, force in rows:
                 data = json.loads(data_json)
                 item = Claimed(item_id, key, data, attempt + 1, bool(force))
@@ -141,25 +166,41 @@ class Queue(Rollup):
                 [(c.attempt, r.channel, r.run_id, now, c.item_id) for c, r in claimed],
             )
             self._conn.executemany(
-                "INSERT INTO runs (rowid, id, pipeline, stage, item_id, item_key, attempt,"
-                " channel, status, started_at, input_fingerprint, code_ref, config_hash,"
-                " rows_in, daemon) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?)",
+                "INSERT INTO runs (run_no, id, pipeline, stage, item_id, item_key, attempt,"
+                " channel, status, started_at, input_fp, code_ref, config_fp, rows_in, daemon,"
+                " room, stage_no) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?,"
+                f" zeroblob({_END_ROOM}), ?)",
                 [
                     (int(r.run_id), r.run_id, pipeline, stage, c.item_id, c.key, c.attempt,
-                     r.channel, now, r.input_fingerprint, r.code_ref, r.config_hash, self.daemon)
+                     r.channel, now, pack_hex64(r.input_fingerprint), r.code_ref,
+                     pack_hex64(r.config_hash), self.daemon, stage_no)
                     for c, r in claimed
                 ],
             )  # fmt: skip
         return claimed
 
-    def _next_run_number(self) -> int:
-        """A run's id is its row number, as a string: short, in the order runs start, and
+    def _next_numbers(self, pipeline: str, stage: str) -> tuple[int, int]:
+        """The next run's number, and the number of its stage.
+
+        A run's id is its row number, as a string: short, in the order runs start, and
         appended at the end of every index that holds it (a random id dirtied a random
         page per insert). The newest run is never pruned (it is its item's latest), so a
         number is not given twice, but for a claim taken back before its worker started
-        (`unclaim`): nobody saw that run. Asked inside the write lock: no other writer races."""
-        (last,) = self._conn.execute("SELECT MAX(rowid) FROM runs").fetchone()
-        return (last or 0) + 1
+        (`unclaim`): nobody saw that run. Asked inside the write lock: no other writer races.
+        The stage's number is asked in the same statement; its first run makes it."""
+        last, stage_no = self._conn.execute(
+            f"SELECT MAX(run_no), {STAGE_NO} FROM runs", (pipeline, stage)
+        ).fetchone()
+        return (last or 0) + 1, stage_no or self._stage_number(pipeline, stage)
+
+    def _stage_number(self, pipeline: str, stage: str) -> int:
+        """The stage's number in `stages` (schema 15), made if it has none yet."""
+        self._conn.execute(
+            "INSERT OR IGNORE INTO stages (pipeline, stage) VALUES (?, ?)", (pipeline, stage)
+        )
+        return self._conn.execute(
+            "SELECT no FROM stages WHERE pipeline = ? AND stage = ?", (pipeline, stage)
+        ).fetchone()[0]
 
     def unclaim(self, runs: Sequence[tuple[str, int]]) -> None:
         """(run id, item id) of claims never sent to a worker, given back untouched: the run
@@ -173,7 +214,8 @@ class Queue(Rollup):
                 [(item_id, run_id, item_id, run_id) for run_id, item_id in runs],
             )
             self._conn.executemany(
-                "DELETE FROM runs WHERE id = ? AND status = 'running'", [(r,) for r, _ in runs]
+                f"DELETE FROM runs WHERE {self.RUN_WHERE} AND status = 'running'",
+                [self.run_params(r) for r, _ in runs],
             )
 
     def finish(
@@ -185,14 +227,24 @@ class Queue(Rollup):
             if progress:
                 self._conn.executemany(
                     "UPDATE runs SET progress = COALESCE(?, progress),"
-                    " message = COALESCE(?, message) WHERE id = ? AND status = 'running'",
-                    [(p, m, run_id) for run_id, (p, m) in progress.items()],
+                    f" message = COALESCE(?, message) WHERE {self.RUN_WHERE}"
+                    " AND status = 'running'",
+                    [(p, m, *self.run_params(run_id)) for run_id, (p, m) in progress.items()],
                 )
             if not finished:
                 return
             self._conn.executemany(
                 _FINISH_RUN_SQL,
-                [(*(getattr(f, c) for c in _RUN_END_COLUMNS), f.run_id) for f in finished],
+                [
+                    (
+                        *(getattr(f, c) for c in _ROW_END_COLUMNS),
+                        _failure_of(f),
+                        f.progress,
+                        f.message,
+                        *self.run_params(f.run_id),
+                    )
+                    for f in finished
+                ],
             )
             self._conn.executemany(
                 _FINISH_ITEM_SQL,
@@ -210,9 +262,9 @@ class Queue(Rollup):
         if the daemon dies, the next one can still find them."""
         with self._write():
             self._conn.executemany(
-                "UPDATE runs SET pid = ?, pgid = ?, proc_start = ? WHERE id = ?"
+                f"UPDATE runs SET pid = ?, pgid = ?, proc_start = ? WHERE {self.RUN_WHERE}"
                 " AND status = 'running'",
-                [(pid, pgid, start, run_id) for run_id, pid, pgid, start in started],
+                [(pid, pgid, start, *self.run_params(r)) for r, pid, pgid, start in started],
             )
 
     def running_processes(self) -> list[tuple[int, int, int]]:
@@ -246,16 +298,17 @@ class Queue(Rollup):
         ended: list[tuple[str, str, float, str, float]] = []
         with self._write():
             rows = self._conn.execute(
-                "SELECT r.id, r.pipeline, r.stage, r.item_key, r.item_id, r.attempt, r.started_at"
-                " FROM runs r WHERE r.status = 'running' AND r.status != 'ok'"
+                "SELECT r.run_no, r.id, r.pipeline, r.stage, r.item_key, r.item_id, r.attempt,"
+                " r.started_at FROM runs r WHERE r.status = 'running' AND r.status != 'ok'"
             ).fetchall()
-            for run_id, pipeline, stage, key, item_id, attempt, started_at in rows:
+            for run_no, run_id, pipeline, stage, key, item_id, attempt, started_at in rows:
                 held = (pipeline, stage) in hold_stages
                 self._conn.execute(
                     "UPDATE runs SET status = ?, finished_at = ?, duration_s = ?, error = ?,"
-                    " group_name = 'retriable', label = 'Interrupted', category = 'daemon',"
-                    " type = 'interrupted' WHERE id = ?",
-                    (RunStatus.INTERRUPTED, now, max(0.0, now - started_at), reason, run_id),
+                    " failure = json_patch(coalesce(failure, '{}'), json_object("
+                    "'group_name', 'retriable', 'label', 'Interrupted', 'category', 'daemon',"
+                    " 'type', 'interrupted')), room = NULL WHERE run_no = ?",
+                    (RunStatus.INTERRUPTED, now, max(0.0, now - started_at), reason, run_no),
                 )
                 self._conn.execute(
                     "UPDATE items SET state = ?, attempt = ?, ready_at = ?, last_error = ?,"
@@ -327,3 +380,11 @@ def _channel_filter(blocked: Sequence[str], only: str | None) -> tuple[str, list
         where += " AND channel = ?"
         params.append(only)
     return where, params
+
+
+def _failure_of(run: FinishedRun) -> str | None:
+    """The run's failure object (schema 15): None for a run that ended without one."""
+    values = _failure_values(run)
+    if values.count(None) == len(values):  # an ok run's, at once
+        return None
+    return failure_json(dict(zip(_FAILURE_END_COLUMNS, values, strict=True)))

@@ -110,6 +110,144 @@ _FEWER_BYTES_MIGRATION = [
     # items_state_recent stays whole: state_counts' changed-lately counts of every state.
 ]
 
+# 15 (issue 13): fewer bytes per run, the runs table rebuilt. Its key is an INTEGER PRIMARY
+# KEY, the run number (a run's id is that number as a string, since schema 13), so the
+# unique index of the text id goes: an older run's uuid is found through a partial index of
+# the runs whose id is not their number. The input fingerprint and the config hash, 16 hex
+# digits each, are kept as one 8-byte integer (`input_fp`, `config_fp`; any other text as it
+# is) and read back as the same text through generated columns. template_runs loses its
+# foreign key to runs(id), which needs that unique index: a trigger forgets a deleted run.
+# `room` is the room a run's end will take, reserved by its claim (zeros) and given back by
+# its finish: the row is rewritten in place instead of growing out of its page, which split
+# the newest pages of the table and left them four fifths full. `stage_no` names the
+# run's (pipeline, stage) by a small number (`stages`), which the two stage indexes hold
+# instead of both names. `failure` holds the columns only a failure fills (FAILURE_COLUMNS).
+_HEX_DIGIT = "(instr('0123456789abcdef', substr({x}, {i}, 1)) - 1)"
+_HEX64 = " | ".join(f"({_HEX_DIGIT.format(x='{x}', i=i + 1)} << {60 - 4 * i})" for i in range(16))
+
+
+def _packed(column: str) -> str:
+    """SQL of a text column's packed form: 16 lowercase hex digits as the signed 64-bit
+    integer of their bits (runkeys.pack_hex64 in SQL), anything else as it is."""
+    hex64 = _HEX64.replace("{x}", column)
+    return (
+        f"CASE WHEN length({column}) = 16 AND NOT {column} GLOB '*[^0-9a-f]*'"
+        f" THEN {hex64} ELSE {column} END"
+    )
+
+
+def _unpacked(column: str) -> str:
+    return (
+        f"CASE WHEN typeof({column}) = 'integer' THEN printf('%016x', {column}) ELSE {column} END"
+    )
+
+
+# A run's stage number, from its pipeline and stage (runkeys.STAGE_NO).
+STAGE_NO = "(SELECT no FROM stages WHERE pipeline = {at}pipeline AND stage = {at}stage)"
+
+_RUN_COLUMNS_14 = (
+    "id, pipeline, stage, item_id, item_key, attempt, channel, status, started_at, finished_at,"
+    " duration_s, exit_code, signal, pid, error, error_type, traceback, output, group_name,"
+    " label, category, type, rule_id, rules_version, code_ref, rows_in, rows_out, cost,"
+    " trace_kept, progress, message, pgid, proc_start, data_out, probe_of, original_group,"
+    " original_label, original_category, original_type, original_rule_id,"
+    " original_rules_version, reclassified_at, daemon, replay_of"
+)
+# What only a failure's classification (or a probe) writes, kept in one JSON object, NULL on
+# the ok runs: 14 columns of the row's header gone from them. Each is read back under its own
+# name by a generated column; runkeys.failure_json writes the object. No REAL is among them
+# (SQLite writes a number into JSON with 15 digits, which would round a time), nor the texts
+# a worker wrote (error, error_type, traceback, output): SQLite's JSON cuts a text at a NUL.
+# The queue writes by this list too: a later step that moves another column in gives its own.
+_FAILURE_TYPES = {"signal": "INTEGER", "probe_of": "INTEGER"}
+FAILURE_COLUMNS = (
+    "signal", "group_name", "label", "category", "type", "rule_id", "rules_version", "probe_of",
+    "original_group", "original_label", "original_category", "original_type",
+    "original_rule_id", "original_rules_version",
+)  # fmt: skip
+
+
+def _failed(*columns: str) -> str:
+    return ", ".join(
+        f"{c} {_FAILURE_TYPES.get(c, 'TEXT')} GENERATED ALWAYS AS"
+        f" (json_extract(failure, '$.{c}')) VIRTUAL"
+        for c in columns
+    )
+
+
+_KEPT_COLUMNS = ", ".join(c for c in _RUN_COLUMNS_14.split(", ") if c not in FAILURE_COLUMNS)
+# json_patch drops the members that are null; an empty object is no failure at all.
+_FAILURE_OF_COLUMNS = (
+    "NULLIF(json_patch('{}', json_object("
+    + ", ".join(f"'{c}', {c}" for c in FAILURE_COLUMNS)
+    + ")), '{}')"
+)
+_RUN_KEY_MIGRATION = [
+    # The columns in the order they had (SELECT * reads the same), the packed ones at the end.
+    f"""CREATE TABLE runs_next (
+        id TEXT NOT NULL, pipeline TEXT NOT NULL, stage TEXT NOT NULL,
+        item_id INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+        item_key TEXT NOT NULL, attempt INTEGER NOT NULL, channel TEXT,
+        status TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL,
+        duration_s REAL, exit_code INTEGER, {_failed("signal")}, pid INTEGER,
+        error TEXT, error_type TEXT, traceback TEXT, output TEXT,
+        {_failed("group_name", "label")},
+        {_failed("category", "type", "rule_id", "rules_version")},
+        input_fingerprint TEXT GENERATED ALWAYS AS ({_unpacked("input_fp")}) VIRTUAL,
+        code_ref TEXT, config_hash TEXT GENERATED ALWAYS AS ({_unpacked("config_fp")}) VIRTUAL,
+        rows_in INTEGER, rows_out INTEGER, cost REAL, trace_kept TEXT, progress REAL,
+        message TEXT, pgid INTEGER, proc_start INTEGER, data_out TEXT, {_failed("probe_of")},
+        {_failed("original_group", "original_label", "original_category", "original_type")},
+        {_failed("original_rule_id", "original_rules_version")}, reclassified_at REAL,
+        daemon TEXT,
+        trace_id TEXT GENERATED ALWAYS AS (coalesce(trace_kept, printf('%016x%016x',
+            CAST(started_at * 1000000 AS INTEGER), CAST(id AS INTEGER)))) VIRTUAL,
+        replay_of TEXT, run_no INTEGER PRIMARY KEY, input_fp, config_fp, room BLOB,
+        stage_no INTEGER, failure TEXT)""",
+    """CREATE TABLE stages (
+        no INTEGER PRIMARY KEY, pipeline TEXT NOT NULL, stage TEXT NOT NULL,
+        UNIQUE (pipeline, stage))""",
+    "INSERT INTO stages (pipeline, stage) SELECT DISTINCT pipeline, stage FROM runs",
+    f"INSERT INTO runs_next (run_no, {_KEPT_COLUMNS}, input_fp, config_fp, stage_no, failure)"
+    f" SELECT rowid, {_KEPT_COLUMNS}, {_packed('input_fingerprint')}, {_packed('config_hash')},"
+    f" {STAGE_NO.format(at='runs.')}, {_FAILURE_OF_COLUMNS} FROM runs ORDER BY rowid",
+    """CREATE TABLE template_runs_next (
+        run_id TEXT PRIMARY KEY, template_id INTEGER NOT NULL, pipeline TEXT NOT NULL,
+        stage TEXT NOT NULL, seen_at REAL NOT NULL)""",
+    "INSERT INTO template_runs_next SELECT * FROM template_runs",
+    # template_runs first: while it names runs as its parent, dropping runs deletes its rows.
+    "DROP TABLE template_runs",
+    "DROP TABLE runs",
+    "ALTER TABLE runs_next RENAME TO runs",
+    "ALTER TABLE template_runs_next RENAME TO template_runs",
+    "CREATE INDEX template_runs_by_template ON template_runs (template_id, seen_at)",
+    """CREATE TRIGGER runs_forget_templates AFTER DELETE ON runs
+        BEGIN DELETE FROM template_runs WHERE run_id = OLD.id; END""",
+    # A run found by an id that is not its number (a uuid of before schema 13): runs_by_id,
+    # runs_with_prefix, later_ok, run_facts. No run recorded since is in it.
+    "CREATE INDEX runs_by_old_id ON runs (id) WHERE id IS NOT CAST(run_no AS TEXT)",
+    # The indexes of step 13 again, each named by the queries that read it:
+    # find_runs (the page's run list), runs_started_from, runs_started_since, runs_matching,
+    # recent_runs, prune_batch, export_runs: runs by start.
+    "CREATE INDEX runs_recent ON runs (started_at)",
+    # The same, of one stage (the page's and the API's runs of a stage), by its number.
+    "CREATE INDEX runs_by_stage ON runs (stage_no, started_at)",
+    # count_runs, last_run_statuses, recent_durations, cost_since (covering).
+    "CREATE INDEX runs_by_stage_end ON runs (stage_no, finished_at, cost)",
+    # running_processes, running_runs, recovery, failure_texts, the page's failures.
+    "CREATE INDEX runs_by_status ON runs (status, started_at) WHERE status != 'ok'",
+    # earlier_success (the checkpoint lookup), on the packed fingerprint.
+    "CREATE INDEX runs_by_fingerprint ON runs (input_fp)"
+    " WHERE status = 'ok' AND data_out IS NOT NULL",
+    # internal_failures_in_a_row, item_runs, unclaim, prune's newer run.
+    "CREATE INDEX runs_by_item ON runs (item_id)",
+    # label_failures (the guard's same-label count).
+    "CREATE INDEX runs_by_channel_label ON runs (channel, label, finished_at)"
+    " WHERE label IS NOT NULL",
+    # reclassify's items, reclassified runs.
+    "CREATE INDEX runs_reclassified ON runs (reclassified_at) WHERE reclassified_at IS NOT NULL",
+]
+
 # Each step upgrades the schema by one version; a step never changes once shipped.
 MIGRATIONS: list[list[str]] = [
     [  # 1: items and runs
@@ -255,6 +393,10 @@ MIGRATIONS: list[list[str]] = [
         # leave such runs out; they never change an item)
         "ALTER TABLE runs ADD COLUMN replay_of TEXT",
     ],
+    _RUN_KEY_MIGRATION,  # 15
+    # 16: PostgreSQL's status counts kept by triggers, in rows per connection; SQLite has
+    # kept its own since step 5 (one writer). The step keeps both backends at one version.
+    [],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

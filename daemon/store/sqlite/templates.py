@@ -58,16 +58,7 @@ class Reclassify(Connected):
                  for c in changes],
             )  # fmt: skip
             runs = conn.execute(
-                f"""UPDATE runs SET
-                    original_group = {_first("group_name")},
-                    original_label = {_first("label")},
-                    original_category = {_first("category")},
-                    original_type = {_first("type")},
-                    original_rule_id = {_first("rule_id")},
-                    original_rules_version = {_first("rules_version")},
-                    group_name = r.new_group, label = r.new_label, category = r.new_category,
-                    type = r.new_type, rule_id = r.new_rule_id, rules_version = ?,
-                    reclassified_at = ?
+                f"""UPDATE runs SET {self._relabel_sql()}
                 FROM relabel r WHERE {_FAILURES.replace("status", "runs.status", 1)}
                     AND r.pipeline = runs.pipeline AND r.stage = runs.stage
                     AND r.error = coalesce(runs.error, '')
@@ -86,6 +77,19 @@ class Reclassify(Connected):
             conn.execute("DELETE FROM relabel")
         return runs, items
 
+    def _relabel_sql(self) -> str:
+        """The SET of a re-bucketed failure: its new classification (then the rules version
+        and the time, as parameters), its first one kept beside it."""
+        return f"""original_group = {first("group_name")},
+            original_label = {first("label")},
+            original_category = {first("category")},
+            original_type = {first("type")},
+            original_rule_id = {first("rule_id")},
+            original_rules_version = {first("rules_version")},
+            group_name = r.new_group, label = r.new_label, category = r.new_category,
+            type = r.new_type, rule_id = r.new_rule_id, rules_version = ?,
+            reclassified_at = ?"""
+
     def reclassified_counts(self) -> dict[tuple[str, str, str, str, str], int]:
         """(pipeline, stage, state, group, label) -> items a re-bucketing relabelled and
         that carry its label still (until their next run): the status tree says so."""
@@ -97,7 +101,7 @@ class Reclassify(Connected):
         return {tuple(row[:5]): row[5] for row in rows}  # type: ignore[misc]
 
 
-def _first(column: str) -> str:
+def first(column: str) -> str:
     """The column's value as the run was first judged: kept at its first re-bucketing."""
     kept = "original_" + column.removesuffix("_name")
     return f"CASE WHEN runs.reclassified_at IS NULL THEN runs.{column} ELSE runs.{kept} END"
