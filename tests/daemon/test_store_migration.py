@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from pipewarden.store import STORE_FILE, NewRun, Store
+from pipewarden.store import SCHEMA_VERSION, STORE_FILE, NewRun, Store
 from pipewarden.store.sqlite.schema import MIGRATIONS
 
 OLD_ID = "c0ffee" + "0" * 26  # a run recorded before run ids were numbers (schema 13)
@@ -108,7 +108,7 @@ def test_a_schema_14_store_reads_back_the_same_after_the_runs_table_is_rebuilt(p
     _step_14_store(project.state_dir / STORE_FILE)
     runs, items = _as_schema_14_read_them(project.state_dir / STORE_FILE)
 
-    assert "migrated from schema 14 to 15" in project.cli("migrate").stdout
+    assert f"migrated from schema 14 to {SCHEMA_VERSION}" in project.cli("migrate").stdout
     exported = project.cli("export", "runs", "--format", "jsonl").stdout.splitlines()
     assert [list(json.loads(line).items()) for line in exported] == [
         list(run.items()) for run in runs
