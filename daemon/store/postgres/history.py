@@ -10,7 +10,7 @@ from typing import Any
 from pipewarden.store.sqlite.history import History as SqliteHistory
 
 # The latest run of a stage (%(pipeline)s, %(stage)s) that already succeeded on the same
-# input, as sqlite.history.History.earlier_success reads it; {fingerprint} is an SQL
+# input, as sqlite.runkeys.RunKeys.earlier_success reads it; {fingerprint} is an SQL
 # expression (a claim's reads it for each item it writes).
 EARLIER_SUCCESS_SQL = (
     "SELECT id, data_out FROM runs WHERE input_fingerprint >= {fingerprint}"

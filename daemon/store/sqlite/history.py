@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from peewee import SQL
 from pipewarden.store.models import Item, Run
@@ -19,25 +18,6 @@ class History(Connected):
             " AND finished_at >= ? AND replay_of IS NULL",
             (pipeline, stage, status, since),
         ).fetchone()[0]
-
-    def earlier_success(
-        self, pipeline: str, stage: str, fingerprint: str
-    ) -> tuple[str, str] | None:
-        """(id, data it merged into its item) of the latest run that already succeeded at
-        this stage on the same input. Runs recorded before runs kept their data (schema 7)
-        do not count: what they produced cannot be given back."""
-        # INDEXED BY: left alone, the planner walks every run of the stage instead. A range:
-        # a run recorded before schema 13 kept 32 hex digits, of which these are the first.
-        row = self._conn.execute(
-            "SELECT id, data_out FROM runs INDEXED BY runs_by_fingerprint"
-            " WHERE input_fingerprint >= ? AND input_fingerprint <= ? || '~'"
-            " AND (input_fingerprint = ? OR length(input_fingerprint) = 32)"
-            " AND status = 'ok' AND pipeline = ? AND stage = ? AND data_out IS NOT NULL"
-            " AND replay_of IS NULL"
-            " ORDER BY finished_at DESC LIMIT 1",
-            (fingerprint, fingerprint, fingerprint, pipeline, stage),
-        ).fetchone()
-        return (row[0], row[1]) if row else None
 
     def internal_failures_in_a_row(self, item_id: int, current_run: str, limit: int) -> int:
         """How many of the item's latest runs (up to `limit`, not `current_run`) in a row
@@ -89,24 +69,6 @@ class History(Connected):
             ).fetchone()
             total += cost
         return total
-
-    def add_replay(self, run: dict[str, Any]) -> str:
-        """A finished run that `pipewarden replay --record` ran: its fields as columns,
-        `replay_of` among them, and its id the next run number; it keeps the replayed run's
-        trace id (trace_id is derived here: a given one is kept in trace_kept). No item
-        changes."""
-        if not run.get("replay_of"):
-            raise ValueError("a replay names the run it replayed (replay_of)")
-        with self._write():
-            (last,) = self._conn.execute("SELECT MAX(rowid) FROM runs").fetchone()
-            number = (last or 0) + 1
-            row = {**run, "rowid": number, "id": str(number)}
-            row["trace_kept"] = row.pop("trace_id", None)
-            self._conn.execute(
-                f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                list(row.values()),
-            )
-        return row["id"]
 
     def running_runs(self) -> list[Run]:
         # `!= 'ok'` repeats the partial index's WHERE, so runs_by_status answers it.
