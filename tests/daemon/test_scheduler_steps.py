@@ -4,7 +4,9 @@ and retries exactly as the running daemon does, with real workers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import Iterator
 
 from conftest import Project
 from pipewarden.classifier import Classifier
@@ -117,8 +119,10 @@ halts:
 """
 
 
-def stepped(project: Project, more: str = "") -> tuple[Scheduler, object]:
-    """A scheduler over a pool stage of one worker, its first items queued (see warm_up)."""
+@contextlib.contextmanager
+def stepped(project: Project, more: str = "") -> Iterator[tuple[Scheduler, object]]:
+    """A scheduler over a pool stage of one worker, its first items queued (see warm_up);
+    its writer and store closed at the end, pass or fail."""
     project.write("w.py", GATED)
     project.write("halt.yaml", HALT_AT_ONCE)
     project.configure(
@@ -136,7 +140,11 @@ def stepped(project: Project, more: str = "") -> tuple[Scheduler, object]:
         config, store, Classifier(rules), Guard(store, rules.halts, stages_by_pipeline(config)),
         Notifier(store, config.notify, clock), clock, None, rng=random.Random(1),
     )  # fmt: skip
-    return scheduler, store
+    try:
+        yield scheduler, store
+    finally:
+        scheduler.writer.close()
+        store.close()
 
 
 async def warm_up(scheduler: Scheduler, store) -> None:
@@ -158,87 +166,71 @@ def untouched(store, key: str) -> bool:
 
 
 def test_a_halt_raised_while_an_item_is_handed_ahead_puts_it_back_untouched(project: Project):
-    scheduler, store = stepped(project)
-    (project.root / "fail").touch()
+    with stepped(project) as (scheduler, store):
+        (project.root / "fail").touch()
 
-    async def steps() -> None:
-        await warm_up(scheduler, store)
-        assert await scheduler.step()  # a goes to the worker, b and c are handed ahead of it
-        assert [store.item("sites", k).state for k in "bc"] == ["running"] * 2  # rows first
-        (project.root / "gate").touch()
-        await settled(scheduler)  # a failed: b waits for the guard's judgement, not sent
-        assert await scheduler.step()  # a's failure halts web; b goes back in that commit
-        assert [h.target for h in store.active_holds()] == ["web"]
-        assert untouched(store, "b") and untouched(store, "c")
-        assert scheduler.in_flight == 0
-        await scheduler.drain(1.0, "test done")
+        async def steps() -> None:
+            await warm_up(scheduler, store)
+            assert await scheduler.step()  # a goes to the worker, b and c are handed ahead of it
+            assert [store.item("sites", k).state for k in "bc"] == ["running"] * 2  # rows first
+            (project.root / "gate").touch()
+            await settled(scheduler)  # a failed: b waits for the guard's judgement, not sent
+            assert await scheduler.step()  # a's failure halts web; b goes back in that commit
+            assert [h.target for h in store.active_holds()] == ["web"]
+            assert untouched(store, "b") and untouched(store, "c")
+            assert scheduler.in_flight == 0
+            await scheduler.drain(1.0, "test done")
 
-    try:
         asyncio.run(steps())
         assert untouched(store, "b") and untouched(store, "c")
-    finally:
-        scheduler.writer.close()
-        store.close()
 
 
 def test_a_pause_seen_while_an_item_is_handed_ahead_puts_it_back_untouched(project: Project):
-    scheduler, store = stepped(project)
+    with stepped(project) as (scheduler, store):
 
-    async def steps() -> None:
-        await warm_up(scheduler, store)
-        assert await scheduler.step()
-        assert [store.item("sites", k).state for k in "bc"] == ["running"] * 2
-        project.cli("pause", "--stage", "sites/fetch")
-        assert await scheduler.step()  # sees the pause: b and c go back while a still runs
-        assert untouched(store, "b") and untouched(store, "c")
-        assert store.item("sites", "a").state == "running"
-        (project.root / "gate").touch()
-        await settled(scheduler)  # a went through; the worker is given nothing after it
-        assert await scheduler.step()
-        assert store.item("sites", "a").state == "done"
-        assert scheduler.in_flight == 0
-        await scheduler.drain(1.0, "test done")
+        async def steps() -> None:
+            await warm_up(scheduler, store)
+            assert await scheduler.step()
+            assert [store.item("sites", k).state for k in "bc"] == ["running"] * 2
+            project.cli("pause", "--stage", "sites/fetch")
+            assert await scheduler.step()  # sees the pause: b and c go back while a still runs
+            assert untouched(store, "b") and untouched(store, "c")
+            assert store.item("sites", "a").state == "running"
+            (project.root / "gate").touch()
+            await settled(scheduler)  # a went through; the worker is given nothing after it
+            assert await scheduler.step()
+            assert store.item("sites", "a").state == "done"
+            assert scheduler.in_flight == 0
+            await scheduler.drain(1.0, "test done")
 
-    try:
         asyncio.run(steps())
         assert untouched(store, "b") and untouched(store, "c")
-    finally:
-        scheduler.writer.close()
-        store.close()
 
 
 def test_a_stop_puts_back_what_was_handed_ahead(project: Project):
-    scheduler, store = stepped(project)
+    with stepped(project) as (scheduler, store):
 
-    async def steps() -> None:
-        await warm_up(scheduler, store)
-        assert await scheduler.step()
-        assert [store.item("sites", k).state for k in "bc"] == ["running"] * 2
-        (project.root / "gate").touch()
-        assert await scheduler.drain(10.0, "test done")  # a ends; b and c are never sent
+        async def steps() -> None:
+            await warm_up(scheduler, store)
+            assert await scheduler.step()
+            assert [store.item("sites", k).state for k in "bc"] == ["running"] * 2
+            (project.root / "gate").touch()
+            assert await scheduler.drain(10.0, "test done")  # a ends; b and c are never sent
 
-    try:
         asyncio.run(steps())
         assert store.item("sites", "a").state == "done"
         assert untouched(store, "b") and untouched(store, "c")
-    finally:
-        scheduler.writer.close()
-        store.close()
 
 
 def test_an_on_interrupt_hold_stage_is_never_handed_an_item_ahead(project: Project):
-    scheduler, store = stepped(project, "      on_interrupt: hold\n")
+    with stepped(project, "      on_interrupt: hold\n") as (scheduler, store):
 
-    async def steps() -> None:
-        await warm_up(scheduler, store)
-        assert await scheduler.step()
-        assert store.item("sites", "a").state == "running"
-        assert untouched(store, "b") and untouched(store, "c")  # a crash holds nothing unrun
-        (project.root / "gate").touch()
-        assert await scheduler.drain(10.0, "test done")
+        async def steps() -> None:
+            await warm_up(scheduler, store)
+            assert await scheduler.step()
+            assert store.item("sites", "a").state == "running"
+            assert untouched(store, "b") and untouched(store, "c")  # a crash holds nothing unrun
+            (project.root / "gate").touch()
+            assert await scheduler.drain(10.0, "test done")
 
-    try:
         asyncio.run(steps())
-    finally:
-        scheduler.writer.close()
-        store.close()
