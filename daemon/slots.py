@@ -18,7 +18,11 @@ from pipewarden.store import Claimed, Hold, NewRun
 from pipewarden.workers import executor_for
 
 log = logging.getLogger("pipewarden.scheduler")
-AHEAD_PER_WORKER = 8  # items claimed ahead per worker of a quick stage
+# Items claimed ahead per worker of a quick stage: about AHEAD_S of its work, within
+# AHEAD_MIN..AHEAD_MAX. The more a commit covers, the less each item pays for it (a no-op
+# stage gets AHEAD_MAX), while an item ahead shows as running at most about AHEAD_S early.
+AHEAD_S = 0.05
+AHEAD_MIN, AHEAD_MAX = 8, 64
 QUICK_S = 0.5  # attempts quicker than this (on average) gain from items claimed ahead
 
 
@@ -55,8 +59,8 @@ class StageSlot:
 
     @property
     def ahead_allowed(self) -> int:
-        """How many items a claim may hand the slot ahead of its workers: AHEAD_PER_WORKER
-        per worker for a quick stage (a worker done with one starts the next at once, and a
+        """How many items a claim may hand the slot ahead of its workers: about AHEAD_S of
+        work per worker for a quick stage (a worker done with one starts the next at once, and a
         pass writes several ends in one commit). None before its pace is known, nor for a
         slow stage (a commit is nothing beside its attempts, and an item ahead would show as
         running long before it runs), nor for `on_interrupt: hold` (a crash would hold an
@@ -64,7 +68,8 @@ class StageSlot:
         quick = self.pace is not None and self.pace < QUICK_S
         if not quick or self.stage.on_interrupt == "hold":
             return 0
-        return self.executor.capacity * AHEAD_PER_WORKER
+        per_worker = min(AHEAD_MAX, max(AHEAD_MIN, int(AHEAD_S / max(self.pace, 1e-6))))
+        return self.executor.capacity * per_worker
 
     def timed(self, duration_s: float) -> None:
         """An attempt took `duration_s`: a quicker one sets the pace at once (a pool worker's
