@@ -16,7 +16,9 @@ from pipewarden.guard import Guard, stages_by_pipeline
 from pipewarden.notifier import Notifier
 from pipewarden.rules import load_rules
 from pipewarden.scheduler import Scheduler
+from pipewarden.slots import StageSlot
 from pipewarden.store import open_store
+from pipewarden.workers import WorkerPool
 
 WORKER = """
 def work(data, ctx):
@@ -234,3 +236,21 @@ def test_an_on_interrupt_hold_stage_is_never_handed_an_item_ahead(project: Proje
             assert await scheduler.drain(10.0, "test done")
 
         asyncio.run(steps())
+
+
+def test_a_quick_stage_is_handed_about_50_ms_of_work_ahead_per_worker(project: Project):
+    """No-op items: a commit covers many (each pays less for it); slower ones: a few, so
+    that none shows as running long before it runs; a slow stage: none."""
+    project.configure(
+        "sites:\n  stages:\n    - name: fetch\n      python: 'w:work'\n      mode: pool\n"
+        "      concurrency: 2\n"
+    )
+    config = load_config(project.config_path)
+    (stage,) = config.pipelines["sites"].stages
+    slot = StageSlot(config.pipelines["sites"], stage, WorkerPool(stage))
+    assert slot.ahead_allowed == 0  # its pace is not known yet
+    ahead = {}
+    for pace in (0.0001, 0.001, 0.005, 0.1, 0.6):
+        slot.pace = pace
+        ahead[pace] = slot.ahead_allowed
+    assert ahead == {0.0001: 2 * 64, 0.001: 2 * 50, 0.005: 2 * 10, 0.1: 2 * 8, 0.6: 0}
