@@ -407,6 +407,51 @@ def test_the_status_aggregates_count_items_with_their_recent_changes(storage: St
     assert label[2:5] == ("failed", "terminal", "Boom")
 
 
+def test_the_status_counts_follow_every_claim_finish_give_back_and_recovery(storage: Storage):
+    """The tree's totals and label counts as counting the items themselves says, after the
+    scheduler's claims and finishes (which count their own moves) mixed with the other
+    writes of items (a give-back, a recovery, a retry by label)."""
+    keys = [f"k{n}" for n in range(8)]
+
+    def agrees() -> None:
+        items = [storage.item(P, key) for key in keys]
+        totals: dict[tuple[str, str, str], int] = {}
+        labels: dict[tuple[str, str, str], int] = {}
+        for i in items:
+            totals[(i.pipeline, i.stage, i.state)] = (
+                totals.get((i.pipeline, i.stage, i.state), 0) + 1
+            )
+            if i.state in ("retrying", "failed"):
+                label = (i.state, i.last_group or "", i.last_label or "")
+                labels[label] = labels.get(label, 0) + 1
+        assert {k: n for k, n in storage.item_totals().items() if n} == totals
+        counted = {tuple(row[2:5]): row[5] for row in storage.label_counts(0.0, 0.0) if row[5]}
+        assert counted == labels
+
+    storage.enqueue(P, S, [(key, {}) for key in keys], 1.0)
+    first = claim(storage, limit=6, now=2.0)
+    agrees()
+    (a, ra), (b, rb), (c, rc), (d, rd), (e, re), _ = first  # the last stays running
+    storage.finish([
+        ended(a, ra, RunStatus.OK, 3.0),
+        ended(b, rb, RunStatus.FAILED, 3.0, label="Boom", group_name="terminal", error="boom"),
+        replace(ended(c, rc, RunStatus.FAILED, 3.0, label="Reset", group_name="retriable",
+                      error="reset"), item_state=ItemState.RETRYING, item_ready_at=4.0),
+        replace(ended(d, rd, RunStatus.DEFERRED, 3.0), item_stage=S,
+                item_state=ItemState.DEFERRED, item_ready_at=50.0),
+    ], {})  # fmt: skip
+    agrees()
+    storage.unclaim([(re.run_id, e.item_id)])  # f stays running
+    agrees()
+    again = claim(storage, now=5.0)  # c's retry, e, and the two never claimed
+    assert sorted(x.key for x, _ in again) == sorted([c.key, e.key, "k6", "k7"])
+    agrees()
+    storage.recover_interrupted(6.0, set(), "daemon stopped while running")
+    agrees()
+    assert storage.requeue_by_label("Boom", 7.0) == 1
+    agrees()
+
+
 def test_the_status_counts_of_recent_changes_are_exact_for_windows_starting_anywhere(
     storage: Storage,
 ):

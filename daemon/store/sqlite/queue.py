@@ -21,6 +21,7 @@ from pipewarden.store.records import (
     Recovered,
     trace_id_of,
 )
+from pipewarden.store.sqlite.counts import CountKey, add_moves, count_key, current_keys
 from pipewarden.store.sqlite.rollup import Rollup
 from pipewarden.store.sqlite.runkeys import (
     BY_ID,
@@ -52,8 +53,8 @@ _FINISH_RUN_SQL = (
 _END_ROOM = 24
 _FINISH_ITEM_SQL = (
     "UPDATE items SET stage = ?, state = ?, data = COALESCE(?, data), attempt = ?, ready_at = ?,"
-    " channel = ?, force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ?"
-    " WHERE id = ?"
+    " channel = ?, force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ?,"
+    " tally = 1 - tally WHERE id = ?"  # counted by the finish itself (sqlite/counts.py)
 )
 _CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE_STATES)
 _PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
@@ -142,16 +143,17 @@ class Queue(Rollup):
         params = [pipeline, stage, now, *channels]
         with self._write():
             rows = self._conn.execute(
-                f"SELECT id, key, data, attempt, force FROM items WHERE pipeline = ? AND stage = ?"
-                f" AND state IN ({_CLAIMABLE}) AND ready_at <= ?{where}"
-                " ORDER BY ready_at, id LIMIT ?",
+                "SELECT id, key, data, attempt, force, state, channel, last_group, last_label"
+                f" FROM items WHERE pipeline = ? AND stage = ? AND state IN ({_CLAIMABLE})"
+                f" AND ready_at <= ?{where} ORDER BY ready_at, id LIMIT ?",
                 (*params, limit),
             ).fetchall()
             if not rows:
                 return []
             claimed: list[tuple[Claimed, NewRun]] = []
+            moves: list[tuple[CountKey, CountKey]] = []
             number, stage_no = self._next_numbers(pipeline, stage)
-            for item_id, key, data_json, attempt, force in rows:
+            for item_id, key, data_json, attempt, force, *was in rows:
                 data = json.loads(data_json)
                 item = Claimed(item_id, key, data, attempt + 1, bool(force))
                 new_run = replace(
@@ -159,12 +161,15 @@ class Queue(Rollup):
                     run_id=str(number), trace_id=trace_id_of(number, now),
                 )  # fmt: skip
                 claimed.append((item, new_run))
+                running = count_key(pipeline, stage, "running", new_run.channel, None, None)
+                moves.append((count_key(pipeline, stage, *was), running))
                 number += 1
-            self._conn.executemany(
+            self._conn.executemany(  # flips tally: counted here, not by the trigger
                 "UPDATE items SET state = 'running', attempt = ?, channel = ?, last_run_id = ?,"
-                " updated_at = ? WHERE id = ?",
+                " updated_at = ?, tally = 1 - tally WHERE id = ?",
                 [(c.attempt, r.channel, r.run_id, now, c.item_id) for c, r in claimed],
             )
+            add_moves(self._conn, moves)
             self._conn.executemany(
                 "INSERT INTO runs (run_no, id, pipeline, stage, item_id, item_key, attempt,"
                 " channel, status, started_at, input_fp, code_ref, config_fp, rows_in, daemon,"
@@ -246,6 +251,7 @@ class Queue(Rollup):
                     for f in finished
                 ],
             )
+            was = current_keys(self._conn, [f.item_id for f in finished])
             self._conn.executemany(
                 _FINISH_ITEM_SQL,
                 [
@@ -255,6 +261,11 @@ class Queue(Rollup):
                     for f in finished
                 ],
             )  # fmt: skip
+            add_moves(self._conn, (
+                (was[f.item_id], count_key(was[f.item_id][0], f.item_stage, f.item_state,
+                                           f.item_channel, f.group_name, f.label))
+                for f in finished if f.item_id in was
+            ))  # fmt: skip
             self._count_finished(finished)
 
     def record_processes(self, started: Sequence[tuple[str, int, int, int]]) -> None:

@@ -34,6 +34,14 @@ _COUNT_MATCH = (
 _COUNT_ADD = (
     f"INSERT INTO item_counts VALUES ({_COUNT_KEY['new']}, 1) ON CONFLICT DO UPDATE SET n = n + 1;"
 )
+
+
+def _counted_update(when: str) -> str:
+    return f"""CREATE TRIGGER items_counted_update AFTER UPDATE OF pipeline, stage, state, channel,
+        last_group, last_label ON items WHEN {when}
+        BEGIN UPDATE item_counts SET n = n - 1 WHERE {_COUNT_MATCH}; {_COUNT_ADD} END"""
+
+
 _COUNTS_MIGRATION = [  # 5: item counts for the status tree, and the indexes it reads
     """CREATE TABLE item_counts (
         pipeline TEXT NOT NULL, stage TEXT NOT NULL, state TEXT NOT NULL, channel TEXT NOT NULL,
@@ -44,9 +52,7 @@ _COUNTS_MIGRATION = [  # 5: item counts for the status tree, and the indexes it 
     f"CREATE TRIGGER items_counted_insert AFTER INSERT ON items BEGIN {_COUNT_ADD} END",
     f"CREATE TRIGGER items_counted_delete AFTER DELETE ON items BEGIN"
     f" UPDATE item_counts SET n = n - 1 WHERE {_COUNT_MATCH}; END",
-    f"""CREATE TRIGGER items_counted_update AFTER UPDATE OF pipeline, stage, state, channel,
-        last_group, last_label ON items WHEN ({_COUNT_KEY["old"]}) IS NOT ({_COUNT_KEY["new"]})
-        BEGIN UPDATE item_counts SET n = n - 1 WHERE {_COUNT_MATCH}; {_COUNT_ADD} END""",
+    _counted_update(f"({_COUNT_KEY['old']}) IS NOT ({_COUNT_KEY['new']})"),
     "DROP INDEX items_status",
     "DROP INDEX items_labels",
     "CREATE INDEX items_state_recent ON items (pipeline, stage, state, channel, updated_at)",
@@ -397,6 +403,14 @@ MIGRATIONS: list[list[str]] = [
     # 16: PostgreSQL's status counts kept by triggers, in rows per connection; SQLite has
     # kept its own since step 5 (one writer). The step keeps both backends at one version.
     [],
+    [  # 17 (issue 13): the scheduler's claims and finishes count their own moves, in one
+        # upsert per count row and batch, and flip `tally` to say so (see sqlite/counts.py)
+        "ALTER TABLE items ADD COLUMN tally INTEGER NOT NULL DEFAULT 0",
+        "DROP TRIGGER items_counted_update",
+        _counted_update(
+            f"NEW.tally IS OLD.tally AND ({_COUNT_KEY['old']}) IS NOT ({_COUNT_KEY['new']})"
+        ),
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
