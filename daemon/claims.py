@@ -81,7 +81,7 @@ class Claims:
                 None
                 if item.force
                 else self.store.earlier_success(
-                    slot.pipeline.name, stage.name, new_run.input_fingerprint
+                    item.item_id, slot.pipeline.name, stage.name, new_run.input_fingerprint
                 )
             )
             # A checkpoint: this very input already passed this stage.

@@ -137,10 +137,11 @@ class Storage(Protocol):
     def count_runs(self, pipeline: str, stage: str, status: str, since: float) -> int: ...
 
     def earlier_success(
-        self, pipeline: str, stage: str, fingerprint: str
+        self, item_id: int, pipeline: str, stage: str, fingerprint: str
     ) -> tuple[str, str] | None:
-        """(id, data it merged into its item) of the latest run that already succeeded at this
-        stage on the same input. Runs recorded before runs kept their data (schema 7) do not
+        """(id, data it merged into its item) of the item's latest run that already succeeded
+        at this stage on the same input (the fingerprint holds the item's key: no other
+        item's run has it). Runs recorded before runs kept their data (schema 7) do not
         count: what they produced cannot be given back."""
 
     def internal_failures_in_a_row(self, item_id: int, current_run: str, limit: int) -> int:

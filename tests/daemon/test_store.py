@@ -19,7 +19,7 @@ def test_a_new_store_is_wal_with_foreign_keys_and_the_latest_schema(tmp_path: Pa
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
     assert store.schema_version() == SCHEMA_VERSION
     indexes = {row[1] for row in conn.execute("SELECT * FROM sqlite_master WHERE type='index'")}
-    assert {"runs_recent", "runs_by_stage", "runs_by_status", "runs_by_fingerprint"} <= indexes
+    assert {"runs_recent", "runs_by_stage", "runs_by_status", "runs_by_item"} <= indexes
     store.close()
 
 
@@ -79,8 +79,8 @@ def test_runs_recorded_before_run_ids_were_numbers_stay_findable_and_checkpointe
     (old,) = store.runs_with_prefix("9f9f9f")
     assert (old.id, old.trace_id) == ("9f" * 16, "ab" * 16)
     # A new run's fingerprint is the first 16 hex digits of what the old run kept.
-    assert store.earlier_success("sites", "find", "0123456789abcdef") == ("9f" * 16, '{"x": 1}')
-    assert store.earlier_success("sites", "find", "0123456789abcdee") is None
+    assert store.earlier_success(1, "sites", "find", "0123456789abcdef") == ("9f" * 16, '{"x": 1}')
+    assert store.earlier_success(1, "sites", "find", "0123456789abcdee") is None
     store.enqueue("sites", "find", [("new.example", {})], 3.0)
     ((_, new),) = store.claim("sites", "find", 1, 4.0, _describe)
     assert new.run_id == "2"  # after the old run's row

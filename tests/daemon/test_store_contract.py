@@ -245,8 +245,8 @@ def test_the_guard_reads_failures_costs_and_earlier_successes(storage: Storage):
     assert storage.cost_since(P, [S], 0.0) == 0.75
     latest = storage.last_run_statuses(P, S, 2)
     assert latest == [("failed", "opted out 2"), ("failed", "opted out 1")]
-    assert storage.earlier_success(P, S, "fp-a") == (ra.run_id, "{}")
-    assert storage.earlier_success(P, S, "fp-b") is None
+    assert storage.earlier_success(a.item_id, P, S, "fp-a") == (ra.run_id, "{}")
+    assert storage.earlier_success(b.item_id, P, S, "fp-b") is None
     assert storage.pipelines_of("a") == [P]
     assert len(storage.recent_runs(2)) == 2
     assert [r.item_key for r in storage.recent_runs(5, status="ok")] == ["a"]
@@ -274,7 +274,7 @@ def test_a_recorded_replay_is_a_run_that_no_production_read_counts(storage: Stor
     assert storage.label_failures("web", "Opted out", 0.0, samples=5) == (1, ["opted out"])
     assert storage.count_runs(P, S, "ok", 0.0) == 0 and storage.count_runs(P, S, "failed", 0.0) == 1
     assert storage.last_run_statuses(P, S, 5) == [("failed", "opted out")]
-    assert storage.earlier_success(P, S, "fp-a") is None  # a replay is no checkpoint
+    assert storage.earlier_success(a.item_id, P, S, "fp-a") is None  # a replay is no checkpoint
     assert storage.recent_durations(P, S, 5) == []
     assert [row[1:] for row in storage.ended_runs(P, S, 0.0)] == [("failed", rollup.bucket(1.0), 1)]
     assert storage.cost_since(P, [S], 0.0) == 0.5

@@ -142,9 +142,10 @@ def test_after_the_rebuild_runs_are_numbered_on_and_found_by_their_keys(tmp_path
     indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
     assert "sqlite_autoindex_runs_1" not in indexes  # the id's unique index is gone
     # checkpoints: a packed fingerprint, a high one, and the 32 digits an old run kept
-    assert store.earlier_success("sites", "find", HIGH_FINGERPRINT) == ("2", "{}")
-    assert store.earlier_success("sites", "find", "0123456789abcdef") == (OLD_ID, '{"x": 1}')
-    assert store.earlier_success("sites", "find", "00000000000000ff") is None  # it failed
+    assert store.earlier_success(1, "sites", "find", HIGH_FINGERPRINT) == ("2", "{}")
+    assert store.earlier_success(3, "sites", "find", "0123456789abcdef") == (OLD_ID, '{"x": 1}')
+    assert store.earlier_success(2, "sites", "find", "00000000000000ff") is None  # it failed
+    assert store.earlier_success(2, "sites", "find", HIGH_FINGERPRINT) is None  # another item's
     assert {r.id for r in store.runs_by_id(["3", OLD_ID, "6", "66"])} == {OLD_ID, "3", "6"}
     assert store.later_ok("3") is False
     for odd in ("²", "5" * 25, "007", ""):  # what a person may type: no run, and no error

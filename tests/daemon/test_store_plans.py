@@ -23,7 +23,7 @@ OPERATIONS: dict[str, Callable[[Store], object]] = {
     "claim": lambda s: s.claim(P, S, 2, 10.0, describe, ["sms"]),
     "next_ready_at": lambda s: s.next_ready_at([(P, S)], ["sms"]),
     "defer_channel": lambda s: s.defer_channel("sms", 99.0, 10.0, "Closed"),
-    "earlier_success": lambda s: s.earlier_success(P, S, "0123456789abcdef"),
+    "earlier_success": lambda s: s.earlier_success(1, P, S, "0123456789abcdef"),
     "running_processes": lambda s: s.running_processes(),
     "running_runs": lambda s: s.running_runs(),
     "recent failed runs": lambda s: s.recent_runs(10, status="failed"),

@@ -41,10 +41,10 @@ class History(SqliteHistory):
         self._claim_reads.checkpoints = (-1, {})
 
     def earlier_success(
-        self, pipeline: str, stage: str, fingerprint: str
+        self, item_id: int, pipeline: str, stage: str, fingerprint: str
     ) -> tuple[str, str] | None:
-        """As on SQLite; for an item just claimed in this transaction, what its claim read
-        (no round trip)."""
+        """As on SQLite, found by the fingerprint's index (the item's id is not needed); for
+        an item just claimed in this transaction, what its claim read (no round trip)."""
         serial, read = getattr(self._claim_reads, "checkpoints", (-1, {}))
         key = (pipeline, stage, fingerprint)
         if serial == self.writes and key in read and self.db.in_transaction():

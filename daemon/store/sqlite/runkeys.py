@@ -148,25 +148,21 @@ class RunKeys(Connected):
             reclassified_at = ?"""
 
     def earlier_success(
-        self, pipeline: str, stage: str, fingerprint: str
+        self, item_id: int, pipeline: str, stage: str, fingerprint: str
     ) -> tuple[str, str] | None:
-        """(id, data it merged into its item) of the latest run that already succeeded at
-        this stage on the same input. Runs recorded before runs kept their data (schema 7)
-        do not count: what they produced cannot be given back."""
-        # INDEXED BY: left alone, the planner walks every run of the stage instead. The
-        # packed fingerprint, and a range: a run recorded before schema 13 kept 32 hex
-        # digits (text), of which these are the first.
-        of_stage = (
-            " AND status = 'ok' AND pipeline = ? AND stage = ? AND data_out IS NOT NULL"
-            " AND replay_of IS NULL"
-        )
+        """(id, data it merged into its item) of the item's latest run that already
+        succeeded at this stage on the same input. Runs recorded before runs kept their data
+        (schema 7) do not count: what they produced cannot be given back."""
+        # Among the item's runs (the fingerprint holds its key), since schema 17: an index
+        # of the fingerprints took a random page per run. The packed fingerprint, or the 32
+        # hex digits a run recorded before schema 13 kept (text), of which these are the first.
         row = self._conn.execute(
-            "SELECT id, data_out FROM (SELECT id, data_out, finished_at FROM runs"
-            f" INDEXED BY runs_by_fingerprint WHERE input_fp = ?{of_stage}"
-            " UNION ALL SELECT id, data_out, finished_at FROM runs"
-            " INDEXED BY runs_by_fingerprint WHERE input_fp > ? AND input_fp <= ? || '~'"
-            f" AND length(input_fp) = 32{of_stage}) ORDER BY finished_at DESC LIMIT 1",
-            (pack_hex64(fingerprint), pipeline, stage, fingerprint, fingerprint, pipeline, stage),
+            "SELECT id, data_out FROM runs INDEXED BY runs_by_item WHERE item_id = ?"
+            " AND (input_fp = ? OR (typeof(input_fp) = 'text' AND length(input_fp) = 32"
+            " AND substr(input_fp, 1, 16) = ?)) AND status = 'ok' AND pipeline = ?"
+            " AND stage = ? AND data_out IS NOT NULL AND replay_of IS NULL"
+            " ORDER BY finished_at DESC LIMIT 1",
+            (item_id, pack_hex64(fingerprint), fingerprint, pipeline, stage),
         ).fetchone()
         return (row[0], row[1]) if row else None
 
