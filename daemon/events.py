@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BATCH_S = 0.1  # how often a busy stream is written to
+# json.dumps with an argument makes an encoder per call: one for every event's frame.
+_FRAME_JSON = json.JSONEncoder(default=str)
 BACKLOG = 5000  # events a subscriber may fall behind before it must resync
 
 
@@ -30,7 +32,7 @@ class Event:
 
     def frame(self) -> str:
         """The event as one SSE frame (the wire format the page reads)."""
-        payload = json.dumps(self.data, default=str)
+        payload = _FRAME_JSON.encode(self.data)
         return f"id: {self.id}\nevent: {self.type}\ndata: {payload}\n\n"
 
 
