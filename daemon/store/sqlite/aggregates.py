@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipewarden.store.sqlite.base import Connected
+from pipewarden.store.sqlite.counts import LABELLED
 
 
 class Aggregates(Connected):
@@ -19,7 +20,7 @@ class Aggregates(Connected):
         rows = self._counts(
             ("pipeline", "stage", "state", "grp", "label"), since_24h, since_1h, pipeline
         )
-        return [row for row in rows if row[2] in ("retrying", "failed", "ignored")]
+        return [row for row in rows if row[2] in LABELLED]
 
     def _counts(
         self, keys: tuple[str, ...], since_24h: float, since_1h: float, pipeline: str | None
