@@ -23,6 +23,7 @@ from pipewarden.store.records import (
     Recovered,
     Relabel,
     RunFilter,
+    RunningRun,
 )
 
 if TYPE_CHECKING:
@@ -169,7 +170,8 @@ class Storage(Protocol):
         item changes; the reads that count production work (the guard's, budgets,
         checkpoints, durations, charts) leave it out."""
 
-    def running_runs(self) -> list[Run]: ...
+    def running_runs(self) -> list[RunningRun]:
+        """Runs in progress (claimed, their items running), oldest first."""
 
     def recent_durations(self, pipeline: str, stage: str, count: int) -> list[float]:
         """Durations of the stage's last `count` successful runs."""

@@ -4,7 +4,7 @@ same whichever backend keeps them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipewarden.types import ItemState, RunStatus
 
@@ -99,6 +99,22 @@ class FinishedRun:
     message: str | None = None
     data_out: str | None = None  # JSON: what an ok run merged into the item
     probe_of: int | None = None  # the halt this run probed
+
+
+class RunningRun(NamedTuple):
+    """A run in progress, as the status tree and `runs --follow` show it: the few columns
+    they read (a whole Run row, its generated columns computed, took ten times as long for
+    the hundred runs a busy daemon has claimed)."""
+
+    id: str
+    pipeline: str
+    stage: str
+    item_key: str
+    attempt: int
+    channel: str | None
+    started_at: float
+    progress: float | None
+    message: str | None
 
 
 @dataclass(frozen=True)

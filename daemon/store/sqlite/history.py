@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from peewee import SQL
 from pipewarden.store.models import Item, Run
+from pipewarden.store.records import RunningRun
 from pipewarden.store.sqlite.base import Connected
 
 
@@ -70,10 +71,12 @@ class History(Connected):
             total += cost
         return total
 
-    def running_runs(self) -> list[Run]:
+    def running_runs(self) -> list[RunningRun]:
         # `!= 'ok'` repeats the partial index's WHERE, so runs_by_status answers it.
         running = (self.Run.status == "running") & (self.Run.status != "ok")
-        return list(self.Run.select().where(running).order_by(self.Run.started_at))
+        columns = [getattr(self.Run, name) for name in RunningRun._fields]
+        query = self.Run.select(*columns).where(running).order_by(self.Run.started_at)
+        return [RunningRun(*row) for row in query.tuples()]
 
     def recent_durations(self, pipeline: str, stage: str, count: int) -> list[float]:
         """Durations of the stage's last `count` successful runs."""
