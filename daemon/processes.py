@@ -239,14 +239,13 @@ class PipeReader:
 class PipeWriter:
     """A pipe's write end: written at once while the pipe takes it, from the selector after.
 
-    `send` waits while the pipe is full; `close` is EOF once what was written went through.
+    `close` is EOF once what was written went through.
     """
 
     def __init__(self, fd: int):
         self._fd = fd
         self._loop = asyncio.get_running_loop()
         self._pending = bytearray()
-        self._drained: asyncio.Future[None] | None = None
         self._closing = False
         self.closed = False
         self.lost = False  # the worker closed its end
@@ -263,19 +262,6 @@ class PipeWriter:
             self._loop.add_writer(self._fd, self._ready)
         self._pending += data
 
-    async def send(self, data: bytes) -> None:
-        if self.closed or self._closing or self.lost:
-            raise BrokenPipeError("the worker's stdin is closed")
-        self.write(data)
-        if self._pending:
-            self._drained = self._loop.create_future()
-            await self._drained
-        if self.lost:
-            raise BrokenPipeError("the worker closed its stdin")
-
-    def pending(self) -> int:
-        return len(self._pending)
-
     def _write(self, data: bytes | bytearray) -> int:
         try:
             return os.write(self._fd, data)
@@ -291,8 +277,6 @@ class PipeWriter:
             return
         self._pending.clear()
         self._loop.remove_writer(self._fd)
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
         if self._closing:
             self.abort()
 
@@ -311,8 +295,6 @@ class PipeWriter:
             self._loop.remove_writer(self._fd)
         self.closed = True
         os.close(self._fd)
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
 
 
 class Child:
@@ -360,11 +342,6 @@ class Child:
         self._pipes = None
         self.stdin = PipeWriter(stdin)
         self._readers = [PipeReader(out, stdout), PipeReader(err, stderr)]
-
-    async def send(self, data: bytes) -> None:
-        if self.stdin is None:
-            raise BrokenPipeError("the worker's stdin is closed")
-        await self.stdin.send(data)
 
     def close_stdin(self) -> None:
         """EOF for the worker once what was written has gone through."""

@@ -158,22 +158,30 @@ def _finish(report: WorkerReport, output: str | None, child: Child) -> WorkerRep
     return report
 
 
-async def _until(*futures: asyncio.Future[Any]) -> None:
-    """Until the first of `futures` is done, cancelling none of them (a watchdog may
-    cancel this wait; the futures must live on)."""
+async def _first(timeout_s: float, *futures: asyncio.Future[Any]) -> bool:
+    """Until the first of `futures` is done, or `timeout_s` has passed; True if the watchdog
+    came first. None of the futures is cancelled: they must live on. One timer and one
+    future per attempt: `asyncio.timeout` around a wait cost the loop three times as much."""
     if any(future.done() for future in futures):
-        return
-    woken = asyncio.get_running_loop().create_future()
+        return False
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[bool] = loop.create_future()
 
     def wake(_: asyncio.Future[Any]) -> None:
         if not woken.done():
-            woken.set_result(None)
+            woken.set_result(False)
 
+    def fire() -> None:
+        if not woken.done():
+            woken.set_result(True)
+
+    watchdog = loop.call_later(timeout_s, fire)
     for future in futures:
         future.add_done_callback(wake)
     try:
-        await woken
+        return await woken
     finally:
+        watchdog.cancel()
         for future in futures:
             future.remove_done_callback(wake)
 
@@ -235,13 +243,8 @@ class ProcessWorker:
         assert child.stdin is not None
         child.stdin.write(job.request)
         child.close_stdin()
-        try:
-            async with asyncio.timeout(self.stage.timeout_s):
-                await _until(reply, child.exited)
-                await _until(child.exited)  # a worker that replied still has until the timeout
-        except TimeoutError:
-            return not reply.done()
-        return False
+        # A worker that replied still has until the timeout to exit.
+        return await _first(self.stage.timeout_s, child.exited) and not reply.done()
 
 
 class PoolWorker:
@@ -307,14 +310,9 @@ class PoolWorker:
 
     async def _talk(self, child: Child, job: Job, reply: asyncio.Future[WorkerReport]) -> bool:
         """Until the reply or the worker's end; True if the watchdog fired first."""
-        try:
-            async with asyncio.timeout(self.stage.timeout_s):
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    await child.send(job.request)  # one that closed its stdin is waited for
-                await _until(reply, child.exited)
-        except TimeoutError:
-            return not reply.done()
-        return False
+        if child.stdin is not None:  # what the pipe cannot take now goes as the worker reads
+            child.stdin.write(job.request)  # one that closed its stdin is waited for
+        return await _first(self.stage.timeout_s, reply, child.exited) and not reply.done()
 
     async def _discard(self, grace_s: float) -> int:
         """End the worker and everything it started; returns the signal that took."""
@@ -334,9 +332,7 @@ class PoolWorker:
             return
         if child.returncode is None:
             child.close_stdin()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(STOP_GRACE_S):
-                    await _until(child.exited)
+            await _first(STOP_GRACE_S, child.exited)
         await self._discard(STOP_GRACE_S)
 
 
