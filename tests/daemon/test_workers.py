@@ -269,3 +269,23 @@ def test_a_command_pool_worker_in_any_language_speaks_json_lines(project: Projec
     assert len({d["by"] for d in datas}) == 1  # one long-lived process served them all
     run = project.runs("a")[0]
     assert (run.output, run.message, run.progress) == ("not json: just output", "working", 1.0)
+
+
+def test_a_pool_worker_that_never_reads_its_item_is_stopped_by_the_watchdog(project: Project):
+    # The item is larger than a pipe holds: its request cannot all be written, and the
+    # watchdog alone must end the attempt (the write waits for nobody).
+    project.configure(
+        """
+        sites:
+          stages:
+            - {name: deaf, command: [sleep, "60"], mode: pool, timeout: 1s}
+        """
+    )
+    project.write("items.jsonl", json.dumps({"key": "big", "data": {"text": "x" * 200_000}}))
+    project.cli("enqueue", "sites", "--file", "items.jsonl")
+    project.start_daemon()
+
+    (run,) = wait_until(lambda: finished_runs(project, "big"), "the deaf run to end")
+
+    assert run.status == "timed_out" and run.error.startswith("Timed out after 1s")
+    assert process_gone(run.pid)
