@@ -120,7 +120,7 @@ class ApiServer:
         self.reads = Reader(daemon.config.state_dir, daemon.config)
         self.snapshots = SnapshotCache(self._status_answer)
         self.metrics.watch_snapshots(self.snapshots)
-        self.loop_budget = LoopBudget(busy=lambda: daemon.in_flight > 0)
+        self.loop_budget = LoopBudget(busy=lambda: daemon.working)
         self.metrics.watch_loop_budget(self.loop_budget)
         self.app = _build_app(self)
         config = uvicorn.Config(

@@ -59,7 +59,8 @@ class Attempts:
             report = WorkerReport(Verdict.ERROR, error=f"cannot start worker: {exc}")
         finally:
             slot.in_flight -= 1
-            slot.timed(self.clock.monotonic() - started)
+            self._last_ended = self.clock.monotonic()
+            slot.timed(self._last_ended - started)
         try:
             finished, decision = self._judge(slot, claimed, new_run, report, started)
         except Exception as exc:  # a bad value or a bug here must not lose or spin the item

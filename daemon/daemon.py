@@ -112,6 +112,10 @@ class Daemon:
         return self._scheduler.notifier
 
     @property
+    def working(self) -> bool:
+        return self._scheduler is not None and self._scheduler.working
+
+    @property
     def in_flight(self) -> int:
         return self._scheduler.in_flight if self._scheduler is not None else 0
 

@@ -57,6 +57,7 @@ log = logging.getLogger("pipewarden.scheduler")
 
 IDLE_CHECK_S = 0.5  # with --until-idle, how often a quiet loop re-checks for due items
 NOTIFY_AT_STOP_S = 5.0  # at shutdown, how long queued notifications may take to go out
+WORKING_LINGER_S = 0.25  # the API's reads keep to their share this long after an attempt
 
 
 class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
@@ -98,6 +99,7 @@ class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
         ]
         self._retired: list[StageSlot] = []  # replaced by a reload; stopped once idle
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_ended = float("-inf")  # monotonic time the last attempt ended
         self._finished: list[FinishedRun] = []
         self._may_halt = 0  # of the runs finished and not committed, failures and costs
         self._probe_ends: list[tuple[int, Claimed, Decision, float]] = []  # for the next pass
@@ -124,6 +126,13 @@ class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
     def in_flight(self) -> int:
         """Attempts under way (counted by the attempts themselves, not by task bookkeeping)."""
         return sum(slot.in_flight for slot in (*self._slots, *self._retired))
+
+    @property
+    def working(self) -> bool:
+        """Attempts under way, or one ended within WORKING_LINGER_S. A quick stage's workers
+        spend much of their time between items, waiting for the commit that claims the next
+        ones: `in_flight` alone is 0 for most of a busy no-op run."""
+        return self.in_flight > 0 or self.clock.monotonic() - self._last_ended < WORKING_LINGER_S
 
     async def run(self, stop: asyncio.Event, until_idle: bool = False) -> None:
         """Claim and run until `stop` is set (or, with until_idle, nothing is left to do).

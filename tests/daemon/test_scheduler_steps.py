@@ -15,7 +15,7 @@ from pipewarden.config import load_config
 from pipewarden.guard import Guard, stages_by_pipeline
 from pipewarden.notifier import Notifier
 from pipewarden.rules import load_rules
-from pipewarden.scheduler import Scheduler
+from pipewarden.scheduler import WORKING_LINGER_S, Scheduler
 from pipewarden.slots import StageSlot
 from pipewarden.store import open_store
 from pipewarden.workers import WorkerPool
@@ -254,3 +254,49 @@ def test_a_quick_stage_is_handed_about_50_ms_of_work_ahead_per_worker(project: P
         slot.pace = pace
         ahead[pace] = slot.ahead_allowed
     assert ahead == {0.0001: 2 * 64, 0.001: 2 * 50, 0.005: 2 * 10, 0.1: 2 * 8, 0.6: 0}
+
+
+class SetMonotonicClock(SetClock):
+    """Wall and monotonic time both set by the test."""
+
+    def __init__(self, now: float):
+        super().__init__(now)
+        self.mono = 1000.0
+
+    def monotonic(self) -> float:
+        return self.mono
+
+
+def test_the_loop_counts_as_working_between_a_quick_stages_items(project: Project):
+    """The API's reads keep to their share of the loop while work runs (loopshare.py). A
+    quick stage's workers spend most of a busy run between items, waiting for the commit
+    that claims the next: nothing is in flight then, yet the loop is as busy as ever."""
+    project.write("w.py", WORKER)
+    project.configure("sites:\n  stages:\n    - {name: fetch, python: 'w:work', mode: pool}\n")
+    config = load_config(project.config_path)
+    rules = load_rules(config.rule_paths, config.path.parent)
+    store = open_store(config.state_dir)
+    clock = SetMonotonicClock(START)
+    store.enqueue("sites", "fetch", [("a.example", {})], START)
+    scheduler = Scheduler(
+        config, store, Classifier(rules), Guard(store, rules.halts, stages_by_pipeline(config)),
+        Notifier(store, config.notify, clock), clock, None, rng=random.Random(1),
+    )  # fmt: skip
+
+    async def steps() -> list[tuple[int, bool]]:
+        seen = [(scheduler.in_flight, scheduler.working)]
+        assert await scheduler.step()
+        seen.append((scheduler.in_flight, scheduler.working))
+        await settled(scheduler)
+        seen.append((scheduler.in_flight, scheduler.working))
+        clock.mono += WORKING_LINGER_S + 0.01
+        seen.append((scheduler.in_flight, scheduler.working))
+        await scheduler.drain(1.0, "test done")
+        return seen
+
+    try:
+        # before any attempt; one under way; just ended; ended longer ago than the linger
+        assert asyncio.run(steps()) == [(0, False), (1, True), (0, True), (0, False)]
+    finally:
+        scheduler.writer.close()
+        store.close()
