@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BATCH_S = 0.1  # how often a busy stream is written to
-# json.dumps with an argument makes an encoder per call: one for every event's frame.
-_FRAME_JSON = json.JSONEncoder(default=str)
+# json.dumps with an argument makes an encoder per call: one for every event's frame,
+# compact because every client is sent every byte of it.
+_FRAME_JSON = json.JSONEncoder(default=str, separators=(",", ":"))
 BACKLOG = 5000  # events a subscriber may fall behind before it must resync
 
 
@@ -110,15 +111,26 @@ class EventBus:
 
 
 def coalesced(events: list[Event]) -> list[Event]:
-    """`events` with each run's progress kept only at its latest (where that one was)."""
-    latest: set[Any] = set()
-    kept = []
+    """`events` with each run's kept only at its latest, where that one was: its progress
+    at the last report, and a run that finished within the batch as its finish alone,
+    carrying what its start said (a quick stage's runs start and end within one batch, and
+    their starts were half of what every client was sent)."""
+    progressed: set[Any] = set()
+    finished: dict[Any, int] = {}  # run id -> where its finish is in `kept`
+    kept: list[Event] = []
     for event in reversed(events):
-        if event.type == "run_progress":
-            run = event.data.get("run_id")
-            if run in latest:
+        run = event.data.get("run_id")
+        if event.type == "run_finished":
+            finished[run] = len(kept)
+        elif run in finished and event.type in ("run_started", "run_progress"):
+            if event.type == "run_started":
+                end = kept[finished[run]]
+                kept[finished[run]] = Event(end.id, end.type, {**event.data, **end.data})
+            continue
+        elif event.type == "run_progress":
+            if run in progressed:
                 continue
-            latest.add(run)
+            progressed.add(run)
         kept.append(event)
     kept.reverse()
     return kept
