@@ -48,6 +48,7 @@ from pipewarden.inputs import items_field
 from pipewarden.limits import API_RUNS_MAX
 from pipewarden.loopshare import LoopBudget, LoopShare
 from pipewarden.metrics import Metrics
+from pipewarden.onewrite import OneWriteProtocol
 from pipewarden.proposals_api import proposal_routes
 from pipewarden.reads import Reader, SnapshotCache
 from pipewarden.render import run_as_dict
@@ -124,7 +125,7 @@ class ApiServer:
         self.metrics.watch_loop_budget(self.loop_budget)
         self.app = _build_app(self)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=port, http="httptools", log_level="warning",
+            self.app, host="127.0.0.1", port=port, http=OneWriteProtocol, log_level="warning",
             access_log=False, lifespan="off",
         )  # fmt: skip
         self._server = _QuietServer(config)
