@@ -3,13 +3,14 @@ stream clients get batches (several frames in one write, a run's progress at its
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 
 import httpx
 from conftest import Project, wait_until
-from pipewarden.events import BATCH_S, Event, coalesced
+from pipewarden.events import BATCH_S, WRITES_PER_S, Event, EventBus, coalesced
 from pipewarden.reads import FRESH_S
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -185,3 +186,29 @@ def test_a_run_that_ends_within_a_batch_is_sent_as_its_finish_carrying_its_start
         ),
         Event(7, "run_progress", {"run_id": "b", "progress": 0.2}),
     ]
+
+
+def test_with_many_clients_batches_come_less_often_so_their_writes_stay_bounded():
+    """Each client's write of a batch costs the loop the same whatever is in it: 100 clients
+    get a batch every 0.2 s, not every 0.1 s, and still get every event."""
+
+    async def publish_for(clients: int, seconds: float) -> tuple[int, list[int]]:
+        bus = EventBus()
+        subscriptions = [bus.subscribe() for _ in range(clients)]
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + seconds
+        published = 0
+        while loop.time() < ends:
+            published += 1
+            bus.publish("run_finished", run_id=str(published))
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(bus.batch_interval() + 0.05)  # the last batch goes out
+        never = loop.create_future()
+        got = [(await s.next(never, 0.01)).count(b"event: run_finished") for s in subscriptions]
+        return bus.batches, [published - n for n in got]
+
+    one_batches, one_missed = asyncio.run(publish_for(1, 1.0))
+    many_batches, many_missed = asyncio.run(publish_for(100, 1.0))
+    assert one_missed == [0] and set(many_missed) == {0}
+    assert 1.0 / BATCH_S - 2 <= one_batches <= 1.0 / BATCH_S + 2
+    assert many_batches <= 1.0 / (100 / WRITES_PER_S) + 2 < 1.0 / BATCH_S - 2
