@@ -19,7 +19,7 @@ def test_a_new_store_is_wal_with_foreign_keys_and_the_latest_schema(tmp_path: Pa
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
     assert store.schema_version() == SCHEMA_VERSION
     indexes = {row[1] for row in conn.execute("SELECT * FROM sqlite_master WHERE type='index'")}
-    assert {"runs_recent", "runs_by_stage", "runs_by_status", "runs_by_item"} <= indexes
+    assert {"runs_by_stage", "runs_by_status", "runs_by_item"} <= indexes
     store.close()
 
 

@@ -531,6 +531,20 @@ def test_the_page_finds_runs_by_filter_page_by_page_with_later_successes(storage
     assert storage.runs_started_since(15.0) == 1 and storage.runs_started_since(0.0) == 3
 
 
+def test_runs_are_found_by_their_start_after_the_clock_stepped_back(storage: Storage):
+    storage.enqueue(P, S, [(f"k{n}", {}) for n in range(4)], 1.0)
+    claim(storage, limit=2, now=1_000.0)
+    claim(storage, limit=2, now=700.0)  # recorded later, started five minutes earlier
+    everyone, first_two = {"k0", "k1", "k2", "k3"}, {"k0", "k1"}
+    assert storage.runs_started_since(700.0) == 4 and storage.runs_started_since(701.0) == 2
+    assert {r.item_key for r in storage.runs_matching(None, None, None, None, 700.0)} == everyone
+    assert {r.item_key for r in storage.runs_matching(None, P, S, None, 990.0)} == first_two
+    assert [r.started_at for r in storage.runs_started_from(650.0)] == [700.0] * 2 + [1_000.0] * 2
+    found = storage.find_runs(RunFilter(since=700.0, until=1_000.0), ("item_key",), 10, 10)
+    assert {row[0] for row in found} == {"k2", "k3"}
+    assert {row["item_key"] for row in storage.export_runs(700.0)} == everyone
+
+
 def test_held_items_halts_and_dry_run_previews(storage: Storage):
     storage.enqueue(P, S, [("a", {}), ("b", {}), ("c", {})], 1.0)
     (a, ra), (b, rb), _ = claim(storage, now=10.0)

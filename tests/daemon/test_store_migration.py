@@ -161,6 +161,9 @@ def test_after_the_rebuild_runs_are_numbered_on_and_found_by_their_keys(tmp_path
         ("timed_out", "killed after 30s"), ("failed", "Timeout: upstream took 30s")
     ]  # fmt: skip
     assert store.cost_since("sites", ["find"], 0.0) == 0.5
+    # runs by their start, through the minutes' marks the migration made (schema 18)
+    assert store.runs_started_since(300.0) == 4 and store.runs_started_since(600.5) == 0
+    assert [r.id for r in store.runs_matching(None, None, None, None, 400.0)] == ["6", "5", "4"]
     replayed = {"pipeline": "sites", "stage": "other", "item_id": 1, "item_key": "ok.example",
                 "attempt": 1, "status": "ok", "started_at": 800.0, "finished_at": 801.0,
                 "replay_of": "2"}  # fmt: skip

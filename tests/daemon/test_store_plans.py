@@ -56,6 +56,15 @@ OPERATIONS: dict[str, Callable[[Store], object]] = {
     "the page's runs of a stage": lambda s: s.find_runs(
         RunFilter(pipeline=P, stage=S), ["id", "status"], 80, 50
     ),
+    # runs by start (schema 18: by number, from run_minutes' mark; no index of started_at)
+    "the page's runs since": lambda s: s.find_runs(RunFilter(since=1.0), ["id"], 80, 50),
+    "the page's next page": lambda s: s.find_runs(RunFilter(before=(2.0, "3")), ["id"], 80, 50),
+    "runs since": lambda s: s.runs_matching(None, None, None, None, 1.0),
+    "runs_started_from": lambda s: s.runs_started_from(1.0),
+    "runs_started_since": lambda s: s.runs_started_since(1.0),
+    "export since": lambda s: list(s.export_runs(1.0)),
+    "prune_batch": lambda s: s.prune_batch(3.0),
+    "prunable_runs": lambda s: s.prunable_runs(3.0, 5),
 }
 
 

@@ -37,3 +37,33 @@ class Connected:
         """SQL (and its parameters) a backend adds to a query of one stage's runs, so that
         its own index of them answers it (runkeys.RunKeys on SQLite); here none."""
         return "", []
+
+    # How runs are found by their start: on an index of started_at here (PostgreSQL); the
+    # SQLite store reads them by number instead (runkeys.RunKeys).
+    def _newest_first(self, at: str = "") -> str:
+        """ORDER BY of runs, the newest started first."""
+        return f"{at}started_at DESC, {at}id DESC"
+
+    def _oldest_first(self, at: str = "") -> str:
+        return f"{at}started_at, {at}id"
+
+    def _in_peewee(self, sql: str, params: list[Any]) -> pw.SQL:
+        """SQL written with ? marks, as the raw reads are, inside a Peewee query."""
+        return pw.SQL(sql.replace("?", self.db.param), params)
+
+    def _started_since(self, since: float, at: str = "") -> tuple[str, list[Any]]:
+        """SQL (and its parameters) true of the runs started at or after `since`."""
+        return f"{at}started_at >= ?", [since]
+
+    def _started_before(self, before: float, at: str = "") -> tuple[str, list[Any]]:
+        """SQL (and its parameters) true of the runs started before `before`, read on an
+        index where prune and its dry run ask."""
+        return f"{at}started_at < ?", [before]
+
+    def _listed_before(self, started_at: float, run_id: str, at: str = "") -> tuple[str, list]:
+        """SQL (and its parameters) true of the runs after the run (`started_at`, `run_id`)
+        in the newest-first order: a run list's next page."""
+        return (
+            f"({at}started_at < ? OR ({at}started_at = ? AND {at}id < ?))",
+            [started_at, started_at, run_id],
+        )

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipewarden.store.sqlite.lookups import PRUNABLE
 from pipewarden.store.sqlite.rollup import Rollup
 
 # The SQLite store's own columns of a run, left out of its export: what they hold is in its
@@ -39,17 +40,14 @@ class Books(Rollup):
         Never a run in flight, and never an item's latest run (its story's last chapter).
         Small batches, so the daemon's loop and other writers wait only briefly.
         """
+        started, params = self._started_before(older_than)
         with self._write():
+            # PRUNABLE's newer run of the same item (runs_by_item answers it) says this one
+            # is not the item's latest.
             deleted = self._conn.execute(
-                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs INDEXED BY runs_recent"
-                " WHERE started_at < ? AND finished_at IS NOT NULL AND finished_at < ?"
-                " AND status != 'running'"
-                # a newer run of the same item exists (runs_by_item answers it), so this
-                # one is not the item's latest
-                " AND EXISTS (SELECT 1 FROM runs AS newer WHERE newer.item_id = runs.item_id"
-                " AND newer.started_at > runs.started_at AND newer.replay_of IS NULL)"
-                " LIMIT ?)",
-                (older_than, older_than, limit),
+                f"DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE {started}"
+                f" AND {PRUNABLE} LIMIT ?)",
+                (*params, older_than, limit),
             ).rowcount
             self._conn.execute(
                 "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", (older_than,)
@@ -85,8 +83,9 @@ class Books(Rollup):
         self._conn.execute("VACUUM")
 
     def export_runs(self, since: float | None) -> Iterator[dict[str, Any]]:
+        started, params = self._started_since(since or 0.0)
         cursor = self._conn.execute(
-            "SELECT * FROM runs WHERE started_at >= ? ORDER BY started_at", (since or 0.0,)
+            f"SELECT * FROM runs WHERE {started} ORDER BY {self._oldest_first()}", params
         )
         columns = [column[0] for column in cursor.description]
         for row in cursor:

@@ -94,7 +94,7 @@ class History(Connected):
         self, limit: int, stage: str | None = None, status: str | None = None,
         pipeline: str | None = None,
     ) -> list[Run]:  # fmt: skip
-        query = self.Run.select().order_by(self.Run.started_at.desc()).limit(limit)
+        query = self.Run.select().order_by(SQL(self._newest_first())).limit(limit)
         if stage:
             query = query.where(self.Run.stage == stage)
         if status:

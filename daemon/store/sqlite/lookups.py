@@ -1,5 +1,6 @@
 """What the page, the CLI and the dry runs look up, and the audit lines: bounded reads, each
-on an index (`runs_recent`, `runs_by_item`, `items_claim`, `holds`).
+on an index (the runs by start as the backend finds them, `runs_by_item`, `items_claim`,
+`holds`).
 
 The same SQL on both backends (PostgreSQL runs it through its translated connection);
 nothing here writes but `add_audit`.
@@ -23,9 +24,10 @@ LATER_OK = (
     " AND later.status = 'ok' AND later.started_at > runs.started_at"
     " AND later.replay_of IS NULL))"
 )
-# The runs `prune` deletes (as Books.prune_batch picks them).
-_PRUNABLE = (
-    "started_at < ? AND finished_at IS NOT NULL AND finished_at < ? AND status != 'running'"
+# The runs `prune` deletes (as Books.prune_batch picks them), of those started before the
+# cutoff (the backend's `_started_before`): ended before it, and not the item's latest.
+PRUNABLE = (
+    "finished_at IS NOT NULL AND finished_at < ? AND status != 'running'"
     " AND EXISTS (SELECT 1 FROM runs AS newer WHERE newer.item_id = runs.item_id"
     " AND newer.started_at > runs.started_at AND newer.replay_of IS NULL)"
 )
@@ -53,7 +55,7 @@ class Lookups(Connected):
     ) -> list[tuple]:
         """`columns` of the runs `wanted` picks, newest first, then whether a later attempt
         succeeded (0/1); `limit` rows at most, each `error` cut at `error_shown` characters."""
-        where, params = _where(wanted)
+        where, params = self._where(wanted)
         if (one_stage := self._one_stage(wanted.pipeline, wanted.stage))[0]:
             where, params = f"{where} AND runs.{one_stage[0]}", [*params, *one_stage[1]]
         listed = ", ".join(
@@ -62,7 +64,7 @@ class Lookups(Connected):
         )  # fmt: skip
         return self._conn.execute(
             f"SELECT {listed}, {LATER_OK} FROM runs{where}"
-            " ORDER BY runs.started_at DESC, runs.id DESC LIMIT ?",
+            f" ORDER BY {self._newest_first('runs.')} LIMIT ?",
             (*params, limit),
         ).fetchall()
 
@@ -131,11 +133,12 @@ class Lookups(Connected):
     ) -> tuple[int, list[tuple[str, str, str, str, str]]]:
         """How many runs `prune` would delete, and (id, pipeline, stage, key, status) of the
         first `sample`."""
-        params = (older_than, older_than)
-        total = self._conn.execute(f"SELECT COUNT(*) FROM runs WHERE {_PRUNABLE}", params)
+        started, params = self._started_before(older_than)
+        where, params = f"{started} AND {PRUNABLE}", [*params, older_than]
+        total = self._conn.execute(f"SELECT COUNT(*) FROM runs WHERE {where}", params)
         rows = self._conn.execute(
-            f"SELECT id, pipeline, stage, item_key, status FROM runs WHERE {_PRUNABLE}"
-            " ORDER BY started_at LIMIT ?",
+            f"SELECT id, pipeline, stage, item_key, status FROM runs WHERE {where}"
+            f" ORDER BY {self._oldest_first()} LIMIT ?",
             (*params, sample),
         ).fetchall()
         return total.fetchone()[0], rows
@@ -159,33 +162,48 @@ class Lookups(Connected):
         """The latest `limit` runs (None: every one since `since`) of a pipeline, stage or
         status if given, newest first."""
         run = self.Run
-        query = run.select().order_by(run.started_at.desc())
+        query = run.select().order_by(SQL(self._newest_first()))
         if limit is not None:
             query = query.limit(limit)
         for column, value in (("pipeline", pipeline), ("stage", stage), ("status", status)):
             if value:
                 query = query.where(getattr(run, column) == value)
         if since is not None:
-            query = query.where(run.started_at >= since)
+            query = query.where(self._in_peewee(*self._started_since(since)))
         if (one_stage := self._one_stage(pipeline, stage))[0]:
             query = query.where(SQL(*one_stage))
         return list(query)
 
     def runs_started_from(self, after: float) -> list[Run]:
-        """Runs started at or after `after`, oldest first (runs_recent's range)."""
+        """Runs started at or after `after`, by start (a few: the runs since a poll)."""
         run = self.Run
-        return list(run.select().where(run.started_at >= after).order_by(run.started_at))
+        started = self._in_peewee(*self._started_since(after))
+        return list(run.select().where(started).order_by(run.started_at, run.id))
 
     def runs_by_id(self, run_ids: Sequence[str]) -> list[Run]:
         return list(self.Run.select().where(self.Run.id.in_(list(run_ids)))) if run_ids else []
 
     def runs_started_since(self, since: float) -> int:
-        return self._conn.execute(
-            "SELECT COUNT(*) FROM runs WHERE started_at >= ?", (since,)
-        ).fetchone()[0]
+        started, params = self._started_since(since)
+        (count,) = self._conn.execute(f"SELECT COUNT(*) FROM runs WHERE {started}", params)
+        return count[0]
+
+    def _where(self, wanted: RunFilter) -> tuple[str, list[Any]]:
+        clauses, params = _where_columns(wanted)
+        ranges: list[tuple[str, list[Any]]] = []
+        if wanted.since is not None:
+            ranges.append(self._started_since(wanted.since, "runs."))
+        if wanted.until is not None:
+            ranges.append(("runs.started_at < ?", [wanted.until]))
+        if wanted.before is not None:
+            ranges.append(self._listed_before(*wanted.before, "runs."))
+        for sql, values in ranges:
+            clauses.append(sql)
+            params += values
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def _where(wanted: RunFilter) -> tuple[str, list[Any]]:
+def _where_columns(wanted: RunFilter) -> tuple[list[str], list[Any]]:
     clauses, params = [], []
     for column in ("pipeline", "stage", "label"):
         if (value := getattr(wanted, column)) is not None:
@@ -198,14 +216,4 @@ def _where(wanted: RunFilter) -> tuple[str, list[Any]]:
         params.append(wanted.status)
         if wanted.status != "ok":  # the partial index's WHERE, so runs_by_status answers it
             clauses.append("runs.status != 'ok'")
-    if wanted.since is not None:
-        clauses.append("runs.started_at >= ?")
-        params.append(wanted.since)
-    if wanted.until is not None:
-        clauses.append("runs.started_at < ?")
-        params.append(wanted.until)
-    if wanted.before is not None:
-        at, run_id = wanted.before
-        clauses.append("(runs.started_at < ? OR (runs.started_at = ? AND runs.id < ?))")
-        params += [at, at, run_id]
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+    return clauses, params

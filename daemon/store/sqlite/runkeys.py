@@ -19,7 +19,7 @@ from peewee import SQL
 from pipewarden.store.models import Run
 from pipewarden.store.sqlite.base import Connected
 from pipewarden.store.sqlite.lookups import LATER_OK
-from pipewarden.store.sqlite.schema import FAILURE_COLUMNS
+from pipewarden.store.sqlite.schema import FAILURE_COLUMNS, MINUTE_OF
 from pipewarden.store.sqlite.templates import first
 
 _HEX64 = re.compile(r"[0-9a-f]{16}")
@@ -28,15 +28,26 @@ IDS_PER_QUERY = 400  # ids looked up at once: twice as many parameters, SQLite's
 # The run with an id: the run whose older id it is (runs_by_old_id, empty but for runs of
 # before schema 13 and rows written by hand), else the run it is the number of; one lookup
 # of the primary key. Parameters: the id, its number (run_number: None if it is none).
-BY_ID = (
-    "run_no = coalesce((SELECT run_no FROM runs WHERE id = ?"
-    " AND id IS NOT CAST(run_no AS TEXT)), ?)"
+NUMBER_OF_ID = (
+    "coalesce((SELECT run_no FROM runs WHERE id = ? AND id IS NOT CAST(run_no AS TEXT)), ?)"
 )
+BY_ID = f"run_no = {NUMBER_OF_ID}"
 
 # The runs whose id is one of some ids: by number where the id is one, by runs_by_old_id
 # (whose WHERE this repeats) where the run kept an older id.
 OLD_ID = "{at}id IS NOT CAST({at}run_no AS TEXT)"
 
+
+# The lowest number of a run started at or after ? (schema 18's marks; none: past every
+# run), and the lowest of a run started in a minute after the one of ?.
+FIRST_RUN_SINCE = (
+    "(SELECT coalesce(MIN(first_run), 1 << 62) FROM run_minutes"
+    f" WHERE minute >= {MINUTE_OF.format('?')})"
+)
+FIRST_RUN_AFTER = (
+    "(SELECT coalesce(MIN(first_run), 1 << 62) FROM run_minutes"
+    f" WHERE minute > {MINUTE_OF.format('?')})"
+)
 
 # The number of the stage (pipeline = ?, stage = ?) in `stages`, which the stage indexes
 # hold instead of the two names (NULL, and no run found, for a stage that never ran). Each
@@ -91,6 +102,26 @@ class RunKeys(Connected):
         if pipeline is None or stage is None:
             return "", []
         return f"stage_no = {STAGE_NO}", [pipeline, stage]
+
+    # Runs by start, through their numbers (schema 18): numbers are given in the order runs
+    # start, and `run_minutes` bounds the numbers of the runs started since a time.
+    def _newest_first(self, at: str = "") -> str:
+        return f"{at}run_no DESC"
+
+    def _oldest_first(self, at: str = "") -> str:
+        return f"{at}run_no"
+
+    def _started_since(self, since: float, at: str = "") -> tuple[str, list[Any]]:
+        return f"{at}run_no >= {FIRST_RUN_SINCE} AND {at}started_at >= ?", [since, since]
+
+    def _started_before(self, before: float, at: str = "") -> tuple[str, list[Any]]:
+        """Runs recorded before the first started after `before`'s minute, of them those
+        started before it. A run recorded after a clock stepped back is found once a later
+        `before` passes it."""
+        return f"{at}run_no < {FIRST_RUN_AFTER} AND {at}started_at < ?", [before, before]
+
+    def _listed_before(self, started_at: float, run_id: str, at: str = "") -> tuple[str, list]:
+        return f"{at}run_no < {NUMBER_OF_ID}", [run_id, run_number(run_id)]
 
     def count_runs(self, pipeline: str, stage: str, status: str, since: float) -> int:
         return self._conn.execute(
@@ -214,7 +245,7 @@ class RunKeys(Connected):
         return list(
             self.Run.select()
             .where(SQL(" OR ".join(started), params))
-            .order_by(self.Run.started_at.desc())
+            .order_by(SQL(self._newest_first()))
             .limit(limit)
         )
 

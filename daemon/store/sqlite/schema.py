@@ -254,6 +254,33 @@ _RUN_KEY_MIGRATION = [
     "CREATE INDEX runs_reclassified ON runs (reclassified_at) WHERE reclassified_at IS NOT NULL",
 ]
 
+# 18 (issue 13): runs found by their start through their numbers. A run's number is given
+# in the order runs are recorded, which is the order they start; `run_minutes` keeps, per
+# minute of start, the lowest number of a run that started in it (kept by triggers, so any
+# writer keeps it). The runs started since T are then the numbers from the lowest mark of
+# the minutes from T's on, read on the primary key, and filtered on started_at: exact even
+# after the clock stepped back (a later number with an earlier start only lowers a mark).
+# runs_recent (started_at) goes, and runs_by_stage holds the stage's number alone: within
+# it, runs are in number order. 18 + 10 bytes of index per run.
+MINUTE_OF = "CAST({} / 60 AS INTEGER)"  # the minute of a time (a start)
+_MARK_MINUTE = (
+    f"INSERT INTO run_minutes VALUES ({MINUTE_OF.format('NEW.started_at')}, NEW.run_no)"
+    " ON CONFLICT DO UPDATE SET first_run = excluded.first_run"
+    " WHERE excluded.first_run < first_run;"
+)
+_RUN_MINUTES_MIGRATION = [
+    "CREATE TABLE run_minutes (minute INTEGER PRIMARY KEY, first_run INTEGER NOT NULL)",
+    f"INSERT INTO run_minutes SELECT {MINUTE_OF.format('started_at')}, MIN(run_no) FROM runs"
+    " GROUP BY 1",
+    f"CREATE TRIGGER runs_mark_minute AFTER INSERT ON runs BEGIN {_MARK_MINUTE} END",
+    f"CREATE TRIGGER runs_mark_new_start AFTER UPDATE OF started_at ON runs BEGIN {_MARK_MINUTE}"
+    " END",
+    "DROP INDEX runs_recent",
+    # The page's and the API's runs of a stage, newest first: by number within the stage.
+    "DROP INDEX runs_by_stage",
+    "CREATE INDEX runs_by_stage ON runs (stage_no)",
+]
+
 # Each step upgrades the schema by one version; a step never changes once shipped.
 MIGRATIONS: list[list[str]] = [
     [  # 1: items and runs
@@ -419,6 +446,7 @@ MIGRATIONS: list[list[str]] = [
         # the item's key. Its index took a random page of the WAL per run, 18 bytes each.
         "DROP INDEX runs_by_fingerprint",
     ],
+    _RUN_MINUTES_MIGRATION,  # 18
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
