@@ -80,6 +80,9 @@ def batches(count: int, runs_per_item: int) -> Iterator[tuple[list[tuple], list[
     """(items, runs) rows, BATCH items at a time."""
     rng = random.Random(7)
     now = time.time()
+    # Most activity is recent; items were added, and their runs numbered, in time order,
+    # as a daemon numbers them (the SQLite store finds runs by start through their numbers).
+    times = sorted(now - rng.random() ** 3 * 30 * 86400 for _ in range(count))
     run_number = 0
     for first in range(0, count, BATCH):
         items, runs = [], []
@@ -87,7 +90,7 @@ def batches(count: int, runs_per_item: int) -> Iterator[tuple[list[tuple], list[
             pipeline, stage = STAGES[item_id % len(STAGES)]
             state = rng.choice(STATES)
             group, label = rng.choice(LABELS[state]) if state in LABELS else (None, None)
-            updated = now - rng.random() ** 3 * 30 * 86400  # most activity is recent
+            updated = times[item_id - 1]
             channel = rng.choice(CHANNELS) if pipeline == "outreach" else stage
             items.append((item_id, pipeline, f"item-{item_id}", stage, state, "{}", 1, updated,
                           channel, label, group, updated - 3600, updated))  # fmt: skip

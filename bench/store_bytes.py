@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from pipewarden.store import STORE_FILE, Store
@@ -65,7 +66,7 @@ def _run_daemon(root: Path, items: int, mode: str) -> None:
         f"      - {{name: noop, {worker}, mode: {mode}, concurrency: 2}}\n"
     )
     store = Store(root / ".pipewarden")
-    store.enqueue("bench", "noop", [(f"item-{n}", {"n": n}) for n in range(items)], 0.0)
+    store.enqueue("bench", "noop", [(f"item-{n}", {"n": n}) for n in range(items)], time.time())
     store.close()
     subprocess.run(
         [sys.executable, "-m", "pipewarden", "run", "--until-idle", "--config", "config.yaml"],

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pipewarden.errors import StoreError
-from pipewarden.store import SCHEMA_VERSION, STORE_FILE, NewRun, Store
+from pipewarden.store import SCHEMA_VERSION, STORE_FILE, Claimed, NewRun, Store
+from pipewarden.store.records import FinishedRun
 from pipewarden.store.sqlite.schema import MIGRATIONS
+from pipewarden.types import ItemState, RunStatus
 
 
 def test_a_new_store_is_wal_with_foreign_keys_and_the_latest_schema(tmp_path: Path):
@@ -91,6 +94,11 @@ def _describe(item_id: int, key: str, data: dict) -> NewRun:
     return NewRun(item_id, "find", "fp", "cfg", None)
 
 
+def _describe_on(channel: str) -> Callable[[int, str, dict], NewRun]:
+    """The runs of a stage whose channel is `channel`, with a real fingerprint and hash."""
+    return lambda item_id, key, data: NewRun(item_id, channel, f"{item_id:016x}", "0" * 16, None)
+
+
 def test_a_store_from_a_newer_pipewarden_is_refused(tmp_path: Path):
     Store(tmp_path).close()
     conn = sqlite3.connect(tmp_path / STORE_FILE)
@@ -107,3 +115,37 @@ def test_enqueue_is_idempotent_on_key(tmp_path: Path):
     assert (again.new, again.restarted, again.unchanged) == (["c"], [], ["b"])
     assert store.item("sites", "b").data == "{}"  # still queued: left as it was
     store.close()
+
+
+def _leaf_pages(store: Store, table: str) -> int:
+    conn = store.db.connection()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # dbstat reads the main file's pages
+    query = "SELECT count(*) FROM dbstat WHERE name = ? AND pagetype = 'leaf'"
+    return conn.execute(query, (table,)).fetchone()[0]
+
+
+def test_claims_and_finishes_rewrite_item_and_run_rows_in_place(tmp_path: Path):
+    """A claim grows its item's row and a finish its run's: each reserved that room before
+    (schemas 15 and 19), so no page splits and the pages stay as full as they were made."""
+    store = Store(tmp_path)
+    store.enqueue("p", "s", [(f"item-{n}", {"n": n}) for n in range(3000)], 1796297985.2)
+    items_pages = _leaf_pages(store, "items")
+    claimed = []
+    while batch := store.claim("p", "s", 64, 1796297986.3, _describe_on("s")):
+        claimed += batch
+    assert len(claimed) == 3000 and _leaf_pages(store, "items") == items_pages
+    runs_pages = _leaf_pages(store, "runs")
+    store.finish([_ok(item, run) for item, run in claimed], {})
+    assert (_leaf_pages(store, "items"), _leaf_pages(store, "runs")) == (items_pages, runs_pages)
+    store.close()
+
+
+def _ok(item: Claimed, run: NewRun) -> FinishedRun:
+    """A no-op worker's end, as the scheduler records it: the item done, its data kept."""
+    return FinishedRun(
+        run_id=run.run_id, item_id=item.item_id, status=RunStatus.OK, pipeline="p", stage="s",
+        channel=run.channel, finished_at=1796297986.4, duration_s=0.0002, item_stage="s",
+        item_state=ItemState.DONE, item_data=None, item_attempt=item.attempt,
+        item_ready_at=None, item_channel=run.channel, pid=5522, pgid=5522, proc_start=5862866,
+        data_out="{}",
+    )  # fmt: skip

@@ -542,6 +542,9 @@ def test_runs_are_found_by_their_start_after_the_clock_stepped_back(storage: Sto
     assert [r.started_at for r in storage.runs_started_from(650.0)] == [700.0] * 2 + [1_000.0] * 2
     found = storage.find_runs(RunFilter(since=700.0, until=1_000.0), ("item_key",), 10, 10)
     assert {row[0] for row in found} == {"k2", "k3"}
+    found = storage.find_runs(RunFilter(until=1_000.5), ("item_key",), 10, 10)
+    assert {row[0] for row in found} == everyone
+    assert storage.prunable_runs(2_000.0, 10)[0] == 0  # each run is its item's latest
     assert {row["item_key"] for row in storage.export_runs(700.0)} == everyone
 
 

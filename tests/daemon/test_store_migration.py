@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipewarden.store import SCHEMA_VERSION, STORE_FILE, NewRun, Store
+from pipewarden.store.records import RunFilter
 from pipewarden.store.sqlite.schema import MIGRATIONS
 
 OLD_ID = "c0ffee" + "0" * 26  # a run recorded before run ids were numbers (schema 13)
@@ -164,6 +165,8 @@ def test_after_the_rebuild_runs_are_numbered_on_and_found_by_their_keys(tmp_path
     # runs by their start, through the minutes' marks the migration made (schema 18)
     assert store.runs_started_since(300.0) == 4 and store.runs_started_since(600.5) == 0
     assert [r.id for r in store.runs_matching(None, None, None, None, 400.0)] == ["6", "5", "4"]
+    before = store.find_runs(RunFilter(until=350.0), ["id"], 80, 10)
+    assert [row[0] for row in before] == ["3", "2", OLD_ID]
     replayed = {"pipeline": "sites", "stage": "other", "item_id": 1, "item_key": "ok.example",
                 "attempt": 1, "status": "ok", "started_at": 800.0, "finished_at": 801.0,
                 "replay_of": "2"}  # fmt: skip

@@ -59,6 +59,8 @@ ORDER BY v.n
 
 
 class Enqueue(Connected):
+    ITEM_ROOM = None  # SQLite's room in an item's row (its schema 19) is not PostgreSQL's
+
     def enqueue(
         self,
         pipeline: str,

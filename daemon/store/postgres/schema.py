@@ -167,5 +167,6 @@ STEPS: dict[int, list[str]] = {
     # SQLite's step 18 finds runs by start through their numbers, to drop an index; here
     # runs_recent stays (the runs' numbers are not in the order they start across daemons).
     18: [],
+    19: [],  # SQLite's step 19 reserves room in an item's row for its first claim
 }
 SCHEMA_VERSION = max(STEPS)

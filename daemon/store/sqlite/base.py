@@ -56,8 +56,7 @@ class Connected:
         return f"{at}started_at >= ?", [since]
 
     def _started_before(self, before: float, at: str = "") -> tuple[str, list[Any]]:
-        """SQL (and its parameters) true of the runs started before `before`, read on an
-        index where prune and its dry run ask."""
+        """SQL (and its parameters) true of the runs started before `before`."""
         return f"{at}started_at < ?", [before]
 
     def _listed_before(self, started_at: float, run_id: str, at: str = "") -> tuple[str, list]:

@@ -194,7 +194,7 @@ class Lookups(Connected):
         if wanted.since is not None:
             ranges.append(self._started_since(wanted.since, "runs."))
         if wanted.until is not None:
-            ranges.append(("runs.started_at < ?", [wanted.until]))
+            ranges.append(self._started_before(wanted.until, "runs."))
         if wanted.before is not None:
             ranges.append(self._listed_before(*wanted.before, "runs."))
         for sql, values in ranges:

@@ -51,6 +51,13 @@ _FINISH_RUN_SQL = (
 # The bytes an ok run's end adds to its row (finished_at, duration_s, pid, pgid, proc_start,
 # data_out; less the shorter status), reserved at its claim: see schema 15's `room`.
 _END_ROOM = 24
+# The bytes a new item's first claim adds to its row, reserved by its enqueue (schema 19's
+# `room`): 'running' for 'queued', and its run's id, of as many digits as the larger of the
+# last run's number and the item's own (a store's items are claimed about in their order).
+_CLAIM_ROOM = (
+    "zeroblob(1 + length(max(coalesce((SELECT MAX(run_no) FROM runs), 0),"
+    " coalesce((SELECT MAX(id) FROM items), 0) + 1)))"
+)
 _FINISH_ITEM_SQL = (
     "UPDATE items SET stage = ?, state = ?, data = COALESCE(?, data), attempt = ?, ready_at = ?,"
     " channel = ?, force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ?,"
@@ -66,6 +73,7 @@ class Queue(Rollup):
     # The run a write is of, by its id, and the parameters for one id: by number here, or
     # an older id (runkeys.BY_ID); by the id on PostgreSQL.
     RUN_WHERE = BY_ID
+    ITEM_ROOM: str | None = _CLAIM_ROOM  # a new item's room for its first claim (schema 19)
 
     @staticmethod
     def run_params(run_id: str) -> tuple[Any, ...]:
@@ -92,6 +100,7 @@ class Queue(Rollup):
         restartable = "('done', 'failed', 'ignored')" if not force else "('done', 'failed',"
         restartable += "" if not force else " 'ignored', 'queued', 'retrying', 'deferred', 'held')"
         result = Enqueued([], [], [], [], [])
+        room_column, room = (", room", f", {self.ITEM_ROOM}") if self.ITEM_ROOM else ("", "")
         with self.db.atomic("IMMEDIATE"):
             for key, given in items:
                 row = self._conn.execute(
@@ -102,7 +111,8 @@ class Queue(Rollup):
                 if row is None:
                     self._conn.execute(
                         "INSERT INTO items (pipeline, key, stage, state, data, ready_at, channel,"
-                        " force, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        f" force, created_at, updated_at{room_column})"
+                        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?{room})",
                         (pipeline, key, stage, ItemState.QUEUED, json.dumps(data), now, channel,
                          int(force), now, now),
                     )  # fmt: skip
@@ -166,7 +176,7 @@ class Queue(Rollup):
                 number += 1
             self._conn.executemany(  # flips tally: counted here, not by the trigger
                 "UPDATE items SET state = 'running', attempt = ?, channel = ?, last_run_id = ?,"
-                " updated_at = ?, tally = 1 - tally WHERE id = ?",
+                " updated_at = ?, tally = 1 - tally, room = NULL WHERE id = ?",
                 [(c.attempt, r.channel, r.run_id, now, c.item_id) for c, r in claimed],
             )
             add_moves(self._conn, moves)

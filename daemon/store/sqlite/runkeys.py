@@ -38,15 +38,15 @@ BY_ID = f"run_no = {NUMBER_OF_ID}"
 OLD_ID = "{at}id IS NOT CAST({at}run_no AS TEXT)"
 
 
-# The lowest number of a run started at or after ? (schema 18's marks; none: past every
-# run), and the lowest of a run started in a minute after the one of ?.
+# The lowest number a run started at or after ? may have (schema 18's marks; none: past
+# every run), and the highest a run started before ? may have (none: below every run).
 FIRST_RUN_SINCE = (
     "(SELECT coalesce(MIN(first_run), 1 << 62) FROM run_minutes"
     f" WHERE minute >= {MINUTE_OF.format('?')})"
 )
-FIRST_RUN_AFTER = (
-    "(SELECT coalesce(MIN(first_run), 1 << 62) FROM run_minutes"
-    f" WHERE minute > {MINUTE_OF.format('?')})"
+LAST_RUN_UNTIL = (
+    "coalesce((SELECT last_run FROM run_minutes"
+    f" WHERE minute <= {MINUTE_OF.format('?')} ORDER BY minute DESC LIMIT 1), 0)"
 )
 
 # The number of the stage (pipeline = ?, stage = ?) in `stages`, which the stage indexes
@@ -115,10 +115,7 @@ class RunKeys(Connected):
         return f"{at}run_no >= {FIRST_RUN_SINCE} AND {at}started_at >= ?", [since, since]
 
     def _started_before(self, before: float, at: str = "") -> tuple[str, list[Any]]:
-        """Runs recorded before the first started after `before`'s minute, of them those
-        started before it. A run recorded after a clock stepped back is found once a later
-        `before` passes it."""
-        return f"{at}run_no < {FIRST_RUN_AFTER} AND {at}started_at < ?", [before, before]
+        return f"{at}run_no <= {LAST_RUN_UNTIL} AND {at}started_at < ?", [before, before]
 
     def _listed_before(self, started_at: float, run_id: str, at: str = "") -> tuple[str, list]:
         return f"{at}run_no < {NUMBER_OF_ID}", [run_id, run_number(run_id)]

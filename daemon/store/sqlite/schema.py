@@ -254,24 +254,33 @@ _RUN_KEY_MIGRATION = [
     "CREATE INDEX runs_reclassified ON runs (reclassified_at) WHERE reclassified_at IS NOT NULL",
 ]
 
-# 18 (issue 13): runs found by their start through their numbers. A run's number is given
-# in the order runs are recorded, which is the order they start; `run_minutes` keeps, per
-# minute of start, the lowest number of a run that started in it (kept by triggers, so any
-# writer keeps it). The runs started since T are then the numbers from the lowest mark of
-# the minutes from T's on, read on the primary key, and filtered on started_at: exact even
-# after the clock stepped back (a later number with an earlier start only lowers a mark).
-# runs_recent (started_at) goes, and runs_by_stage holds the stage's number alone: within
-# it, runs are in number order. 18 + 10 bytes of index per run.
+# 18 (issue 13): runs found by their start through their numbers, which are given in the
+# order runs are recorded: the order they start, but for a clock stepped back. Triggers keep
+# `run_minutes`, per minute in which runs started: `first_run`, no more than the number of
+# any run started in it, and `last_run`, at least the number of any run started in it or
+# before. The runs started since T are the numbers from the lowest first_run of T's minute
+# and after; those started before U, the numbers up to U's minute's last_run. Each is a
+# range of the primary key, filtered on started_at: exact, whatever the clock did (a late
+# number with an early start widens a range, never hides a run). runs_recent (started_at)
+# goes, and runs_by_stage holds the stage's number alone: within it, runs are in number
+# order. 18 + 10 bytes of index per run.
 MINUTE_OF = "CAST({} / 60 AS INTEGER)"  # the minute of a time (a start)
+_NEW_MINUTE = MINUTE_OF.format("NEW.started_at")
 _MARK_MINUTE = (
-    f"INSERT INTO run_minutes VALUES ({MINUTE_OF.format('NEW.started_at')}, NEW.run_no)"
-    " ON CONFLICT DO UPDATE SET first_run = excluded.first_run"
-    " WHERE excluded.first_run < first_run;"
+    f"INSERT INTO run_minutes VALUES ({_NEW_MINUTE}, NEW.run_no, max(NEW.run_no, coalesce(("
+    f"SELECT last_run FROM run_minutes WHERE minute < {_NEW_MINUTE} ORDER BY minute DESC"
+    " LIMIT 1), NEW.run_no))) ON CONFLICT DO UPDATE SET first_run = min(first_run,"
+    " excluded.first_run), last_run = max(last_run, excluded.last_run);"
+    # the later minutes (a clock stepped back: a few; else none) now have a run before them
+    f" UPDATE run_minutes SET last_run = NEW.run_no WHERE minute > {_NEW_MINUTE}"
+    " AND last_run < NEW.run_no;"
 )
 _RUN_MINUTES_MIGRATION = [
-    "CREATE TABLE run_minutes (minute INTEGER PRIMARY KEY, first_run INTEGER NOT NULL)",
-    f"INSERT INTO run_minutes SELECT {MINUTE_OF.format('started_at')}, MIN(run_no) FROM runs"
-    " GROUP BY 1",
+    """CREATE TABLE run_minutes (minute INTEGER PRIMARY KEY, first_run INTEGER NOT NULL,
+        last_run INTEGER NOT NULL)""",
+    "INSERT INTO run_minutes SELECT minute, first_run, MAX(last_run) OVER (ORDER BY minute)"
+    f" FROM (SELECT {MINUTE_OF.format('started_at')} AS minute, MIN(run_no) AS first_run,"
+    " MAX(run_no) AS last_run FROM runs GROUP BY 1)",
     f"CREATE TRIGGER runs_mark_minute AFTER INSERT ON runs BEGIN {_MARK_MINUTE} END",
     f"CREATE TRIGGER runs_mark_new_start AFTER UPDATE OF started_at ON runs BEGIN {_MARK_MINUTE}"
     " END",
@@ -447,6 +456,13 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX runs_by_fingerprint",
     ],
     _RUN_MINUTES_MIGRATION,  # 18
+    [  # 19 (issue 13): `room` in an item's row, as in a run's (schema 15): what its first
+        # claim adds (its run id, a longer state) is reserved by its enqueue, zeros, and
+        # given back by the claim. The row is rewritten in place instead of growing out of
+        # its page: items are appended, so each page was full when its items' claims came,
+        # and split, and stayed three quarters full (105 bytes an item, 78 of them its row).
+        "ALTER TABLE items ADD COLUMN room BLOB",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
