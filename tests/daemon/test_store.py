@@ -149,3 +149,24 @@ def _ok(item: Claimed, run: NewRun) -> FinishedRun:
         item_ready_at=None, item_channel=run.channel, pid=5522, pgid=5522, proc_start=5862866,
         data_out="{}",
     )  # fmt: skip
+
+
+def test_a_clock_stepped_back_costs_each_run_the_same_marks(tmp_path: Path):
+    """Schema 18's marks after the clock stepped back a week: each run writes its own
+    minute's marks (and a late run's), never the week of minutes recorded ahead of it."""
+    store = Store(tmp_path)
+    week = 7 * 86_400.0
+    store.enqueue("p", "s", [(f"item-{n}", {}) for n in range(40)], 1.0)
+    for n in range(20):  # a week of runs, one every 500 minutes
+        store.claim("p", "s", 1, 1_000_000.0 + n * week / 20, _describe)
+    conn = store.db.connection()
+    ahead = conn.execute("SELECT minute, first_run, last_run FROM run_minutes").fetchall()
+    changes = conn.total_changes
+    store.claim("p", "s", 20, 1_000_000.0 - 60.0, _describe)  # a week back: 20 late runs
+    # the claim's own rows: 20 items, 20 runs, a minute's and a late minute's marks per run
+    # (an upsert each), the counts; not 20 x 20 minutes' marks rewritten
+    assert conn.total_changes - changes < 100
+    assert conn.execute("SELECT minute, first_run, last_run FROM run_minutes"
+                        " WHERE minute > 16665").fetchall() == ahead  # fmt: skip
+    assert conn.execute("SELECT * FROM late_runs").fetchall() == [(16665, 40)]
+    store.close()

@@ -546,6 +546,13 @@ def test_runs_are_found_by_their_start_after_the_clock_stepped_back(storage: Sto
     assert {row[0] for row in found} == everyone
     assert storage.prunable_runs(2_000.0, 10)[0] == 0  # each run is its item's latest
     assert {row["item_key"] for row in storage.export_runs(700.0)} == everyone
+    storage.enqueue(P, S, [("k4", {}), ("k5", {})], 1.0)
+    claim(storage, limit=1, now=1_030.0)  # the clock is right again
+    claim(storage, limit=1, now=705.0)  # and steps back into a minute that has runs
+    found = storage.find_runs(RunFilter(until=1_000.5), ("item_key",), 10, 10)
+    assert {row[0] for row in found} == {*everyone, "k5"}
+    found = storage.find_runs(RunFilter(until=706.0), ("item_key",), 10, 10)
+    assert {row[0] for row in found} == {"k2", "k3", "k5"}
 
 
 def test_held_items_halts_and_dry_run_previews(storage: Storage):

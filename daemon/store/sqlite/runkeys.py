@@ -45,8 +45,10 @@ FIRST_RUN_SINCE = (
     f" WHERE minute >= {MINUTE_OF.format('?')})"
 )
 LAST_RUN_UNTIL = (
-    "coalesce((SELECT last_run FROM run_minutes"
-    f" WHERE minute <= {MINUTE_OF.format('?')} ORDER BY minute DESC LIMIT 1), 0)"
+    "max(coalesce((SELECT last_run FROM run_minutes"
+    f" WHERE minute <= {MINUTE_OF.format('?')} ORDER BY minute DESC LIMIT 1), 0),"
+    f" coalesce((SELECT MAX(last_run) FROM late_runs WHERE minute <= {MINUTE_OF.format('?')}),"
+    " 0))"
 )
 
 # The number of the stage (pipeline = ?, stage = ?) in `stages`, which the stage indexes
@@ -115,7 +117,7 @@ class RunKeys(Connected):
         return f"{at}run_no >= {FIRST_RUN_SINCE} AND {at}started_at >= ?", [since, since]
 
     def _started_before(self, before: float, at: str = "") -> tuple[str, list[Any]]:
-        return f"{at}run_no <= {LAST_RUN_UNTIL} AND {at}started_at < ?", [before, before]
+        return f"{at}run_no <= {LAST_RUN_UNTIL} AND {at}started_at < ?", [before] * 3
 
     def _listed_before(self, started_at: float, run_id: str, at: str = "") -> tuple[str, list]:
         return f"{at}run_no < {NUMBER_OF_ID}", [run_id, run_number(run_id)]

@@ -258,26 +258,30 @@ _RUN_KEY_MIGRATION = [
 # order runs are recorded: the order they start, but for a clock stepped back. Triggers keep
 # `run_minutes`, per minute in which runs started: `first_run`, no more than the number of
 # any run started in it, and `last_run`, at least the number of any run started in it or
-# before. The runs started since T are the numbers from the lowest first_run of T's minute
-# and after; those started before U, the numbers up to U's minute's last_run. Each is a
-# range of the primary key, filtered on started_at: exact, whatever the clock did (a late
-# number with an early start widens a range, never hides a run). runs_recent (started_at)
-# goes, and runs_by_stage holds the stage's number alone: within it, runs are in number
-# order. 18 + 10 bytes of index per run.
+# before, when recorded in order. A run recorded after a run that started in a later minute
+# (the clock stepped back) is late: `late_runs` keeps, per minute, the highest number of a
+# late run started in it (empty while the clock runs forward). The runs started since T are
+# the numbers from the lowest first_run of T's minute and after; those started before U,
+# the numbers up to the larger of U's minute's last_run and the late ones' up to it. Each is
+# a range of the primary key, filtered on started_at: exact whatever the clock did, and a
+# trigger's work per run is the same however far it stepped. runs_recent (started_at) goes,
+# and runs_by_stage holds the stage's number alone: within it, runs are in number order.
+# 18 + 10 bytes of index per run.
 MINUTE_OF = "CAST({} / 60 AS INTEGER)"  # the minute of a time (a start)
 _NEW_MINUTE = MINUTE_OF.format("NEW.started_at")
 _MARK_MINUTE = (
-    f"INSERT INTO run_minutes VALUES ({_NEW_MINUTE}, NEW.run_no, max(NEW.run_no, coalesce(("
+    f"INSERT INTO late_runs SELECT {_NEW_MINUTE}, NEW.run_no"
+    f" WHERE EXISTS (SELECT 1 FROM run_minutes WHERE minute > {_NEW_MINUTE})"
+    " ON CONFLICT DO UPDATE SET last_run = max(last_run, excluded.last_run);"
+    f" INSERT INTO run_minutes VALUES ({_NEW_MINUTE}, NEW.run_no, max(NEW.run_no, coalesce(("
     f"SELECT last_run FROM run_minutes WHERE minute < {_NEW_MINUTE} ORDER BY minute DESC"
     " LIMIT 1), NEW.run_no))) ON CONFLICT DO UPDATE SET first_run = min(first_run,"
     " excluded.first_run), last_run = max(last_run, excluded.last_run);"
-    # the later minutes (a clock stepped back: a few; else none) now have a run before them
-    f" UPDATE run_minutes SET last_run = NEW.run_no WHERE minute > {_NEW_MINUTE}"
-    " AND last_run < NEW.run_no;"
 )
 _RUN_MINUTES_MIGRATION = [
     """CREATE TABLE run_minutes (minute INTEGER PRIMARY KEY, first_run INTEGER NOT NULL,
         last_run INTEGER NOT NULL)""",
+    "CREATE TABLE late_runs (minute INTEGER PRIMARY KEY, last_run INTEGER NOT NULL)",
     "INSERT INTO run_minutes SELECT minute, first_run, MAX(last_run) OVER (ORDER BY minute)"
     f" FROM (SELECT {MINUTE_OF.format('started_at')} AS minute, MIN(run_no) AS first_run,"
     " MAX(run_no) AS last_run FROM runs GROUP BY 1)",
