@@ -170,3 +170,19 @@ def test_a_clock_stepped_back_costs_each_run_the_same_marks(tmp_path: Path):
                         " WHERE minute > 16665").fetchall() == ahead  # fmt: skip
     assert conn.execute("SELECT * FROM late_runs").fetchall() == [(16665, 40)]
     store.close()
+
+
+def test_the_index_of_items_set_aside_holds_no_queued_or_running_item(tmp_path: Path):
+    """items_label_recent (schema 20) is read only for items waiting for a time or a person
+    or ended other than done: a backlog and its claims write nothing into it."""
+    store = Store(tmp_path)
+    store.enqueue("p", "s", [(f"item-{n}", {}) for n in range(500)], 1796297985.2)
+    store.claim("p", "s", 200, 1796297986.3, _describe_on("s"))
+    conn = store.db.connection()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    entries = (
+        "SELECT sum(ncell) FROM dbstat WHERE name = 'items_label_recent' AND pagetype = 'leaf'"
+    )
+    assert conn.execute(entries).fetchone()[0] == 0
+    assert store.held_items(None, 5) == ([], {})
+    store.close()

@@ -35,6 +35,8 @@ OPERATIONS: dict[str, Callable[[Store], object]] = {
     "deferred_reasons": lambda s: s.deferred_reasons(P, S, 0.0, 0.0),
     "requeue_by_label": lambda s: s.requeue_by_label("Timeout", 10.0, dry_run=True),
     "held_count": lambda s: s.held_count("Timeout"),
+    "held_items": lambda s: s.held_items(P, 10),
+    "labelled_failures": lambda s: s.labelled_failures("Timeout", P, S, 1.0, 5),
     "change_held": lambda s: s.change_held(P, None, 10.0, dry_run=True),
     "item_channels": lambda s: s.item_channels(),
     "cost_since": lambda s: s.cost_since(P, [S], 0.0),

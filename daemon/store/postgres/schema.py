@@ -168,5 +168,6 @@ STEPS: dict[int, list[str]] = {
     # runs_recent stays (the runs' numbers are not in the order they start across daemons).
     18: [],
     19: [],  # SQLite's step 19 reserves room in an item's row for its first claim
+    20: [],  # SQLite's step 20 narrows a partial index (items_label_recent) of its own
 }
 SCHEMA_VERSION = max(STEPS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pipewarden.store.sqlite.base import Connected
 from pipewarden.store.sqlite.counts import LABELLED
+from pipewarden.store.sqlite.schema import ASIDE
 
 
 class Aggregates(Connected):
@@ -40,7 +41,7 @@ class Aggregates(Connected):
             recent_sql = (
                 "SELECT COUNT(*), SUM(updated_at >= ?) FROM items INDEXED BY items_label_recent"
                 " WHERE state = ? AND pipeline = ? AND stage = ? AND last_group IS ?"
-                " AND last_label IS ? AND updated_at >= ? AND state != 'done'"
+                f" AND last_label IS ? AND updated_at >= ? AND {ASIDE}"
             )
             order = (2, 0, 1, 3, 4)  # the index's column order
         else:
@@ -78,7 +79,7 @@ class Aggregates(Connected):
         labels = self._conn.execute(
             "SELECT last_label, COUNT(*), SUM(updated_at >= ?), SUM(updated_at >= ?)"
             " FROM items INDEXED BY items_label_recent"
-            " WHERE state = 'deferred' AND state != 'done' AND pipeline = ? AND stage = ?"
+            f" WHERE state = 'deferred' AND {ASIDE} AND pipeline = ? AND stage = ?"
             " GROUP BY last_label",
             (since_24h, since_1h, pipeline, stage),
         ).fetchall()

@@ -15,6 +15,7 @@ from peewee import SQL
 from pipewarden.store.models import Run
 from pipewarden.store.records import FAILURES, RunFilter
 from pipewarden.store.sqlite.base import Connected
+from pipewarden.store.sqlite.schema import ASIDE
 
 KEYS_PER_QUERY = 500  # keys looked up at once (SQLite's variable limit is far above)
 # A failed run "later succeeded" when an ok run of the same item at the same stage followed it.
@@ -79,9 +80,9 @@ class Lookups(Connected):
     ) -> tuple[list[tuple[str, str, str, int, str | None, float]], dict[str, int]]:
         """(pipeline, key, stage, attempt, label, since) of held items, oldest first, and
         how many each pipeline holds."""
-        # `!= 'done'` repeats the partial index's WHERE, so items_label_recent answers it.
-        where, params = ("state = 'held' AND state != 'done'", []) if pipeline is None else (
-            "state = 'held' AND state != 'done' AND pipeline = ?", [pipeline])  # fmt: skip
+        # ASIDE repeats the partial index's WHERE, so items_label_recent answers it.
+        where, params = (f"state = 'held' AND {ASIDE}", []) if pipeline is None else (
+            f"state = 'held' AND {ASIDE} AND pipeline = ?", [pipeline])  # fmt: skip
         rows = self._conn.execute(
             f"SELECT pipeline, key, stage, attempt, last_label, updated_at FROM items"
             f" WHERE {where} ORDER BY updated_at, id LIMIT ?",
@@ -112,7 +113,7 @@ class Lookups(Connected):
     ) -> tuple[int, list[tuple[str, str, str, str]]]:  # fmt: skip
         """How many failed or retrying items have `label` (as requeue_by_label picks them),
         and (pipeline, stage, key, state) of the first `sample`."""
-        where = "last_label = ? AND state IN ('failed', 'retrying') AND state != 'done'"
+        where = f"last_label = ? AND state IN ('failed', 'retrying') AND {ASIDE}"
         params: list[Any] = [label]
         for column, value in (("pipeline", pipeline), ("stage", stage)):
             if value is not None:

@@ -8,6 +8,7 @@ from typing import Any
 from pipewarden.store.records import FAILED_BY_A_PERSON, HeldChange
 from pipewarden.store.sqlite.base import Connected
 from pipewarden.store.sqlite.queue import _CLAIMABLE
+from pipewarden.store.sqlite.schema import ASIDE
 
 
 class Requeue(Connected):
@@ -30,7 +31,7 @@ class Requeue(Connected):
     ) -> int:  # fmt: skip
         """Failed and retrying items with `label` back in the queue, attempts reset; with
         `before`, only those whose last change was before it; at most `limit` of them."""
-        where = "last_label = ? AND state IN ('failed', 'retrying') AND state != 'done'"
+        where = f"last_label = ? AND state IN ('failed', 'retrying') AND {ASIDE}"
         params: list[Any] = [label]
         for column, value in (("pipeline", pipeline), ("stage", stage)):
             if value is not None:
@@ -87,7 +88,7 @@ class Requeue(Connected):
     def _held(self, pipeline: str, keys: Sequence[str] | None) -> list[tuple[int, str]]:
         if keys is None:
             return self._conn.execute(
-                "SELECT id, key FROM items WHERE state = 'held' AND state != 'done'"
+                f"SELECT id, key FROM items WHERE state = 'held' AND {ASIDE}"
                 " AND pipeline = ? ORDER BY id",
                 (pipeline,),
             ).fetchall()
@@ -110,7 +111,7 @@ class Requeue(Connected):
 
     def held_count(self, label: str, pipeline: str | None = None, stage: str | None = None) -> int:
         """Held items whose last label is `label` (a `retry` by label does not take them)."""
-        where, params = "state = 'held' AND state != 'done' AND last_label = ?", [label]
+        where, params = f"state = 'held' AND {ASIDE} AND last_label = ?", [label]
         for column, value in (("pipeline", pipeline), ("stage", stage)):
             if value is not None:
                 where += f" AND {column} = ?"

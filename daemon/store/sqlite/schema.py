@@ -294,6 +294,12 @@ _RUN_MINUTES_MIGRATION = [
     "CREATE INDEX runs_by_stage ON runs (stage_no)",
 ]
 
+# 20 (issue 13): items_label_recent holds only the items set aside: waiting for a time or a
+# person, or ended other than done. Every query through it asks for one of these states,
+# and repeats ASIDE (the partial index's WHERE, so the planner may use it). A queued item's
+# claim and a running one's finish no longer move an entry of it: each moved two.
+ASIDE = "state IN ('retrying', 'deferred', 'held', 'failed', 'ignored')"
+
 # Each step upgrades the schema by one version; a step never changes once shipped.
 MIGRATIONS: list[list[str]] = [
     [  # 1: items and runs
@@ -466,6 +472,11 @@ MIGRATIONS: list[list[str]] = [
         # its page: items are appended, so each page was full when its items' claims came,
         # and split, and stayed three quarters full (105 bytes an item, 78 of them its row).
         "ALTER TABLE items ADD COLUMN room BLOB",
+    ],
+    [  # 20: items_label_recent of the items set aside only (ASIDE)
+        "DROP INDEX items_label_recent",
+        "CREATE INDEX items_label_recent ON items"
+        f" (state, pipeline, stage, last_group, last_label, updated_at) WHERE {ASIDE}",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
