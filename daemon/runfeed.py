@@ -65,10 +65,7 @@ def poll_store(store: Store, where: RunFilter, after: float, running: set[str]) 
 def ended_since(store: Store, where: RunFilter, after: float, running: set[str]) -> list[Any]:
     """The runs that match and ended since `after`: those started since, and those that were
     `running` then, once they are done."""
-    run = store.Run
-    rows = list(run.select().where(run.started_at >= after).order_by(run.started_at))
-    if running:
-        rows += list(run.select().where(run.id.in_(list(running))))
+    rows = [*store.runs_started_from(after), *store.runs_by_id(list(running))]
     return [row for row in rows if row.status != "running" and where.matches(row)]
 
 

@@ -4,15 +4,18 @@ only a query that repeats its WHERE. A full scan here would be seconds on a larg
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pipewarden.runfeed import ended_since
 from pipewarden.store import NewRun, Store
 from pipewarden.store.records import RunFilter
 
 P, S = "sites", "find"
+WALK = re.compile(r"SCAN (items|runs|t\d+)\b")
 
 
 def describe(item_id: int, key: str, data: dict) -> NewRun:
@@ -63,6 +66,7 @@ OPERATIONS: dict[str, Callable[[Store], object]] = {
     "the page's next page": lambda s: s.find_runs(RunFilter(before=(2.0, "3")), ["id"], 80, 50),
     "runs since": lambda s: s.runs_matching(None, None, None, None, 1.0),
     "runs_started_from": lambda s: s.runs_started_from(1.0),
+    "runs tail's catching up": lambda s: ended_since(s, RunFilter(), 1.0, {"1"}),
     "runs_started_since": lambda s: s.runs_started_since(1.0),
     "export since": lambda s: list(s.export_runs(1.0)),
     "prune_batch": lambda s: s.prune_batch(3.0),
@@ -103,6 +107,6 @@ def test_each_query_reads_items_and_runs_through_an_index(store: Store, name: st
     found = plans(store, OPERATIONS[name])
     assert found, f"{name} ran no query"
     for sql, plan in found:
-        for table in ("items", "runs"):
-            scans = [step for step in plan.split("; ") if step.startswith(f"SCAN {table}")]
-            assert not scans, f"{name}: {sql}\n  walks every row: {plan}"
+        # items, runs, or either by Peewee's alias of a query's table (t1, t2, ...)
+        scans = [step for step in plan.split("; ") if WALK.match(step)]
+        assert not scans, f"{name}: {sql}\n  walks every row: {plan}"
