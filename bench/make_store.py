@@ -127,23 +127,23 @@ def _insert_into_sqlite(state_dir: Path, rows: Iterator[tuple[list, list]]) -> i
     return count
 
 
-# A run as the SQLite store writes it (schema 15): its number, and the id that is that
-# number; its stage's number; its classification in its failure object.
+# A run as the SQLite store writes it (schema 21: into run_rows, which `runs` shows): its
+# number (its id), its stage's number, its duration in microseconds, its classification in
+# its failure object.
 SQLITE_RUN_INSERT = (
-    "INSERT INTO runs (run_no, id, pipeline, stage, item_id, item_key, attempt, channel, status,"
-    " started_at, finished_at, duration_s, error, failure, stage_no)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO run_rows (run_no, stage_no, item_id, attempt, channel, status, started_at,"
+    " finished_at, duration_us, error, failure) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
 def _sqlite_run(run: tuple, stage_numbers: dict[tuple[str, str], int]) -> tuple:
+    from pipewarden.store.sqlite.queue import microseconds
     from pipewarden.store.sqlite.runkeys import failure_json
 
-    hex_id, pipeline, stage, *kept, label, group, error = run
-    number = int(hex_id, 16)
+    hex_id, pipeline, stage, item_id, _key, attempt, *kept, duration, label, group, error = run
     failure = failure_json({"label": label, "group_name": group})
-    return (number, str(number), pipeline, stage, *kept, error, failure,
-            stage_numbers[pipeline, stage])  # fmt: skip
+    return (int(hex_id, 16), stage_numbers[pipeline, stage], item_id, attempt, *kept,
+            microseconds(duration), error, failure)  # fmt: skip
 
 
 def _copy_into_postgresql(url: str, rows: Iterator[tuple[list, list]]) -> int:

@@ -134,19 +134,23 @@ def test_claims_and_finishes_rewrite_item_and_run_rows_in_place(tmp_path: Path):
     while batch := store.claim("p", "s", 64, 1796297986.3, _describe_on("s")):
         claimed += batch
     assert len(claimed) == 3000 and _leaf_pages(store, "items") == items_pages
-    runs_pages = _leaf_pages(store, "runs")
+    runs_pages = _leaf_pages(store, "run_rows")
+    assert runs_pages > 50
     store.finish([_ok(item, run) for item, run in claimed], {})
-    assert (_leaf_pages(store, "items"), _leaf_pages(store, "runs")) == (items_pages, runs_pages)
+    assert (_leaf_pages(store, "items"), _leaf_pages(store, "run_rows")) == (
+        items_pages, runs_pages)  # fmt: skip
     store.close()
 
 
 def _ok(item: Claimed, run: NewRun) -> FinishedRun:
-    """A no-op worker's end, as the scheduler records it: the item done, its data kept."""
+    """A no-op worker's end, as the scheduler records it: the item done, its data kept; its
+    worker's pid and start as a host up for weeks has them (3 and 4 bytes)."""
     return FinishedRun(
         run_id=run.run_id, item_id=item.item_id, status=RunStatus.OK, pipeline="p", stage="s",
         channel=run.channel, finished_at=1796297986.4, duration_s=0.0002, item_stage="s",
         item_state=ItemState.DONE, item_data=None, item_attempt=item.attempt,
-        item_ready_at=None, item_channel=run.channel, pid=5522, pgid=5522, proc_start=5862866,
+        item_ready_at=None, item_channel=run.channel, pid=1234567, pgid=1234567,
+        proc_start=123456789,
         data_out="{}",
     )  # fmt: skip
 
@@ -185,4 +189,57 @@ def test_the_index_of_items_set_aside_holds_no_queued_or_running_item(tmp_path: 
     )
     assert conn.execute(entries).fetchone()[0] == 0
     assert store.held_items(None, 5) == ([], {})
+    store.close()
+
+
+def test_a_run_row_keeps_none_of_the_names_its_stage_and_item_have(tmp_path: Path):
+    """Schema 21: a run's pipeline, stage, item key, daemon and config hash are read back
+    through the `runs` view from where each is kept once, not written into every run row."""
+    store = Store(tmp_path)
+    store.daemon = "host.example:4242"
+    pipeline, stage, key = "p" * 100, "s" * 100, "https://example.com/" + "k" * 480
+    store.enqueue(pipeline, stage, [(f"{key}{n}", {}) for n in range(200)], 1796297985.2)
+    describe = lambda item_id, key, data: NewRun(item_id, "web", f"{item_id:016x}", "9" * 16, None)  # noqa: E731
+    claimed = store.claim(pipeline, stage, 200, 1796297986.3, describe)
+    store.finish([_ok(item, run) for item, run in claimed], {})
+    conn = store.db.connection()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (payload,) = conn.execute("SELECT sum(payload) FROM dbstat WHERE name = 'run_rows'").fetchone()
+    assert payload / 200 < 80  # the key alone is 500 bytes
+    shown = conn.execute(
+        "SELECT pipeline, stage, item_key, daemon, config_hash, duration_s, pgid, data_out"
+        " FROM runs WHERE run_no = 7"
+    ).fetchone()
+    assert shown == (pipeline, stage, f"{key}6", "host.example:4242", "9" * 16, 0.0002,
+                     1234567, "{}")  # fmt: skip
+    store.close()
+
+
+def test_the_runs_view_takes_inserts_updates_and_deletes_as_the_table_did(tmp_path: Path):
+    """What a person's sqlite3 (or a test) writes into `runs` lands where run_rows keeps
+    each column, and reads back as written."""
+    store = Store(tmp_path)
+    store.enqueue("sites", "find", [("a.example", {})], 1.0)
+    conn = store.db.connection()
+    columns = ("id", "pipeline", "stage", "item_id", "item_key", "attempt", "status",
+               "started_at", "finished_at", "duration_s", "pid", "pgid", "data_out", "daemon",
+               "config_fp", "trace_kept", "failure")  # fmt: skip
+    written = ("c0ffee", "sites", "fetch", 1, "a.example", 1, "failed", 2.5, 3.75, 1.25, 40,
+               31, "{}", "old-host:7", 5, "ab" * 16, '{"label": "Timeout"}')  # fmt: skip
+    conn.execute(
+        f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        written,
+    )
+    read = f"SELECT {', '.join(columns[:-1])}, label, trace_id FROM runs WHERE id = 'c0ffee'"
+    assert conn.execute(read).fetchone() == (*written[:-1], "Timeout", "ab" * 16)
+    conn.execute(
+        "UPDATE runs SET stage = 'find', daemon = 'new-host:8', duration_s = 0.5, pid = 41,"
+        " data_out = '{\"x\": 1}', id = 'c0ffee-2' WHERE id = 'c0ffee'"
+    )
+    (run,) = store.runs_by_id(["c0ffee-2"])
+    assert (run.stage, run.daemon, run.duration_s, run.pid, run.pgid, run.data_out) == (
+        "find", "new-host:8", 0.5, 41, 31, '{"x": 1}')  # fmt: skip
+    assert (run.trace_id, run.label, run.started_at) == ("ab" * 16, "Timeout", 2.5)
+    conn.execute("DELETE FROM runs WHERE id = 'c0ffee-2'")
+    assert conn.execute("SELECT count(*) FROM run_rows").fetchone() == (0,)
     store.close()

@@ -15,7 +15,8 @@ from pipewarden.store import NewRun, Store
 from pipewarden.store.records import RunFilter
 
 P, S = "sites", "find"
-WALK = re.compile(r"SCAN (items|runs|t\d+)\b")
+# items and runs by any name: their tables, the view's (r, i), aliases, Peewee's (t1, t2, ...)
+WALK = re.compile(r"SCAN (items|runs|run_rows|r|i|later|newer|t\d+)\b")
 
 
 def describe(item_id: int, key: str, data: dict) -> NewRun:

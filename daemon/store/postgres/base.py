@@ -54,6 +54,7 @@ class Connected:
     Outbox: type[models.Outbox]
     writes: int  # write transactions begun: a test counts them (idle means idle)
     daemon: str | None = None  # host:pid of the daemon this store runs for (its lease)
+    RUN_ROWS = "runs"  # the runs table: every column is in its rows here
     lease_s: float = 30.0  # a daemon silent this long is dead: its runs are recovered
     global_caps: dict[str, int]  # "pipeline/stage" or channel -> runs at once, fleet-wide
     holds_seen: Any  # holds.HoldsSeen: the active holds as last read

@@ -248,6 +248,12 @@ class Queue(Connected, SqliteQueue):
     def run_params(run_id: str) -> tuple[Any, ...]:
         return (run_id,)
 
+    PROCESS_COLUMNS = "pid = ?, pgid = ?, proc_start = ?"
+
+    @staticmethod
+    def _process_values(pid: int, pgid: int, start: int) -> tuple[int, int | None, int]:
+        return pid, pgid, start
+
     def unclaim(self, runs: Sequence[tuple[str, int]]) -> None:
         """As on SQLite: claims never sent to a worker, given back untouched."""
         SqliteQueue.unclaim(self, runs)  # type: ignore[arg-type]

@@ -20,6 +20,9 @@ class Connected:
     Outbox: type[models.Outbox]
     writes: int  # write transactions begun: a test counts them (idle means idle)
     daemon: str | None = None  # host:pid of the daemon this store runs for (runs name it)
+    # The table of the run rows, for statements that name none of what a row does not keep
+    # (pipeline, stage, item_key, daemon): `runs` is a view of it here (schema 21).
+    RUN_ROWS = "run_rows"
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -37,6 +40,11 @@ class Connected:
         """SQL (and its parameters) a backend adds to a query of one stage's runs, so that
         its own index of them answers it (runkeys.RunKeys on SQLite); here none."""
         return "", []
+
+    def _of_stage(self, at: str, pipeline: str, stage: str) -> str:
+        """SQL true of the run row `at` when it is of the stage the SQL expressions
+        `pipeline` and `stage` name: by its names here; by its stage's number on SQLite."""
+        return f"{at}pipeline = {pipeline} AND {at}stage = {stage}"
 
     # How runs are found by their start: on an index of started_at here (PostgreSQL); the
     # SQLite store reads them by number instead (runkeys.RunKeys).

@@ -14,7 +14,8 @@ from pipewarden.store.sqlite.rollup import Rollup
 # The SQLite store's own columns of a run, left out of its export: what they hold is in its
 # id, trace_id, input_fingerprint, config_hash, stage and failure columns (`room`: nothing).
 SQLITE_ONLY_COLUMNS = ("trace_kept", "run_no", "input_fp", "config_fp", "room", "stage_no",
-                       "failure")  # fmt: skip
+                       "failure", "id_kept", "duration_us", "daemon_no", "config_no",
+                       "pgid_off", "data_kept")  # fmt: skip
 PRUNE_BATCH = 2000  # runs deleted per transaction when pruning
 BACKUP_STEP_PAGES = 1024  # pages a backup copies between two reports of its progress
 
@@ -45,8 +46,8 @@ class Books(Rollup):
             # PRUNABLE's newer run of the same item (runs_by_item answers it) says this one
             # is not the item's latest.
             deleted = self._conn.execute(
-                f"DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE {started}"
-                f" AND {PRUNABLE} LIMIT ?)",
+                f"DELETE FROM run_rows WHERE run_no IN (SELECT run_no FROM run_rows AS runs"
+                f" WHERE {started} AND {PRUNABLE.format(rows='run_rows')} LIMIT ?)",
                 (*params, older_than, limit),
             ).rowcount
             self._conn.execute(

@@ -24,7 +24,7 @@ class History(Connected):
         """How many of the item's latest runs (up to `limit`, not `current_run`) in a row
         failed for an internal reason: an item the daemon cannot record stops there."""
         rows = self._conn.execute(
-            "SELECT category, type FROM runs INDEXED BY runs_by_item WHERE item_id = ?"
+            f"SELECT category, type FROM {self.RUN_ROWS} INDEXED BY runs_by_item WHERE item_id = ?"
             " AND id != ? AND replay_of IS NULL ORDER BY started_at DESC LIMIT ?",
             (item_id, current_run, limit),
         ).fetchall()
@@ -37,7 +37,7 @@ class History(Connected):
         """How many runs failed with this label on this channel since `since`, and the
         latest few error texts."""
         where = (
-            "FROM runs INDEXED BY runs_by_channel_label WHERE channel = ? AND label = ?"
+            f"FROM {self.RUN_ROWS} INDEXED BY runs_by_channel_label WHERE channel = ? AND label = ?"
             " AND finished_at >= ? AND status IN ('failed', 'timed_out') AND replay_of IS NULL"
         )
         params = (channel, label, since)

@@ -27,9 +27,10 @@ LATER_OK = (
 )
 # The runs `prune` deletes (as Books.prune_batch picks them), of those started before the
 # cutoff (the backend's `_started_before`): ended before it, and not the item's latest.
+# `{rows}` is the backend's table of run rows (Connected.RUN_ROWS), named `runs` outside.
 PRUNABLE = (
     "finished_at IS NOT NULL AND finished_at < ? AND status != 'running'"
-    " AND EXISTS (SELECT 1 FROM runs AS newer WHERE newer.item_id = runs.item_id"
+    " AND EXISTS (SELECT 1 FROM {rows} AS newer WHERE newer.item_id = runs.item_id"
     " AND newer.started_at > runs.started_at AND newer.replay_of IS NULL)"
 )
 
@@ -135,8 +136,11 @@ class Lookups(Connected):
         """How many runs `prune` would delete, and (id, pipeline, stage, key, status) of the
         first `sample`."""
         started, params = self._started_before(older_than)
-        where, params = f"{started} AND {PRUNABLE}", [*params, older_than]
-        total = self._conn.execute(f"SELECT COUNT(*) FROM runs WHERE {where}", params)
+        where = f"{started} AND {PRUNABLE.format(rows=self.RUN_ROWS)}"
+        params = [*params, older_than]
+        total = self._conn.execute(
+            f"SELECT COUNT(*) FROM {self.RUN_ROWS} AS runs WHERE {where}", params
+        )
         rows = self._conn.execute(
             f"SELECT id, pipeline, stage, item_key, status FROM runs WHERE {where}"
             f" ORDER BY {self._oldest_first()} LIMIT ?",
@@ -186,7 +190,9 @@ class Lookups(Connected):
 
     def runs_started_since(self, since: float) -> int:
         started, params = self._started_since(since)
-        (count,) = self._conn.execute(f"SELECT COUNT(*) FROM runs WHERE {started}", params)
+        (count,) = self._conn.execute(
+            f"SELECT COUNT(*) FROM {self.RUN_ROWS} WHERE {started}", params
+        )
         return count[0]
 
     def _where(self, wanted: RunFilter) -> tuple[str, list[Any]]:

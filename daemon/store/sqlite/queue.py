@@ -43,19 +43,26 @@ _RUN_END_COLUMNS = (
 _ROW_END_COLUMNS = tuple(c for c in _RUN_END_COLUMNS[:-2] if c not in FAILURE_COLUMNS)
 _FAILURE_END_COLUMNS = tuple(c for c in _RUN_END_COLUMNS if c in FAILURE_COLUMNS)
 _failure_values = attrgetter(*_FAILURE_END_COLUMNS)
-_FINISH_RUN_SQL = (
-    f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _ROW_END_COLUMNS)}, failure = ?,"
-    " progress = COALESCE(?, progress), message = COALESCE(?, message), room = NULL"
-    f" WHERE {BY_ID}"
+_row_end_values = attrgetter(*_ROW_END_COLUMNS)
+# The columns of run_rows that keep these otherwise (schema 21), and where they are.
+_KEPT_IN = {"duration_s": "duration_us", "pgid": "pgid_off", "data_out": "data_kept"}
+_DURATION_AT, _PID_AT, _PGID_AT, _DATA_AT = map(
+    _ROW_END_COLUMNS.index, ("duration_s", "pid", "pgid", "data_out")
 )
-# The bytes an ok run's end adds to its row (finished_at, duration_s, pid, pgid, proc_start,
-# data_out; less the shorter status), reserved at its claim: see schema 15's `room`.
-_END_ROOM = 24
+_FINISH_RUN_SQL = (
+    "UPDATE run_rows SET "
+    + ", ".join(f"{_KEPT_IN.get(c, c)} = ?" for c in _ROW_END_COLUMNS)
+    + ", failure = ?, progress = COALESCE(?, progress), message = COALESCE(?, message),"
+    f" room = NULL WHERE {BY_ID}"
+)
+# The bytes an ok run's end adds to its row, reserved at its claim (see schema 15's `room`):
+# finished_at 8, duration_us, pid and proc_start 3 or 4 each, less the shorter status (5).
+_END_ROOM = 14
 # The bytes a new item's first claim adds to its row, reserved by its enqueue (schema 19's
 # `room`): 'running' for 'queued', and its run's id, of as many digits as the larger of the
 # last run's number and the item's own (a store's items are claimed about in their order).
 _CLAIM_ROOM = (
-    "zeroblob(1 + length(max(coalesce((SELECT MAX(run_no) FROM runs), 0),"
+    "zeroblob(1 + length(max(coalesce((SELECT MAX(run_no) FROM run_rows), 0),"
     " coalesce((SELECT MAX(id) FROM items), 0) + 1)))"
 )
 _FINISH_ITEM_SQL = (
@@ -78,6 +85,14 @@ class Queue(Rollup):
     @staticmethod
     def run_params(run_id: str) -> tuple[Any, ...]:
         return (run_id, run_number(run_id))
+
+    # A worker process's columns in its run's row, and their values: its group as the
+    # difference from its pid here (schema 21).
+    PROCESS_COLUMNS = "pid = ?, pgid_off = ?, proc_start = ?"
+
+    @staticmethod
+    def _process_values(pid: int, pgid: int, start: int) -> tuple[int, int | None, int]:
+        return pid, pgid_offset(pid, pgid), start
 
     def enqueue(
         self,
@@ -162,7 +177,7 @@ class Queue(Rollup):
                 return []
             claimed: list[tuple[Claimed, NewRun]] = []
             moves: list[tuple[CountKey, CountKey]] = []
-            number, stage_no = self._next_numbers(pipeline, stage)
+            number, stage_no, daemon_no = self._next_numbers(pipeline, stage)
             for item_id, key, data_json, attempt, force, *was in rows:
                 data = json.loads(data_json)
                 item = Claimed(item_id, key, data, attempt + 1, bool(force))
@@ -180,33 +195,57 @@ class Queue(Rollup):
                 [(c.attempt, r.channel, r.run_id, now, c.item_id) for c, r in claimed],
             )
             add_moves(self._conn, moves)
+            config_no = self._config_numbers({r.config_hash for _, r in claimed})
             self._conn.executemany(
-                "INSERT INTO runs (run_no, id, pipeline, stage, item_id, item_key, attempt,"
-                " channel, status, started_at, input_fp, code_ref, config_fp, rows_in, daemon,"
-                " room, stage_no) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?,"
-                f" zeroblob({_END_ROOM}), ?)",
+                "INSERT INTO run_rows (run_no, stage_no, item_id, attempt, channel, status,"
+                " started_at, input_fp, code_ref, config_no, rows_in, daemon_no, room)"
+                f" VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?, zeroblob({_END_ROOM}))",
                 [
-                    (int(r.run_id), r.run_id, pipeline, stage, c.item_id, c.key, c.attempt,
-                     r.channel, now, pack_hex64(r.input_fingerprint), r.code_ref,
-                     pack_hex64(r.config_hash), self.daemon, stage_no)
+                    (int(r.run_id), stage_no, c.item_id, c.attempt, r.channel, now,
+                     pack_hex64(r.input_fingerprint), r.code_ref, config_no[r.config_hash],
+                     daemon_no)
                     for c, r in claimed
                 ],
             )  # fmt: skip
         return claimed
 
-    def _next_numbers(self, pipeline: str, stage: str) -> tuple[int, int]:
-        """The next run's number, and the number of its stage.
+    def _next_numbers(self, pipeline: str, stage: str) -> tuple[int, int, int | None]:
+        """The next run's number, the number of its stage and that of this daemon's name.
 
         A run's id is its row number, as a string: short, in the order runs start, and
         appended at the end of every index that holds it (a random id dirtied a random
         page per insert). The newest run is never pruned (it is its item's latest), so a
         number is not given twice, but for a claim taken back before its worker started
         (`unclaim`): nobody saw that run. Asked inside the write lock: no other writer races.
-        The stage's number is asked in the same statement; its first run makes it."""
-        last, stage_no = self._conn.execute(
-            f"SELECT MAX(run_no), {STAGE_NO} FROM runs", (pipeline, stage)
+        The stage's and the daemon's numbers are asked in the same statement; the first run
+        of each makes it."""
+        last, stage_no, daemon_no = self._conn.execute(
+            f"SELECT MAX(run_no), {STAGE_NO}, (SELECT no FROM daemon_names WHERE name = ?)"
+            " FROM run_rows",
+            (pipeline, stage, self.daemon),
         ).fetchone()
-        return (last or 0) + 1, stage_no or self._stage_number(pipeline, stage)
+        if daemon_no is None and self.daemon is not None:
+            daemon_no = self._daemon_number(self.daemon)
+        return (last or 0) + 1, stage_no or self._stage_number(pipeline, stage), daemon_no
+
+    def _daemon_number(self, name: str) -> int:
+        """The number of a daemon's host:pid in `daemon_names` (schema 21), made if new."""
+        self._conn.execute("INSERT OR IGNORE INTO daemon_names (name) VALUES (?)", (name,))
+        found = self._conn.execute("SELECT no FROM daemon_names WHERE name = ?", (name,))
+        return found.fetchone()[0]
+
+    def _config_numbers(self, hashes: set[str | None]) -> dict[str | None, int | None]:
+        """The number of each config hash in `config_hashes` (schema 21, packed as the
+        runs kept it), made if new; a claim's runs share one or a few."""
+        numbers: dict[str | None, int | None] = {None: None}
+        for config_hash in hashes - {None}:
+            packed = pack_hex64(config_hash)
+            found = self._conn.execute("SELECT no FROM config_hashes WHERE fp = ?", (packed,))
+            if (row := found.fetchone()) is None:
+                made = self._conn.execute("INSERT INTO config_hashes (fp) VALUES (?)", (packed,))
+                row = (made.lastrowid,)
+            numbers[config_hash] = row[0]
+        return numbers
 
     def _stage_number(self, pipeline: str, stage: str) -> int:
         """The stage's number in `stages` (schema 15), made if it has none yet."""
@@ -223,13 +262,14 @@ class Queue(Rollup):
         with self._write():
             self._conn.executemany(
                 "UPDATE items SET state = 'queued', attempt = attempt - 1,"
-                " last_run_id = (SELECT id FROM runs INDEXED BY runs_by_item WHERE item_id = ?"
+                f" last_run_id = (SELECT id FROM {self.RUN_ROWS} INDEXED BY runs_by_item"
+                " WHERE item_id = ?"
                 " AND id != ? ORDER BY started_at DESC LIMIT 1)"
                 " WHERE id = ? AND state = 'running' AND last_run_id = ?",
                 [(item_id, run_id, item_id, run_id) for run_id, item_id in runs],
             )
             self._conn.executemany(
-                f"DELETE FROM runs WHERE {self.RUN_WHERE} AND status = 'running'",
+                f"DELETE FROM {self.RUN_ROWS} WHERE {self.RUN_WHERE} AND status = 'running'",
                 [self.run_params(r) for r, _ in runs],
             )
 
@@ -241,7 +281,7 @@ class Queue(Rollup):
         with self._write():
             if progress:
                 self._conn.executemany(
-                    "UPDATE runs SET progress = COALESCE(?, progress),"
+                    f"UPDATE {self.RUN_ROWS} SET progress = COALESCE(?, progress),"
                     f" message = COALESCE(?, message) WHERE {self.RUN_WHERE}"
                     " AND status = 'running'",
                     [(p, m, *self.run_params(run_id)) for run_id, (p, m) in progress.items()],
@@ -251,16 +291,11 @@ class Queue(Rollup):
             self._conn.executemany(
                 _FINISH_RUN_SQL,
                 [
-                    (
-                        *(getattr(f, c) for c in _ROW_END_COLUMNS),
-                        _failure_of(f),
-                        f.progress,
-                        f.message,
-                        *self.run_params(f.run_id),
-                    )
+                    (*_row_end_of(f), _failure_of(f), f.progress, f.message,
+                     *self.run_params(f.run_id))
                     for f in finished
                 ],
-            )
+            )  # fmt: skip
             was = current_keys(self._conn, [f.item_id for f in finished])
             self._conn.executemany(
                 _FINISH_ITEM_SQL,
@@ -283,15 +318,16 @@ class Queue(Rollup):
         if the daemon dies, the next one can still find them."""
         with self._write():
             self._conn.executemany(
-                f"UPDATE runs SET pid = ?, pgid = ?, proc_start = ? WHERE {self.RUN_WHERE}"
-                " AND status = 'running'",
-                [(pid, pgid, start, *self.run_params(r)) for r, pid, pgid, start in started],
-            )
+                f"UPDATE {self.RUN_ROWS} SET {self.PROCESS_COLUMNS}"
+                f" WHERE {self.RUN_WHERE} AND status = 'running'",
+                [(*self._process_values(pid, pgid, start), *self.run_params(r))
+                 for r, pid, pgid, start in started],
+            )  # fmt: skip
 
     def running_processes(self) -> list[tuple[int, int, int]]:
         """(pid, pgid, start time) of the worker processes of runs left `running`."""
         return self._conn.execute(
-            "SELECT pid, pgid, proc_start FROM runs INDEXED BY runs_by_status"
+            f"SELECT pid, pgid, proc_start FROM {self.RUN_ROWS} INDEXED BY runs_by_status"
             " WHERE status = 'running' AND status != 'ok' AND pgid IS NOT NULL"
             " AND proc_start IS NOT NULL"
         ).fetchall()
@@ -409,3 +445,25 @@ def _failure_of(run: FinishedRun) -> str | None:
     if values.count(None) == len(values):  # an ok run's, at once
         return None
     return failure_json(dict(zip(_FAILURE_END_COLUMNS, values, strict=True)))
+
+
+def _row_end_of(run: FinishedRun) -> list[Any]:
+    """The values of the run's end as its row keeps them (schema 21)."""
+    values = list(_row_end_values(run))
+    values[_DURATION_AT] = microseconds(values[_DURATION_AT])
+    values[_PGID_AT] = pgid_offset(values[_PID_AT], values[_PGID_AT])
+    if values[_DATA_AT] == "{}":
+        values[_DATA_AT] = ""
+    return values
+
+
+def microseconds(seconds: float | None) -> float | int | None:
+    """A duration as run_rows keeps it (schema.MICROSECONDS)."""
+    if seconds is None:
+        return None
+    return round(seconds * 1_000_000) if abs(seconds) < 1e12 else seconds * 1_000_000
+
+
+def pgid_offset(pid: int | None, pgid: int | None) -> int | None:
+    """A process group as run_rows keeps it: its difference from the pid, when both are."""
+    return pgid if pid is None or pgid is None else pgid - pid

@@ -28,14 +28,12 @@ IDS_PER_QUERY = 400  # ids looked up at once: twice as many parameters, SQLite's
 # The run with an id: the run whose older id it is (runs_by_old_id, empty but for runs of
 # before schema 13 and rows written by hand), else the run it is the number of; one lookup
 # of the primary key. Parameters: the id, its number (run_number: None if it is none).
-NUMBER_OF_ID = (
-    "coalesce((SELECT run_no FROM runs WHERE id = ? AND id IS NOT CAST(run_no AS TEXT)), ?)"
-)
+NUMBER_OF_ID = "coalesce((SELECT run_no FROM run_rows WHERE id_kept = ?), ?)"
 BY_ID = f"run_no = {NUMBER_OF_ID}"
 
 # The runs whose id is one of some ids: by number where the id is one, by runs_by_old_id
 # (whose WHERE this repeats) where the run kept an older id.
-OLD_ID = "{at}id IS NOT CAST({at}run_no AS TEXT)"
+OLD_ID = "{at}id_kept IS NOT NULL"
 
 
 # The lowest number a run started at or after ? may have (schema 18's marks; none: past
@@ -90,7 +88,7 @@ def ids_where(run_ids: Sequence[str], table: str = "") -> tuple[str, list[object
     if numbers:
         clauses.append(f"({at}run_no IN ({', '.join('?' * len(numbers))}) AND {at}id IN ({marks}))")
         params += [*numbers, *run_ids]
-    clauses.append(f"({at}id IN ({marks}) AND {OLD_ID.format(at=at)})")
+    clauses.append(f"({at}id_kept IN ({marks}) AND {OLD_ID.format(at=at)})")
     params += list(run_ids)
     return "(" + " OR ".join(clauses) + ")", params
 
@@ -104,6 +102,10 @@ class RunKeys(Connected):
         if pipeline is None or stage is None:
             return "", []
         return f"stage_no = {STAGE_NO}", [pipeline, stage]
+
+    def _of_stage(self, at: str, pipeline: str, stage: str) -> str:
+        named = f"pipeline = {pipeline} AND stage = {stage}"
+        return f"{at}stage_no = (SELECT no FROM stages WHERE {named})"
 
     # Runs by start, through their numbers (schema 18): numbers are given in the order runs
     # start, and `run_minutes` bounds the numbers of the runs started since a time.
@@ -124,7 +126,7 @@ class RunKeys(Connected):
 
     def count_runs(self, pipeline: str, stage: str, status: str, since: float) -> int:
         return self._conn.execute(
-            f"SELECT COUNT(*) FROM runs WHERE stage_no = {STAGE_NO} AND status = ?"
+            f"SELECT COUNT(*) FROM run_rows WHERE stage_no = {STAGE_NO} AND status = ?"
             " AND finished_at >= ? AND replay_of IS NULL",
             (pipeline, stage, status, since),
         ).fetchone()[0]
@@ -135,7 +137,7 @@ class RunKeys(Connected):
         """(status, error) of the stage's last `count` runs finished (after `since`),
         newest first."""
         return self._conn.execute(
-            f"SELECT status, error FROM runs WHERE stage_no = {STAGE_NO}"
+            f"SELECT status, error FROM run_rows WHERE stage_no = {STAGE_NO}"
             " AND finished_at IS NOT NULL AND finished_at > ? AND replay_of IS NULL"
             " ORDER BY finished_at DESC LIMIT ?",
             (pipeline, stage, float("-inf") if since is None else since, count),
@@ -146,7 +148,7 @@ class RunKeys(Connected):
         return [
             row[0]
             for row in self._conn.execute(
-                f"SELECT duration_s FROM runs WHERE stage_no = {STAGE_NO} AND status = 'ok'"
+                f"SELECT duration_s FROM run_rows WHERE stage_no = {STAGE_NO} AND status = 'ok'"
                 " AND finished_at IS NOT NULL AND replay_of IS NULL"
                 " ORDER BY finished_at DESC LIMIT ?",
                 (pipeline, stage, count),
@@ -158,7 +160,7 @@ class RunKeys(Connected):
         total = 0.0
         for stage in stages:
             (cost,) = self._conn.execute(
-                "SELECT COALESCE(SUM(cost), 0) FROM runs INDEXED BY runs_by_stage_end"
+                "SELECT COALESCE(SUM(cost), 0) FROM run_rows INDEXED BY runs_by_stage_end"
                 f" WHERE stage_no = {STAGE_NO} AND finished_at >= ?",
                 (pipeline, stage, since),
             ).fetchone()
@@ -187,10 +189,10 @@ class RunKeys(Connected):
         # of the fingerprints took a random page per run. The packed fingerprint, or the 32
         # hex digits a run recorded before schema 13 kept (text), of which these are the first.
         row = self._conn.execute(
-            "SELECT id, data_out FROM runs INDEXED BY runs_by_item WHERE item_id = ?"
+            "SELECT id, data_out FROM run_rows INDEXED BY runs_by_item WHERE item_id = ?"
             " AND (input_fp = ? OR (typeof(input_fp) = 'text' AND length(input_fp) = 32"
-            " AND substr(input_fp, 1, 16) = ?)) AND status = 'ok' AND pipeline = ?"
-            " AND stage = ? AND data_out IS NOT NULL AND replay_of IS NULL"
+            f" AND substr(input_fp, 1, 16) = ?)) AND status = 'ok' AND stage_no = {STAGE_NO}"
+            " AND data_out IS NOT NULL AND replay_of IS NULL"
             " ORDER BY finished_at DESC LIMIT 1",
             (item_id, pack_hex64(fingerprint), fingerprint, pipeline, stage),
         ).fetchone()
@@ -204,7 +206,7 @@ class RunKeys(Connected):
         if not run.get("replay_of"):
             raise ValueError("a replay names the run it replayed (replay_of)")
         with self._write():
-            (last,) = self._conn.execute("SELECT MAX(run_no) FROM runs").fetchone()
+            (last,) = self._conn.execute("SELECT MAX(run_no) FROM run_rows").fetchone()
             number = (last or 0) + 1
             row = {**run, "run_no": number, "id": str(number)}
             row["trace_kept"] = row.pop("trace_id", None)
@@ -232,10 +234,10 @@ class RunKeys(Connected):
             return exact
         # Bounds instead of LIKE: the older ids that start with it (runs_by_old_id), and
         # the numbers that do, one range of the primary key per length up to the newest.
-        started = [f"(id >= ? AND id < ? AND {OLD_ID.format(at='')})"]
+        started = [f"(id_kept >= ? AND id_kept < ? AND {OLD_ID.format(at='')})"]
         params: list[object] = [prefix, prefix + "\uffff"]
         if prefix.isascii() and prefix.isdigit() and not prefix.startswith("0"):
-            (last,) = self._conn.execute("SELECT MAX(run_no) FROM runs").fetchone()
+            (last,) = self._conn.execute("SELECT MAX(run_no) FROM run_rows").fetchone()
             low, width = int(prefix) * 10, 10
             while last is not None and low <= last:
                 started.append("run_no BETWEEN ? AND ?")
@@ -277,9 +279,8 @@ class RunKeys(Connected):
         errors: list[str | None] = []
         for (run_id,) in members:  # a pruned member is gone from runs: the next one counts
             where, params = ids_where([run_id])
-            errors += [
-                e for (e,) in self._conn.execute(f"SELECT error FROM runs WHERE {where}", params)
-            ]
+            found = self._conn.execute(f"SELECT error FROM run_rows WHERE {where}", params)
+            errors += [error for (error,) in found]
             if len(errors) >= limit:
                 break
         return errors[:limit]

@@ -300,6 +300,175 @@ _RUN_MINUTES_MIGRATION = [
 # claim and a running one's finish no longer move an entry of it: each moved two.
 ASIDE = "state IN ('retrying', 'deferred', 'held', 'failed', 'ignored')"
 
+# 21 (issue 13): a run's row keeps only what is its own. Its pipeline and stage are its
+# stage's number (`stages`), its item's key its item's (`items`), its daemon's host:pid and
+# its stage's config hash are numbers in `daemon_names` and `config_hashes` (shared by every
+# run of a daemon, of a config), its id its number (an id or a trace id of before schema 13
+# is kept in the `failure` object, as id_kept and trace_kept), its duration whole
+# microseconds, its process group the difference from its pid (0, no byte, for a group
+# leader: every worker) and an empty data_out ('{}', most ok runs') is ''. `run_rows` is
+# the table; `runs` is a view of it with every column as it was, so that a reader (a
+# person's sqlite3 too) sees what it saw. Written through the view, triggers put each
+# column where it is kept; the scheduler's claims and finishes write `run_rows` themselves.
+# A one-stage no-op run's row: 138 -> 81 bytes.
+_STORED_RUN_COLUMNS = (
+    "run_no", "stage_no", "item_id", "attempt", "channel", "status", "started_at",
+    "finished_at", "duration_us", "exit_code", "pid", "pgid_off", "proc_start", "rows_in",
+    "rows_out", "cost", "progress", "input_fp", "config_no", "data_kept", "daemon_no", "room",
+    "failure", "error", "error_type", "traceback", "output", "message", "code_ref",
+    "reclassified_at", "replay_of",
+)  # fmt: skip
+# The view's columns: the runs table's of step 15, in its order (SELECT * reads the same),
+# then what only run_rows has.
+_VIEW_RUN_COLUMNS = (
+    "id", "pipeline", "stage", "item_id", "item_key", "attempt", "channel", "status",
+    "started_at", "finished_at", "duration_s", "exit_code", "signal", "pid", "error",
+    "error_type", "traceback", "output", "group_name", "label", "category", "type", "rule_id",
+    "rules_version", "input_fingerprint", "code_ref", "config_hash", "rows_in", "rows_out",
+    "cost", "trace_kept", "progress", "message", "pgid", "proc_start", "data_out", "probe_of",
+    "original_group", "original_label", "original_category", "original_type",
+    "original_rule_id", "original_rules_version", "reclassified_at", "daemon", "trace_id",
+    "replay_of", "run_no", "input_fp", "config_fp", "room", "stage_no", "failure", "id_kept",
+    "duration_us", "daemon_no", "config_no", "pgid_off", "data_kept",
+)  # fmt: skip
+# Each a lookup of its own, made only where a query reads the column: the view stays one
+# table to the planner, so a count or a MAX(run_no) through it reads run_rows alone.
+_LOOKED_UP = {
+    "pipeline": "(SELECT pipeline FROM stages WHERE no = r.stage_no)",
+    "stage": "(SELECT stage FROM stages WHERE no = r.stage_no)",
+    "item_key": "(SELECT key FROM items WHERE id = r.item_id)",
+    "daemon": "(SELECT name FROM daemon_names WHERE no = r.daemon_no)",
+    "config_fp": "(SELECT fp FROM config_hashes WHERE no = r.config_no)",
+    "config_hash": f"(SELECT {_unpacked('fp')} FROM config_hashes WHERE no = r.config_no)",
+}
+RUN_ID = "coalesce({at}id_kept, CAST({at}run_no AS TEXT))"  # a run's id, from its row
+# Seconds as whole microseconds; a value no integer holds (inf, 1e300: bad values an older
+# version or a hand stored) stays a REAL, of microseconds too. As runkeys.microseconds.
+MICROSECONDS = (
+    "CASE WHEN abs({0}) < 1e12 THEN CAST(round({0} * 1000000) AS INTEGER) ELSE {0} * 1000000 END"
+)
+_RUN_ROWS_TABLE = f"""CREATE TABLE run_rows (
+    run_no INTEGER PRIMARY KEY, stage_no INTEGER NOT NULL,
+    item_id INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL, channel TEXT, status TEXT NOT NULL, started_at REAL NOT NULL,
+    finished_at REAL, duration_us INTEGER, exit_code INTEGER, pid INTEGER, pgid_off INTEGER,
+    proc_start INTEGER, rows_in INTEGER, rows_out INTEGER, cost REAL, progress REAL,
+    input_fp, config_no INTEGER, data_kept TEXT, daemon_no INTEGER, room BLOB, failure TEXT,
+    error TEXT, error_type TEXT, traceback TEXT, output TEXT, message TEXT, code_ref TEXT,
+    reclassified_at REAL, replay_of TEXT, {_failed("id_kept", "trace_kept")},
+    id TEXT GENERATED ALWAYS AS ({RUN_ID.format(at="")}) VIRTUAL,
+    duration_s REAL GENERATED ALWAYS AS (duration_us / 1000000.0) VIRTUAL,
+    pgid INTEGER GENERATED ALWAYS AS
+        (CASE WHEN pid IS NULL THEN pgid_off ELSE pid + pgid_off END) VIRTUAL,
+    data_out TEXT GENERATED ALWAYS AS
+        (CASE data_kept WHEN '' THEN '{{}}' ELSE data_kept END) VIRTUAL,
+    input_fingerprint TEXT GENERATED ALWAYS AS ({_unpacked("input_fp")}) VIRTUAL,
+    trace_id TEXT GENERATED ALWAYS AS (coalesce(trace_kept, printf('%016x%016x',
+        CAST(started_at * 1000000 AS INTEGER), run_no))) VIRTUAL,
+    {_failed(*FAILURE_COLUMNS)})"""
+# How run_rows keeps a column the view shows otherwise: SQL of a row's shown columns (`{r}`:
+# NEW in the view's triggers, the old table in the migration), and the shown columns whose
+# change through the view rewrites it.
+_KEPT_AS = {
+    "stage_no": (
+        "(SELECT no FROM stages WHERE pipeline = {r}.pipeline AND stage = {r}.stage)",
+        ("pipeline", "stage"),
+    ),
+    "daemon_no": ("(SELECT no FROM daemon_names WHERE name = {r}.daemon)", ("daemon",)),
+    "config_no": ("(SELECT no FROM config_hashes WHERE fp = {r}.config_fp)", ("config_fp",)),
+    "duration_us": (MICROSECONDS.format("{r}.duration_s"), ("duration_s",)),
+    "pgid_off": (
+        "CASE WHEN {r}.pid IS NULL THEN {r}.pgid ELSE {r}.pgid - {r}.pid END", ("pid", "pgid")
+    ),
+    "data_kept": ("CASE {r}.data_out WHEN '{{}}' THEN '' ELSE {r}.data_out END", ("data_out",)),
+    # the failure object, with an older id and trace id in it
+    "failure": (
+        "NULLIF(json_patch(coalesce({r}.failure, '{{}}'), json_object('id_kept',"
+        " nullif({r}.id, CAST({r}.run_no AS TEXT)), 'trace_kept', {r}.trace_kept)), '{{}}')",
+        ("id", "trace_kept"),
+    ),
+}  # fmt: skip
+
+
+def _kept(column: str, row: str) -> str:
+    return _KEPT_AS[column][0].format(r=row)
+
+
+def _inserted(column: str) -> str:
+    """What an insert through the view puts in a column of run_rows: its own value if given."""
+    if column not in _KEPT_AS:
+        return f"NEW.{column}"
+    return _kept(column, "NEW") if column == "failure" else (
+        f"coalesce(NEW.{column}, {_kept(column, 'NEW')})")  # fmt: skip
+
+
+def _updated(column: str) -> str:
+    """What an update through the view puts in a column of run_rows: anew, if what the view
+    shows of it changed."""
+    if column not in _KEPT_AS:
+        return f"NEW.{column}"
+    changed = " OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in _KEPT_AS[column][1])
+    return f"CASE WHEN {changed} THEN {_kept(column, 'NEW')} ELSE NEW.{column} END"
+
+
+def _migrated(column: str) -> str:
+    """A column of run_rows from the runs table of step 20."""
+    if column == "stage_no":
+        return f"coalesce(runs.stage_no, {_kept(column, 'runs')})"
+    return _kept(column, "runs") if column in _KEPT_AS else f"runs.{column}"
+
+
+_NAME_NEW_RUNS = (
+    "INSERT OR IGNORE INTO stages (pipeline, stage) SELECT NEW.pipeline, NEW.stage"
+    " WHERE NEW.pipeline IS NOT NULL AND NEW.stage IS NOT NULL;"
+    " INSERT OR IGNORE INTO daemon_names (name) SELECT NEW.daemon WHERE NEW.daemon IS NOT NULL;"
+    " INSERT OR IGNORE INTO config_hashes (fp) SELECT NEW.config_fp"
+    " WHERE NEW.config_fp IS NOT NULL;"
+)
+_UNSTARTED = [c for c in _STORED_RUN_COLUMNS if c not in ("run_no", "started_at")]
+_RUN_ROWS_MIGRATION = [
+    "CREATE TABLE daemon_names (no INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    "INSERT INTO daemon_names (name) SELECT DISTINCT daemon FROM runs WHERE daemon IS NOT NULL",
+    "CREATE TABLE config_hashes (no INTEGER PRIMARY KEY, fp NOT NULL UNIQUE)",  # as packed
+    "INSERT INTO config_hashes (fp) SELECT DISTINCT config_fp FROM runs"
+    " WHERE config_fp IS NOT NULL",
+    "INSERT OR IGNORE INTO stages (pipeline, stage) SELECT DISTINCT pipeline, stage FROM runs",
+    _RUN_ROWS_TABLE,
+    f"INSERT INTO run_rows ({', '.join(_STORED_RUN_COLUMNS)})"
+    f" SELECT {', '.join(map(_migrated, _STORED_RUN_COLUMNS))} FROM runs ORDER BY run_no",
+    "DROP TABLE runs",  # its indexes and triggers go with it
+    f"CREATE VIEW runs ({', '.join(_VIEW_RUN_COLUMNS)}) AS SELECT "
+    + ", ".join(_LOOKED_UP.get(c, f"r.{c}") for c in _VIEW_RUN_COLUMNS)
+    + " FROM run_rows r",
+    f"""CREATE TRIGGER runs_insert INSTEAD OF INSERT ON runs BEGIN {_NAME_NEW_RUNS}
+        INSERT INTO run_rows ({", ".join(_STORED_RUN_COLUMNS)}) VALUES
+        ({", ".join(map(_inserted, _STORED_RUN_COLUMNS))}); END""",
+    # started_at apart, and only when it changed: its trigger marks the minute anew.
+    f"""CREATE TRIGGER runs_update INSTEAD OF UPDATE ON runs BEGIN {_NAME_NEW_RUNS}
+        UPDATE run_rows SET started_at = NEW.started_at
+            WHERE run_no = OLD.run_no AND NEW.started_at IS NOT OLD.started_at;
+        UPDATE run_rows SET {", ".join(f"{c} = {_updated(c)}" for c in _UNSTARTED)}
+            WHERE run_no = OLD.run_no; END""",
+    "CREATE TRIGGER runs_delete INSTEAD OF DELETE ON runs"
+    " BEGIN DELETE FROM run_rows WHERE run_no = OLD.run_no; END",
+    f"CREATE TRIGGER runs_mark_minute AFTER INSERT ON run_rows BEGIN {_MARK_MINUTE} END",
+    f"CREATE TRIGGER runs_mark_new_start AFTER UPDATE OF started_at ON run_rows"
+    f" BEGIN {_MARK_MINUTE} END",
+    f"""CREATE TRIGGER runs_forget_templates AFTER DELETE ON run_rows
+        BEGIN DELETE FROM template_runs WHERE run_id = {RUN_ID.format(at="OLD.")}; END""",
+    # Each index of step 18 again, read by the same queries.
+    "CREATE INDEX runs_by_old_id ON run_rows (id_kept) WHERE id_kept IS NOT NULL",
+    "CREATE INDEX runs_by_stage ON run_rows (stage_no)",
+    "CREATE INDEX runs_by_stage_end ON run_rows (stage_no, finished_at, cost)"
+    " WHERE finished_at IS NOT NULL",
+    "CREATE INDEX runs_by_status ON run_rows (status, started_at) WHERE status != 'ok'",
+    "CREATE INDEX runs_by_item ON run_rows (item_id)",
+    "CREATE INDEX runs_by_channel_label ON run_rows (channel, label, finished_at)"
+    " WHERE label IS NOT NULL",
+    "CREATE INDEX runs_reclassified ON run_rows (reclassified_at)"
+    " WHERE reclassified_at IS NOT NULL",
+]
+
 # Each step upgrades the schema by one version; a step never changes once shipped.
 MIGRATIONS: list[list[str]] = [
     [  # 1: items and runs
@@ -478,6 +647,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX items_label_recent ON items"
         f" (state, pipeline, stage, last_group, last_label, updated_at) WHERE {ASIDE}",
     ],
+    _RUN_ROWS_MIGRATION,  # 21
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -25,8 +25,7 @@ class Reclassify(Connected):
 
     def failure_texts(self, since: float | None) -> list[FailureText]:
         rows = self._conn.execute(
-            f"SELECT {_TEXT_KEY}, count(*) FROM runs INDEXED BY runs_by_status"
-            f" WHERE {_FAILURES} GROUP BY {_TEXT_KEY}",
+            f"SELECT {_TEXT_KEY}, count(*) FROM runs WHERE {_FAILURES} GROUP BY {_TEXT_KEY}",
             (float("-inf") if since is None else since,),
         )
         return [
@@ -58,9 +57,9 @@ class Reclassify(Connected):
                  for c in changes],
             )  # fmt: skip
             runs = conn.execute(
-                f"""UPDATE runs SET {self._relabel_sql()}
+                f"""UPDATE {self.RUN_ROWS} AS runs SET {self._relabel_sql()}
                 FROM relabel r WHERE {_FAILURES.replace("status", "runs.status", 1)}
-                    AND r.pipeline = runs.pipeline AND r.stage = runs.stage
+                    AND {self._of_stage("runs.", "r.pipeline", "r.stage")}
                     AND r.error = coalesce(runs.error, '')
                     AND r.error_type = coalesce(runs.error_type, '')
                     AND r.grp = runs.group_name AND r.label = coalesce(runs.label, '')""",
@@ -69,7 +68,7 @@ class Reclassify(Connected):
             items = conn.execute(
                 "UPDATE items SET last_group = r.group_name, last_label = r.label,"
                 " relabelled_at = r.reclassified_at"
-                " FROM runs r INDEXED BY runs_reclassified WHERE r.reclassified_at = ?"
+                f" FROM {self.RUN_ROWS} r INDEXED BY runs_reclassified WHERE r.reclassified_at = ?"
                 " AND items.id = r.item_id AND items.last_run_id = r.id"
                 " AND items.state IN ('retrying', 'failed')",
                 (now,),
