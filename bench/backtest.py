@@ -50,29 +50,31 @@ def build(folder: Path, failures: int, texts: int) -> None:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = OFF")
     now = time.time()
+    conn.executemany("INSERT OR IGNORE INTO stages (pipeline, stage) VALUES (?, ?)", STAGES)
+    numbers = {(p, s): no for no, p, s in conn.execute("SELECT no, pipeline, stage FROM stages")}
     for first in range(0, failures, BATCH):
         items, runs = [], []
         for n in range(first, min(first + BATCH, failures)):
             pipeline, stage = STAGES[n % len(STAGES)]
             distinct = n % texts
             error = SHAPES[distinct % len(SHAPES)].format(n=distinct)
-            at = now - (n / failures) * 6.9 * 86400
-            items.append((n + 1, pipeline, f"item-{n}", stage, "failed", f"r{n:031x}", error,
+            at = now - (1 - n / failures) * 6.9 * 86400  # run numbers in time order
+            items.append((n + 1, pipeline, f"item-{n}", stage, "failed", str(n + 1), error,
                           "Unknown", "unknown", at, at))  # fmt: skip
             kind = error.partition(":")[0] if ":" in error else None
-            runs.append((f"r{n:031x}", pipeline, stage, n + 1, f"item-{n}", "failed", at,
-                         at + 1, error, kind))  # fmt: skip
+            runs.append((n + 1, numbers[pipeline, stage], n + 1, "failed", at, at + 1, error,
+                         kind))  # fmt: skip
         conn.executemany(
             "INSERT INTO items (id, pipeline, key, stage, state, attempt, last_run_id,"
             " last_error, last_label, last_group, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
             items,
         )
-        conn.executemany(
-            "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status,"
-            " started_at, finished_at, error, error_type, failure) VALUES (?, ?, ?, ?, ?, 1, ?,"
-            " ?, ?, ?, ?, json_object('group_name', 'unknown', 'label', 'Unknown',"
-            " 'category', 'unknown', 'type', 'unknown'))",
+        conn.executemany(  # as the store writes a run (schema 21: run_rows, shown by `runs`)
+            "INSERT INTO run_rows (run_no, stage_no, item_id, attempt, status, started_at,"
+            " finished_at, error, error_type, failure) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?,"
+            " json_object('group_name', 'unknown', 'label', 'Unknown', 'category', 'unknown',"
+            " 'type', 'unknown'))",
             runs,
         )
         conn.commit()
