@@ -113,7 +113,10 @@ def _cmd_complete(args: argparse.Namespace) -> int:
         config = load_config(args)
     except Exception:  # a shell completing must never see an error: it offers nothing
         return EXIT_OK
-    store = open_store(config, must_exist=True, read_only=True)
+    try:
+        store = open_store(config, must_exist=True, read_only=True)
+    except Exception:  # no store to read (another daemon on the port, a damaged file, ...):
+        store = None  # the config's names are still offered
     try:
         names = known_names(config, store, args.kind)
     finally:

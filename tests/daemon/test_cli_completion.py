@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Project
+from conftest import REPO, Project, wait_until
 
 CONFIG = """
 sites:
@@ -115,6 +115,30 @@ def test_bash_asks_the_config_typed_on_the_line(project: Project, tmp_path: Path
     script = project.cli("completion", "bash").stdout
     line = f"pipewarden status --config {other / 'config.yaml'} --pipeline "
     assert bash_completes(project, script, line) == ["elsewhere"]
+
+
+def test_a_config_whose_port_another_daemon_serves_still_completes_its_names(
+    project: Project, tmp_path: Path
+):
+    """Another pipewarden on the port the config names (its own state dir): the store
+    cannot be read, and the config's names are still offered, with no error on the line."""
+    configured(project)
+    daemon = project.start_daemon()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text(
+        f"rules: [{REPO}/rules/*.yaml]\napi: {{port: {project.api_port}}}\n"
+        "pipelines:\n  elsewhere:\n    stages:\n      - {name: a, command: [echo]}\n"
+    )
+    elsewhere = ("--config", str(other / "config.yaml"))
+    wait_until(  # the daemon answers on that port, for its own state dir
+        lambda: "another state dir" in project.cli("status", *elsewhere, expect=None).stderr,
+        "the other daemon's API",
+    )
+    asked = project.cli("_complete", "pipelines", *elsewhere)
+    assert (asked.stdout, asked.stderr) == ("elsewhere\n", "")
+    daemon.terminate()
+    daemon.wait(30)
 
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
