@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from installed import shell_env
 from store_size import project
 
 STILL_FOR_S = 3.0
@@ -156,6 +157,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def _enqueue_times(root: Path, runs: int) -> tuple[list[float], list[float]]:
+    _cli(root, "enqueue", "bench", "idle-warm")  # untimed: its bytecode cached (installed.py)
     walls, cpus = [], []
     for n in range(runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -168,11 +170,11 @@ def _enqueue_times(root: Path, runs: int) -> tuple[list[float], list[float]]:
 
 
 def _cli(root: Path, *args: str) -> None:
-    """The console script, as a person runs it."""
+    """The console script, as a person runs it (installed.py: its bytecode cached)."""
     executable = Path(sys.executable).with_name("pipewarden")
     subprocess.run(
         [str(executable), *args, "--config", "config.yaml"], cwd=root, check=True,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, env=shell_env(),
     )  # fmt: skip
 
 
