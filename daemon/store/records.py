@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from pipewarden.types import ItemState, RunStatus
 
 FAILURES = "failures"  # the status filter for runs that failed or timed out
+FAILED_STATUSES = ("failed", "timed_out")  # the statuses FAILURES is
 
 FAILED_BY_A_PERSON = "Failed by a person"  # the label of a held item a person failed
 

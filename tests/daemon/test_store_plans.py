@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pipewarden.runfeed import ended_since
 from pipewarden.store import NewRun, Store
-from pipewarden.store.records import RunFilter
+from pipewarden.store.records import FAILURES, RunFilter
 
 P, S = "sites", "find"
 # items and runs by any name: their tables, the view's (r, i), aliases, Peewee's (t1, t2, ...)
@@ -111,3 +111,23 @@ def test_each_query_reads_items_and_runs_through_an_index(store: Store, name: st
         # items, runs, or either by Peewee's alias of a query's table (t1, t2, ...)
         scans = [step for step in plan.split("; ") if WALK.match(step)]
         assert not scans, f"{name}: {sql}\n  walks every row: {plan}"
+
+
+# Lists newest first that must read their index in its order, never sort what it holds:
+# a status's runs are in number order in runs_by_status (schema 22), each status apart.
+IN_ORDER: dict[str, Callable[[Store], object]] = {
+    "the page's failures": lambda s: s.find_runs(RunFilter(status=FAILURES), ["id"], 80, 50),
+    "the page's failed runs": lambda s: s.find_runs(RunFilter(status="failed"), ["id"], 80, 50),
+    "the page's failures since": lambda s: s.find_runs(
+        RunFilter(status=FAILURES, since=1.0), ["id"], 80, 50
+    ),
+    "recent failed runs": lambda s: s.recent_runs(10, status="failed"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IN_ORDER))
+def test_a_status_s_runs_are_listed_newest_first_without_a_sort(store: Store, name: str):
+    found = plans(store, IN_ORDER[name])
+    assert found, f"{name} ran no query"
+    for sql, plan in found:
+        assert "USE TEMP B-TREE FOR ORDER BY" not in plan, f"{name}: {sql}\n  sorts: {plan}"

@@ -169,5 +169,7 @@ STEPS: dict[int, list[str]] = {
     18: [],
     19: [],  # SQLite's step 19 reserves room in an item's row for its first claim
     20: [],  # SQLite's step 20 narrows a partial index (items_label_recent) of its own
+    21: [],  # SQLite's step 21 rebuilds its runs table as run_rows, `runs` a view of it
+    22: [],  # SQLite's step 22 narrows runs_by_status to the status
 }
 SCHEMA_VERSION = max(STEPS)

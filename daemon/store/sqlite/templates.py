@@ -9,13 +9,15 @@ daemon's own (an interrupted or unrecordable run, category `daemon`). Stores rep
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pipewarden.store.records import FailureText, Relabel
 from pipewarden.store.sqlite.base import Connected
 
 _FAILURES = (  # a recorded replay is no production failure: it keeps its own judgement
-    "status IN ('failed', 'timed_out') AND status != 'ok' AND started_at >= ?"
-    " AND group_name IS NOT NULL AND coalesce(category, '') != 'daemon' AND replay_of IS NULL"
+    "{at}status IN ('failed', 'timed_out') AND {at}status != 'ok' AND {started}"
+    " AND {at}group_name IS NOT NULL AND coalesce({at}category, '') != 'daemon'"
+    " AND {at}replay_of IS NULL"
 )
 _TEXT_KEY = "pipeline, stage, coalesce(error, ''), coalesce(error_type, ''), group_name, label"
 
@@ -23,10 +25,18 @@ _TEXT_KEY = "pipeline, stage, coalesce(error, ''), coalesce(error_type, ''), gro
 class Reclassify(Connected):
     """Stored failures by text, and their classification changed in place."""
 
+    def _failures(self, since: float | None, at: str = "") -> tuple[str, list[Any]]:
+        """SQL (and its parameters) true of the stored failures started since `since`."""
+        if since is None:
+            return _FAILURES.format(at=at, started="TRUE"), []
+        started, params = self._started_since(since, at)
+        return _FAILURES.format(at=at, started=started), params
+
     def failure_texts(self, since: float | None) -> list[FailureText]:
+        failures, params = self._failures(since)
         rows = self._conn.execute(
-            f"SELECT {_TEXT_KEY}, count(*) FROM runs WHERE {_FAILURES} GROUP BY {_TEXT_KEY}",
-            (float("-inf") if since is None else since,),
+            f"SELECT {_TEXT_KEY}, count(*) FROM runs WHERE {failures} GROUP BY {_TEXT_KEY}",
+            params,
         )
         return [
             FailureText(pipeline, stage, error, error_type or None, group, label or "", n)
@@ -40,6 +50,7 @@ class Reclassify(Connected):
         keeping the first one beside it; the items they left relabelled too (the status
         tree counts them under the new label). Returns (runs, items) changed."""
         conn = self._conn
+        failures, params = self._failures(since, "runs.")
         with self._write():
             conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS relabel (pipeline TEXT, stage TEXT, error TEXT,"
@@ -58,12 +69,12 @@ class Reclassify(Connected):
             )  # fmt: skip
             runs = conn.execute(
                 f"""UPDATE {self.RUN_ROWS} AS runs SET {self._relabel_sql()}
-                FROM relabel r WHERE {_FAILURES.replace("status", "runs.status", 1)}
+                FROM relabel r WHERE {failures}
                     AND {self._of_stage("runs.", "r.pipeline", "r.stage")}
                     AND r.error = coalesce(runs.error, '')
                     AND r.error_type = coalesce(runs.error_type, '')
                     AND r.grp = runs.group_name AND r.label = coalesce(runs.label, '')""",
-                (rules_version, now, float("-inf") if since is None else since),
+                (rules_version, now, *params),
             ).rowcount
             items = conn.execute(
                 "UPDATE items SET last_group = r.group_name, last_label = r.label,"
