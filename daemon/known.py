@@ -36,7 +36,7 @@ def known_channels(config: Config, store: Storage | None) -> list[str]:
 
 
 def known_labels(store: Storage | None) -> list[str]:
-    """Labels items carry now (what `retry --label` can find)."""
+    """Labels of the items retrying, failed or ignored (what `retry --label` can find)."""
     return sorted(store.item_labels()) if store is not None else []
 
 

@@ -201,7 +201,8 @@ class Storage(Protocol):
         """Every channel an item has now."""
 
     def item_labels(self) -> list[str]:
-        """Every label an item carries now."""
+        """The labels of the items retrying, failed or ignored now (what `retry --label`
+        picks among), sorted."""
 
     # -- many items at once ------------------------------------------------------------------
 

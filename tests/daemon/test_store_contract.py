@@ -318,6 +318,23 @@ def test_retry_by_label_counts_first_then_requeues_and_held_items_are_released_o
 
 
 # -- re-bucketing history (issue 15) ----------------------------------------------------------
+def test_the_labels_offered_are_those_of_items_retrying_failed_or_ignored(storage: Storage):
+    """What `retry --label` completes from: a label of an item set aside by its failure,
+    never one a done or queued item's row still names."""
+    storage.enqueue(P, S, [(key, {}) for key in "abcde"], 1.0)
+    runs = dict(zip("abcde", claim(storage), strict=True))
+    states = {"a": ItemState.FAILED, "b": ItemState.RETRYING, "c": ItemState.IGNORED,
+              "d": ItemState.QUEUED, "e": ItemState.FAILED}  # fmt: skip
+    labels = {"a": "Timeout", "b": "Rate limited", "c": "Not found", "d": "Stale", "e": "Timeout"}
+    storage.finish([
+        replace(ended(c, r, RunStatus.FAILED, 11.0, label=labels[key], group_name="retriable"),
+                item_state=states[key], item_ready_at=20.0)
+        for key, (c, r) in runs.items()
+    ], {})  # fmt: skip
+    assert storage.item(P, "d").last_label == "Stale"  # a queued item's row names it still
+    assert storage.item_labels() == ["Not found", "Rate limited", "Timeout"]
+
+
 def test_reclassify_keeps_the_first_classification_and_marks_items_until_their_next_run(
     storage: Storage,
 ):

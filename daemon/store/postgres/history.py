@@ -60,6 +60,17 @@ class History(SqliteHistory):
             "SELECT DISTINCT channel FROM items WHERE channel IS NOT NULL ORDER BY channel"
         )]  # fmt: skip
 
+    def item_labels(self) -> list[str]:
+        """The labels of the items retrying, failed or ignored (the counts' rows per
+        connection are no set of them here), hopping from one label to the next."""
+        return [row[0] for row in self._pg.execute(
+            "WITH RECURSIVE hop(v) AS (SELECT MIN(last_label) FROM items"
+            " WHERE state IN ('retrying', 'failed', 'ignored') UNION ALL"
+            " SELECT (SELECT MIN(last_label) FROM items WHERE last_label > hop.v"
+            " AND state IN ('retrying', 'failed', 'ignored')) FROM hop WHERE hop.v IS NOT NULL)"
+            " SELECT v FROM hop WHERE v IS NOT NULL"
+        )]  # fmt: skip
+
     def add_replay(self, run: dict[str, Any]) -> str:
         """As on SQLite, its id from the fleet's run numbers; the trace id stored as given."""
         if not run.get("replay_of"):

@@ -142,15 +142,9 @@ class History(Connected):
             " ORDER BY channel")]  # fmt: skip
 
     def item_labels(self) -> list[str]:
-        """Every label an item carries now."""
-        return self._distinct("last_label")
-
-    def _distinct(self, column: str) -> list[str]:
-        """The distinct non-null values of items.`column`, hopping from one to the next (a
-        skip scan: one index probe per value where an index leads with the column)."""
-        sql = (
-            f"WITH RECURSIVE hop(v) AS (SELECT MIN({column}) FROM items UNION ALL"
-            f" SELECT (SELECT MIN({column}) FROM items WHERE {column} > hop.v) FROM hop"
-            " WHERE hop.v IS NOT NULL) SELECT v FROM hop WHERE v IS NOT NULL"
-        )
-        return [row[0] for row in self._conn.execute(sql)]
+        """The labels of the items retrying, failed or ignored, from the trigger-kept counts,
+        which keep a label there only. No index leads with items.last_label: hopping from one
+        label to the next walked every item (1.4 s at a million, for a tab completion)."""
+        return [row[0] for row in self._conn.execute(
+            "SELECT DISTINCT label FROM item_counts WHERE n > 0 AND label != ''"
+            " ORDER BY label")]  # fmt: skip
