@@ -41,10 +41,10 @@ class Connected:
         its own index of them answers it (runkeys.RunKeys on SQLite); here none."""
         return "", []
 
-    def _of_stage(self, at: str, pipeline: str, stage: str) -> str:
-        """SQL true of the run row `at` when it is of the stage the SQL expressions
-        `pipeline` and `stage` name: by its names here; by its stage's number on SQLite."""
-        return f"{at}pipeline = {pipeline} AND {at}stage = {stage}"
+    def _of_stage(self, at: str, named: str) -> str:
+        """SQL true of the run row `at` when it is of the stage that the row `named` names
+        (its `pipeline` and `stage` columns): by its names here; by number on SQLite."""
+        return f"{at}pipeline = {named}pipeline AND {at}stage = {named}stage"
 
     # How runs are found by their start: on an index of started_at here (PostgreSQL); the
     # SQLite store reads them by number instead (runkeys.RunKeys).

@@ -225,27 +225,24 @@ class Queue(Rollup):
             (pipeline, stage, self.daemon),
         ).fetchone()
         if daemon_no is None and self.daemon is not None:
-            daemon_no = self._daemon_number(self.daemon)
+            daemon_no = self._number_of("daemon_names", "name", self.daemon)
         return (last or 0) + 1, stage_no or self._stage_number(pipeline, stage), daemon_no
 
-    def _daemon_number(self, name: str) -> int:
-        """The number of a daemon's host:pid in `daemon_names` (schema 21), made if new."""
-        self._conn.execute("INSERT OR IGNORE INTO daemon_names (name) VALUES (?)", (name,))
-        found = self._conn.execute("SELECT no FROM daemon_names WHERE name = ?", (name,))
-        return found.fetchone()[0]
-
     def _config_numbers(self, hashes: set[str | None]) -> dict[str | None, int | None]:
-        """The number of each config hash in `config_hashes` (schema 21, packed as the
-        runs kept it), made if new; a claim's runs share one or a few."""
+        """The number of each config hash (packed, as the runs kept it); a claim's runs
+        share one or a few."""
         numbers: dict[str | None, int | None] = {None: None}
         for config_hash in hashes - {None}:
-            packed = pack_hex64(config_hash)
-            found = self._conn.execute("SELECT no FROM config_hashes WHERE fp = ?", (packed,))
-            if (row := found.fetchone()) is None:
-                made = self._conn.execute("INSERT INTO config_hashes (fp) VALUES (?)", (packed,))
-                row = (made.lastrowid,)
-            numbers[config_hash] = row[0]
+            numbers[config_hash] = self._number_of("config_hashes", "fp", pack_hex64(config_hash))
         return numbers
+
+    def _number_of(self, table: str, column: str, value: Any) -> int:
+        """The number `table` (`daemon_names`, `config_hashes`: schema 21) gives `value`,
+        made if it has none yet."""
+        found = self._conn.execute(f"SELECT no FROM {table} WHERE {column} = ?", (value,))
+        if (row := found.fetchone()) is not None:
+            return row[0]
+        return self._conn.execute(f"INSERT INTO {table} ({column}) VALUES (?)", (value,)).lastrowid
 
     def _stage_number(self, pipeline: str, stage: str) -> int:
         """The stage's number in `stages` (schema 15), made if it has none yet."""

@@ -23,6 +23,7 @@ from pipewarden.store.records import FAILED_STATUSES, FAILURES, RunFilter
 from pipewarden.store.sqlite.base import Connected
 from pipewarden.store.sqlite.lookups import LATER_OK
 from pipewarden.store.sqlite.schema import FAILURE_COLUMNS, MINUTE_OF
+from pipewarden.store.sqlite.schema import STAGE_NO as STAGE_NO_OF_ROW
 from pipewarden.store.sqlite.templates import first
 
 _HEX64 = re.compile(r"[0-9a-f]{16}")
@@ -106,9 +107,8 @@ class RunKeys(Connected):
             return "", []
         return f"stage_no = {STAGE_NO}", [pipeline, stage]
 
-    def _of_stage(self, at: str, pipeline: str, stage: str) -> str:
-        named = f"pipeline = {pipeline} AND stage = {stage}"
-        return f"{at}stage_no = (SELECT no FROM stages WHERE {named})"
+    def _of_stage(self, at: str, named: str) -> str:
+        return f"{at}stage_no = {STAGE_NO_OF_ROW.format(at=named)}"
 
     # Runs by start, through their numbers (schema 18): numbers are given in the order runs
     # start, and `run_minutes` bounds the numbers of the runs started since a time.

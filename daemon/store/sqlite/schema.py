@@ -370,10 +370,7 @@ _RUN_ROWS_TABLE = f"""CREATE TABLE run_rows (
 # NEW in the view's triggers, the old table in the migration), and the shown columns whose
 # change through the view rewrites it.
 _KEPT_AS = {
-    "stage_no": (
-        "(SELECT no FROM stages WHERE pipeline = {r}.pipeline AND stage = {r}.stage)",
-        ("pipeline", "stage"),
-    ),
+    "stage_no": (STAGE_NO.format(at="{r}."), ("pipeline", "stage")),
     "daemon_no": ("(SELECT no FROM daemon_names WHERE name = {r}.daemon)", ("daemon",)),
     "config_no": ("(SELECT no FROM config_hashes WHERE fp = {r}.config_fp)", ("config_fp",)),
     "duration_us": (MICROSECONDS.format("{r}.duration_s"), ("duration_s",)),

@@ -70,7 +70,7 @@ class Reclassify(Connected):
             runs = conn.execute(
                 f"""UPDATE {self.RUN_ROWS} AS runs SET {self._relabel_sql()}
                 FROM relabel r WHERE {failures}
-                    AND {self._of_stage("runs.", "r.pipeline", "r.stage")}
+                    AND {self._of_stage("runs.", "r.")}
                     AND r.error = coalesce(runs.error, '')
                     AND r.error_type = coalesce(runs.error_type, '')
                     AND r.grp = runs.group_name AND r.label = coalesce(runs.label, '')""",
