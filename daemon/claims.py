@@ -107,14 +107,14 @@ class Claims:
                 if len(keep) < len(slot.ahead):
                     slot.ahead.clear()
                     slot.ahead.extend(keep)
-        given_back = [*batch.put_back, *batch.taken_back]
+        given_back = [*batch.put_back, *batch.in_doubt, *batch.taken_back]
         if given_back:
             self.store.unclaim([(new_run.run_id, claimed.item_id)
                                 for _, claimed, new_run in given_back])  # fmt: skip
             log.info("%d item(s) handed ahead went back to the queue untouched", len(given_back))
 
     def _return_ahead(self, taken_back: list[Handed]) -> None:
-        """A pass not committed: what it took back is ahead of its slots again."""
+        """A pass rolled back: what it took back is ahead of its slots again."""
         with self._handing:
             for slot, claimed, new_run in reversed(taken_back):
                 slot.ahead.appendleft((claimed, new_run))

@@ -78,6 +78,12 @@ class StoreFault(StoreError):
         return self.kind != DAMAGED
 
     @property
+    def may_have_landed(self) -> bool:
+        """A commit that met it may have been made all the same: the connection was lost
+        while COMMIT was answered. Any other fault rolls it back."""
+        return self.kind == UNREACHABLE
+
+    @property
     def exit_code(self) -> int:
         return 2 if self.kind == DAMAGED else 1
 

@@ -45,6 +45,8 @@ class Batch:
     probes: dict[str, int] = field(default_factory=dict)
     holds: Holds | None = None
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # What a try that failed claimed or gave back: given back (again) by the next try
+    in_doubt: list[Handed] = field(default_factory=list)
 
     def cleared(self) -> Batch:
         self.claimed, self.taken_back, self.skipped, self.written = [], [], [], []
@@ -107,7 +109,13 @@ class Recording:
         except Exception as exc:
             if (fault := faults.fault_of(exc, self.store.path)) is None:
                 raise
-            self._return_ahead(batch.taken_back)
+            if fault.may_have_landed:
+                # What it claimed or gave back is given back by the next try: undone if it
+                # landed, unchanged if not. Dropped, a claim that landed would stay running
+                # with no worker; handed out again, an item given back would run twice.
+                batch.in_doubt += [*batch.claimed, *batch.taken_back]
+            else:  # rolled back: what it took back is still claimed, ahead of its slot again
+                self._return_ahead(batch.taken_back)
             batch.cleared()
             return fault
         return None
@@ -118,7 +126,7 @@ class Recording:
         self._finished = batch.finished + self._finished
         self._progress = {**batch.progress, **self._progress}
         self._probe_ends = batch.probe_ends + self._probe_ends
-        self._put_back = batch.put_back + self._put_back
+        self._put_back = batch.put_back + batch.in_doubt + self._put_back
         if self.guard is batch.guard:  # it counted the batch's costs into its day's spending
             self.guard = Guard(self.store, batch.guard.rules, batch.guard.stages)
 
@@ -131,6 +139,8 @@ class Recording:
         self._may_halt -= sum(1 for run in batch.finished if _may_halt(run))
         if batch.progress:
             self._progress_written = self.clock.monotonic()
+        for run in batch.finished:
+            self.events.publish("run_finished", **self._finish_events.pop(run.run_id))
         for name, data in batch.events:
             self.events.publish(name, **data)
         current = set(self._slots)
@@ -181,7 +191,7 @@ class Recording:
         self._finished.append(run)
         if _may_halt(run):
             self._may_halt += 1
-        self.events.publish("run_finished", **finished_event(run, key, attempt))
+        self._finish_events[run.run_id] = finished_event(run, key, attempt)
 
 
 def finished_event(run: FinishedRun, key: str, attempt: int) -> dict[str, Any]:

@@ -101,6 +101,9 @@ class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_ended = float("-inf")  # monotonic time the last attempt ended
         self._finished: list[FinishedRun] = []
+        # run id -> its run_finished event, sent once the run is committed: a follower that
+        # subscribes meanwhile then gets the event or reads the run from the store, never neither
+        self._finish_events: dict[str, dict[str, Any]] = {}
         self._may_halt = 0  # of the runs finished and not committed, failures and costs
         self._probe_ends: list[tuple[int, Claimed, Decision, float]] = []  # for the next pass
         self._put_back: list[Handed] = []  # handed ahead, never sent: back to the queue
@@ -188,7 +191,8 @@ class Scheduler(Claims, Attempts, Judging, Recording, Announce, LiveConfig):
                 "%d finished run(s) not recorded: the next start requeues their items",
                 len(self._finished),
             )
-        if ahead := sum(len(slot.ahead) for slot in (*self._slots, *self._retired)):
+        ahead = sum(len(slot.ahead) for slot in (*self._slots, *self._retired))
+        if ahead := ahead + len(self._put_back):  # claimed, not given back either
             log.error(
                 "%d item(s) claimed ahead not given back: the next start requeues them", ahead
             )

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 from conftest import Project
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
 from pipewarden.config import load_config
+from pipewarden.events import BATCH_S
 from pipewarden.guard import Guard, stages_by_pipeline
 from pipewarden.notifier import Notifier
 from pipewarden.rules import load_rules
 from pipewarden.scheduler import WORKING_LINGER_S, Scheduler
 from pipewarden.slots import StageSlot
-from pipewarden.store import open_store
+from pipewarden.store import open_configured, open_store
 from pipewarden.workers import WorkerPool
 
 WORKER = """
@@ -300,3 +303,92 @@ def test_the_loop_counts_as_working_between_a_quick_stages_items(project: Projec
     finally:
         scheduler.writer.close()
         store.close()
+
+
+def test_a_runs_finish_is_told_to_the_event_stream_only_once_it_is_committed(project: Project):
+    """`runs tail -f` subscribes, then reads from the store what ended before: an event sent
+    before its run was committed reached neither (the follower subscribed after it, and
+    read the store before the commit) and the run was never shown."""
+    project.write("w.py", WORKER)
+    project.configure("sites:\n  stages:\n    - {name: fetch, python: 'w:work', mode: pool}\n")
+    config = load_config(project.config_path)
+    rules = load_rules(config.rule_paths, config.path.parent)
+    store = open_store(config.state_dir)
+    reader = open_store(config.state_dir, read_only=True)  # as a follower reads it
+    clock = SetClock(START)
+    store.enqueue("sites", "fetch", [("a.example", {})], START)
+    scheduler = Scheduler(
+        config, store, Classifier(rules), Guard(store, rules.halts, stages_by_pipeline(config)),
+        Notifier(store, config.notify, clock), clock, None, rng=random.Random(1),
+    )  # fmt: skip
+    told: list[tuple[str, str]] = []  # (the event's status, the store's then)
+
+    def told_as_committed(batch: bytes, events: int, last_id: int) -> None:
+        for frame in batch.decode().split("\n\n"):
+            if "event: run_finished" in frame:
+                event = json.loads(frame.partition("data: ")[2])
+                (run,) = reader.runs_by_id([event["run_id"]])
+                told.append((event["status"], run.status))
+
+    scheduler.events.subscribe().push = told_as_committed  # checked as the batch is sent
+
+    async def steps() -> None:
+        assert await scheduler.step()
+        await settled(scheduler)
+        await asyncio.sleep(BATCH_S * 2)  # a batch would go out now: the end is not committed
+        assert await scheduler.step()  # records the failure
+        await asyncio.sleep(BATCH_S * 2)  # the batch goes out
+        await scheduler.drain(1.0, "test done")
+
+    try:
+        asyncio.run(steps())
+        assert told == [("failed", "failed")]
+    finally:
+        scheduler.writer.close()
+        store.close()
+        reader.close()
+
+
+def test_a_claim_whose_commit_landed_unheard_is_given_back_and_run_once(
+    project: Project, pg_cluster, pg_url: str
+):
+    """PostgreSQL commits a pass that claimed an item, and the connection drops before the
+    daemon hears so. The pass counts as failed: kept, its item would stay running with
+    no worker (the fleet recovers only a dead daemon's runs) — stuck for good."""
+    from lost_reply import LostReplyProxy
+
+    server = urlsplit(pg_url)
+    proxy = LostReplyProxy(server.port)
+    project.write("w.py", "def work(data, ctx):\n    return {'fetched': True}\n")
+    project.configure(
+        "sites:\n  stages:\n    - {name: fetch, python: 'w:work', mode: pool}\n",
+        extra=f"store: '{proxy.url(server.path.lstrip('/'), server.username)}'\n",
+    )
+    config = load_config(project.config_path)
+    rules = load_rules(config.rule_paths, config.path.parent)
+    store = open_configured(config)
+    clock = SetClock(START)
+    store.enqueue("sites", "fetch", [("a.example", {})], START)
+    scheduler = Scheduler(
+        config, store, Classifier(rules), Guard(store, rules.halts, stages_by_pipeline(config)),
+        Notifier(store, config.notify, clock), clock, None, rng=random.Random(1),
+    )  # fmt: skip
+
+    async def steps() -> None:
+        proxy.lose_next_commit_answer()
+        assert not await scheduler.step()  # the claim's commit: landed, its answer lost
+        assert proxy.lost.is_set() and scheduler.in_flight == 0
+        for _ in range(3):  # gives the claim back, then claims again; the worker runs
+            assert await scheduler.step()
+            await settled(scheduler)
+        await scheduler.drain(1.0, "test done")
+
+    try:
+        asyncio.run(steps())
+        item = store.item("sites", "a.example")
+        assert (item.state, item.attempt) == ("done", 1)
+        assert [run.status for run in store.item_runs(item.id)] == ["ok"]
+    finally:
+        scheduler.writer.close()
+        store.close()
+        proxy.close()
