@@ -13,14 +13,14 @@ from urllib.parse import urlsplit
 from conftest import Project
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
-from pipewarden.config import load_config
+from pipewarden.config import Config, load_config
 from pipewarden.events import BATCH_S
 from pipewarden.guard import Guard, stages_by_pipeline
 from pipewarden.notifier import Notifier
 from pipewarden.rules import load_rules
 from pipewarden.scheduler import WORKING_LINGER_S, Scheduler
 from pipewarden.slots import StageSlot
-from pipewarden.store import open_configured, open_store
+from pipewarden.store import Storage, open_configured, open_store
 from pipewarden.workers import WorkerPool
 
 WORKER = """
@@ -29,6 +29,7 @@ def work(data, ctx):
         raise ConnectionResetError("connection reset by peer")
     return {"fetched": True}
 """
+POOL_STAGE = "sites:\n  stages:\n    - {name: fetch, python: 'w:work', mode: pool}\n"
 START = 1_900_000_000.0  # the test's wall time: a day in 2030
 
 
@@ -40,6 +41,15 @@ class SetClock(Clock):
 
     def now(self) -> float:
         return self.wall
+
+
+def scheduler_over(config: Config, store: Storage, clock: Clock) -> Scheduler:
+    """The daemon's scheduler over `store`, with the config's rules, stepped by the test."""
+    rules = load_rules(config.rule_paths, config.path.parent)
+    return Scheduler(
+        config, store, Classifier(rules), Guard(store, rules.halts, stages_by_pipeline(config)),
+        Notifier(store, config.notify, clock), clock, None, rng=random.Random(1),
+    )  # fmt: skip
 
 
 async def settled(scheduler: Scheduler, timeout: float = 20.0) -> None:
@@ -58,15 +68,10 @@ def test_stepping_the_loop_claims_finishes_and_retries_at_the_chosen_times(proje
         "      retry: {max_attempts: 3, backoff: 60s, jitter: 0}\n"
     )
     config = load_config(project.config_path)
-    rules = load_rules(config.rule_paths, config.path.parent)
     store = open_store(config.state_dir)
     clock = SetClock(START)
     store.enqueue("sites", "fetch", [("a.example", {})], START)
-    notifier = Notifier(store, config.notify, clock)
-    guard = Guard(store, rules.halts, stages_by_pipeline(config))
-    classifier = Classifier(rules)
-    scheduler = Scheduler(config, store, classifier, guard, notifier, clock, None,
-                          rng=random.Random(1))  # fmt: skip
+    scheduler = scheduler_over(config, store, clock)
 
     async def steps() -> None:
         assert await scheduler.step()  # claims: the run row is written before the worker runs
@@ -136,15 +141,11 @@ def stepped(project: Project, more: str = "") -> Iterator[tuple[Scheduler, objec
         rules=(str(project.root / "halt.yaml"),),
     )
     config = load_config(project.config_path)
-    rules = load_rules(config.rule_paths, config.path.parent)
     store = open_store(config.state_dir)
     (stage,) = config.pipelines["sites"].stages
     store.enqueue("sites", "fetch", [("w1", {}), ("w2", {})], START, stage.channel_for)
     clock = SetClock(START)
-    scheduler = Scheduler(
-        config, store, Classifier(rules), Guard(store, rules.halts, stages_by_pipeline(config)),
-        Notifier(store, config.notify, clock), clock, None, rng=random.Random(1),
-    )  # fmt: skip
+    scheduler = scheduler_over(config, store, clock)
     try:
         yield scheduler, store
     finally:
@@ -275,16 +276,12 @@ def test_the_loop_counts_as_working_between_a_quick_stages_items(project: Projec
     quick stage's workers spend most of a busy run between items, waiting for the commit
     that claims the next: nothing is in flight then, yet the loop is as busy as ever."""
     project.write("w.py", WORKER)
-    project.configure("sites:\n  stages:\n    - {name: fetch, python: 'w:work', mode: pool}\n")
+    project.configure(POOL_STAGE)
     config = load_config(project.config_path)
-    rules = load_rules(config.rule_paths, config.path.parent)
     store = open_store(config.state_dir)
     clock = SetMonotonicClock(START)
     store.enqueue("sites", "fetch", [("a.example", {})], START)
-    scheduler = Scheduler(
-        config, store, Classifier(rules), Guard(store, rules.halts, stages_by_pipeline(config)),
-        Notifier(store, config.notify, clock), clock, None, rng=random.Random(1),
-    )  # fmt: skip
+    scheduler = scheduler_over(config, store, clock)
 
     async def steps() -> list[tuple[int, bool]]:
         seen = [(scheduler.in_flight, scheduler.working)]
@@ -310,17 +307,13 @@ def test_a_runs_finish_is_told_to_the_event_stream_only_once_it_is_committed(pro
     before its run was committed reached neither (the follower subscribed after it, and
     read the store before the commit) and the run was never shown."""
     project.write("w.py", WORKER)
-    project.configure("sites:\n  stages:\n    - {name: fetch, python: 'w:work', mode: pool}\n")
+    project.configure(POOL_STAGE)
     config = load_config(project.config_path)
-    rules = load_rules(config.rule_paths, config.path.parent)
     store = open_store(config.state_dir)
     reader = open_store(config.state_dir, read_only=True)  # as a follower reads it
     clock = SetClock(START)
     store.enqueue("sites", "fetch", [("a.example", {})], START)
-    scheduler = Scheduler(
-        config, store, Classifier(rules), Guard(store, rules.halts, stages_by_pipeline(config)),
-        Notifier(store, config.notify, clock), clock, None, rng=random.Random(1),
-    )  # fmt: skip
+    scheduler = scheduler_over(config, store, clock)
     told: list[tuple[str, str]] = []  # (the event's status, the store's then)
 
     def told_as_committed(batch: bytes, events: int, last_id: int) -> None:
@@ -361,18 +354,14 @@ def test_a_claim_whose_commit_landed_unheard_is_given_back_and_run_once(
     proxy = LostReplyProxy(server.port)
     project.write("w.py", "def work(data, ctx):\n    return {'fetched': True}\n")
     project.configure(
-        "sites:\n  stages:\n    - {name: fetch, python: 'w:work', mode: pool}\n",
+        POOL_STAGE,
         extra=f"store: '{proxy.url(server.path.lstrip('/'), server.username)}'\n",
     )
     config = load_config(project.config_path)
-    rules = load_rules(config.rule_paths, config.path.parent)
     store = open_configured(config)
     clock = SetClock(START)
     store.enqueue("sites", "fetch", [("a.example", {})], START)
-    scheduler = Scheduler(
-        config, store, Classifier(rules), Guard(store, rules.halts, stages_by_pipeline(config)),
-        Notifier(store, config.notify, clock), clock, None, rng=random.Random(1),
-    )  # fmt: skip
+    scheduler = scheduler_over(config, store, clock)
 
     async def steps() -> None:
         proxy.lose_next_commit_answer()
