@@ -1,6 +1,7 @@
 """Runs as `pipewarden runs tail` lists and follows them: the latest by filter, then each
-new one as it ends — from the daemon's event stream when one runs, else by polling the
-store (its lookups: store/sqlite/lookups.py).
+new one as it ends — from the daemon's event stream when one runs, else (and always for a
+fleet's shared store, whose other daemons' runs the local one never hears of) by polling
+the store (its lookups: store/sqlite/lookups.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from pipewarden.store import Store
 
 POLL_S = 0.5  # how often the store is read when no daemon streams its events
+# A fleet's follower looks this far back from the latest start it saw: one daemon's pass
+# may commit its runs after another's that began later.
+FLEET_LAG_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -40,18 +44,22 @@ def latest_runs(store: Store, limit: int | None, where: RunFilter) -> list[Any]:
     return list(reversed(runs))
 
 
-def poll_store(store: Store, where: RunFilter, after: float, running: set[str]) -> Iterator[Any]:
+def poll_store(
+    store: Store, where: RunFilter, after: float, running: set[str], lag_s: float = 0.0
+) -> Iterator[Any]:
     """Each run that ends from now on and matches `where`, as the store records it: runs
     started at or after `after`, and the `running` ones, are watched until they end
-    (index reads every POLL_S)."""
-    at_after: set[str] = set()  # runs started exactly at `after`, already taken
+    (index reads every POLL_S). `lag_s`: how much earlier than the latest start seen a run
+    may still appear (a fleet's daemons commit their claims in no common order)."""
+    seen: dict[str, float] = {}  # the runs taken lately: their starts
+    since = after
     while True:
-        fresh = [row for row in store.runs_started_from(after) if row.id not in at_after]
+        fresh = [row for row in store.runs_started_from(since) if row.id not in seen]
         ended = store.runs_by_id(list(running))
+        seen.update((row.id, row.started_at) for row in fresh)
         if fresh:
-            if fresh[-1].started_at > after:
-                after, at_after = fresh[-1].started_at, set()
-            at_after |= {row.id for row in fresh if row.started_at == after}
+            since = max(since, max(row.started_at for row in fresh) - lag_s)
+            seen = {run: start for run, start in seen.items() if start >= since}
         for row in [*ended, *fresh]:
             if row.status == "running":
                 running.add(row.id)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -263,3 +264,31 @@ def pg_url(pg_cluster: Any) -> str:
     with psycopg.connect(pg_cluster.url(), autocommit=True) as connection:
         connection.execute(f"CREATE DATABASE {name}")
     return pg_cluster.url(name)
+
+
+class Followed:
+    """`pipewarden runs tail -f` in the background, its lines collected as they come."""
+
+    def __init__(self, project: Project, *args: str, env: dict[str, str] | None = None):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipewarden", "runs", "tail", "-f", *args],
+            cwd=project.root, env={**project.env(), **(env or {})},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(10)
+        self.reader.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return code

@@ -112,13 +112,14 @@ def _follow(
 ) -> None:  # fmt: skip
     """Show each run as it ends after `read_at` (`running` then: the ids of the runs in
     flight): from the daemon's events while one runs, else (and after it stops) from the
-    store."""
+    store; always from the store when a fleet shares it (the daemon here tells only of its
+    own runs)."""
     import time
 
-    from pipewarden.runfeed import POLL_S, ended_since, follow_events, poll_store
+    from pipewarden.runfeed import FLEET_LAG_S, POLL_S, ended_since, follow_events, poll_store
 
     daemon = daemon_api(config)
-    if daemon.running:
+    if daemon.running and not config.store_url:
 
         def catch_up() -> list[Any]:  # what ended before the stream was connected
             nonlocal store
@@ -132,7 +133,8 @@ def _follow(
         time.sleep(POLL_S)
         store = open_store(config, must_exist=True, read_only=True)
     running |= {run.id for run in store.running_runs()}
-    for run in poll_store(store, where, read_at, running):
+    lag_s = FLEET_LAG_S if config.store_url else 0.0
+    for run in poll_store(store, where, read_at, running, lag_s):
         show(run)
 
 

@@ -7,14 +7,12 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from conftest import Project, free_port, wait_until
+from conftest import Followed, Project, free_port, wait_until
 from pipewarden import __version__
 
 CONFIG = """
@@ -133,34 +131,6 @@ def test_check_finds_failures_rising_and_a_growing_backlog():
     )
     keeping_up = snapshot_with([{"state": "queued", "total": 50, "d24": 50, "d1": 30}], queue, 40)
     assert verdict(keeping_up)["code"] == 0
-
-
-class Followed:
-    """`pipewarden runs tail -f` in the background, its lines collected as they come."""
-
-    def __init__(self, project: Project, *args: str, env: dict[str, str] | None = None):
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipewarden", "runs", "tail", "-f", *args],
-            cwd=project.root, env={**project.env(), **(env or {})},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        code = self.proc.wait(10)
-        self.reader.join(5)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        return code
 
 
 FOLLOWED = """

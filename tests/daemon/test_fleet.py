@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import Project, process_gone, wait_until
+from conftest import DEADLINE_S, Followed, Project, process_gone, wait_until
 from pipewarden.store import Storage, open_store
 
 FAST = "def work(data):\n    return {'seen': True}\n"
@@ -303,3 +304,70 @@ def test_postgresql_restarted_under_the_fleet_loses_nothing_and_says_so(
         assert "unreachable" in log and "writable again" in log and "Traceback" not in log
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(20) == 0
+
+
+def test_runs_tail_follow_shows_the_runs_of_every_daemon_of_the_fleet(
+    tmp_path: Path, pg_url: str, stop_fleet: list[Project]
+):
+    """The local daemon's event stream tells only of its own runs: a follower on one host
+    of the fleet never saw the others'."""
+    projects = fleet(tmp_path, pg_url, 2, """
+        sites:
+          stages:
+            - {name: one, python: "fast:work", concurrency: 2}
+        """)  # fmt: skip
+    stop_fleet += projects
+    daemons = [project.start_daemon() for project in projects]
+    followed = Followed(projects[0])
+    items = 300
+    try:
+        wait_until(lambda: followed.lines, "the header")
+        projects[0].write("items.jsonl", "".join(f'{{"key": "k{n}"}}\n' for n in range(items)))
+        projects[0].cli("enqueue", "sites", "--file", "items.jsonl")
+        wait_until(lambda: len(followed.lines) > items, "a line for every run", timeout=60)
+    finally:
+        assert followed.stop() == 0
+    store = shared(pg_url)
+    try:
+        by_daemon = Counter(run.daemon for run in store.Run.select())
+    finally:
+        store.close()
+    assert len(by_daemon) == 2, by_daemon  # both took a share
+    shown = Counter(line.split()[4] for line in followed.lines[1:])
+    assert sorted(shown) == sorted(f"k{n}" for n in range(items))
+    assert set(shown.values()) == {1}
+    for daemon in daemons:
+        daemon.send_signal(signal.SIGTERM)
+
+
+def test_a_follower_of_a_fleet_shows_a_run_committed_after_one_that_started_later(
+    tmp_path: Path,
+):
+    """One daemon's pass claims at 1,000.0 and commits after another's that claimed at
+    1,001.5: the follower, already past 1,001.5, must still show it (on any store; a
+    fleet's follower looks back FLEET_LAG_S)."""
+    from pipewarden.runfeed import FLEET_LAG_S, RunFilter, poll_store
+
+    store = open_store(tmp_path)
+    store.enqueue("sites", "one", [("early", {}), ("late", {})], 1.0)
+    ids = {item.key: item.id for item in store.Item.select()}
+
+    def ended(run_id: str, key: str, started_at: float) -> None:
+        store.db.connection().execute(
+            "INSERT INTO runs (id, pipeline, stage, item_id, item_key, attempt, status,"
+            " started_at) VALUES (?, 'sites', 'one', ?, ?, 1, 'ok', ?)",
+            (run_id, ids[key], key, started_at),
+        )
+        store.db.connection().commit()
+
+    reader = open_store(tmp_path, read_only=True)
+    followed = poll_store(reader, RunFilter(), 999.0, set(), FLEET_LAG_S)
+    shown = ThreadPoolExecutor(1)  # a run never shown fails the wait, not the whole suite
+    try:
+        ended("1", "late", 1001.5)
+        assert shown.submit(next, followed).result(DEADLINE_S).item_key == "late"
+        ended("2", "early", 1000.0)
+        assert shown.submit(next, followed).result(DEADLINE_S).item_key == "early"
+    finally:
+        shown.shutdown(wait=False)
+        store.close()
