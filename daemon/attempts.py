@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from pipewarden.config import Stage
 from pipewarden.outcomes import (
@@ -29,14 +30,63 @@ class Attempts:
     async def _attempts(self, slot: StageSlot, claimed: Claimed, new_run: NewRun) -> None:
         """A worker's turn: the attempt, then the items handed ahead to its slot, one after
         another without waiting for a commit, for as long as nothing that finished and is
-        not written yet may raise a halt (a failure, a cost: the guard judges it first)."""
+        not written yet may raise a halt (a failure, a cost: the guard judges it first).
+        A pool that pipelines is sent the next item with the current one (see `_send_ahead`)."""
         while True:
-            await self._attempt(slot, claimed, new_run)
-            handed = None if self._may_halt else self._hand_ahead(slot)
+            following = self._send_ahead(slot)
+            try:
+                await self._attempt(slot, claimed, new_run, following)
+            except asyncio.CancelledError:
+                if following is not None:
+                    self._settle_sent(slot, following, cancelled=True)
+                raise
+            if following is not None and self._settle_sent(slot, following):
+                handed: tuple[Claimed, NewRun] | None = following
+            else:
+                handed = None if self._may_halt else self._hand_ahead(slot)
             self._to_be_written(slot)
             if handed is None:
                 return
             claimed, new_run = handed
+
+    def _send_ahead(self, slot: StageSlot) -> tuple[Claimed, NewRun] | None:
+        """The slot's next item ahead, to be written to the worker with the current one, so
+        the worker reads it the moment it replies (no wait for the daemon to hear the reply
+        and write the next). Only for a pool that pipelines, while nothing that finished may
+        raise a halt; a halt raised later stops it no more than an item already started."""
+        if self._may_halt or not slot.pipelines:
+            return None
+        with self._handing:
+            if not slot.ahead or not self.claiming:
+                return None
+            claimed, new_run = slot.ahead[0]
+            if self._held_back(slot, new_run, self._holds):
+                return None
+            slot.ahead.popleft()
+            slot.sent += 1
+        return claimed, new_run
+
+    def _settle_sent(
+        self, slot: StageSlot, sent: tuple[Claimed, NewRun], cancelled: bool = False
+    ) -> bool:
+        """After the attempt it went with: True if the item sent ahead is in its worker and
+        runs next. One its worker never read (the attempt got no reply) goes back untouched;
+        one it may have read when a stop cut the attempt short is recorded interrupted."""
+        claimed, new_run = sent
+        in_worker = slot.executor.holds(new_run.run_id)
+        with self._handing:
+            slot.sent -= 1
+            if in_worker and not cancelled:
+                slot.in_flight += 1
+            elif not in_worker:
+                self._put_back.append((slot, claimed, new_run))
+        if in_worker and cancelled:
+            self._record_interrupted(slot, claimed, new_run, self.clock.monotonic())
+        elif in_worker:
+            self._publish_started(slot, claimed, new_run)
+        else:
+            self.wake()
+        return in_worker and not cancelled
 
     def _to_be_written(self, slot: StageSlot) -> None:
         """An attempt ended: a pass writes it now when the guard must judge it, a worker is
@@ -47,11 +97,23 @@ class Attempts:
         elif self._group_commit is None:
             self._group_commit = asyncio.get_running_loop().call_later(GROUP_COMMIT_S, self.wake)
 
-    async def _attempt(self, slot: StageSlot, claimed: Claimed, new_run: NewRun) -> None:
-        job = Job(new_run.run_id, claimed.key, claimed.attempt, claimed.data, new_run.trace_id)
+    async def _attempt(
+        self,
+        slot: StageSlot,
+        claimed: Claimed,
+        new_run: NewRun,
+        following: tuple[Claimed, NewRun] | None = None,
+    ) -> None:
+        job = self._job(claimed, new_run)
         started = self.clock.monotonic()
         try:
-            report = await slot.executor.run(job, lambda p: self._record_progress(job.run_id, p))
+            if following is None:
+                report = await slot.executor.run(job, self._progress_of(job))
+            else:
+                sent = self._job(*following)
+                report = await slot.executor.run(
+                    job, self._progress_of(job), (sent, self._progress_of(sent))
+                )
         except asyncio.CancelledError:
             self._record_interrupted(slot, claimed, new_run, started)
             raise
@@ -68,11 +130,19 @@ class Attempts:
             finished, decision = self._internal_failure(
                 slot, claimed, new_run, report, started, exc
             )
+        slot.judged(decision.run_status is RunStatus.OK)
         self._add_finished(finished, claimed.key, claimed.attempt)
         log_run(self.config.log_runs, slot.stage, claimed, new_run, decision)
         if new_run.run_id in self._probes:  # its halt is cleared or kept by the next pass
             hold_id = self._probes.pop(new_run.run_id)
             self._probe_ends.append((hold_id, claimed, decision, self.clock.now()))
+
+    @staticmethod
+    def _job(claimed: Claimed, new_run: NewRun) -> Job:
+        return Job(new_run.run_id, claimed.key, claimed.attempt, claimed.data, new_run.trace_id)
+
+    def _progress_of(self, job: Job) -> Callable[[Progress], None]:
+        return lambda progress: self._record_progress(job.run_id, progress)
 
     def _record_progress(self, run_id: str, progress: Progress) -> None:
         self._progress[run_id] = (progress.fraction, progress.message)

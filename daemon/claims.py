@@ -143,12 +143,15 @@ class Claims:
                 return None
             slot.ahead.popleft()
             slot.in_flight += 1
+        self._publish_started(slot, claimed, new_run)
+        return claimed, new_run
+
+    def _publish_started(self, slot: StageSlot, claimed: Claimed, new_run: NewRun) -> None:
         self.events.publish(
             "run_started", run_id=new_run.run_id, pipeline=slot.pipeline.name,
             stage=slot.stage.name, key=claimed.key, attempt=claimed.attempt,
             channel=new_run.channel, started_at=self.clock.now(),
         )  # fmt: skip
-        return claimed, new_run
 
     def _record_skipped(
         self,

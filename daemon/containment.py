@@ -191,17 +191,20 @@ class Containment:
         except Exception as exc:  # a record for recovery only: the attempts go on
             log.warning("could not record %d worker process(es): %s", len(started), exc)
 
-    async def end(self, child: Child, grace_s: float, whole: bool = True) -> int:
+    async def end(
+        self, child: Child, grace_s: float, whole: bool = True, spared_run: str | None = None
+    ) -> int:
         """Stop what is left of an attempt: SIGTERM, SIGKILL after `grace_s`, reaped.
 
         `whole`: the worker, its process group and its descendants too (a process per
         item, or a pool worker being replaced); otherwise only what escaped a pool worker
-        that lives on. Returns the signal that it took (0: nothing was left).
+        that lives on, except what carries `spared_run` (the item it already works on).
+        Returns the signal that it took (0: nothing was left).
         """
         if not whole and not self._orphans():  # after each pool item: the usual answer
             return 0
         worker = self._workers[child.pid]
-        doomed = await self._settled_remains(worker, child, whole)
+        doomed = await self._settled_remains(worker, child, whole, spared_run)
         if not doomed and not (whole and signal_group(child.pgid, 0)):
             return 0
         for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILL_WAIT_S)):
@@ -210,30 +213,34 @@ class Containment:
             signal_pids(doomed, signum)
             if await self._all_gone(child, doomed, whole, wait_s):
                 return signum
-            doomed |= self._remains(worker, child, whole)[0]
+            doomed |= self._remains(worker, child, whole, spared_run)[0]
         log.warning(
             "processes of worker %d still there %gs after SIGKILL: %s",
             child.pid, KILL_WAIT_S, sorted(pid for pid in doomed if not gone(pid)),
         )  # fmt: skip
         return signal.SIGKILL
 
-    async def _settled_remains(self, worker: _Worker, child: Child, whole: bool) -> set[int]:
+    async def _settled_remains(
+        self, worker: _Worker, child: Child, whole: bool, spared_run: str | None = None
+    ) -> set[int]:
         """What is left of the attempt, once every orphan's marks could be read: one in the
         middle of an execve has none to read for a moment (it may be this worker's)."""
         deadline = time.monotonic() + SETTLE_S
         pause = 0.001
-        doomed, unsettled = self._remains(worker, child, whole)
+        doomed, unsettled = self._remains(worker, child, whole, spared_run)
         while unsettled and time.monotonic() < deadline:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.02)
-            doomed, unsettled = self._remains(worker, child, whole)
+            doomed, unsettled = self._remains(worker, child, whole, spared_run)
         return doomed  # still unreadable: the sweep decides
 
-    def _remains(self, worker: _Worker, child: Child, whole: bool) -> tuple[set[int], set[int]]:
+    def _remains(
+        self, worker: _Worker, child: Child, whole: bool, spared_run: str | None = None
+    ) -> tuple[set[int], set[int]]:
         """The attempt's processes left, and the orphans whose marks cannot be read yet."""
         roots, unsettled = [], set()
         for pid, stat in self._orphans():
-            if (its := self._is_of(worker, pid, stat)) is None:
+            if (its := self._is_of(worker, pid, stat, spared_run)) is None:
                 unsettled.add(pid)
             elif its:
                 roots.append(pid)
@@ -273,7 +280,7 @@ class Containment:
             marks = _marks(pid)
             if marks is None and pid not in self._unreadable:
                 unreadable.add(pid)
-            elif not any(marks == self._mark_of(w) for w in running):
+            elif marks is None or not any(marks[:2] == self._mark_of(w) for w in running):
                 log.info("killing process %d, left behind by an attempt that ended", pid)
                 signal_pids({pid} | descendants([pid]), signal.SIGKILL)
         self._unreadable = unreadable
@@ -306,13 +313,19 @@ class Containment:
     def _in_group_of(worker: _Worker, stat: ProcStat) -> bool:
         return worker.child.pgid in (stat.session, stat.pgrp)
 
-    def _is_of(self, worker: _Worker, pid: int, stat: ProcStat) -> bool | None:
-        """Whether an orphan is this worker's: in its session or group, or carrying its mark
-        (None: its environment reads empty, so it cannot be told yet)."""
-        if self._in_group_of(worker, stat):
-            return True
+    def _is_of(
+        self, worker: _Worker, pid: int, stat: ProcStat, spared_run: str | None = None
+    ) -> bool | None:
+        """Whether an orphan is this worker's: in its session or group, or carrying its mark,
+        and not started for `spared_run` (None: its environment reads empty, so it cannot
+        be told yet)."""
+        if spared_run is None and self._in_group_of(worker, stat):
+            return True  # the usual case: its environment need not be read
         marks = _marks(pid)
-        return None if marks is None else marks == self._mark_of(worker)
+        if marks is None:
+            return None
+        mine = self._in_group_of(worker, stat) or marks[:2] == self._mark_of(worker)
+        return mine and (spared_run is None or marks[2] != spared_run)
 
     def _mark_of(self, worker: _Worker) -> tuple[str, str]:
         """What the processes `worker` starts carry (see `_marks`)."""
@@ -355,23 +368,23 @@ def find_marked(mark: str, value: str, groups: Iterable[int] = ()) -> set[int]:
     }
 
 
-def _marks(pid: int) -> tuple[str | None, str | None] | None:
-    """The worker and daemon an orphan is marked with; None while that cannot be told.
+def _marks(pid: int) -> tuple[str | None, str | None, str | None] | None:
+    """The worker, daemon and run an orphan is marked with; None while that cannot be told.
 
     An environment reads empty in the middle of an execve (the new image's is not set up:
     the kernel shows its end as 0, then its start and end as one while it fills it in), and
     for a process started with none (start and end one, and still empty when read again).
     """
     if marks := environ(pid):
-        return marks.get(MARK_WORKER), marks.get(MARK_DAEMON)
+        return marks.get(MARK_WORKER), marks.get(MARK_DAEMON), marks.get(MARK_RUN)
     stat = proc_stat(pid)
     if stat is None or stat.env_end == 0 or stat.env_start != stat.env_end:
         return None
     for _ in range(EMPTY_LOOKS):  # filling it in takes microseconds: look a few times apart
         time.sleep(0.0002)
         if marks := environ(pid):
-            return marks.get(MARK_WORKER), marks.get(MARK_DAEMON)
-    return None, None
+            return marks.get(MARK_WORKER), marks.get(MARK_DAEMON), marks.get(MARK_RUN)
+    return None, None, None
 
 
 def _reap(pid: int) -> None:

@@ -14,6 +14,7 @@ Undecodable bytes are kept readable as backslash escapes (`\\xff`).
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 from pipewarden.limits import MESSAGE_KEPT, MIB, OUTPUT_KEPT, REPLY_LINE_MAX, STDERR_KEPT, cut
@@ -91,20 +92,27 @@ class StdoutReader(asyncio.Protocol):
         self._backlog = b""  # read but not yet split while a long line is parsed
         self._parsing = False
         self._lost = False
-        self._reply: asyncio.Future[WorkerReport] | None = None
-        self._on_progress: ProgressCallback | None = None
+        # The attempts listening, in the order their items were sent: the first gets the
+        # messages until its result line, then the next (a pool worker may be sent its next
+        # item before it replies to the one it works on).
+        self._listening: deque[tuple[asyncio.Future[WorkerReport], ProgressCallback]] = deque()
         self._output_mark = 0
 
     # -- the attempt's side ---------------------------------------------------------
     def begin(self, on_progress: ProgressCallback) -> asyncio.Future[WorkerReport]:
-        """Listen for one attempt's messages; the future gets its result line."""
-        self._reply = asyncio.get_running_loop().create_future()
-        self._on_progress = on_progress
-        return self._reply
+        """Listen for one attempt's messages, after those listening already; the future
+        gets its result line."""
+        reply: asyncio.Future[WorkerReport] = asyncio.get_running_loop().create_future()
+        self._listening.append((reply, on_progress))
+        return reply
 
-    def end(self) -> str | None:
-        """Stop listening; returns the output kept since the previous attempt ended."""
-        self._reply, self._on_progress = None, None
+    def end(self, reply: asyncio.Future[WorkerReport] | None = None) -> str | None:
+        """Stop listening for `reply` (every attempt, if None); returns the output kept
+        since the previous attempt ended."""
+        if reply is None:
+            self._listening.clear()
+        else:
+            self._listening = deque(pair for pair in self._listening if pair[0] is not reply)
         text = self.output.text(self._output_mark)
         self._output_mark = self.output.total
         return text
@@ -194,17 +202,19 @@ class StdoutReader(asyncio.Protocol):
 
     def _handle(self, line: bytes | bytearray, parsed: Parsed) -> None:
         if isinstance(parsed, Progress):
-            if self._on_progress is not None:
-                self._on_progress(Progress(parsed.fraction, cut(parsed.message, MESSAGE_KEPT)))
+            if self._listening:
+                on_progress = self._listening[0][1]
+                on_progress(Progress(parsed.fraction, cut(parsed.message, MESSAGE_KEPT)))
         elif parsed is None or not self._deliver(parsed):
             self.output.add(line)  # plain output, or a reply nobody is waiting for
 
     def _deliver(self, report: WorkerReport) -> bool:
-        if self._reply is None or self._reply.done():
-            return False
-        self._reply.set_result(report)
-        self._on_progress = None
-        return True
+        while self._listening:
+            reply, _ = self._listening.popleft()
+            if not reply.done():  # one cancelled meanwhile listens no more
+                reply.set_result(report)
+                return True
+        return False
 
 
 def _parse(line: bytes | bytearray) -> Parsed:

@@ -24,6 +24,7 @@ log = logging.getLogger("pipewarden.scheduler")
 AHEAD_S = 0.05
 AHEAD_MIN, AHEAD_MAX = 8, 64
 QUICK_S = 0.5  # attempts quicker than this (on average) gain from items claimed ahead
+CLEAN_TO_PIPELINE = 16  # attempts in a row that went through before a pool pipelines
 
 
 @dataclass(eq=False)
@@ -39,7 +40,9 @@ class StageSlot:
     in_flight: int = 0
     replaces: StageSlot | None = None  # a retired slot whose last attempts still run
     ahead: deque[tuple[Claimed, NewRun]] = field(default_factory=deque)
+    sent: int = 0  # items of `ahead` written to a pool worker with the item it works on
     pace: float | None = None  # the attempts' recent mean duration (s): how far to claim ahead
+    clean: int = 0  # attempts in a row that went through
 
     @property
     def busy(self) -> int:
@@ -55,7 +58,7 @@ class StageSlot:
     @property
     def free(self) -> int:
         """Items the slot may be given by a claim: its idle workers, and as many ahead."""
-        return self.idle + self.ahead_allowed - len(self.ahead)
+        return self.idle + self.ahead_allowed - len(self.ahead) - self.sent
 
     @property
     def ahead_allowed(self) -> int:
@@ -70,6 +73,17 @@ class StageSlot:
             return 0
         per_worker = min(AHEAD_MAX, max(AHEAD_MIN, int(AHEAD_S / max(self.pace, 1e-6))))
         return self.executor.capacity * per_worker
+
+    @property
+    def pipelines(self) -> bool:
+        """Whether a worker is sent its next item with the one it works on: for a pool that
+        can (see workers.WorkerPool.pipelines) whose last CLEAN_TO_PIPELINE attempts went
+        through. An item sent runs even if the one before it raises a halt: after a failure,
+        items go one at a time again, each judged by the guard before the next is sent."""
+        return self.clean >= CLEAN_TO_PIPELINE and getattr(self.executor, "pipelines", False)
+
+    def judged(self, went_through: bool) -> None:
+        self.clean = self.clean + 1 if went_through else 0
 
     def timed(self, duration_s: float) -> None:
         """An attempt took `duration_s`: a quicker one sets the pace at once (a pool worker's

@@ -139,6 +139,14 @@ def exit_report(returncode: int, stderr: str | None, replied: bool) -> WorkerRep
     return WorkerReport(Verdict.ERROR, error=error, exit_code=returncode, traceback=tail)
 
 
+def _unreplied(returncode: int, stderr: str | None) -> WorkerReport:
+    """A pool worker that ended in the middle of an item: exit 0 is still a lost item."""
+    report = exit_report(returncode, stderr, replied=True)
+    if report.verdict is Verdict.OK:
+        return WorkerReport(Verdict.ERROR, error="worker exited before replying", exit_code=0)
+    return report
+
+
 def _with_reply(report: WorkerReport, returncode: int | None, stderr: str | None) -> WorkerReport:
     """A result line from the worker, with how the process ended and, on failure, stderr."""
     if returncode is not None and returncode >= 0:
@@ -247,8 +255,24 @@ class ProcessWorker:
         return await _first(self.stage.timeout_s, child.exited) and not reply.done()
 
 
+@dataclass
+class _Sent:
+    """An item written to a pool worker before it replied to the one it works on."""
+
+    job: Job
+    child: Child
+    reply: asyncio.Future[WorkerReport]
+    stderr_mark: int = 0  # where its share of the worker's stderr starts
+
+
 class PoolWorker:
-    """One long-lived process reading items one after another; replaced when it dies."""
+    """One long-lived process reading items one after another; replaced when it dies.
+
+    A worker may be sent its next item with the one it works on (`following`): it reads it
+    the moment it replies, without waiting for the daemon to hear that reply. Until that
+    reply the next item has not started: a worker that times out or dies before it leaves
+    that item unstarted (`sent` is None again), to go back to the queue untouched.
+    """
 
     stdout_reader: type[StdoutReader] = StdoutReader
     stderr_reader: type[StderrReader] = StderrReader
@@ -258,6 +282,7 @@ class PoolWorker:
         self._child: Child | None = None
         self._stdout = self.stdout_reader()
         self._stderr = self.stderr_reader()
+        self.sent: _Sent | None = None  # the next item, written ahead of the current one's reply
 
     async def _ensure_started(self, job: Job) -> Child:
         child = self._child
@@ -276,43 +301,83 @@ class PoolWorker:
             raise
         return child
 
-    async def run(self, job: Job, on_progress: ProgressCallback) -> WorkerReport:
-        child = await self._ensure_started(job)
+    async def run(
+        self,
+        job: Job,
+        on_progress: ProgressCallback,
+        following: tuple[Job, ProgressCallback] | None = None,
+    ) -> WorkerReport:
+        sent, self.sent = self.sent, None
+        if sent is not None and sent.job.run_id == job.run_id:
+            if sent.child is not self._child or self._stdout.out_of_step:
+                return await self._lost_before_reply(sent)
+            child, reply = sent.child, sent.reply
+        else:
+            child = await self._ensure_started(job)
+            reply = self._send(child, job, on_progress)
         containment.attempt(child, job.run_id)
         stdout, stderr = self._stdout, self._stderr
-        reply = stdout.begin(on_progress)
         mark = stderr.tail.total
+        if following is not None:
+            self.sent = _Sent(following[0], child, self._send(child, *following))
         try:
-            timed_out = await self._talk(child, job, reply)
+            timed_out = await _first(self.stage.timeout_s, reply, child.exited) and not reply.done()
         except asyncio.CancelledError:
-            stdout.end()
+            if not reply.done():
+                self._forget_unstarted(reply)
             await self._discard(self.stage.grace_s)
             raise
+        if not reply.done():  # the next item, if sent, was never read
+            self._forget_unstarted(reply)
+        elif self.sent is not None:  # its share of stderr starts here
+            self.sent.stderr_mark = stderr.tail.total
         if reply.done() and child.returncode is None:  # it lives on; what escaped it goes
-            await containment.end(child, self.stage.grace_s, whole=False)
-            containment.attempt(child, None)
+            spared = self.sent.job.run_id if self.sent is not None else None
+            await containment.end(child, self.stage.grace_s, whole=False, spared_run=spared)
+            containment.attempt(child, spared)
             report = _with_reply(reply.result(), None, stderr.tail.text(mark))
-            return _finish(report, stdout.end(), child)
+            return _finish(report, stdout.end(reply), child)
         final = await self._discard(self.stage.grace_s)  # timed out, or died mid-item
-        output, tail = stdout.end(), stderr.tail.text(mark)
+        output, tail = stdout.end(reply), stderr.tail.text(mark)
         if reply.done():
             report = _with_reply(reply.result(), child.returncode, tail)
         elif timed_out:
             report = timeout_report(self.stage, final, tail)
         else:
             assert child.returncode is not None
-            report = exit_report(child.returncode, tail, replied=True)
-            if report.verdict is Verdict.OK:  # exit 0 without a reply is still a lost item
-                report = WorkerReport(
-                    Verdict.ERROR, error="worker exited before replying", exit_code=0
-                )
+            report = _unreplied(child.returncode, tail)
         return _finish(report, output, child)
 
-    async def _talk(self, child: Child, job: Job, reply: asyncio.Future[WorkerReport]) -> bool:
-        """Until the reply or the worker's end; True if the watchdog fired first."""
+    def _send(self, child: Child, job: Job, on_progress: ProgressCallback) -> asyncio.Future:
+        reply = self._stdout.begin(on_progress)
         if child.stdin is not None:  # what the pipe cannot take now goes as the worker reads
             child.stdin.write(job.request)  # one that closed its stdin is waited for
-        return await _first(self.stage.timeout_s, reply, child.exited) and not reply.done()
+        return reply
+
+    def _forget_unstarted(self, reply: asyncio.Future[WorkerReport]) -> None:
+        """The current item got no reply: the worker never read the next one."""
+        if self.sent is not None:
+            self._stdout.end(self.sent.reply)
+            self.sent = None
+        self._stdout.end(reply)
+
+    async def _lost_before_reply(self, sent: _Sent) -> WorkerReport:
+        """An item its worker read, and then died or got out of step before replying: it
+        may have started, so it fails as such (it is not given back as unstarted)."""
+        out_of_step = sent.child is self._child
+        if out_of_step:
+            await self._discard(self.stage.grace_s)
+        tail = self._stderr.tail.text(sent.stderr_mark)
+        if not out_of_step:
+            assert sent.child.returncode is not None
+            return _finish(_unreplied(sent.child.returncode, tail), None, sent.child)
+        report = WorkerReport(
+            Verdict.ERROR,
+            error="worker replaced before it replied: its output got out of step",
+            error_type="ProtocolError",
+            traceback=cut(tail, TRACEBACK_KEPT),
+        )
+        return _finish(report, None, sent.child)
 
     async def _discard(self, grace_s: float) -> int:
         """End the worker and everything it started; returns the signal that took."""
@@ -337,10 +402,8 @@ class PoolWorker:
 
 
 class WorkerPool:
-    """The long-lived workers of one stage, one item each at a time.
-
-    No item is handed out ahead of a free worker: one claimed early could still start
-    after its channel halted.
+    """The long-lived workers of one stage, one item each at a time, and perhaps its next
+    one sent ahead (`pipelines`): the worker it was sent to runs it.
     """
 
     def __init__(self, stage: Stage):
@@ -349,10 +412,19 @@ class WorkerPool:
         self._idle: asyncio.Queue[PoolWorker] = asyncio.Queue()
         for worker in self._workers:
             self._idle.put_nowait(worker)
+        self._holding: dict[str, PoolWorker] = {}  # run id sent ahead -> the worker it went to
 
     @property
     def capacity(self) -> int:
         return self.stage.concurrency
+
+    @property
+    def pipelines(self) -> bool:
+        """Whether a worker may be sent its next item before it replies: only where what
+        the item starts is told apart by its run (the Python runner marks it, a command
+        does not), and never for `on_interrupt: hold` (a crash would hold an item as started
+        that its worker never read)."""
+        return self.stage.python is not None and self.stage.on_interrupt != "hold"
 
     def reconfigure(self, stage: Stage) -> None:
         """New timeouts and policies for the same processes (busy ones included)."""
@@ -360,12 +432,24 @@ class WorkerPool:
         for worker in self._workers:
             worker.stage = stage
 
-    async def run(self, job: Job, on_progress: ProgressCallback) -> WorkerReport:
-        worker = self._idle.get_nowait()  # the scheduler never claims beyond capacity
+    def holds(self, run_id: str) -> bool:
+        """Whether the item of `run_id`, sent ahead, is in a worker (else it never started)."""
+        return run_id in self._holding
+
+    async def run(
+        self,
+        job: Job,
+        on_progress: ProgressCallback,
+        following: tuple[Job, ProgressCallback] | None = None,
+    ) -> WorkerReport:
+        worker = self._holding.pop(job.run_id, None) or self._idle.get_nowait()
         try:
-            return await worker.run(job, on_progress)
+            return await worker.run(job, on_progress, following)
         finally:
-            self._idle.put_nowait(worker)
+            if worker.sent is not None:
+                self._holding[worker.sent.job.run_id] = worker
+            else:
+                self._idle.put_nowait(worker)
 
     async def stop(self) -> None:
         await asyncio.gather(*(worker.stop() for worker in self._workers))

@@ -6,6 +6,7 @@ megabytes; a daemon killed with -9 and restarted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -17,7 +18,10 @@ from pathlib import Path
 
 import pytest
 from conftest import Project, process_gone, wait_until
+from pipewarden.containment import Containment
 from pipewarden.limits import MESSAGE_KEPT, OUTPUT_KEPT, REPLY_LINE_MAX, TRACEBACK_KEPT
+from pipewarden.pipes import StderrReader, StdoutReader
+from pipewarden.processes import spawn
 from pipewarden.store import NewRun
 
 
@@ -186,6 +190,48 @@ def test_what_escapes_a_pool_worker_ends_with_the_item_and_the_worker_lives_on(
     assert process_gone(pid_in(project, "b.pid"))
     assert (a.status, b.status) == ("ok", "ok")
     assert a.pid == b.pid and not process_gone(a.pid), "the pool worker itself was stopped"
+
+
+def test_a_pool_items_escaped_child_ends_with_it_and_the_next_items_lives_on(
+    project: Project, pid_files: None
+):
+    """A pool worker sent its next item with the current one has started that item by the
+    time the daemon ends the last: a child escaped from each is in the worker's process
+    group, and only the run it carries tells whose it is."""
+    project.write(
+        "two.sh",
+        """
+        PIPEWARDEN_RUN_ID=run-a sh -c 'sleep 300 </dev/null >/dev/null 2>&1 & echo $! > a.pid'
+        PIPEWARDEN_RUN_ID=run-b sh -c 'sleep 300 </dev/null >/dev/null 2>&1 & echo $! > b.pid'
+        exec sleep 300
+        """,
+    )
+    keeper = Containment()  # as the daemon's: a subreaper, so the escaped children are ours
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        keeper.enable(project.root)
+        env = {"PATH": os.environ["PATH"], **keeper.env("worker-1", None)}
+        child = spawn(["/bin/sh", "two.sh"], project.root, env)
+        keeper.track(child, "worker-1", "run-a")
+        try:
+            child.attach(StdoutReader(), StderrReader())
+            a, b = pid_in(project, "a.pid"), pid_in(project, "b.pid")
+            wait_until(lambda: {proc_field(a, 4), proc_field(b, 4)} == {str(os.getpid())},
+                       "the children to escape to the subreaper")  # fmt: skip
+            await keeper.end(child, 1.0, whole=False, spared_run="run-b")  # run-a ended
+            after_a = (process_gone(a), process_gone(b))
+            await keeper.end(child, 1.0, whole=False)  # run-b ended
+            return (*after_a, process_gone(b))
+        finally:
+            await keeper.end(child, 1.0)
+            child.close()
+            keeper.untrack(child)
+            keeper.disable()
+
+    a_gone_with_a, b_gone_with_a, b_gone_with_b = asyncio.run(scenario())
+    assert a_gone_with_a, "what run-a started outlived it"
+    assert not b_gone_with_a, "what run-b started was killed when run-a ended"
+    assert b_gone_with_b, "what run-b started outlived it"
 
 
 def test_a_child_holding_the_pipes_does_not_turn_an_ok_into_a_timeout(

@@ -19,7 +19,7 @@ from pipewarden.guard import Guard, stages_by_pipeline
 from pipewarden.notifier import Notifier
 from pipewarden.rules import load_rules
 from pipewarden.scheduler import WORKING_LINGER_S, Scheduler
-from pipewarden.slots import StageSlot
+from pipewarden.slots import CLEAN_TO_PIPELINE, StageSlot
 from pipewarden.store import Storage, open_configured, open_store
 from pipewarden.workers import WorkerPool
 
@@ -381,3 +381,52 @@ def test_a_claim_whose_commit_landed_unheard_is_given_back_and_run_once(
         scheduler.writer.close()
         store.close()
         proxy.close()
+
+
+async def clean_streak(scheduler: Scheduler, store) -> None:
+    """CLEAN_TO_PIPELINE quick items through the stage: its pace is known and its workers
+    are sent their next item with the current one; then a (held by the test), b and c."""
+    (stage,) = scheduler.config.pipelines["sites"].stages
+    warm = [(f"w{n:02}", {}) for n in range(CLEAN_TO_PIPELINE)]
+    store.enqueue("sites", "fetch", warm, START, stage.channel_for)
+    while store.pending_count([], [], []) or scheduler.in_flight:
+        assert await scheduler.step()
+        await settled(scheduler)
+    store.enqueue("sites", "fetch", [("a", {}), ("b", {}), ("c", {})], START, stage.channel_for)
+
+
+def test_an_item_sent_with_one_that_raises_a_halt_runs_and_the_rest_go_back(project: Project):
+    """A pool that pipelines sends b with a: b has its worker's attention the moment a
+    replies, before the guard judges a. What no worker holds yet (c) goes back untouched."""
+    with stepped(project) as (scheduler, store):
+        (project.root / "fail").touch()
+
+        async def steps() -> None:
+            await clean_streak(scheduler, store)
+            assert await scheduler.step()  # a goes to the worker, and b with it; c is ahead
+            (project.root / "gate").touch()
+            await settled(scheduler)  # a failed; b, already read by the worker, went through
+            assert await scheduler.step()  # a's failure halts web; c goes back in that commit
+            assert [h.target for h in store.active_holds()] == ["web"]
+            await scheduler.drain(1.0, "test done")
+
+        asyncio.run(steps())
+        assert store.item("sites", "a").state == "retrying"
+        b = store.item("sites", "b")
+        assert (b.state, [run.status for run in store.item_runs(b.id)]) == ("done", ["ok"])
+        assert untouched(store, "c")
+
+
+def test_an_item_sent_with_one_that_gets_no_reply_goes_back_untouched(project: Project):
+    """a never replies (the stop cuts it short): its worker never read b, sent with it."""
+    with stepped(project) as (scheduler, store):
+
+        async def steps() -> None:
+            await clean_streak(scheduler, store)
+            assert await scheduler.step()  # a goes to the worker, and b with it
+            assert await scheduler.drain(0.5, "test done")  # a is interrupted mid-item
+
+        asyncio.run(steps())
+        a = store.item("sites", "a")
+        assert [run.status for run in store.item_runs(a.id)] == ["interrupted"]
+        assert untouched(store, "b") and untouched(store, "c")

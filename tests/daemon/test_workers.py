@@ -96,6 +96,34 @@ def test_a_hung_pool_worker_is_replaced_and_the_next_item_runs(project: Project)
     assert project.item("sites", "second").state == "done"
 
 
+def test_an_item_sent_with_one_that_hangs_goes_back_untouched_and_runs_once(project: Project):
+    """After a run of quick items that went through, a pool worker is sent its next item
+    with the current one. The current one hangs and is killed: the worker never read the
+    next, which goes back to the queue with its attempt unspent, and runs once."""
+    project.write(
+        "poolworker.py",
+        POOL_WORKER.replace("def work(data):\n", "def work(data):\n    started(data)\n")
+        + "\ndef started(data):\n"
+        "    with open('started.log', 'a') as log:\n"
+        "        log.write(data['key'] + '\\n')\n",
+    )
+    project.configure(POOL_CONFIG)
+    lines = [{"key": f"quick-{n:02}", "data": {"key": f"quick-{n:02}"}} for n in range(20)]
+    lines += [{"key": "hung", "data": {"key": "hung", "hang": True}}]
+    lines += [{"key": "after", "data": {"key": "after"}}]
+    project.write("items.jsonl", "\n".join(json.dumps(line) for line in lines))
+    project.cli("enqueue", "sites", "--file", str(project.root / "items.jsonl"))
+    project.start_daemon()
+
+    (hung,) = wait_until(lambda: finished_runs(project, "hung"), "the hung run to end")
+    (after,) = wait_until(lambda: finished_runs(project, "after"), "the item after it to run")
+
+    assert hung.status == "timed_out"
+    assert (after.status, after.attempt, len(project.runs("after"))) == ("ok", 1, 1)
+    assert (project.root / "started.log").read_text().split().count("after") == 1
+    assert "1 item(s) handed ahead went back to the queue untouched" in project.daemon_log()
+
+
 def test_a_pool_worker_that_dies_mid_item_fails_the_run_with_how_it_died(project: Project):
     project.write("poolworker.py", POOL_WORKER)
     project.configure(POOL_CONFIG)
