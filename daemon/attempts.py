@@ -37,8 +37,8 @@ class Attempts:
             try:
                 await self._attempt(slot, claimed, new_run, following)
             except asyncio.CancelledError:
-                if following is not None:
-                    self._settle_sent(slot, following, cancelled=True)
+                if following is not None and self._settle_sent(slot, following, cancelled=True):
+                    await self._attempt(slot, *following)  # it replied before the stop
                 raise
             if following is not None and self._settle_sent(slot, following):
                 handed: tuple[Claimed, NewRun] | None = following
@@ -70,23 +70,25 @@ class Attempts:
         self, slot: StageSlot, sent: tuple[Claimed, NewRun], cancelled: bool = False
     ) -> bool:
         """After the attempt it went with: True if the item sent ahead is in its worker and
-        runs next. One its worker never read (the attempt got no reply) goes back untouched;
-        one it may have read when a stop cut the attempt short is recorded interrupted."""
+        runs next. One its worker never read (the attempt got no reply) goes back untouched.
+        When a stop cut the attempt short: one that replied meanwhile is recorded as it
+        ended (True: its attempt runs to read the reply), one that did not, interrupted."""
         claimed, new_run = sent
         in_worker = slot.executor.holds(new_run.run_id)
+        runs = in_worker and (not cancelled or slot.executor.replied(new_run.run_id))
         with self._handing:
             slot.sent -= 1
-            if in_worker and not cancelled:
+            if runs:
                 slot.in_flight += 1
             elif not in_worker:
                 self._put_back.append((slot, claimed, new_run))
-        if in_worker and cancelled:
-            self._record_interrupted(slot, claimed, new_run, self.clock.monotonic())
-        elif in_worker:
+        if runs:
             self._publish_started(slot, claimed, new_run)
+        elif in_worker:
+            self._record_interrupted(slot, claimed, new_run, self.clock.monotonic())
         else:
             self.wake()
-        return in_worker and not cancelled
+        return runs
 
     def _to_be_written(self, slot: StageSlot) -> None:
         """An attempt ended: a pass writes it now when the guard must judge it, a worker is

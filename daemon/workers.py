@@ -139,6 +139,10 @@ def exit_report(returncode: int, stderr: str | None, replied: bool) -> WorkerRep
     return WorkerReport(Verdict.ERROR, error=error, exit_code=returncode, traceback=tail)
 
 
+def _has_reply(reply: asyncio.Future[WorkerReport]) -> bool:
+    return reply.done() and not reply.cancelled()
+
+
 def _unreplied(returncode: int, stderr: str | None) -> WorkerReport:
     """A pool worker that ended in the middle of an item: exit 0 is still a lost item."""
     report = exit_report(returncode, stderr, replied=True)
@@ -362,12 +366,15 @@ class PoolWorker:
         self._stdout.end(reply)
 
     async def _lost_before_reply(self, sent: _Sent) -> WorkerReport:
-        """An item its worker read, and then died or got out of step before replying: it
-        may have started, so it fails as such (it is not given back as unstarted)."""
+        """An item its worker read, then the worker died or got out of step: its reply, if
+        it came first, else a failure (it may have started: it is not given back)."""
         out_of_step = sent.child is self._child
         if out_of_step:
             await self._discard(self.stage.grace_s)
         tail = self._stderr.tail.text(sent.stderr_mark)
+        if _has_reply(sent.reply) and not self._stdout.out_of_step:  # it replied first
+            report = _with_reply(sent.reply.result(), sent.child.returncode, tail)
+            return _finish(report, self._stdout.end(sent.reply), sent.child)
         if not out_of_step:
             assert sent.child.returncode is not None
             return _finish(_unreplied(sent.child.returncode, tail), None, sent.child)
@@ -435,6 +442,11 @@ class WorkerPool:
     def holds(self, run_id: str) -> bool:
         """Whether the item of `run_id`, sent ahead, is in a worker (else it never started)."""
         return run_id in self._holding
+
+    def replied(self, run_id: str) -> bool:
+        """Whether the item of `run_id`, sent ahead and in a worker, has its reply already."""
+        worker = self._holding.get(run_id)
+        return worker is not None and worker.sent is not None and _has_reply(worker.sent.reply)
 
     async def run(
         self,

@@ -7,10 +7,10 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
-from conftest import Project
+from conftest import Project, process_gone, wait_until
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
 from pipewarden.config import Config, load_config
@@ -58,6 +58,15 @@ async def settled(scheduler: Scheduler, timeout: float = 20.0) -> None:
     while scheduler.in_flight:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("the attempts did not end")
+        await asyncio.sleep(0.01)
+
+
+async def until(predicate: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    """Until `predicate()` holds, the loop running meanwhile."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
 
 
@@ -130,10 +139,12 @@ halts:
 
 
 @contextlib.contextmanager
-def stepped(project: Project, more: str = "") -> Iterator[tuple[Scheduler, object]]:
+def stepped(
+    project: Project, more: str = "", worker: str = GATED
+) -> Iterator[tuple[Scheduler, object]]:
     """A scheduler over a pool stage of one worker, its first items queued (see warm_up);
     its writer and store closed at the end, pass or fail."""
-    project.write("w.py", GATED)
+    project.write("w.py", worker)
     project.write("halt.yaml", HALT_AT_ONCE)
     project.configure(
         "sites:\n  stages:\n    - name: fetch\n      python: 'w:work'\n      mode: pool\n"
@@ -430,3 +441,41 @@ def test_an_item_sent_with_one_that_gets_no_reply_goes_back_untouched(project: P
         a = store.item("sites", "a")
         assert [run.status for run in store.item_runs(a.id)] == ["interrupted"]
         assert untouched(store, "b") and untouched(store, "c")
+
+
+DIES_AFTER_B = GATED.replace(
+    '        while not pathlib.Path("gate")',
+    '        pathlib.Path("a.started").touch()\n        while not pathlib.Path("gate")',
+).replace(
+    "    return {}",
+    """    if ctx.key == "b":  # replies, then its worker is killed before it reads the next
+        import os, threading
+        pathlib.Path("worker.pid").write_text(str(os.getpid()))
+        threading.Timer(0.05, os.kill, (os.getpid(), 9)).start()
+    return {}""",
+)
+
+
+def test_an_item_sent_ahead_that_replied_before_its_worker_died_keeps_its_result(
+    project: Project,
+):
+    """a and b both reply, then the worker dies, all before the daemon reads a's reply (the
+    test holds the loop): b's reply stands. Failed as a lost item, it would run again."""
+    with stepped(project, worker=DIES_AFTER_B) as (scheduler, store):
+
+        async def steps() -> None:
+            await clean_streak(scheduler, store)
+            assert await scheduler.step()  # a goes to the worker, and b with it
+            await until(lambda: (project.root / "a.started").exists(), "a to start")
+            (project.root / "gate").touch()
+            pid_file = project.root / "worker.pid"
+            worker = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), "b"))
+            wait_until(lambda: process_gone(worker), "the worker to die")  # the loop waits
+            await settled(scheduler)
+            assert await scheduler.step()
+            await scheduler.drain(1.0, "test done")
+
+        asyncio.run(steps())
+        for key in "ab":
+            item = store.item("sites", key)
+            assert (item.state, [r.status for r in store.item_runs(item.id)]) == ("done", ["ok"])
