@@ -56,15 +56,7 @@ class Attempts:
         raise a halt; a halt raised later stops it no more than an item already started."""
         if self._may_halt or not slot.pipelines:
             return None
-        with self._handing:
-            if not slot.ahead or not self.claiming:
-                return None
-            claimed, new_run = slot.ahead[0]
-            if self._held_back(slot, new_run, self._holds):
-                return None
-            slot.ahead.popleft()
-            slot.sent += 1
-        return claimed, new_run
+        return self._hand_ahead(slot, sent=True)
 
     def _settle_sent(
         self, slot: StageSlot, sent: tuple[Claimed, NewRun], cancelled: bool = False

@@ -131,10 +131,11 @@ class Claims:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _hand_ahead(self, slot: StageSlot) -> tuple[Claimed, NewRun] | None:
-        """The slot's next item ahead, now counted in flight for a worker to take; None when
-        there is none, the daemon stops claiming, or a hold keeps it back (a pass gives it
-        back)."""
+    def _hand_ahead(self, slot: StageSlot, sent: bool = False) -> tuple[Claimed, NewRun] | None:
+        """The slot's next item ahead, now counted in flight for a worker to take (or, when
+        `sent`, as sent with the item a worker works on: it begins once that one replies);
+        None when there is none, the daemon stops claiming, or a hold keeps it back (a pass
+        gives it back)."""
         with self._handing:
             if not slot.ahead or not self.claiming:
                 return None
@@ -142,8 +143,12 @@ class Claims:
             if self._held_back(slot, new_run, self._holds):
                 return None
             slot.ahead.popleft()
-            slot.in_flight += 1
-        self._publish_started(slot, claimed, new_run)
+            if sent:
+                slot.sent += 1
+            else:
+                slot.in_flight += 1
+        if not sent:
+            self._publish_started(slot, claimed, new_run)
         return claimed, new_run
 
     def _publish_started(self, slot: StageSlot, claimed: Claimed, new_run: NewRun) -> None:
