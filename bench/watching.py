@@ -11,7 +11,8 @@ interleaved:
     asks for `/api/status?verbose=1` and the failed runs every half second, as the page's
     script does; each poller asks for `/api/status` once a second;
   - 100 event-stream clients and 20 busy pollers (each asks for `/api/status` again as
-    soon as it has the answer): the p50 and p99 of those answers are printed too.
+    soon as it has the answer): the p50 and p99 of the answers asked and given while the
+    work ran are printed too (not those of the idle daemon before and after).
 The rate and the CPU per item (the daemon's and its workers') count from the first item
 done to the last, as in compare.py. The watchers are asyncio clients in this process
 (raw HTTP/1.1 with keep-alive), so what they cost themselves is small, but they share
@@ -49,6 +50,7 @@ class Watched:
     cpu_us: float
     latencies: list[float] = field(default_factory=list)  # of the busy pollers' answers
     errors: int = 0
+    measuring: bool = False  # between the first item done and the last: answers counted
 
 
 class Http:
@@ -119,9 +121,10 @@ async def poller(port: int, token: str, result: Watched, every_s: float) -> None
     try:
         while True:
             asked = time.monotonic()
+            counts = result.measuring
             status, _ = await http.call("GET", "/api/status")
             result.errors += status != 200
-            if every_s == 0:
+            if every_s == 0 and counts and result.measuring:  # asked and answered as work ran
                 result.latencies.append(time.monotonic() - asked)
             await asyncio.sleep(max(0.0, every_s - (time.monotonic() - asked)))
     finally:
@@ -169,7 +172,7 @@ async def one_run(items: int, how: str, baseline: str | None) -> Watched:
             control.close()
             done = counter(root / ".pipewarden" / "pipewarden.db",
                            "SELECT COUNT(*) FROM items WHERE state = 'done'")  # fmt: skip
-            result.rate, result.cpu_us = await _measure(daemon, done, items)
+            result.rate, result.cpu_us = await _measure(daemon, done, items, result)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -215,7 +218,9 @@ async def _api_up(root: Path, port: int, daemon: subprocess.Popen[bytes]) -> str
     raise SystemExit("FAILED: the API did not come up")
 
 
-async def _measure(daemon: subprocess.Popen[bytes], done, items: int) -> tuple[float, float]:
+async def _measure(
+    daemon: subprocess.Popen[bytes], done, items: int, result: Watched
+) -> tuple[float, float]:
     """Rate and CPU per item from the first item done to the last (or to RUN_LIMIT_S: a
     daemon that slow is measured on what it did, and said so)."""
     start = None
@@ -225,9 +230,11 @@ async def _measure(daemon: subprocess.Popen[bytes], done, items: int) -> tuple[f
         now = time.monotonic()
         if start is None and count > 0:
             start = (now, count, tree_cpu(daemon.pid))
+            result.measuring = True
         if start is not None and (count >= items or now > deadline):
             if count < items:
                 print(f"  (only {count:,} of {items:,} done within {RUN_LIMIT_S:g} s)")
+            result.measuring = False
             measured = count - start[1]
             cpu = tree_cpu(daemon.pid) - start[2]
             return measured / (now - start[0]), cpu / max(measured, 1) * 1e6

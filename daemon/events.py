@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,10 @@ WRITES_PER_S = 500
 # compact because every client is sent every byte of it.
 _FRAME_JSON = json.JSONEncoder(default=str, separators=(",", ":"))
 BACKLOG = 5000  # events a subscriber may fall behind before it must resync
+# Subscribers handed a batch per turn of the loop. Each one handed it wakes and writes
+# its copy: a hundred at once held every API answer behind ~36 ms of writes (the busy
+# pollers' p99 went from 93 ms without streams to 150 ms with 100 of them).
+HAND_OUT_PER_TURN = 10
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class EventBus:
         self._flush: asyncio.TimerHandle | None = None
         self._flushed_at = float("-inf")  # monotonic time of the last batch
         self.batches = 0  # batches made: what a test or a bench counts
+        self._to_hand_out: deque[tuple[Subscription, bytes, int, int]] = deque()
 
     def publish(self, type: str, **data: Any) -> None:
         if not self._subscribers:
@@ -114,8 +120,20 @@ class EventBus:
             return
         self.batches += 1
         batch = "".join(event.frame() for event in events).encode()
-        for subscription in self._subscribers:
-            subscription.push(batch, len(events), events[-1].id)
+        handing_out = bool(self._to_hand_out)
+        self._to_hand_out.extend((subscription, batch, len(events), events[-1].id)
+                                 for subscription in self._subscribers)  # fmt: skip
+        if not handing_out:
+            self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Hand the batch to HAND_OUT_PER_TURN subscribers, the rest at the loop's next
+        turns, so that answers are served between their writes (in order: one queue)."""
+        for _ in range(min(HAND_OUT_PER_TURN, len(self._to_hand_out))):
+            subscription, batch, events, last_id = self._to_hand_out.popleft()
+            subscription.push(batch, events, last_id)
+        if self._to_hand_out:
+            asyncio.get_running_loop().call_soon(self._hand_out)
 
 
 def coalesced(events: list[Event]) -> list[Event]:

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 SHARE = 0.07  # of the loop's time reads may use while work runs
 BURST_S = 0.02  # loop time the API may spend at once before it has to wait
 SERVING_COST_S = 150e-6  # the loop around a request's own steps (measured: 150 of 240 µs)
+EXPECTED_WEIGHT = 0.1  # of the latest read in what the next one is expected to cost
 UNCHARGED_PATHS = frozenset({"/api/events"})  # long-lived: charged for their start only
 
 
@@ -44,6 +45,7 @@ class LoopBudget:
         busy: Callable[[], bool],
         share: float = SHARE,
         clock: Callable[[], float] = time.monotonic,
+        expected: float = SERVING_COST_S,
     ):
         self.busy = busy
         self._share = share
@@ -51,10 +53,12 @@ class LoopBudget:
         self._balance = BURST_S
         self._refilled = clock()
         self._turns: asyncio.Lock | None = None  # made on the loop that serves
+        self._expected = expected  # what a read costs, as recent ones did
         self.waited = 0  # requests that had to wait (the metrics show it)
 
-    async def turn(self) -> None:
-        """Return once the API may spend loop time; waiting requests go in order."""
+    async def turn(self) -> float:
+        """Return once the API may spend loop time, with what was set aside for the request
+        (pass it to `charge`); waiting requests go in order."""
         if self._turns is None:
             self._turns = asyncio.Lock()
         async with self._turns:
@@ -63,9 +67,17 @@ class LoopBudget:
                 self.waited += 1
                 await asyncio.sleep(-self._balance / self._share)
                 self._refill()
+            # Set aside what a read usually costs before it runs: charged only once it
+            # ended, the requests waiting behind it would all go at once while it ran,
+            # then all wait together (twenty pollers: p50 69 ms, p99 156 ms at one rate).
+            self._balance -= self._expected
+            return self._expected
 
-    def charge(self, seconds: float) -> None:
-        self._balance -= seconds
+    def charge(self, seconds: float, set_aside: float = 0.0) -> None:
+        """Charge what a request spent, less what its turn set aside for it."""
+        self._balance -= seconds - set_aside
+        if set_aside:
+            self._expected += (seconds - self._expected) * EXPECTED_WEIGHT
 
     def _refill(self) -> None:
         now = self._clock()
@@ -87,17 +99,16 @@ class LoopShare:
         if scope["type"] != "http" or not self._budget.busy():
             await self.app(scope, receive, send)
             return
-        if scope["method"] != "POST":
-            await self._budget.turn()
+        set_aside = 0.0 if scope["method"] == "POST" else await self._budget.turn()
         if scope["path"] in UNCHARGED_PATHS:
-            self._budget.charge(SERVING_COST_S)
+            self._budget.charge(SERVING_COST_S, set_aside)
             await self.app(scope, receive, send)
             return
         metered = _Metered(self.app(scope, receive, send), self._cpu)
         try:
             await metered
         finally:
-            self._budget.charge(metered.spent + SERVING_COST_S)
+            self._budget.charge(metered.spent + SERVING_COST_S, set_aside)
 
 
 class _Metered:

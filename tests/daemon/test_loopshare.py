@@ -52,6 +52,34 @@ def test_requests_wait_for_their_share_of_a_busy_loop_and_never_of_an_idle_one()
     assert waited == 0 and elapsed < 0.5
 
 
+def test_concurrent_reads_of_a_spent_budget_are_let_in_one_at_a_time():
+    """Twenty pollers asking at once must be answered in turn, not all let in together while
+    the first runs and then all held together (a p99 twice the p50)."""
+
+    async def serve() -> int:
+        cpu, inside, most = [0.0], [0], [0]
+
+        async def yielding_app(scope: dict, receive: object, send) -> None:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            cpu[0] += REQUEST_CPU_S
+            await asyncio.sleep(0)  # uvicorn's send lets the loop turn before the answer ends
+            inside[0] -= 1
+
+        budget = LoopBudget(busy=lambda: True, share=0.5, expected=REQUEST_CPU_S)
+        budget.charge(BURST_S)  # spent: every read must wait its turn
+        middleware = LoopShare(yielding_app, budget, cpu=lambda: cpu[0])
+
+        async def nothing(message: dict) -> None:
+            pass
+
+        scope = {"type": "http", "method": "GET", "path": "/api/status"}
+        await asyncio.gather(*(middleware(scope, None, nothing) for _ in range(REQUESTS)))
+        return most[0]
+
+    assert asyncio.run(serve()) == 1
+
+
 def test_an_action_never_waits_behind_the_reads():
     async def serve() -> tuple[float, int]:
         app = CountedApp()

@@ -4,13 +4,21 @@ stream clients get batches (several frames in one write, a run's progress at its
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
 
 import httpx
 from conftest import Project, wait_until
-from pipewarden.events import BATCH_S, WRITES_PER_S, Event, EventBus, coalesced
+from pipewarden.events import (
+    BATCH_S,
+    HAND_OUT_PER_TURN,
+    WRITES_PER_S,
+    Event,
+    EventBus,
+    coalesced,
+)
 from pipewarden.reads import FRESH_S
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -212,3 +220,27 @@ def test_with_many_clients_batches_come_less_often_so_their_writes_stay_bounded(
     assert one_missed == [0] and set(many_missed) == {0}
     assert 1.0 / BATCH_S - 2 <= one_batches <= 1.0 / BATCH_S + 2
     assert many_batches <= 1.0 / (100 / WRITES_PER_S) + 2 < 1.0 / BATCH_S - 2
+
+
+def test_a_batch_for_many_clients_is_handed_out_a_few_per_turn_of_the_loop_in_order():
+    """A hundred clients woken at once wrote a hundred copies in one turn of the loop, and
+    every API answer waited behind them: a few per turn, each client still getting every
+    batch in order."""
+
+    async def hand_out() -> tuple[list[int], list[bytes]]:
+        bus = EventBus()
+        subscriptions = [bus.subscribe() for _ in range(100)]
+        handed = [0]  # batches the subscriptions hold, turn by turn
+        bus.publish("halt", target="first")
+        while handed[-1] < 2 * len(subscriptions):
+            await asyncio.sleep(0)
+            handed.append(sum(len(s._batches) for s in subscriptions))
+            if len(handed) == 3:  # the next batch made while this one is handed out
+                bus.publish("halt", target="second")
+                bus._send()  # what its timer would do, had the loop been slower
+        never = asyncio.get_running_loop().create_future()
+        return handed, [await s.next(never, 0.01) for s in subscriptions]
+
+    handed, got = asyncio.run(hand_out())
+    assert max(b - a for a, b in itertools.pairwise(handed)) <= HAND_OUT_PER_TURN, handed
+    assert all(g.index(b"first") < g.index(b"second") for g in got)
