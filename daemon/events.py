@@ -40,8 +40,10 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
 
     def frame(self) -> str:
-        """The event as one SSE frame (the wire format the page reads)."""
-        payload = _FRAME_JSON.encode(self.data)
+        """The event as one SSE frame (the wire format the page reads). A field with no
+        value is left out, not sent as null: a finish without a label, group or error was
+        a third null bytes, sent to every client (readers take a missing field as none)."""
+        payload = _FRAME_JSON.encode({k: v for k, v in self.data.items() if v is not None})
         return f"id: {self.id}\nevent: {self.type}\ndata: {payload}\n\n"
 
 

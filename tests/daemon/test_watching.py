@@ -244,3 +244,19 @@ def test_a_batch_for_many_clients_is_handed_out_a_few_per_turn_of_the_loop_in_or
     handed, got = asyncio.run(hand_out())
     assert max(b - a for a, b in itertools.pairwise(handed)) <= HAND_OUT_PER_TURN, handed
     assert all(g.index(b"first") < g.index(b"second") for g in got)
+
+
+def test_a_field_with_no_value_is_left_out_of_the_frame_and_read_as_none():
+    """Every client is sent every byte: a finish's empty label, group and error went as
+    nulls, a third of the frame. `runs tail -f` reads the frame without them."""
+    from pipewarden.runfeed import run_of_event
+
+    data = {"run_id": "r1", "pipeline": "p", "stage": "s", "key": "k", "attempt": 1,
+            "status": "ok", "item_state": "done", "label": None, "group": None,
+            "error": None, "duration_s": 0.002}  # fmt: skip
+    frame = Event(7, "run_finished", data).frame()
+    assert "null" not in frame
+    sent = json.loads(frame.split("data: ", 1)[1])
+    assert sent == {k: v for k, v in data.items() if v is not None}
+    run = run_of_event(sent)
+    assert (run.id, run.status, run.label, run.error) == ("r1", "ok", None, None)
