@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -243,3 +244,47 @@ def test_the_runs_view_takes_inserts_updates_and_deletes_as_the_table_did(tmp_pa
     conn.execute("DELETE FROM runs WHERE id = 'c0ffee-2'")
     assert conn.execute("SELECT count(*) FROM run_rows").fetchone() == (0,)
     store.close()
+
+
+def test_a_claim_and_a_finish_of_many_items_are_a_few_statements_not_one_per_row(
+    tmp_path: Path,
+):
+    """Each statement SQLite steps through lets go of the GIL, and the writer thread must
+    win it back from the busy event loop: a pass's rows go in chunks, not one per row.
+    (Python traces a statement again, its values bound, at each trigger it fires.)"""
+    store = Store(tmp_path)
+    store.enqueue("p", "s", [(f"item-{n}", {"n": n}) for n in range(100)], 1796297985.2)
+    statements: list[str] = []
+    conn = store.db.connection()
+    conn.set_trace_callback(lambda sql: sql.startswith("--") or statements.append(sql))
+    claimed = store.claim("p", "s", 100, 1796297986.3, _describe_on("s"))
+    claim_statements = len(statements)
+    store.finish([_ok(item, run) for item, run in claimed], {})
+    conn.set_trace_callback(None)
+    assert len(claimed) == 100
+    claim_steps = len(list(itertools.groupby(statements[:claim_statements])))
+    finish_steps = len(list(itertools.groupby(statements[claim_statements:])))
+    assert (claim_steps <= 30, finish_steps <= 30) == (True, True), (claim_steps, finish_steps)
+    item = store.item("p", "item-99")
+    assert item is not None and (item.state, item.attempt) == (ItemState.DONE, 1)
+    (run,) = store.item_runs(item.id)
+    assert (run.status, run.finished_at, run.duration_s, run.pid) == (
+        RunStatus.OK, 1796297986.4, 0.0002, 1234567)  # fmt: skip
+    store.close()
+
+
+def test_rows_of_one_target_in_a_chunked_write_apply_in_their_order(tmp_path: Path):
+    from pipewarden.store.sqlite.batches import execute_rows
+
+    conn = sqlite3.connect(tmp_path / "t.db")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, seen TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, 0, '')", [(i,) for i in range(50)])
+    rows = [(i % 40, f"{i};") for i in range(90)]  # ids 0..9 three times, 10..39 twice
+    execute_rows(
+        conn,
+        "WITH v(id, mark) AS (VALUES {rows})"
+        " UPDATE t SET n = n + 1, seen = seen || v.mark FROM v WHERE t.id = v.id",
+        rows,
+    )
+    got = dict(conn.execute("SELECT id, seen FROM t WHERE n > 0").fetchall())
+    assert got == {i: "".join(f"{j};" for j in range(i, 90, 40)) for i in range(40)}

@@ -21,10 +21,12 @@ from pipewarden.store.records import (
     Recovered,
     trace_id_of,
 )
+from pipewarden.store.sqlite.batches import execute_rows
 from pipewarden.store.sqlite.counts import CountKey, add_moves, count_key, current_keys
 from pipewarden.store.sqlite.rollup import Rollup
 from pipewarden.store.sqlite.runkeys import (
     BY_ID,
+    BY_ID_OF_VALUES,
     STAGE_NO,
     failure_json,
     pack_hex64,
@@ -49,15 +51,19 @@ _KEPT_IN = {"duration_s": "duration_us", "pgid": "pgid_off", "data_out": "data_k
 _DURATION_AT, _PID_AT, _PGID_AT, _DATA_AT = map(
     _ROW_END_COLUMNS.index, ("duration_s", "pid", "pgid", "data_out")
 )
+# A pass's run ends, and its items' next states, as chunks of VALUES (sqlite/batches.py).
 _FINISH_RUN_SQL = (
-    "UPDATE run_rows SET "
-    + ", ".join(f"{_KEPT_IN.get(c, c)} = ?" for c in _ROW_END_COLUMNS)
-    + ", failure = ?, progress = COALESCE(?, progress), message = COALESCE(?, message),"
-    f" room = NULL WHERE {BY_ID}"
+    f"WITH v(id, no, {', '.join(_KEPT_IN.get(c, c) for c in _ROW_END_COLUMNS)}, failure,"
+    " progress, message) AS (VALUES {rows}) UPDATE run_rows SET "
+    + ", ".join(f"{_KEPT_IN.get(c, c)} = v.{_KEPT_IN.get(c, c)}" for c in _ROW_END_COLUMNS)
+    + ", failure = v.failure, progress = COALESCE(v.progress, run_rows.progress),"
+    " message = COALESCE(v.message, run_rows.message), room = NULL"
+    f" FROM v WHERE run_rows.{BY_ID_OF_VALUES}"
 )
 # The bytes an ok run's end adds to its row, reserved at its claim (see schema 15's `room`):
 # finished_at 8, duration_us, pid and proc_start 3 or 4 each, less the shorter status (5).
 _END_ROOM = 14
+_END_ROOM_BLOB = bytes(_END_ROOM)  # what zeroblob(_END_ROOM) makes
 # The bytes a new item's first claim adds to its row, reserved by its enqueue (schema 19's
 # `room`): 'running' for 'queued', and its run's id, of as many digits as the larger of the
 # last run's number and the item's own (a store's items are claimed about in their order).
@@ -66,9 +72,21 @@ _CLAIM_ROOM = (
     " coalesce((SELECT MAX(id) FROM items), 0) + 1)))"
 )
 _FINISH_ITEM_SQL = (
-    "UPDATE items SET stage = ?, state = ?, data = COALESCE(?, data), attempt = ?, ready_at = ?,"
-    " channel = ?, force = ?, last_error = ?, last_label = ?, last_group = ?, updated_at = ?,"
-    " tally = 1 - tally WHERE id = ?"  # counted by the finish itself (sqlite/counts.py)
+    "WITH v(id, stage, state, data, attempt, ready_at, channel, force, last_error, last_label,"
+    " last_group, updated_at) AS (VALUES {rows}) UPDATE items SET stage = v.stage,"
+    " state = v.state, data = COALESCE(v.data, items.data), attempt = v.attempt,"
+    " ready_at = v.ready_at, channel = v.channel, force = v.force, last_error = v.last_error,"
+    " last_label = v.last_label, last_group = v.last_group, updated_at = v.updated_at,"
+    " tally = 1 - tally FROM v WHERE items.id = v.id"  # counted by the finish (sqlite/counts.py)
+)
+_CLAIM_ITEM_SQL = (
+    "WITH v(id, attempt, channel, run_id, now) AS (VALUES {rows}) UPDATE items"
+    " SET state = 'running', attempt = v.attempt, channel = v.channel, last_run_id = v.run_id,"
+    " updated_at = v.now, tally = 1 - tally, room = NULL FROM v WHERE items.id = v.id"
+)
+_CLAIM_RUN_SQL = (
+    "INSERT INTO run_rows (run_no, stage_no, item_id, attempt, channel, status, started_at,"
+    " input_fp, code_ref, config_no, rows_in, daemon_no, room) VALUES {rows}"
 )
 _CLAIMABLE = ", ".join(f"'{s}'" for s in CLAIMABLE_STATES)
 _PENDING = ", ".join(f"'{s}'" for s in PENDING_STATES)
@@ -189,21 +207,20 @@ class Queue(Rollup):
                 running = count_key(pipeline, stage, "running", new_run.channel, None, None)
                 moves.append((count_key(pipeline, stage, *was), running))
                 number += 1
-            self._conn.executemany(  # flips tally: counted here, not by the trigger
-                "UPDATE items SET state = 'running', attempt = ?, channel = ?, last_run_id = ?,"
-                " updated_at = ?, tally = 1 - tally, room = NULL WHERE id = ?",
-                [(c.attempt, r.channel, r.run_id, now, c.item_id) for c, r in claimed],
+            execute_rows(  # flips tally: counted here, not by the trigger
+                self._conn,
+                _CLAIM_ITEM_SQL,
+                [(c.item_id, c.attempt, r.channel, r.run_id, now) for c, r in claimed],
             )
             add_moves(self._conn, moves)
             config_no = self._config_numbers({r.config_hash for _, r in claimed})
-            self._conn.executemany(
-                "INSERT INTO run_rows (run_no, stage_no, item_id, attempt, channel, status,"
-                " started_at, input_fp, code_ref, config_no, rows_in, daemon_no, room)"
-                f" VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, 1, ?, zeroblob({_END_ROOM}))",
+            execute_rows(
+                self._conn,
+                _CLAIM_RUN_SQL,
                 [
-                    (int(r.run_id), stage_no, c.item_id, c.attempt, r.channel, now,
+                    (int(r.run_id), stage_no, c.item_id, c.attempt, r.channel, "running", now,
                      pack_hex64(r.input_fingerprint), r.code_ref, config_no[r.config_hash],
-                     daemon_no)
+                     1, daemon_no, _END_ROOM_BLOB)
                     for c, r in claimed
                 ],
             )  # fmt: skip
@@ -285,21 +302,23 @@ class Queue(Rollup):
                 )
             if not finished:
                 return
-            self._conn.executemany(
+            execute_rows(
+                self._conn,
                 _FINISH_RUN_SQL,
                 [
-                    (*_row_end_of(f), _failure_of(f), f.progress, f.message,
-                     *self.run_params(f.run_id))
+                    (*self.run_params(f.run_id), *_row_end_of(f), _failure_of(f), f.progress,
+                     f.message)
                     for f in finished
                 ],
             )  # fmt: skip
             was = current_keys(self._conn, [f.item_id for f in finished])
-            self._conn.executemany(
+            execute_rows(
+                self._conn,
                 _FINISH_ITEM_SQL,
                 [
-                    (f.item_stage, f.item_state, f.item_data, f.item_attempt, f.item_ready_at,
-                     f.item_channel, int(f.item_force), f.error, f.label, f.group_name,
-                     f.finished_at, f.item_id)
+                    (f.item_id, f.item_stage, f.item_state, f.item_data, f.item_attempt,
+                     f.item_ready_at, f.item_channel, int(f.item_force), f.error, f.label,
+                     f.group_name, f.finished_at)
                     for f in finished
                 ],
             )  # fmt: skip

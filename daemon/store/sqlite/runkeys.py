@@ -34,6 +34,10 @@ IDS_PER_QUERY = 400  # ids looked up at once: twice as many parameters, SQLite's
 # of the primary key. Parameters: the id, its number (run_number: None if it is none).
 NUMBER_OF_ID = "coalesce((SELECT run_no FROM run_rows WHERE id_kept = ?), ?)"
 BY_ID = f"run_no = {NUMBER_OF_ID}"
+# The same of the run whose id and number are the columns `id` and `no` of the rows `v`.
+BY_ID_OF_VALUES = (
+    "run_no = coalesce((SELECT o.run_no FROM run_rows o WHERE o.id_kept = v.id), v.no)"
+)
 
 # The runs whose id is one of some ids: by number where the id is one, by runs_by_old_id
 # (whose WHERE this repeats) where the run kept an older id.
