@@ -265,10 +265,17 @@ def test_a_quick_stage_is_handed_about_50_ms_of_work_ahead_per_worker(project: P
     slot = StageSlot(config.pipelines["sites"], stage, WorkerPool(stage))
     assert slot.ahead_allowed == 0  # its pace is not known yet
     ahead = {}
-    for pace in (0.0001, 0.001, 0.005, 0.1, 0.6):
+    for pace in (0.0001, 0.0004, 0.001, 0.005, 0.1, 0.6):
         slot.pace = pace
         ahead[pace] = slot.ahead_allowed
-    assert ahead == {0.0001: 2 * 64, 0.001: 2 * 50, 0.005: 2 * 10, 0.1: 2 * 8, 0.6: 0}
+    assert ahead == {
+        0.0001: 2 * 256,
+        0.0004: 2 * 125,
+        0.001: 2 * 50,
+        0.005: 2 * 10,
+        0.1: 2 * 8,
+        0.6: 0,
+    }
 
 
 class SetMonotonicClock(SetClock):
