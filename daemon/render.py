@@ -105,7 +105,8 @@ def health_lines(snapshot: dict[str, Any], paint: Paint) -> list[str]:
 
 
 def _stage_lines(stage: dict[str, Any], paint: Paint, verbose: bool) -> list[str]:
-    notes = [f"{len(stage['running'])} running"] if stage["running"] else []
+    running = len(stage["running"]) + stage.get("running_more", 0)
+    notes = [f"{running:,} running"] if running else []
     queue = stage["queue"]
     if queue and queue["eta"]:
         notes.append(f"ETA {format_duration(queue['eta']['seconds'])}")
@@ -149,7 +150,10 @@ def _queue_notes(queue: dict[str, Any]) -> list[str]:
 def _state_children(state: dict[str, Any], stage: dict[str, Any]) -> list[tuple]:
     """(text, counts or None, colour, [(text, counts)]) for the rows under one state."""
     if state["state"] == ItemState.RUNNING:
-        return [(_running_line(run), None, "cyan", []) for run in stage["running"]]
+        lines = [(_running_line(run), None, "cyan", []) for run in stage["running"]]
+        if more := stage.get("running_more"):
+            lines.append((f"… and {more:,} more", None, "cyan", []))
+        return lines
     if state.get("reasons"):
         return [
             (f"{reason['reason']} · {_wake(reason)}", reason, "cyan", [])

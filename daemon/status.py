@@ -33,6 +33,10 @@ NOT_IN_CONFIG = " (not in the config)"
 STUCK_AFTER_REQUEUES = 3  # requeued by hand this often and failing still: a person must look
 LABELS_SHOWN = 5  # per group; the rest are folded into "Other (k more)"
 ETA_SAMPLE = 200  # recent runs whose median duration estimates a queue's ETA
+# Running attempts listed per stage, the longest-running first: its concurrency's worth, or
+# this many. A quick stage's items claimed ahead are running too (their rows are written
+# before a worker takes them): hundreds of lines no one reads, which every status built.
+RUNNING_SHOWN = 10
 HOUR_S, DAY_S = 3600.0, 86400.0
 # The order states are listed in: the item's life, then where it ended.
 STATE_ORDER = [
@@ -157,11 +161,7 @@ def _stage(seen: _Seen, pipeline: str, name: str, stage: Stage | None) -> dict[s
         "per_channel": per_channel,
         "concurrency": stage.concurrency if stage else None,
         "states": ordered,
-        "running": [
-            _running(run, seen)
-            for run in seen.running
-            if (run.pipeline, run.stage) == (pipeline, name)
-        ],
+        **_running_shown(seen, pipeline, name, stage),
         "queue": _queue(seen, stage, queued) if stage else None,
     }
     if stage and seen.store and seen.verbose:
@@ -214,6 +214,17 @@ def _deferred_reasons(seen: _Seen, pipeline: str, stage: str) -> list[dict[str, 
 
 def _wait(at: float | None, now: float) -> float | None:
     return None if at is None else max(0.0, at - now)
+
+
+def _running_shown(seen: _Seen, pipeline: str, name: str, stage: Stage | None) -> dict[str, Any]:
+    """The stage's running attempts (the store gives them oldest first), up to what is worth
+    a line each, and how many more run (`running_more`)."""
+    runs = [run for run in seen.running if (run.pipeline, run.stage) == (pipeline, name)]
+    shown = max(RUNNING_SHOWN, stage.concurrency if stage else 0)
+    return {
+        "running": [_running(run, seen) for run in runs[:shown]],
+        "running_more": max(0, len(runs) - shown),
+    }
 
 
 def _running(run: Any, seen: _Seen) -> dict[str, Any]:

@@ -135,3 +135,39 @@ def _active_holds(project: Project) -> list:
         return store.active_holds()
     finally:
         store.close()
+
+
+QUICK_THEN_HELD = """
+import pathlib, time
+
+def work(data):
+    while data["n"] >= 20 and pathlib.Path("hold").exists():
+        time.sleep(0.02)
+    return None
+"""
+
+
+def test_items_claimed_ahead_show_as_a_count_not_a_line_each(project: Project, browser):
+    """A quick stage has many items claimed ahead, each a running run (its row is written
+    before a worker takes it): the tree lists a few and counts the rest."""
+    project.write("quick.py", QUICK_THEN_HELD)
+    project.configure(
+        "sites:\n  stages:\n    - {name: find, python: 'quick:work', mode: pool, concurrency: 2}\n"
+    )
+    (project.root / "hold").touch()
+    items = "".join(f'{{"key": "site-{n}", "data": {{"n": {n}}}}}\n' for n in range(200))
+    project.write("items.jsonl", items)
+    project.cli("enqueue", "sites", "--file", "items.jsonl")
+    project.start_daemon()
+    more = wait_until(
+        lambda: re.search(r"└─ … and (\d+) more", project.cli("status").stdout),
+        "the status to count the running runs it does not list",
+    )
+    url = re.search(r"http://\S+", project.cli("open").stdout)[0]
+    page = browser.new_page()
+    page.goto(url)
+    page.locator("#tree td.running", has_text=re.compile(r"… and \d+ more")).wait_for()
+    assert page.locator("#tree tr.run").count() == 10
+    assert int(more[1]) > 0
+    (project.root / "hold").unlink()
+    wait_until(lambda: re.search(r"└─ done +200 ", project.cli("status").stdout), "all done")

@@ -199,3 +199,37 @@ def test_the_tree_files_items_where_a_person_looks_for_them(project: Project):
         ("Deferred by the worker", 1), ("Outside business hours", 1),
     ]  # fmt: skip
     assert deferred["reasons"][1]["wakes_at"] == project.item("sites", "paper").ready_at
+
+
+@freeze_time("2026-11-21 12:00:00")
+def test_a_quick_stage_with_many_items_claimed_ahead_lists_ten_of_them_and_counts_the_rest(
+    project: Project,
+):
+    """A no-op pool stage has hundreds of items claimed ahead, each a running run: the tree
+    lists the first RUNNING_SHOWN (or the stage's concurrency, if larger), then a count."""
+    from pipewarden.store import NewRun
+
+    project.configure(
+        "sites:\n  stages:\n    - {name: find, python: 'w:work', mode: pool, concurrency: 2}\n"
+    )
+    config = load_config(project.config_path)
+    store = project.store()
+    store.enqueue("sites", "find", [(f"site-{n:02}", {}) for n in range(30)], time.time() - 60)
+
+    def describe(item_id: int, key: str, data: dict) -> NewRun:
+        return NewRun(item_id, None, f"{item_id:016x}", None, None)
+
+    for n in range(30):  # one claim a second, so that the oldest are listed first
+        store.claim("sites", "find", 1, time.time() - 30 + n, describe)
+    snapshot = status_snapshot(config, store, time.time())
+    store.close()
+
+    lines = status_tree(snapshot, Paint(False))
+    assert lines[4] == "▸ find  30 running                                    30      +30      +30"
+    assert lines[5] == "  └─ running                                          30      +30      +30"
+    assert lines[6:] == [
+        *(f"     ├─ site-{n:02}#1 ({30 - n}.0s)" for n in range(10)),
+        "     └─ … and 20 more",
+    ]
+    (stage,) = snapshot["pipelines"][0]["stages"]
+    assert (len(stage["running"]), stage["running_more"]) == (10, 20)
