@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 
 from pipewarden.config import Stage
 from pipewarden.outcomes import (
@@ -14,7 +15,7 @@ from pipewarden.outcomes import (
     interrupted,
 )
 from pipewarden.protocol import Progress, Verdict, WorkerReport
-from pipewarden.slots import StageSlot
+from pipewarden.slots import Ahead, StageSlot
 from pipewarden.store import Claimed, NewRun
 from pipewarden.types import ItemState, RunStatus
 from pipewarden.workers import Job
@@ -31,56 +32,85 @@ class Attempts:
         """A worker's turn: the attempt, then the items handed ahead to its slot, one after
         another without waiting for a commit, for as long as nothing that finished and is
         not written yet may raise a halt (a failure, a cost: the guard judges it first).
-        A pool that pipelines is sent the next item with the current one (see `_send_ahead`)."""
+        A pool that pipelines is sent its next items with the current one (`_send_ahead`)."""
+        sent: deque[Ahead] = deque()  # written to this worker ahead of its replies, in order
         while True:
-            following = self._send_ahead(slot)
+            following = self._send_ahead(slot, len(sent))
+            sent.extend(following)
             try:
                 await self._attempt(slot, claimed, new_run, following)
             except asyncio.CancelledError:
-                if following is not None and self._settle_sent(slot, following, cancelled=True):
-                    await self._attempt(slot, *following)  # it replied before the stop
+                await self._settle_cut_short(slot, sent)
                 raise
-            if following is not None and self._settle_sent(slot, following):
-                handed: tuple[Claimed, NewRun] | None = following
-            else:
-                handed = None if self._may_halt else self._hand_ahead(slot)
+            handed = self._next_sent(slot, sent)
+            if handed is None and not self._may_halt:
+                handed = self._hand_ahead(slot)
             self._to_be_written(slot)
             if handed is None:
                 return
             claimed, new_run = handed
 
-    def _send_ahead(self, slot: StageSlot) -> tuple[Claimed, NewRun] | None:
-        """The slot's next item ahead, to be written to the worker with the current one, so
-        the worker reads it the moment it replies (no wait for the daemon to hear the reply
-        and write the next). Only for a pool that pipelines, while nothing that finished may
-        raise a halt; a halt raised later stops it no more than an item already started."""
-        if self._may_halt or not slot.pipelines:
-            return None
-        return self._hand_ahead(slot, sent=True)
+    def _send_ahead(self, slot: StageSlot, already: int) -> list[Ahead]:
+        """The slot's next items ahead, to be written to the worker with the current one, so
+        the worker reads each the moment it replies (no wait for the daemon to hear the
+        reply and write the next). Only for a pool that pipelines, while nothing that
+        finished may raise a halt; a halt raised later stops them no more than an item
+        already started. Topped up to its depth once `already` (sent, not begun) is down
+        to half, so the worker is woken once for several."""
+        depth = slot.pipeline_depth
+        if self._may_halt or not slot.pipelines or already > depth // 2:
+            return []
+        following: list[Ahead] = []
+        while len(following) + already < depth:
+            handed = self._hand_ahead(slot, sent=True)
+            if handed is None:
+                break
+            following.append(handed)
+        return following
 
-    def _settle_sent(
-        self, slot: StageSlot, sent: tuple[Claimed, NewRun], cancelled: bool = False
-    ) -> bool:
-        """After the attempt it went with: True if the item sent ahead is in its worker and
-        runs next. One its worker never read (the attempt got no reply) goes back untouched.
-        When a stop cut the attempt short: one that replied meanwhile is recorded as it
-        ended (True: its attempt runs to read the reply), one that did not, interrupted."""
-        claimed, new_run = sent
-        in_worker = slot.executor.holds(new_run.run_id)
-        runs = in_worker and (not cancelled or slot.executor.replied(new_run.run_id))
-        with self._handing:
-            slot.sent -= 1
-            if runs:
+    def _next_sent(self, slot: StageSlot, sent: deque[Ahead]) -> Ahead | None:
+        """After the attempt they went with: the first item sent ahead, if its worker holds
+        it (it runs next). If not, the worker never read any of them (the attempt got no
+        reply): they go back untouched."""
+        if not sent:
+            return None
+        if slot.executor.holds(sent[0][1].run_id):
+            claimed, new_run = sent.popleft()
+            with self._handing:
+                slot.sent -= 1
                 slot.in_flight += 1
-            elif not in_worker:
-                self._put_back.append((slot, claimed, new_run))
-        if runs:
             self._publish_started(slot, claimed, new_run)
-        elif in_worker:
-            self._record_interrupted(slot, claimed, new_run, self.clock.monotonic())
-        else:
-            self.wake()
-        return runs
+            return claimed, new_run
+        with self._handing:
+            slot.sent -= len(sent)
+            self._put_back.extend((slot, claimed, new_run) for claimed, new_run in sent)
+        sent.clear()
+        self.wake()
+        return None
+
+    async def _settle_cut_short(self, slot: StageSlot, sent: deque[Ahead]) -> None:
+        """A stop cut the attempt short: of the items sent with it, each that replied
+        meanwhile is recorded as it ended; the first that did not, interrupted (it may have
+        started); those after it, and any its worker never read, go back untouched."""
+        started_unreplied = False
+        while sent:
+            claimed, new_run = sent.popleft()
+            in_worker = not started_unreplied and slot.executor.holds(new_run.run_id)
+            replied = in_worker and slot.executor.replied(new_run.run_id)
+            with self._handing:
+                slot.sent -= 1
+                if replied:
+                    slot.in_flight += 1
+                elif not in_worker:
+                    self._put_back.append((slot, claimed, new_run))
+            if replied:
+                self._publish_started(slot, claimed, new_run)
+                await self._attempt(slot, claimed, new_run)  # reads the reply
+            elif in_worker:
+                self._record_interrupted(slot, claimed, new_run, self.clock.monotonic())
+                started_unreplied = True
+            else:
+                self.wake()
 
     def _to_be_written(self, slot: StageSlot) -> None:
         """An attempt ended: a pass writes it now when the guard must judge it, a worker is
@@ -96,18 +126,17 @@ class Attempts:
         slot: StageSlot,
         claimed: Claimed,
         new_run: NewRun,
-        following: tuple[Claimed, NewRun] | None = None,
+        following: Sequence[Ahead] = (),
     ) -> None:
         job = self._job(claimed, new_run)
         started = self.clock.monotonic()
         try:
-            if following is None:
+            if not following:
                 report = await slot.executor.run(job, self._progress_of(job))
-            else:
-                sent = self._job(*following)
-                report = await slot.executor.run(
-                    job, self._progress_of(job), (sent, self._progress_of(sent))
-                )
+            else:  # a pool worker's
+                sent = [(sent_job := self._job(*ahead), self._progress_of(sent_job))
+                        for ahead in following]  # fmt: skip
+                report = await slot.executor.run(job, self._progress_of(job), sent)
         except asyncio.CancelledError:
             self._record_interrupted(slot, claimed, new_run, started)
             raise

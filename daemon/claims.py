@@ -21,7 +21,7 @@ from pipewarden.outcomes import (
 )
 from pipewarden.protocol import Verdict, WorkerReport
 from pipewarden.recording import Batch, Handed, finished_event
-from pipewarden.slots import Holds, StageSlot
+from pipewarden.slots import Ahead, Holds, StageSlot
 from pipewarden.store import Claimed, Hold, NewRun
 from pipewarden.types import RunStatus
 
@@ -131,7 +131,7 @@ class Claims:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _hand_ahead(self, slot: StageSlot, sent: bool = False) -> tuple[Claimed, NewRun] | None:
+    def _hand_ahead(self, slot: StageSlot, sent: bool = False) -> Ahead | None:
         """The slot's next item ahead, now counted in flight for a worker to take (or, when
         `sent`, as sent with the item a worker works on: it begins once that one replies);
         None when there is none, the daemon stops claiming, or a hold keeps it back (a pass

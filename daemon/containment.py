@@ -36,7 +36,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,19 +192,19 @@ class Containment:
             log.warning("could not record %d worker process(es): %s", len(started), exc)
 
     async def end(
-        self, child: Child, grace_s: float, whole: bool = True, spared_run: str | None = None
+        self, child: Child, grace_s: float, whole: bool = True, spared_runs: Collection[str] = ()
     ) -> int:
         """Stop what is left of an attempt: SIGTERM, SIGKILL after `grace_s`, reaped.
 
         `whole`: the worker, its process group and its descendants too (a process per
         item, or a pool worker being replaced); otherwise only what escaped a pool worker
-        that lives on, except what carries `spared_run` (the item it already works on).
+        that lives on, except what carries one of `spared_runs` (the items it already works on).
         Returns the signal that it took (0: nothing was left).
         """
         if not whole and not self._orphans():  # after each pool item: the usual answer
             return 0
         worker = self._workers[child.pid]
-        doomed = await self._settled_remains(worker, child, whole, spared_run)
+        doomed = await self._settled_remains(worker, child, whole, spared_runs)
         if not doomed and not (whole and signal_group(child.pgid, 0)):
             return 0
         for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILL_WAIT_S)):
@@ -213,7 +213,7 @@ class Containment:
             signal_pids(doomed, signum)
             if await self._all_gone(child, doomed, whole, wait_s):
                 return signum
-            doomed |= self._remains(worker, child, whole, spared_run)[0]
+            doomed |= self._remains(worker, child, whole, spared_runs)[0]
         log.warning(
             "processes of worker %d still there %gs after SIGKILL: %s",
             child.pid, KILL_WAIT_S, sorted(pid for pid in doomed if not gone(pid)),
@@ -221,26 +221,26 @@ class Containment:
         return signal.SIGKILL
 
     async def _settled_remains(
-        self, worker: _Worker, child: Child, whole: bool, spared_run: str | None = None
+        self, worker: _Worker, child: Child, whole: bool, spared_runs: Collection[str] = ()
     ) -> set[int]:
         """What is left of the attempt, once every orphan's marks could be read: one in the
         middle of an execve has none to read for a moment (it may be this worker's)."""
         deadline = time.monotonic() + SETTLE_S
         pause = 0.001
-        doomed, unsettled = self._remains(worker, child, whole, spared_run)
+        doomed, unsettled = self._remains(worker, child, whole, spared_runs)
         while unsettled and time.monotonic() < deadline:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.02)
-            doomed, unsettled = self._remains(worker, child, whole, spared_run)
+            doomed, unsettled = self._remains(worker, child, whole, spared_runs)
         return doomed  # still unreadable: the sweep decides
 
     def _remains(
-        self, worker: _Worker, child: Child, whole: bool, spared_run: str | None = None
+        self, worker: _Worker, child: Child, whole: bool, spared_runs: Collection[str] = ()
     ) -> tuple[set[int], set[int]]:
         """The attempt's processes left, and the orphans whose marks cannot be read yet."""
         roots, unsettled = [], set()
         for pid, stat in self._orphans():
-            if (its := self._is_of(worker, pid, stat, spared_run)) is None:
+            if (its := self._is_of(worker, pid, stat, spared_runs)) is None:
                 unsettled.add(pid)
             elif its:
                 roots.append(pid)
@@ -314,18 +314,18 @@ class Containment:
         return worker.child.pgid in (stat.session, stat.pgrp)
 
     def _is_of(
-        self, worker: _Worker, pid: int, stat: ProcStat, spared_run: str | None = None
+        self, worker: _Worker, pid: int, stat: ProcStat, spared_runs: Collection[str] = ()
     ) -> bool | None:
         """Whether an orphan is this worker's: in its session or group, or carrying its mark,
-        and not started for `spared_run` (None: its environment reads empty, so it cannot
-        be told yet)."""
-        if spared_run is None and self._in_group_of(worker, stat):
+        and not started for one of `spared_runs` (None: its environment reads empty, so it
+        cannot be told yet)."""
+        if not spared_runs and self._in_group_of(worker, stat):
             return True  # the usual case: its environment need not be read
         marks = _marks(pid)
         if marks is None:
             return None
         mine = self._in_group_of(worker, stat) or marks[:2] == self._mark_of(worker)
-        return mine and (spared_run is None or marks[2] != spared_run)
+        return mine and marks[2] not in spared_runs
 
     def _mark_of(self, worker: _Worker) -> tuple[str, str]:
         """What the processes `worker` starts carry (see `_marks`)."""

@@ -27,6 +27,13 @@ AHEAD_S = 0.05
 AHEAD_MIN, AHEAD_MAX = 8, 256
 QUICK_S = 0.5  # attempts quicker than this (on average) gain from items claimed ahead
 CLEAN_TO_PIPELINE = 16  # attempts in a row that went through before a pool pipelines
+# Items a pipelining worker is sent ahead of its reply: about PIPELINE_S of its work, at
+# most PIPELINE_MAX, topped up in one write once half are done, so a worker quicker than
+# the daemon is woken once per several items, not once per item (a wake-up was 38 % of
+# the loop's time, bench/README). Each may run past a halt the item before it raises.
+PIPELINE_S = 0.002
+PIPELINE_MAX = 8
+Ahead = tuple[Claimed, NewRun]  # an item handed to a slot ahead: its claim and its run row
 
 
 @dataclass(eq=False)
@@ -41,7 +48,7 @@ class StageSlot:
     executor: object
     in_flight: int = 0
     replaces: StageSlot | None = None  # a retired slot whose last attempts still run
-    ahead: deque[tuple[Claimed, NewRun]] = field(default_factory=deque)
+    ahead: deque[Ahead] = field(default_factory=deque)
     sent: int = 0  # items of `ahead` written to a pool worker with the item it works on
     pace: float | None = None  # the attempts' recent mean duration (s): how far to claim ahead
     clean: int = 0  # attempts in a row that went through
@@ -78,11 +85,20 @@ class StageSlot:
 
     @property
     def pipelines(self) -> bool:
-        """Whether a worker is sent its next item with the one it works on: for a pool that
+        """Whether a worker is sent its next items with the one it works on: for a pool that
         can (see workers.WorkerPool.pipelines) whose last CLEAN_TO_PIPELINE attempts went
-        through. An item sent runs even if the one before it raises a halt: after a failure,
-        items go one at a time again, each judged by the guard before the next is sent."""
+        through. Items sent run even if one before them raises a halt (at most
+        `pipeline_depth` of them): after a failure, items go one at a time again, each
+        judged by the guard before the next is sent."""
         return self.clean >= CLEAN_TO_PIPELINE and getattr(self.executor, "pipelines", False)
+
+    @property
+    def pipeline_depth(self) -> int:
+        """How many items a worker that pipelines is sent ahead of its reply: one, or for
+        a stage of items quicker than the daemon, up to PIPELINE_MAX (see PIPELINE_S)."""
+        if self.pace is None:
+            return 1
+        return max(1, min(PIPELINE_MAX, int(PIPELINE_S / max(self.pace, 1e-6))))
 
     def judged(self, went_through: bool) -> None:
         self.clean = self.clean + 1 if went_through else 0

@@ -20,7 +20,8 @@ import shutil
 import signal
 import sys
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,10 +273,12 @@ class _Sent:
 class PoolWorker:
     """One long-lived process reading items one after another; replaced when it dies.
 
-    A worker may be sent its next item with the one it works on (`following`): it reads it
-    the moment it replies, without waiting for the daemon to hear that reply. Until that
-    reply the next item has not started: a worker that times out or dies before it leaves
-    that item unstarted (`sent` is None again), to go back to the queue untouched.
+    A worker may be sent its next items with the one it works on (`following`), in one
+    write: it reads each the moment it replies to the one before, without waiting for the
+    daemon to hear that reply, and is woken once for them all. An item has not started
+    until the one before it replied: a worker that times out or dies before that leaves
+    it, and every item after it, unstarted (out of `sent`), to go back to the queue
+    untouched.
     """
 
     stdout_reader: type[StdoutReader] = StdoutReader
@@ -286,7 +289,7 @@ class PoolWorker:
         self._child: Child | None = None
         self._stdout = self.stdout_reader()
         self._stderr = self.stderr_reader()
-        self.sent: _Sent | None = None  # the next item, written ahead of the current one's reply
+        self.sent: deque[_Sent] = deque()  # the next items, written ahead of the replies
 
     async def _ensure_started(self, job: Job) -> Child:
         child = self._child
@@ -309,21 +312,23 @@ class PoolWorker:
         self,
         job: Job,
         on_progress: ProgressCallback,
-        following: tuple[Job, ProgressCallback] | None = None,
+        following: Sequence[tuple[Job, ProgressCallback]] = (),
     ) -> WorkerReport:
-        sent, self.sent = self.sent, None
-        if sent is not None and sent.job.run_id == job.run_id:
+        sent = self._take_sent(job)
+        if sent is not None:
             if sent.child is not self._child or self._stdout.out_of_step:
                 return await self._lost_before_reply(sent)
             child, reply = sent.child, sent.reply
         else:
             child = await self._ensure_started(job)
-            reply = self._send(child, job, on_progress)
+            (reply,) = self._send(child, [(job, on_progress)])
         containment.attempt(child, job.run_id)
         stdout, stderr = self._stdout, self._stderr
         mark = stderr.tail.total
-        if following is not None:
-            self.sent = _Sent(following[0], child, self._send(child, *following))
+        if following:
+            replies = self._send(child, following)
+            for (sent_job, _), sent_reply in zip(following, replies, strict=True):
+                self.sent.append(_Sent(sent_job, child, sent_reply))
         try:
             timed_out = await _first(self.stage.timeout_s, reply, child.exited) and not reply.done()
         except asyncio.CancelledError:
@@ -331,14 +336,14 @@ class PoolWorker:
                 self._forget_unstarted(reply)
             await self._discard(self.stage.grace_s)
             raise
-        if not reply.done():  # the next item, if sent, was never read
+        if not reply.done():  # the items sent after it were never read
             self._forget_unstarted(reply)
-        elif self.sent is not None:  # its share of stderr starts here
-            self.sent.stderr_mark = stderr.tail.total
+        elif self.sent:  # the next one's share of stderr starts here
+            self.sent[0].stderr_mark = stderr.tail.total
         if reply.done() and child.returncode is None:  # it lives on; what escaped it goes
-            spared = self.sent.job.run_id if self.sent is not None else None
-            await containment.end(child, self.stage.grace_s, whole=False, spared_run=spared)
-            containment.attempt(child, spared)
+            spared = {sent.job.run_id for sent in self.sent}  # what it already works on
+            await containment.end(child, self.stage.grace_s, whole=False, spared_runs=spared)
+            containment.attempt(child, self.sent[0].job.run_id if self.sent else None)
             report = _with_reply(reply.result(), None, stderr.tail.text(mark))
             return _finish(report, stdout.end(reply), child)
         final = await self._discard(self.stage.grace_s)  # timed out, or died mid-item
@@ -352,30 +357,46 @@ class PoolWorker:
             report = _unreplied(child.returncode, tail)
         return _finish(report, output, child)
 
-    def _send(self, child: Child, job: Job, on_progress: ProgressCallback) -> asyncio.Future:
-        reply = self._stdout.begin(on_progress)
+    def _take_sent(self, job: Job) -> _Sent | None:
+        """`job` as sent ahead, if it was (the first of `sent`: items run in order)."""
+        if self.sent and self.sent[0].job.run_id == job.run_id:
+            return self.sent.popleft()
+        self._forget_sent()
+        return None
+
+    def _send(
+        self, child: Child, jobs: Sequence[tuple[Job, ProgressCallback]]
+    ) -> list[asyncio.Future[WorkerReport]]:
+        replies = [self._stdout.begin(on_progress) for _, on_progress in jobs]
         if child.stdin is not None:  # what the pipe cannot take now goes as the worker reads
-            child.stdin.write(job.request)  # one that closed its stdin is waited for
-        return reply
+            child.stdin.write(b"".join(job.request for job, _ in jobs))  # closed: waited for
+        return replies
+
+    def _forget_sent(self) -> None:
+        """The items sent ahead were never read: they leave `sent`, unstarted."""
+        for sent in self.sent:
+            self._stdout.end(sent.reply)
+        self.sent.clear()
 
     def _forget_unstarted(self, reply: asyncio.Future[WorkerReport]) -> None:
-        """The current item got no reply: the worker never read the next one."""
-        if self.sent is not None:
-            self._stdout.end(self.sent.reply)
-            self.sent = None
+        """The current item got no reply: the worker never read those sent after it."""
+        self._forget_sent()
         self._stdout.end(reply)
 
     async def _lost_before_reply(self, sent: _Sent) -> WorkerReport:
         """An item its worker read, then the worker died or got out of step: its reply, if
-        it came first, else a failure (it may have started: it is not given back)."""
+        it came first, else a failure (it may have started: it is not given back; those
+        sent after it were never read)."""
         out_of_step = sent.child is self._child
         if out_of_step:
             await self._discard(self.stage.grace_s)
         tail = self._stderr.tail.text(sent.stderr_mark)
-        if _has_reply(sent.reply) and not self._stdout.out_of_step:  # it replied first
+        if not _has_reply(sent.reply):
+            self._forget_sent()
+        elif not self._stdout.out_of_step:  # it replied first
             report = _with_reply(sent.reply.result(), sent.child.returncode, tail)
             return _finish(report, self._stdout.end(sent.reply), sent.child)
-        if not out_of_step:
+        if not self._stdout.out_of_step:
             assert sent.child.returncode is not None
             return _finish(_unreplied(sent.child.returncode, tail), None, sent.child)
         report = WorkerReport(
@@ -410,7 +431,7 @@ class PoolWorker:
 
 class WorkerPool:
     """The long-lived workers of one stage, one item each at a time, and perhaps its next
-    one sent ahead (`pipelines`): the worker it was sent to runs it.
+    ones sent ahead (`pipelines`): the worker they were sent to runs them.
     """
 
     def __init__(self, stage: Stage):
@@ -427,7 +448,7 @@ class WorkerPool:
 
     @property
     def pipelines(self) -> bool:
-        """Whether a worker may be sent its next item before it replies: only where what
+        """Whether a worker may be sent its next items before it replies: only where what
         the item starts is told apart by its run (the Python runner marks it, a command
         does not), and never for `on_interrupt: hold` (a crash would hold an item as started
         that its worker never read)."""
@@ -446,21 +467,25 @@ class WorkerPool:
     def replied(self, run_id: str) -> bool:
         """Whether the item of `run_id`, sent ahead and in a worker, has its reply already."""
         worker = self._holding.get(run_id)
-        return worker is not None and worker.sent is not None and _has_reply(worker.sent.reply)
+        return worker is not None and any(
+            sent.job.run_id == run_id and _has_reply(sent.reply) for sent in worker.sent
+        )
 
     async def run(
         self,
         job: Job,
         on_progress: ProgressCallback,
-        following: tuple[Job, ProgressCallback] | None = None,
+        following: Sequence[tuple[Job, ProgressCallback]] = (),
     ) -> WorkerReport:
         worker = self._holding.pop(job.run_id, None) or self._idle.get_nowait()
+        for sent in worker.sent:  # held again below, those the worker still has
+            self._holding.pop(sent.job.run_id, None)
         try:
             return await worker.run(job, on_progress, following)
         finally:
-            if worker.sent is not None:
-                self._holding[worker.sent.job.run_id] = worker
-            else:
+            for sent in worker.sent:
+                self._holding[sent.job.run_id] = worker
+            if not worker.sent:
                 self._idle.put_nowait(worker)
 
     async def stop(self) -> None:

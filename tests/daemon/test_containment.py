@@ -218,7 +218,7 @@ def test_a_pool_items_escaped_child_ends_with_it_and_the_next_items_lives_on(
             a, b = pid_in(project, "a.pid"), pid_in(project, "b.pid")
             wait_until(lambda: {proc_field(a, 4), proc_field(b, 4)} == {str(os.getpid())},
                        "the children to escape to the subreaper")  # fmt: skip
-            await keeper.end(child, 1.0, whole=False, spared_run="run-b")  # run-a ended
+            await keeper.end(child, 1.0, whole=False, spared_runs={"run-b"})  # run-a ended
             after_a = (process_gone(a), process_gone(b))
             await keeper.end(child, 1.0, whole=False)  # run-b ended
             return (*after_a, process_gone(b))

@@ -10,7 +10,9 @@ import random
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
+import pytest
 from conftest import Project, process_gone, wait_until
+from pipewarden import slots
 from pipewarden.classifier import Classifier
 from pipewarden.clock import Clock
 from pipewarden.config import Config, load_config
@@ -401,53 +403,75 @@ def test_a_claim_whose_commit_landed_unheard_is_given_back_and_run_once(
         proxy.close()
 
 
-async def clean_streak(scheduler: Scheduler, store) -> None:
+async def clean_streak(scheduler: Scheduler, store, keys: str = "abc") -> None:
     """CLEAN_TO_PIPELINE quick items through the stage: its pace is known and its workers
-    are sent their next item with the current one; then a (held by the test), b and c."""
+    are sent their next items with the current one; then `keys` are queued (a, held by the
+    test, first)."""
     (stage,) = scheduler.config.pipelines["sites"].stages
     warm = [(f"w{n:02}", {}) for n in range(CLEAN_TO_PIPELINE)]
     store.enqueue("sites", "fetch", warm, START, stage.channel_for)
     while store.pending_count([], [], []) or scheduler.in_flight:
         assert await scheduler.step()
         await settled(scheduler)
-    store.enqueue("sites", "fetch", [("a", {}), ("b", {}), ("c", {})], START, stage.channel_for)
+    store.enqueue("sites", "fetch", [(key, {}) for key in keys], START, stage.channel_for)
 
 
-def test_an_item_sent_with_one_that_raises_a_halt_runs_and_the_rest_go_back(project: Project):
-    """A pool that pipelines sends b with a: b has its worker's attention the moment a
-    replies, before the guard judges a. What no worker holds yet (c) goes back untouched."""
+def sent_at_most(monkeypatch, depth: int) -> None:
+    """A pipelining worker is sent `depth` items ahead of its reply, whatever its pace."""
+    monkeypatch.setattr(slots, "PIPELINE_MAX", depth)
+    monkeypatch.setattr(slots, "PIPELINE_S", 1.0)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_the_items_sent_with_one_that_raises_a_halt_run_and_the_rest_go_back(
+    project: Project, monkeypatch, depth: int
+):
+    """A pool that pipelines sends the next items (b, or b c d) with a: they have their
+    worker's attention the moment a replies, before the guard judges a. What no worker
+    holds yet goes back untouched."""
+    sent_at_most(monkeypatch, depth)
+    sent, rest = "bcd"[:depth], "xy"
     with stepped(project) as (scheduler, store):
         (project.root / "fail").touch()
 
         async def steps() -> None:
-            await clean_streak(scheduler, store)
-            assert await scheduler.step()  # a goes to the worker, and b with it; c is ahead
+            await clean_streak(scheduler, store, "a" + sent + rest)
+            assert await scheduler.step()  # a goes to the worker, and those sent with it
             (project.root / "gate").touch()
-            await settled(scheduler)  # a failed; b, already read by the worker, went through
-            assert await scheduler.step()  # a's failure halts web; c goes back in that commit
+            await settled(scheduler)  # a failed; those the worker had read went through
+            assert await scheduler.step()  # a's failure halts web; the rest go back
             assert [h.target for h in store.active_holds()] == ["web"]
             await scheduler.drain(1.0, "test done")
 
         asyncio.run(steps())
         assert store.item("sites", "a").state == "retrying"
-        b = store.item("sites", "b")
-        assert (b.state, [run.status for run in store.item_runs(b.id)]) == ("done", ["ok"])
-        assert untouched(store, "c")
+        for key in sent:
+            item = store.item("sites", key)
+            assert (item.state, [run.status for run in store.item_runs(item.id)]) == (
+                "done",
+                ["ok"],
+            ), key
+        assert all(untouched(store, key) for key in rest)
 
 
-def test_an_item_sent_with_one_that_gets_no_reply_goes_back_untouched(project: Project):
-    """a never replies (the stop cuts it short): its worker never read b, sent with it."""
+@pytest.mark.parametrize("depth", [1, 3])
+def test_the_items_sent_with_one_that_gets_no_reply_go_back_untouched(
+    project: Project, monkeypatch, depth: int
+):
+    """a never replies (the stop cuts it short): its worker never read what was sent with
+    it."""
+    sent_at_most(monkeypatch, depth)
     with stepped(project) as (scheduler, store):
 
         async def steps() -> None:
-            await clean_streak(scheduler, store)
-            assert await scheduler.step()  # a goes to the worker, and b with it
+            await clean_streak(scheduler, store, "abcde")
+            assert await scheduler.step()  # a goes to the worker, and those sent with it
             assert await scheduler.drain(0.5, "test done")  # a is interrupted mid-item
 
         asyncio.run(steps())
         a = store.item("sites", "a")
         assert [run.status for run in store.item_runs(a.id)] == ["interrupted"]
-        assert untouched(store, "b") and untouched(store, "c")
+        assert all(untouched(store, key) for key in "bcde")
 
 
 DIES_AFTER_B = GATED.replace(
@@ -486,3 +510,47 @@ def test_an_item_sent_ahead_that_replied_before_its_worker_died_keeps_its_result
         for key in "ab":
             item = store.item("sites", key)
             assert (item.state, [r.status for r in store.item_runs(item.id)]) == ("done", ["ok"])
+
+
+DIES_DURING_C = DIES_AFTER_B.replace(
+    "    return {}",
+    """    if ctx.key == "c":  # read at once after b's reply, busy when its worker is killed
+        time.sleep(30)
+    return {}""",
+    1,
+)
+
+
+def test_items_sent_after_one_its_dead_worker_never_replied_to_go_back_untouched(
+    project: Project, monkeypatch
+):
+    """b, c and d are sent with a. a and b reply, c is under way when the worker dies: c
+    may have started, so it fails as its worker died (it is not run again untold); d,
+    behind it, was never begun and goes back untouched, as does e, never sent."""
+    sent_at_most(monkeypatch, 3)
+    with stepped(project, worker=DIES_DURING_C) as (scheduler, store):
+
+        async def steps() -> None:
+            await clean_streak(scheduler, store, "abcde")
+            assert await scheduler.step()  # a goes to the worker, and b, c, d with it
+            await until(lambda: (project.root / "a.started").exists(), "a to start")
+            (project.root / "gate").touch()
+            pid_file = project.root / "worker.pid"
+            worker = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), "b"))
+            wait_until(lambda: process_gone(worker), "the worker to die")  # the loop waits
+            await settled(scheduler)
+            assert await scheduler.step()
+            await scheduler.drain(1.0, "test done")
+
+        asyncio.run(steps())
+        for key in "ab":
+            item = store.item("sites", key)
+            assert (item.state, [r.status for r in store.item_runs(item.id)]) == ("done", ["ok"])
+        c = store.item("sites", "c")
+        (run,) = store.item_runs(c.id)
+        assert (c.state, run.status, run.error) == (
+            "retrying",
+            "failed",
+            "worker exited with signal 9 (SIGKILL)",
+        )
+        assert untouched(store, "d") and untouched(store, "e")
