@@ -487,26 +487,28 @@ DIES_AFTER_B = GATED.replace(
 )
 
 
+async def killed_after_b(project: Project, scheduler: Scheduler, store, keys: str = "abc"):
+    """a goes to the worker with the items sent after it; a and b reply, then the worker
+    is killed, all before the daemon reads a's reply (the test holds the loop meanwhile)."""
+    await clean_streak(scheduler, store, keys)
+    assert await scheduler.step()
+    await until(lambda: (project.root / "a.started").exists(), "a to start")
+    (project.root / "gate").touch()
+    pid_file = project.root / "worker.pid"
+    worker = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), "b"))
+    wait_until(lambda: process_gone(worker), "the worker to die")  # the loop waits
+    await settled(scheduler)
+    assert await scheduler.step()
+    await scheduler.drain(1.0, "test done")
+
+
 def test_an_item_sent_ahead_that_replied_before_its_worker_died_keeps_its_result(
     project: Project,
 ):
     """a and b both reply, then the worker dies, all before the daemon reads a's reply (the
     test holds the loop): b's reply stands. Failed as a lost item, it would run again."""
     with stepped(project, worker=DIES_AFTER_B) as (scheduler, store):
-
-        async def steps() -> None:
-            await clean_streak(scheduler, store)
-            assert await scheduler.step()  # a goes to the worker, and b with it
-            await until(lambda: (project.root / "a.started").exists(), "a to start")
-            (project.root / "gate").touch()
-            pid_file = project.root / "worker.pid"
-            worker = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), "b"))
-            wait_until(lambda: process_gone(worker), "the worker to die")  # the loop waits
-            await settled(scheduler)
-            assert await scheduler.step()
-            await scheduler.drain(1.0, "test done")
-
-        asyncio.run(steps())
+        asyncio.run(killed_after_b(project, scheduler, store))
         for key in "ab":
             item = store.item("sites", key)
             assert (item.state, [r.status for r in store.item_runs(item.id)]) == ("done", ["ok"])
@@ -529,20 +531,7 @@ def test_items_sent_after_one_its_dead_worker_never_replied_to_go_back_untouched
     behind it, was never begun and goes back untouched, as does e, never sent."""
     sent_at_most(monkeypatch, 3)
     with stepped(project, worker=DIES_DURING_C) as (scheduler, store):
-
-        async def steps() -> None:
-            await clean_streak(scheduler, store, "abcde")
-            assert await scheduler.step()  # a goes to the worker, and b, c, d with it
-            await until(lambda: (project.root / "a.started").exists(), "a to start")
-            (project.root / "gate").touch()
-            pid_file = project.root / "worker.pid"
-            worker = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), "b"))
-            wait_until(lambda: process_gone(worker), "the worker to die")  # the loop waits
-            await settled(scheduler)
-            assert await scheduler.step()
-            await scheduler.drain(1.0, "test done")
-
-        asyncio.run(steps())
+        asyncio.run(killed_after_b(project, scheduler, store, "abcde"))
         for key in "ab":
             item = store.item("sites", key)
             assert (item.state, [r.status for r in store.item_runs(item.id)]) == ("done", ["ok"])
