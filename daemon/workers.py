@@ -385,8 +385,8 @@ class PoolWorker:
 
     async def _lost_before_reply(self, sent: _Sent) -> WorkerReport:
         """An item its worker read, then the worker died or got out of step: its reply, if
-        it came first, else a failure (it may have started: it is not given back; those
-        sent after it were never read)."""
+        it came first, else a failure (it may have started: it is not given back). Those
+        sent after an item with no reply were never read: they leave `sent`, unstarted."""
         out_of_step = sent.child is self._child
         if out_of_step:
             await self._discard(self.stage.grace_s)
