@@ -7,7 +7,8 @@ The real daemon, one no-op Python stage in pool mode at concurrency 2, 10,000 it
 (paused while the watchers connect, then resumed through the API), three ways, reps
 interleaved:
   - unwatched;
-  - three pages and two pollers: each page reads the event stream and, while events come,
+  - three pages and two pollers: each page reads the event stream (the latest 40 runs'
+    events a batch, as the page's script asks) and, while events come,
     asks for `/api/status?verbose=1` and the failed runs every half second, as the page's
     script does; each poller asks for `/api/status` once a second;
   - 100 event-stream clients and 20 busy pollers (each asks for `/api/status` again as
@@ -99,7 +100,7 @@ async def page(port: int, token: str, result: Watched) -> None:
     await events.open()
     await asks.open()
     arrived = asyncio.Event()
-    reading = asyncio.ensure_future(events.stream("/api/events", arrived))
+    reading = asyncio.ensure_future(events.stream("/api/events?latest_runs=40", arrived))
     try:
         while True:
             await arrived.wait()

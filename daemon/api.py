@@ -216,6 +216,8 @@ RELEASE_BODY: Schema = {
 }  # fmt: skip
 FAIL_BODY: Schema = {**RELEASE_BODY, "reason": Param(str)}
 SESSION_BODY: Schema = {"code": Param(str)}
+# A page that shows the latest runs asks for no more of them a batch (`events.py`).
+EVENTS_QUERY: Schema = {"latest_runs": Param(int, None, clamp=(1, 1000))}
 
 # The page is public (it holds no data and no secret), but no other site may frame it.
 PAGE_HEADERS = {
@@ -363,8 +365,7 @@ def _build_app(api: ApiServer) -> Starlette:
         return held_answer(data, change, "failed")
 
     async def events(request: Request) -> Response:
-        query(request, NOTHING)
-        subscription = daemon.events.subscribe()
+        subscription = daemon.events.subscribe(query(request, EVENTS_QUERY)["latest_runs"])
 
         async def stream() -> AsyncIterator[bytes]:
             # Ends when the API stops: uvicorn waits for open responses, and a page left

@@ -7,6 +7,11 @@ each event encoded once as its SSE frame, the frames joined and encoded once int
 bytes every subscriber gets as they are, so a client's stream is one write per batch, not
 one per run. A subscriber that falls more than BACKLOG events behind (a client not
 reading) is told to reload (`resync`) instead of holding memory or slowing anyone down.
+
+A subscriber that shows only the latest runs (the page keeps 40) asks for at most
+`latest_runs` runs' events a batch: a busy daemon ends thousands of runs a second, and
+encoding every one of them for a page that shows forty was most of what a page cost the
+work. Every other event still reaches it. Subscribers asking for the same share one batch.
 """
 
 from __future__ import annotations
@@ -16,8 +21,7 @@ import itertools
 import json
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 BATCH_S = 0.1  # how often a busy stream is written to
 # Each client's write of a batch costs the loop about 80 µs whatever its size: with many
@@ -33,11 +37,10 @@ BACKLOG = 5000  # events a subscriber may fall behind before it must resync
 HAND_OUT_PER_TURN = 10
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):  # a tuple: made for every run's start and end, it must be cheap
     id: int  # increasing: the order events happened in
     type: str  # run_started | run_progress | run_finished | halt | halt_cleared | reload | resync
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = {}  # noqa: RUF012 (never changed: a tuple's field)
 
     def frame(self) -> str:
         """The event as one SSE frame (the wire format the page reads). A field with no
@@ -50,7 +53,8 @@ class Event:
 class Subscription:
     """One client's share: the batches it has not written yet."""
 
-    def __init__(self) -> None:
+    def __init__(self, latest_runs: int | None = None) -> None:
+        self.latest_runs = latest_runs  # None: every run's events
         self._batches: list[bytes] = []
         self._events = 0
         self._resync_id = 0  # > 0: it fell behind; one resync frame replaces what it missed
@@ -93,6 +97,11 @@ class EventBus:
         self.batches = 0  # batches made: what a test or a bench counts
         self._to_hand_out: deque[tuple[Subscription, bytes, int, int]] = deque()
 
+    @property
+    def listening(self) -> bool:
+        """Whether anyone subscribes: what an event's data costs need not be spent if not."""
+        return bool(self._subscribers)
+
     def publish(self, type: str, **data: Any) -> None:
         if not self._subscribers:
             return
@@ -106,8 +115,8 @@ class EventBus:
         together stay within WRITES_PER_S (100 clients: a batch every 0.2 s)."""
         return max(BATCH_S, len(self._subscribers) / WRITES_PER_S)
 
-    def subscribe(self) -> Subscription:
-        subscription = Subscription()
+    def subscribe(self, latest_runs: int | None = None) -> Subscription:
+        subscription = Subscription(latest_runs)
         self._subscribers.add(subscription)
         return subscription
 
@@ -117,14 +126,20 @@ class EventBus:
     def _send(self) -> None:
         self._flush = None
         self._flushed_at = time.monotonic()
-        events, self._pending = coalesced(self._pending), []
-        if not events or not self._subscribers:
+        pending, self._pending = self._pending, []
+        if not pending or not self._subscribers:
             return
         self.batches += 1
-        batch = "".join(event.frame() for event in events).encode()
+        frames: dict[int, str] = {}  # by event id: an event in several batches is encoded once
+        batches: dict[int | None, tuple[bytes, int, int] | None] = {}
+        for latest_runs in {subscription.latest_runs for subscription in self._subscribers}:
+            events = coalesced(pending, latest_runs)
+            batches[latest_runs] = (
+                (_joined(events, frames), len(events), events[-1].id) if events else None
+            )
         handing_out = bool(self._to_hand_out)
-        self._to_hand_out.extend((subscription, batch, len(events), events[-1].id)
-                                 for subscription in self._subscribers)  # fmt: skip
+        self._to_hand_out.extend((subscription, *batch) for subscription in self._subscribers
+                                 if (batch := batches[subscription.latest_runs]))  # fmt: skip
         if not handing_out:
             self._hand_out()
 
@@ -138,23 +153,40 @@ class EventBus:
             asyncio.get_running_loop().call_soon(self._hand_out)
 
 
-def coalesced(events: list[Event]) -> list[Event]:
+def _joined(events: list[Event], frames: dict[int, str]) -> bytes:
+    for event in events:
+        if event.id not in frames:
+            frames[event.id] = event.frame()
+    return "".join([frames[event.id] for event in events]).encode()
+
+
+def coalesced(events: list[Event], latest_runs: int | None = None) -> list[Event]:
     """`events` with each run's kept only at its latest, where that one was: its progress
     at the last report, and a run that finished within the batch as its finish alone,
     carrying what its start said (a quick stage's runs start and end within one batch, and
-    their starts were half of what every client was sent)."""
+    their starts were half of what every client was sent). `latest_runs`: only that many
+    of the latest runs' events are kept (every other event is)."""
+    limit = len(events) if latest_runs is None else latest_runs
+    counted: set[Any] = set()  # the runs kept, the latest first
     progressed: set[Any] = set()
     finished: dict[Any, int] = {}  # run id -> where its finish is in `kept`
     kept: list[Event] = []
     for event in reversed(events):
         run = event.data.get("run_id")
-        if event.type == "run_finished":
-            finished[run] = len(kept)
-        elif run in finished and event.type in ("run_started", "run_progress"):
+        if run is None:
+            kept.append(event)
+            continue
+        if run in finished:  # its start or progress: told by its finish
             if event.type == "run_started":
                 end = kept[finished[run]]
                 kept[finished[run]] = Event(end.id, end.type, {**event.data, **end.data})
             continue
+        if run not in counted:
+            if len(counted) >= limit:
+                continue
+            counted.add(run)
+        if event.type == "run_finished":
+            finished[run] = len(kept)
         elif event.type == "run_progress":
             if run in progressed:
                 continue

@@ -140,7 +140,8 @@ class Recording:
         if batch.progress:
             self._progress_written = self.clock.monotonic()
         for run in batch.finished:
-            self.events.publish("run_finished", **self._finish_events.pop(run.run_id))
+            if (finished := self._finish_events.pop(run.run_id, None)) is not None:
+                self.events.publish("run_finished", **finished)
         for name, data in batch.events:
             self.events.publish(name, **data)
         current = set(self._slots)
@@ -191,7 +192,8 @@ class Recording:
         self._finished.append(run)
         if _may_halt(run):
             self._may_halt += 1
-        self._finish_events[run.run_id] = finished_event(run, key, attempt)
+        if self.events.listening:  # else nobody is told: its event is not made
+            self._finish_events[run.run_id] = finished_event(run, key, attempt)
 
 
 def finished_event(run: FinishedRun, key: str, attempt: int) -> dict[str, Any]:

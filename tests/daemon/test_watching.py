@@ -128,28 +128,46 @@ def test_an_event_stream_gets_many_runs_events_in_few_writes(project: Project):
 class Listener:
     """An event stream client in a thread, keeping each write as it came (one HTTP chunk)."""
 
-    def __init__(self, base: str, auth: dict[str, str], finished: int):
+    def __init__(
+        self,
+        base: str,
+        auth: dict[str, str],
+        finished: int = 0,
+        path: str = "/api/events",
+        until: bytes | None = None,
+    ):
+        """Listens until `finished` runs ended, or until a write holds `until`."""
         self.writes: list[bytes] = []
         self.times: list[float] = []  # when each write came
         self._connected = threading.Event()
-        self._thread = threading.Thread(target=self._listen, args=(base, auth, finished))
+        self._thread = threading.Thread(
+            target=self._listen, args=(f"{base}{path}", auth, finished, until)
+        )
         self._thread.start()
         assert self._connected.wait(10)
 
-    def _listen(self, base: str, auth: dict[str, str], finished: int) -> None:
-        with httpx.stream("GET", f"{base}/api/events", headers=auth, timeout=30) as stream:
+    def _listen(self, url: str, auth: dict[str, str], finished: int, until: bytes | None) -> None:
+        with httpx.stream("GET", url, headers=auth, timeout=30) as stream:
             for chunk in stream.iter_raw():
                 self._connected.set()
                 self.writes.append(chunk)
                 self.times.append(time.monotonic())
-                if b"".join(self.writes).count(b"event: run_finished") >= finished:
+                if until is not None and until in chunk:
+                    return
+                if (
+                    until is None
+                    and b"".join(self.writes).count(b"event: run_finished") >= finished
+                ):
                     return
 
     def events(self) -> list[tuple[str, dict]]:
         self._thread.join(30)
-        text = b"".join(self.writes).decode()
-        frames = [frame for frame in text.split("\n\n") if frame and not frame.startswith(":")]
-        return [_parsed(frame) for frame in frames]
+        return _frames(b"".join(self.writes))
+
+
+def _frames(written: bytes) -> list[tuple[str, dict]]:
+    frames = written.decode().split("\n\n")
+    return [_parsed(frame) for frame in frames if frame and not frame.startswith(":")]
 
 
 def _parsed(frame: str) -> tuple[str, dict]:
@@ -194,6 +212,58 @@ def test_a_run_that_ends_within_a_batch_is_sent_as_its_finish_carrying_its_start
         ),
         Event(7, "run_progress", {"run_id": "b", "progress": 0.2}),
     ]
+
+
+def test_a_subscriber_of_the_latest_runs_gets_only_those_and_every_other_event():
+    """The page shows the latest 40 runs: a busy daemon's batch holds hundreds, and encoding
+    them all for it was most of what an open page cost the work. `runs tail -f` still gets
+    every run, from the same batch's events."""
+
+    async def one_batch() -> tuple[bytes, bytes]:
+        bus = EventBus()
+        every, latest = bus.subscribe(), bus.subscribe(latest_runs=3)
+        bus.publish("run_started", run_id="long", started_at=1.0)
+        for n in range(10):
+            bus.publish("run_started", run_id=f"r{n}", started_at=2.0 + n)
+            if n == 5:
+                bus.publish("halt", target="sms")
+            bus.publish("run_finished", run_id=f"r{n}", status="ok")
+        bus.publish("run_progress", run_id="long", progress=0.5)
+        bus._flush.cancel()
+        bus._send()
+        never = asyncio.get_running_loop().create_future()
+        return await every.next(never, 0.01), await latest.next(never, 0.01)
+
+    every, latest = (_frames(batch) for batch in asyncio.run(one_batch()))
+    assert [data.get("run_id") for _, data in every] == [
+        "long", "r0", "r1", "r2", "r3", "r4", None, "r5", "r6", "r7", "r8", "r9", "long",
+    ]  # fmt: skip
+    # The three latest runs: one of them still under way, started before the others.
+    assert [(kind, data.get("run_id") or data["target"]) for kind, data in latest] == [
+        ("run_started", "long"), ("halt", "sms"), ("run_finished", "r8"),
+        ("run_finished", "r9"), ("run_progress", "long"),
+    ]  # fmt: skip
+    assert latest[2][1] == {"run_id": "r8", "started_at": 10.0, "status": "ok"}
+
+
+def test_the_page_asks_the_stream_for_the_runs_it_shows(project: Project):
+    base, auth = start(project)
+    refused = httpx.get(f"{base}/api/events?latest_runs=many", headers=auth)
+    assert refused.status_code == 400 and "latest_runs" in refused.json()["error"]
+    last = b'"key":"k59"'
+    latest = Listener(base, auth, path="/api/events?latest_runs=2", until=last)
+    every = Listener(base, auth, until=last)
+    items = "\n".join(json.dumps({"key": f"k{n}", "data": {"steps": 0}}) for n in range(60))
+    project.write("items.jsonl", items + "\n")
+    project.cli("enqueue", "sites", "--file", "items.jsonl")
+
+    finished = [data["key"] for kind, data in every.events() if kind == "run_finished"]
+    assert finished == [f"k{n}" for n in range(60)]
+    for write in latest.writes:  # a batch: the latest two runs' events at most
+        runs = {data["run_id"] for _, data in _frames(write) if "run_id" in data}
+        assert len(runs) <= 2, write
+    shown = [data["key"] for kind, data in latest.events() if kind == "run_finished"]
+    assert shown[-1] == "k59" and len(shown) < 60
 
 
 def test_with_many_clients_batches_come_less_often_so_their_writes_stay_bounded():
