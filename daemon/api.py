@@ -124,9 +124,11 @@ class ApiServer:
         self.loop_budget = LoopBudget(busy=lambda: daemon.working)
         self.metrics.watch_loop_budget(self.loop_budget)
         self.app = _build_app(self)
+        # No proxy stands in front (127.0.0.1 only): uvicorn's default trusted a local
+        # client's X-Forwarded-For, so any program could name another address in the audit.
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=port, http=OneWriteProtocol, log_level="warning",
-            access_log=False, lifespan="off",
+            access_log=False, lifespan="off", proxy_headers=False,
         )  # fmt: skip
         self._server = _QuietServer(config)
         self._task: asyncio.Task[None] | None = None
@@ -171,7 +173,7 @@ class ApiServer:
         sock = bind_unix_socket(path)
         config = uvicorn.Config(
             self.app, http=protocol_for(path.stat().st_gid), log_level="warning",
-            access_log=False, lifespan="off",
+            access_log=False, lifespan="off", proxy_headers=False,
         )  # fmt: skip
         self._socket_server = _QuietServer(config)
         self._socket_task = await _serving(self._socket_server, sock)

@@ -93,6 +93,22 @@ def test_state_changes_through_the_api_reach_the_store_and_the_cli_uses_them(pro
     wait_until(lambda: project.item("sites", "a").state == "done", "the item to run")
 
 
+def test_a_forwarded_for_header_cannot_name_someone_else_in_the_audit(project: Project):
+    """The daemon listens on 127.0.0.1 behind no proxy: every client is local, and uvicorn
+    trusted any local client's X-Forwarded-For, so a program could pause a channel and have
+    the hold, the audit and the notice say it came from another address."""
+    base, auth = start(project)
+    forged = {**auth, "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    answer = httpx.post(
+        f"{base}/api/pause", headers=forged, json={"scope": "channel", "target": "work"}
+    )
+    assert answer.status_code == 200
+    store = project.store()
+    (hold,) = store.active_holds()
+    store.close()
+    assert hold.created_by.endswith("(api from 127.0.0.1)"), hold.created_by
+
+
 def test_the_event_stream_delivers_run_events_in_order(project: Project):
     base, auth = start(project)
     received: list[tuple[int, str, dict]] = []
