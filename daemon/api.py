@@ -50,7 +50,7 @@ from pipewarden.loopshare import LoopBudget, LoopShare
 from pipewarden.metrics import Metrics
 from pipewarden.onewrite import OneWriteProtocol
 from pipewarden.proposals_api import proposal_routes
-from pipewarden.reads import Reader, SnapshotCache
+from pipewarden.reads import Reader, SnapshotAnswers, SnapshotCache
 from pipewarden.render import run_as_dict
 from pipewarden.schema import Param, RequestTooLarge, Schema, body, query
 from pipewarden.socket_api import PEER, bind_unix_socket, protocol_for
@@ -435,6 +435,9 @@ def _build_app(api: ApiServer) -> Starlette:
         Middleware(LoopShare, budget=api.loop_budget),  # the work keeps its pace
         Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS),
         Middleware(GateMiddleware, gate=api.gate),
+        Middleware(  # the most asked answer, without the router's steps
+            SnapshotAnswers, snapshots=api.snapshots, schema=STATUS_QUERY, path="/api/status"
+        ),
     ]
 
     async def store_trouble(request: Request, exc: Exception) -> Response:

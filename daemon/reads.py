@@ -5,7 +5,8 @@ store; on the loop they would hold up every dispatch and every reply meanwhile. 
 run one at a time in a thread whose own connection (`mode=ro`, WAL: it never blocks the
 daemon's writer, and sees each commit whole) is opened at its first read. The status
 snapshot is also computed at most once per FRESH_S per question and shared by every
-reader: twenty pollers cost what one does (see `SnapshotCache`).
+reader: twenty pollers cost what one does (see `SnapshotCache`), and `SnapshotAnswers`
+hands it out without the router's steps.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from pipewarden.schema import Schema, checked_query
 from pipewarden.store import Storage, open_configured, open_store
+from starlette.datastructures import QueryParams
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from pipewarden.config import Config
@@ -105,3 +109,36 @@ class SnapshotCache:
 
 def _failed(answer: asyncio.Future[bytes]) -> bool:
     return answer.done() and (answer.cancelled() or answer.exception() is not None)
+
+
+class SnapshotAnswers:
+    """ASGI middleware: `GET /api/status` answered from the shared snapshot directly.
+
+    The status is what pollers, the page and the tray ask for again and again. Through
+    Starlette's exception layers, router, Request and Response it cost the loop twice what
+    the answer itself does (py-spy, an idle daemon answering four kept-alive pollers). It
+    sits after the host and token checks, so it answers only whom they let in; a question
+    it cannot answer as is (a bad parameter, a snapshot that failed) goes the long way, to
+    the route, which says why.
+    """
+
+    def __init__(self, app: ASGIApp, snapshots: SnapshotCache, schema: Schema, path: str):
+        self.app = app
+        self._snapshots = snapshots
+        self._schema = schema
+        self._path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self._path or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        try:
+            asked = checked_query(QueryParams(scope["query_string"]), self._schema)
+            body = await self._snapshots.get(asked["pipeline"], asked["verbose"])
+        except Exception:  # the route answers it: a 400 naming the parameter, or a 503
+            await self.app(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode()),
+                                (b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})

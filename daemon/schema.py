@@ -77,7 +77,10 @@ def _text_problem(text: str) -> str | None:
 
 def query(request: Request, schema: Schema) -> dict[str, Any]:
     """The request's query parameters, read and checked against `schema`."""
-    params: QueryParams = request.query_params
+    return checked_query(request.query_params, schema)
+
+
+def checked_query(params: QueryParams, schema: Schema) -> dict[str, Any]:
     _refuse_unknown(params.keys(), schema, "parameter")
     values: dict[str, Any] = {}
     for name, param in schema.items():
