@@ -18,7 +18,7 @@ from pipewarden.protocol import Progress, Verdict, WorkerReport
 from pipewarden.slots import Ahead, StageSlot
 from pipewarden.store import Claimed, NewRun
 from pipewarden.types import ItemState, RunStatus
-from pipewarden.workers import Job
+from pipewarden.workers import CancelledAfterReply, Job
 
 log = logging.getLogger("pipewarden.scheduler")
 PROGRESS_WRITE_S = 1.0  # live progress reaches the store at most this often
@@ -130,6 +130,7 @@ class Attempts:
     ) -> None:
         job = self._job(claimed, new_run)
         started = self.clock.monotonic()
+        cut_short: CancelledAfterReply | None = None
         try:
             if not following:
                 report = await slot.executor.run(job, self._progress_of(job))
@@ -137,6 +138,8 @@ class Attempts:
                 sent = [(sent_job := self._job(*ahead), self._progress_of(sent_job))
                         for ahead in following]  # fmt: skip
                 report = await slot.executor.run(job, self._progress_of(job), sent)
+        except CancelledAfterReply as stopped:  # the work was done: recorded as it ended
+            report, cut_short = stopped.report, stopped
         except asyncio.CancelledError:
             self._record_interrupted(slot, claimed, new_run, started)
             raise
@@ -159,6 +162,8 @@ class Attempts:
         if new_run.run_id in self._probes:  # its halt is cleared or kept by the next pass
             hold_id = self._probes.pop(new_run.run_id)
             self._probe_ends.append((hold_id, claimed, decision, self.clock.now()))
+        if cut_short is not None:
+            raise cut_short
 
     @staticmethod
     def _job(claimed: Claimed, new_run: NewRun) -> Job:

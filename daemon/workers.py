@@ -140,6 +140,15 @@ def exit_report(returncode: int, stderr: str | None, replied: bool) -> WorkerRep
     return WorkerReport(Verdict.ERROR, error=error, exit_code=returncode, traceback=tail)
 
 
+class CancelledAfterReply(asyncio.CancelledError):
+    """A stop cut the attempt short once its worker had replied: the work was done, and
+    `report` says how it ended. Recorded as interrupted, the item would run again."""
+
+    def __init__(self, report: WorkerReport):
+        super().__init__()
+        self.report = report
+
+
 def _has_reply(reply: asyncio.Future[WorkerReport]) -> bool:
     return reply.done() and not reply.cancelled()
 
@@ -232,16 +241,23 @@ class ProcessWorker:
         child = spawn(worker_argv(stage), stage.cwd, worker_env(stage, job.run_id, job))
         containment.track(child, job.run_id, job.run_id)
         reply = stdout.begin(on_progress)
-        timed_out = False
+        timed_out = cut_short = False
         try:
             child.attach(stdout, stderr)
             timed_out = await self._talk(child, job, reply)
+        except asyncio.CancelledError:
+            if not _has_reply(reply):
+                raise
+            cut_short = True  # it replied, and was stopped before it exited
         finally:  # success, failure, timeout or shutdown: nothing of the attempt lives on
             final = await containment.end(child, stage.grace_s)
             await _drained(stdout, stderr)
             child.close()
             containment.untrack(child)
         output, tail = stdout.end(), stderr.tail.text()
+        if cut_short:
+            report = _with_reply(reply.result(), None, tail)
+            raise CancelledAfterReply(_finish(report, output, child))
         if reply.done():
             report = _with_reply(reply.result(), child.returncode, tail)
         elif timed_out:
@@ -335,7 +351,10 @@ class PoolWorker:
             if not reply.done():
                 self._forget_unstarted(reply)
             await self._discard(self.stage.grace_s)
-            raise
+            if not _has_reply(reply):
+                raise
+            report = _with_reply(reply.result(), None, stderr.tail.text(mark))
+            raise CancelledAfterReply(_finish(report, stdout.end(reply), child)) from None
         if not reply.done():  # the items sent after it were never read
             self._forget_unstarted(reply)
         elif self.sent:  # the next one's share of stderr starts here

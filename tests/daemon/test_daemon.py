@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -124,6 +125,48 @@ def test_sigterm_lets_quick_runs_finish_and_requeues_the_rest(project: Project):
     assert (item.state, item.attempt) == ("queued", 0)  # requeued without spending a retry
     assert all(not os.path.exists(f"/proc/{pid}") for pid in started_pids(project, "stuck"))
     assert project.item("sites", "quick").stage == "score"
+
+
+def test_a_stop_after_the_worker_replied_records_its_result_not_an_interruption(
+    project: Project,
+):
+    """A process worker that replied, then lingered, when the drain grace ran out: its work
+    was done. Recorded as interrupted, the item was requeued (held, where side effects must
+    never repeat) and its side effect ran again after the restart."""
+    project.write(
+        "lingers.py",
+        """
+        import json, os, pathlib, sys, time
+        item = json.loads(sys.stdin.readline())
+        with open("effects", "a") as effects:
+            effects.write(item["item"] + "\\n")
+        print(json.dumps({"ok": True, "data": {"sent": True}}), flush=True)
+        pathlib.Path(f"replied-{os.getpid()}").touch()
+        time.sleep(600)
+        """,
+    )
+    project.configure(
+        """
+        sites:
+          stages:
+            - {name: send, command: [python3, lingers.py], on_interrupt: hold, grace: 1s}
+        """,
+        extra="drain_grace: 1s\n",
+    )
+    project.cli("enqueue", "sites", "a")
+    daemon = project.start_daemon()
+    wait_until(lambda: list(project.root.glob("replied-*")), "the worker to reply")
+
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+
+    (run,) = project.runs("a")
+    assert (run.status, run.error) == ("ok", None)
+    item = project.item("sites", "a")
+    assert item.state == "done" and json.loads(item.data) == {"sent": True}
+    assert (project.root / "effects").read_text() == "a\n"
+    pids = [int(p.name.split("-")[1]) for p in project.root.glob("replied-*")]
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in pids)
 
 
 def test_an_interrupted_stage_marked_hold_waits_for_a_person(project: Project):

@@ -543,3 +543,48 @@ def test_items_sent_after_one_its_dead_worker_never_replied_to_go_back_untouched
             "worker exited with signal 9 (SIGKILL)",
         )
         assert untouched(store, "d") and untouched(store, "e")
+
+
+REPLIES_THEN_LINGERS = """
+import os, sys, time
+sys.stdin.readline()
+os.write(1, b'{"progress": 0.5}\\n{"ok": true, "data": {"sent": true}}\\n')  # one read
+time.sleep(600)
+"""
+
+
+def test_a_stop_in_the_very_turn_a_reply_came_records_the_result(project: Project, monkeypatch):
+    """The drain's cancel and the worker's reply met in one turn of the loop: the attempt
+    was woken cancelled with its reply in hand, and recorded as interrupted, so an item
+    whose work was done was queued to run again."""
+    project.write("replies.py", REPLIES_THEN_LINGERS)
+    project.configure(
+        "sites:\n  stages:\n    - name: send\n      command: [python3, replies.py]\n"
+        "      mode: pool\n      grace: 1s\n"
+    )
+    config = load_config(project.config_path)
+    store = open_store(config.state_dir)
+    (stage,) = config.pipelines["sites"].stages
+    store.enqueue("sites", "send", [("a", {})], START, stage.channel_for)
+    scheduler = scheduler_over(config, store, SetClock(START))
+
+    def stopped_at_progress(run_id: str, progress: object) -> None:
+        for task in scheduler._tasks:  # the stop, in the read that brings the reply
+            task.cancel()
+
+    monkeypatch.setattr(scheduler, "_record_progress", stopped_at_progress)
+
+    async def steps() -> None:
+        assert await scheduler.step()
+        await until(lambda: not scheduler._tasks, "the attempt to end")
+        assert await scheduler.drain(5.0, "test done")
+
+    try:
+        asyncio.run(steps())
+        item = store.item("sites", "a")
+        (run,) = store.item_runs(item.id)
+        assert (run.status, run.error) == ("ok", None)
+        assert item.state == "done" and json.loads(item.data) == {"sent": True}
+    finally:
+        scheduler.writer.close()
+        store.close()
