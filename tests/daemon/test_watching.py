@@ -152,12 +152,8 @@ class Listener:
                 self._connected.set()
                 self.writes.append(chunk)
                 self.times.append(time.monotonic())
-                if until is not None and until in chunk:
-                    return
-                if (
-                    until is None
-                    and b"".join(self.writes).count(b"event: run_finished") >= finished
-                ):
+                seen = b"".join(self.writes)  # a frame may come split over two reads
+                if until in seen if until else seen.count(b"event: run_finished") >= finished:
                     return
 
     def events(self) -> list[tuple[str, dict]]:
